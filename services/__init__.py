@@ -1,0 +1,1 @@
+"""The three FastAPI services: training, inference and the public gateway."""

@@ -1,0 +1,59 @@
+"""Settings of the inference service, read from ``BT_INFERENCE_*`` variables (and ``MLFLOW_TRACKING_URI``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the inference service can be told; bad values stop it at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="BT_INFERENCE_", populate_by_name=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    tracking_uri: str = Field(
+        "http://127.0.0.1:5000",
+        validation_alias=AliasChoices("BT_INFERENCE_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server that also holds the model registry.",
+    )
+    cache_dir: Path = Field(
+        Path("var/inference/models"),
+        description="Where downloaded ONNX files are kept, one folder per version.",
+    )
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose."
+    )
+    catalog_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the list of versions and aliases is reused before asking MLflow again.",
+    )
+    mlflow_timeout_s: float = Field(10.0, gt=0, description="Timeout of one request to MLflow.")
+    mlflow_max_retries: int = Field(
+        0, ge=0, le=10, description="Retries of a failed MLflow request; MLflow's own default waits minutes."
+    )
+    preload: bool = Field(
+        True, description="Load the default version of every model in the background at start."
+    )
+    metric_prefixes: tuple[str, ...] = Field(
+        (),
+        description="Only run metrics starting with one of these are listed as headline metrics; empty: all.",
+    )
+    debug_endpoints: bool = Field(
+        False, description="Expose /debug/modules (loaded top-level modules); for tests, never in production."
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri_not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("MLFLOW_TRACKING_URI must name the MLflow server, e.g. http://127.0.0.1:5000")
+        return value.rstrip("/")

@@ -1,0 +1,74 @@
+"""The inference service's app factory: ``uvicorn --factory services.inference.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.inference.config import Settings
+from services.inference.registry import ModelRegistry, configure_mlflow_http
+from services.inference.routes import api_router, debug_router
+from shared.errors import install_error_handlers
+from shared.uploads import UploadSizeLimit
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Serves the brain-tumour MRI classifiers registered in MLflow (`brain-tumor-rf`, `-snn`, `-cnn`,
+`-mobilenetv2`) as ONNX models. Each model carries its own preprocessing contract, read at load time.
+
+Errors always have the body `{"error": {"code", "message", "request_id"}}`.
+"""
+
+
+def _preload(registry: ModelRegistry, done: threading.Event) -> None:
+    try:
+        registry.preload_defaults()
+    except Exception:  # a background thread has nobody to raise to
+        logger.exception("preloading the default models failed")
+    finally:
+        done.set()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the registry and start loading the default versions without delaying start-up."""
+    settings: Settings = app.state.settings
+    configure_mlflow_http(settings.mlflow_timeout_s, settings.mlflow_max_retries)
+    registry = ModelRegistry(
+        settings.tracking_uri,
+        settings.cache_dir,
+        intra_op_threads=settings.intra_op_threads,
+        catalog_ttl_s=settings.catalog_ttl_s,
+        metric_prefixes=settings.metric_prefixes,
+    )
+    app.state.registry = registry
+    app.state.preload_done = done = threading.Event()
+    if settings.preload:
+        threading.Thread(target=_preload, args=(registry, done), name="preload", daemon=True).start()
+    else:
+        done.set()
+    logger.info("inference service using MLflow at %s", settings.tracking_uri)
+    yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from the environment unless given."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Brain tumour MRI - inference service",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(api_router)
+    if settings.debug_endpoints:
+        app.include_router(debug_router)
+    return app

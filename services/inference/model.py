@@ -1,0 +1,165 @@
+"""One ONNX classifier: load the session and its preprocessing contract, then classify images.
+
+The contract (image size, scaling, layout, class order) is read from the model's own metadata,
+so a model can never be fed a tensor prepared for another one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.errors import ErrorCode, ServiceError
+from shared.imaging import decode_to_array, to_model_input
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one image."""
+
+    label: str
+    probabilities: dict[str, float]
+    latency_ms: float
+
+
+class OnnxClassifier:
+    """An ONNX model file with its contract; ``ready`` once ``load()`` succeeded."""
+
+    def __init__(self, name: str, version: str, path: Path, intra_op_threads: int = 0) -> None:
+        self.name = name
+        self.version = str(version)
+        self.path = Path(path)
+        self.intra_op_threads = intra_op_threads
+        self.ready = False
+        self._session: ort.InferenceSession | None = None
+        self._contract: PreprocessingContract | None = None
+        self._batch_limit: int | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def contract(self) -> PreprocessingContract:
+        if self._contract is None:
+            raise self._not_ready()
+        return self._contract
+
+    def _not_ready(self) -> ServiceError:
+        return ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.key} is not loaded yet.")
+
+    def _invalid(self, problem: str) -> ServiceError:
+        return ServiceError(ErrorCode.INVALID_MODEL, f"Model {self.key} cannot be served: {problem}")
+
+    def load(self) -> None:
+        """Open the onnxruntime session and check the model against its contract (idempotent)."""
+        with self._load_lock:
+            if self.ready:
+                return
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.intra_op_threads
+            # One request is one small graph run; parallelism comes from concurrent requests.
+            options.inter_op_num_threads = 1
+            try:
+                session = ort.InferenceSession(
+                    str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+                logger.exception("cannot open %s", self.path)
+                raise self._invalid("the ONNX file could not be opened.") from exc
+            self._contract = self._read_contract(session)
+            self._batch_limit = self._check_signature(session, self._contract)
+            self._session = session
+            self.ready = True
+            logger.info("loaded %s from %s (%s)", self.key, self.path, self._contract.model_dump())
+
+    def _read_contract(self, session: ort.InferenceSession) -> PreprocessingContract:
+        raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise self._invalid(f"its metadata has no {METADATA_KEY!r} entry (the preprocessing contract).")
+        try:
+            return PreprocessingContract.from_json(raw)
+        except (ValueError, ValidationError) as exc:
+            raise self._invalid(f"its {METADATA_KEY!r} metadata is not a valid contract.") from exc
+
+    def _check_signature(self, session: ort.InferenceSession, contract: PreprocessingContract) -> int | None:
+        """Check input and output names and shapes; return a fixed batch size if the graph has one."""
+        inputs = {i.name: i for i in session.get_inputs()}
+        if contract.input_name not in inputs:
+            raise self._invalid(f"expected an input named {contract.input_name!r}, found {sorted(inputs)}.")
+        outputs = {o.name: o for o in session.get_outputs()}
+        if OUTPUT_NAME not in outputs:
+            raise self._invalid(f"expected an output named {OUTPUT_NAME!r}, found {sorted(outputs)}.")
+        expected = contract.input_shape()
+        shape = inputs[contract.input_name].shape
+        # Symbolic dimensions come back as strings or None; only fixed ints can disagree.
+        if len(shape) != len(expected) or any(
+            isinstance(got, int) and want is not None and got != want
+            for got, want in zip(shape, expected, strict=False)
+        ):
+            raise self._invalid(f"its input has shape {shape}, the contract implies {list(expected)}.")
+        out_shape = outputs[OUTPUT_NAME].shape
+        n_classes = len(contract.class_names)
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != n_classes):
+            raise self._invalid(f"its output has shape {out_shape}, expected (N, {n_classes}).")
+        batch = shape[0]
+        return batch if isinstance(batch, int) and batch > 0 else None
+
+    def _require_session(self) -> ort.InferenceSession:
+        if self._session is None:
+            raise self._not_ready()
+        return self._session
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Image file bytes to the (1, ...) float32 tensor the contract describes."""
+        contract = self.contract
+        return to_model_input(decode_to_array(data, contract.image_size), contract)
+
+    def predict(self, tensor: np.ndarray) -> np.ndarray:
+        """Model input tensor (N, ...) to class probabilities (N, classes) as float32."""
+        session = self._require_session()
+        name = self.contract.input_name
+        step = self._batch_limit or len(tensor) or 1
+        parts = [
+            session.run([OUTPUT_NAME], {name: tensor[start : start + step]})[0]
+            for start in range(0, len(tensor), step)
+        ]
+        if not parts:
+            return np.empty((0, len(self.contract.class_names)), dtype=np.float32)
+        return np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
+
+    def postprocess(self, probabilities: np.ndarray) -> tuple[str, dict[str, float]]:
+        """One row of probabilities to the winning label and a class -> probability mapping."""
+        row = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        names = self.contract.class_names
+        if len(row) != len(names):
+            raise self._invalid(f"it returned {len(row)} scores for {len(names)} classes.")
+        return names[int(np.argmax(row))], {name: float(p) for name, p in zip(names, row, strict=True)}
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded grayscale images, uint8 (N, size, size) or (size, size), to probabilities (N, classes).
+
+        For callers that already hold pixels, e.g. LIME perturbing one image many times.
+        """
+        array = np.asarray(pixels)
+        if array.dtype != np.uint8:
+            # Perturbation libraries hand back floats; round and clip rather than wrap around.
+            array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        return self.predict(to_model_input(array, self.contract))
+
+    def classify(self, data: bytes) -> Classification:
+        """Image file bytes to label and probabilities, timing preprocessing and the model."""
+        started = time.perf_counter()
+        label, probabilities = self.postprocess(self.predict(self.preprocess(data))[0])
+        return Classification(label, probabilities, round((time.perf_counter() - started) * 1000.0, 3))

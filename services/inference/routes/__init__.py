@@ -1,0 +1,15 @@
+"""HTTP routes of the inference service, one router per resource."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.inference.routes import debug, health, models
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(models.router)
+
+debug_router = debug.router
+
+__all__ = ["api_router", "debug_router"]
