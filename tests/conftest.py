@@ -48,6 +48,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def unused_url() -> str:
+    """An http URL on loopback where nothing listens: stands for a service that is down."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 @dataclass
 class ServiceProcess:
     """A server started as a subprocess in its own process group, with its log file."""
@@ -406,3 +412,34 @@ def inference_server(
     )
     yield server
     server.stop()
+
+
+@pytest.fixture
+def inference_app_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``make(**settings) -> TestClient`` for an in-process inference app, lifespan running.
+
+    Settings not given default to a fresh cache folder, no preload and debug endpoints off.
+    """
+    from fastapi.testclient import TestClient
+
+    from services.inference.config import Settings
+    from services.inference.main import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        values: dict[str, Any] = {"cache_dir": tmp_path / "inference-cache", "preload": False, **overrides}
+        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def inference_client(model_zoo: ModelZoo, inference_app_client: Callable[..., Any]) -> Any:
+    """An in-process inference app (TestClient) serving the test zoo."""
+    return inference_app_client(tracking_uri=model_zoo.tracking_uri)

@@ -160,18 +160,28 @@ class ModelRegistry:
     # -- talking to MLflow -------------------------------------------------------------------
 
     @contextmanager
-    def _mlflow(self, what: str) -> Iterator[None]:
-        """Turn MLflow and network failures into REGISTRY_UNAVAILABLE, logged with the cause."""
+    def _mlflow(self, what: str, not_found: ServiceError | None = None) -> Iterator[None]:
+        """Turn MLflow and network failures into REGISTRY_UNAVAILABLE, logged with the cause.
+
+        ``not_found`` replaces MLflow's RESOURCE_DOES_NOT_EXIST, e.g. a version deleted meanwhile.
+        """
         try:
             yield
         except ServiceError:
             raise
-        except (MlflowException, requests.RequestException, OSError) as exc:
-            logger.warning("MLflow at %s failed while %s: %s", self.tracking_uri, what, exc)
-            raise ServiceError(
-                ErrorCode.REGISTRY_UNAVAILABLE,
-                f"The model registry (MLflow) is unavailable or failed while {what}; try again shortly.",
-            ) from exc
+        except MlflowException as exc:
+            if not_found is not None and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise not_found from exc
+            raise self._unavailable(what, exc) from exc
+        except (requests.RequestException, OSError) as exc:
+            raise self._unavailable(what, exc) from exc
+
+    def _unavailable(self, what: str, exc: Exception) -> ServiceError:
+        logger.warning("MLflow at %s failed while %s: %s", self.tracking_uri, what, exc)
+        return ServiceError(
+            ErrorCode.REGISTRY_UNAVAILABLE,
+            f"The model registry (MLflow) is unavailable or failed while {what}; try again shortly.",
+        )
 
     def _fetch_catalog(self) -> Catalog:
         with self._mlflow("listing registered models"):
@@ -277,13 +287,16 @@ class ModelRegistry:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         try:
-            uri = f"models:/{record.registered_name}/{version.version}"
-            with self._mlflow(f"downloading {record.short_name} version {version.version}"):
+            gone = ServiceError(
+                ErrorCode.VERSION_NOT_FOUND,
+                f"Model {record.short_name!r} version {version.version} was removed from the registry.",
+            )
+            with self._mlflow(f"downloading {record.short_name} version {version.version}", not_found=gone):
+                # Ask the registry where the version's files are, then fetch them from there: a
+                # models:/ URI would be resolved against MLflow's global default, not our server.
+                uri = self._client.get_model_version_download_uri(record.registered_name, version.version)
                 downloaded = download_artifacts(
-                    artifact_uri=uri,
-                    dst_path=str(staging / "artifact"),
-                    tracking_uri=self.tracking_uri,
-                    registry_uri=self.tracking_uri,
+                    artifact_uri=uri, dst_path=str(staging / "artifact"), tracking_uri=self.tracking_uri
                 )
             try:
                 found = _find_onnx(Path(downloaded))

@@ -1,0 +1,137 @@
+"""ModelRegistry against a real MLflow server holding the test zoo."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.inference.registry import ModelRegistry, configure_mlflow_http
+from shared.contract import CLASS_NAMES, ONNX_FILENAME
+from shared.errors import ErrorCode, ServiceError
+
+
+@pytest.fixture(scope="module")
+def registry(model_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    configure_mlflow_http(timeout_s=10, max_retries=0)
+    return ModelRegistry(model_zoo.tracking_uri, tmp_path_factory.mktemp("registry-cache"))
+
+
+@pytest.mark.parametrize(
+    ("model", "spec", "expected"),
+    [
+        ("rf", None, "1"),  # champion alias wins over the latest version
+        ("rf", "champion", "1"),
+        ("rf", "2", "2"),
+        ("rf", "latest", "2"),
+        ("snn", None, "1"),
+        ("snn", "best", "1"),
+        ("cnn", None, "2"),  # no champion: the latest version
+        ("cnn", "1", "1"),
+        ("mobilenetv2", "", "1"),
+    ],
+)
+def test_resolve_versions_and_aliases(
+    registry: ModelRegistry, model: str, spec: str | None, expected: str
+) -> None:
+    record, version = registry.resolve(model, spec)
+    assert record.short_name == model
+    assert record.registered_name == f"brain-tumor-{model}"
+    assert version.version == expected
+
+
+def test_unknown_model_names_the_available_ones(registry: ModelRegistry) -> None:
+    with pytest.raises(ServiceError) as caught:
+        registry.get("resnet")
+    error = caught.value
+    assert error.code is ErrorCode.MODEL_NOT_FOUND
+    assert error.status == 404
+    assert "'resnet'" in error.message
+    assert "rf, snn, cnn, mobilenetv2" in error.message
+    assert error.details["available_models"] == ["rf", "snn", "cnn", "mobilenetv2"]
+
+
+@pytest.mark.parametrize("spec", ["9", "staging"])
+def test_unknown_version_names_the_available_ones(registry: ModelRegistry, spec: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        registry.get("rf", spec)
+    error = caught.value
+    assert error.code is ErrorCode.VERSION_NOT_FOUND
+    assert f"{spec!r}" in error.message
+    assert "Available versions: 2, 1; aliases: champion -> 1." in error.message
+    assert error.details == {"available_versions": ["2", "1"], "aliases": {"champion": "1"}}
+
+
+def test_get_loads_each_version_once_even_under_concurrency(registry: ModelRegistry, sample_images) -> None:
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        classifiers = list(pool.map(lambda _: registry.get("cnn", "1"), range(12)))
+    assert all(c is classifiers[0] for c in classifiers)
+    assert classifiers[0].ready
+    assert registry.get("cnn", "1") is registry.get("cnn", "1")
+    files = list((registry.cache_dir / "brain-tumor-cnn").glob(f"*/{ONNX_FILENAME}"))
+    assert len(files) == 1
+    assert "cnn/1" in registry.loaded()
+    # No half-finished downloads left behind.
+    assert not list((registry.cache_dir / "brain-tumor-cnn").glob(".download-*"))
+
+
+def test_served_probabilities_match_the_trained_estimator(
+    registry: ModelRegistry, model_zoo: Any, sample_images: dict[str, bytes]
+) -> None:
+    for model, versions in model_zoo.versions.items():
+        for trained in versions:
+            classifier = registry.get(model, trained.version)
+            assert classifier.contract == trained.contract
+            for image in sample_images.values():
+                result = classifier.classify(image)
+                got = np.array([result.probabilities[name] for name in CLASS_NAMES])
+                np.testing.assert_allclose(got, trained.expected_probabilities(image), atol=1e-5)
+
+
+def test_a_second_registry_reuses_the_download_cache(registry: ModelRegistry, model_zoo: Any) -> None:
+    registry.get("snn", "1")
+    cached = next((registry.cache_dir / "brain-tumor-snn").glob(f"*/{ONNX_FILENAME}"))
+    before = cached.stat().st_mtime_ns
+    again = ModelRegistry(model_zoo.tracking_uri, registry.cache_dir).get("snn", "1")
+    assert again.path == cached
+    assert cached.stat().st_mtime_ns == before
+
+
+def test_list_models_has_versions_aliases_metrics_and_defaults(
+    registry: ModelRegistry, model_zoo: Any
+) -> None:
+    listing = registry.list_models()
+    by_name = {info.model: info for info in listing.models}
+    assert list(by_name) == ["rf", "snn", "cnn", "mobilenetv2"]
+    rf = by_name["rf"]
+    assert rf.registered_name == "brain-tumor-rf"
+    assert rf.default_version == "1"
+    assert [v.version for v in rf.versions] == ["2", "1"]
+    assert rf.versions[1].aliases == ["champion"]
+    assert rf.versions[1].metrics == model_zoo.version("rf", "1").metrics
+    assert rf.versions[1].run_id == model_zoo.version("rf", "1").run_id
+    assert rf.versions[1].created_at
+    assert by_name["cnn"].default_version == "2"
+    assert by_name["snn"].versions[0].aliases == ["best"]
+
+
+def test_metric_prefixes_narrow_the_headline_metrics(model_zoo: Any, tmp_path: Path) -> None:
+    narrow = ModelRegistry(model_zoo.tracking_uri, tmp_path, metric_prefixes=("test_acc",))
+    rf = next(info for info in narrow.list_models().models if info.model == "rf")
+    assert set(rf.versions[0].metrics) == {"test_accuracy"}
+
+
+def test_unreachable_mlflow_is_registry_unavailable(tmp_path: Path, unused_url: str) -> None:
+    configure_mlflow_http(timeout_s=5, max_retries=0)
+    offline = ModelRegistry(unused_url, tmp_path)
+    for call in (lambda: offline.get("rf"), offline.list_models, offline.ping):
+        with pytest.raises(ServiceError) as caught:
+            call()
+        assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE
+        assert caught.value.status == 503
+        assert unused_url not in caught.value.message  # internal addresses stay in the log
+    offline.preload_defaults()  # logs, never raises
+    assert offline.loaded() == {}
