@@ -1,0 +1,1 @@
+"""Running the stack locally: MLflow server, the three services, first training on the sample."""

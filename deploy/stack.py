@@ -1,0 +1,144 @@
+"""`python -m deploy.stack up|down|status`: the whole stack on 127.0.0.1.
+
+`up` starts an MLflow server (SQLite + local artifacts under the state folder), trains and registers
+the four model families on the data folder (the embedded sample by default) when the registry has
+none yet, then starts the inference, training and gateway services and prints their URLs.
+Processes keep running after the command returns; `down` stops them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from deploy.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    port_in_use,
+    start_mlflow,
+    start_service,
+    stop_process_group,
+)
+from shared.schemas import MODEL_FAMILIES, registered_name
+
+DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "mlflow": 5000}
+
+
+def _ports() -> dict[str, int]:
+    return {name: int(os.environ.get(f"BT_{name.upper()}_PORT", port)) for name, port in DEFAULT_PORTS.items()}
+
+
+def _registered_families(tracking_uri: str) -> set[str]:
+    response = httpx.get(f"{tracking_uri}/api/2.0/mlflow/registered-models/search", params={"max_results": 100})
+    response.raise_for_status()
+    names = {model["name"] for model in response.json().get("registered_models", [])}
+    return {family for family in MODEL_FAMILIES if registered_name(family) in names}
+
+
+def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
+    ports = _ports()
+    busy = [f"{name} ({port})" for name, port in ports.items() if port_in_use(port)]
+    if busy:
+        print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
+        return 1
+    logs = state_dir / "logs"
+    print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
+    mlflow = start_mlflow(state_dir / "mlflow", ports["mlflow"], logs / "mlflow.log")
+    started: list[ManagedProcess] = [mlflow]
+    _save(state_dir, started)
+    tracking_uri = mlflow.url
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "BT_TRAINING_CACHE_DIR": str(state_dir / "cache")}
+
+    missing = [family for family in MODEL_FAMILIES if family not in _registered_families(tracking_uri)]
+    if retrain or missing:
+        families = list(MODEL_FAMILIES) if retrain else missing
+        print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
+        command = [sys.executable, "-m", "services.training", "--families", ",".join(families)]
+        if data is not None:
+            command += ["--data", str(data)]
+        result = subprocess.run(command, env={**os.environ, **env}, check=False)
+        if result.returncode != 0:
+            print("training did not register every family; the stack starts with what is registered.")
+
+    service_env = {
+        **env,
+        "BT_GATEWAY_INFERENCE_URL": f"http://{LOOPBACK}:{ports['inference']}",
+        "BT_GATEWAY_TRAINING_URL": f"http://{LOOPBACK}:{ports['training']}",
+        "BT_GATEWAY_MLFLOW_UI_URL": tracking_uri,
+        "BT_INFERENCE_CACHE_DIR": str(state_dir / "models"),
+    }
+    for name in ("inference", "training", "gateway"):
+        started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
+        _save(state_dir, started)
+    gateway = f"http://{LOOPBACK}:{ports['gateway']}"
+    print(
+        "\nThe stack is up:\n"
+        f"  web page        {gateway}/\n"
+        f"  public API docs {gateway}/docs\n"
+        f"  inference       http://{LOOPBACK}:{ports['inference']}/docs\n"
+        f"  training        http://{LOOPBACK}:{ports['training']}/docs\n"
+        f"  MLflow UI       {tracking_uri}\n"
+        f"  logs            {logs}\n"
+        f"Try: curl -F file=@shared/sample_data/glioma/glioma_000.jpg '{gateway}/v1/predict?model=cnn'\n"
+        "Stop: python -m deploy.stack down"
+    )
+    return 0
+
+
+def _save(state_dir: Path, processes: list[ManagedProcess]) -> None:
+    state = {p.name: {"pid": p.process.pid, "url": p.url, "log": str(p.log_path)} for p in processes}
+    (state_dir / "stack.json").write_text(json.dumps(state, indent=2))
+
+
+def down(state_dir: Path) -> int:
+    state_file = state_dir / "stack.json"
+    if not state_file.exists():
+        print("nothing to stop (no stack.json)")
+        return 0
+    for name, entry in reversed(list(json.loads(state_file.read_text()).items())):
+        stop_process_group(int(entry["pid"]))
+        print(f"stopped {name}")
+    state_file.unlink()
+    return 0
+
+
+def status(state_dir: Path) -> int:
+    state_file = state_dir / "stack.json"
+    if not state_file.exists():
+        print("not running")
+        return 1
+    healthy = True
+    for name, entry in json.loads(state_file.read_text()).items():
+        path = "/health" if name == "mlflow" else "/healthz"
+        try:
+            ok = httpx.get(entry["url"] + path, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        healthy &= ok
+        print(f"{name:<10} {'up  ' if ok else 'DOWN'} {entry['url']}")
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("BT_STATE_DIR", "var")))
+    parser.add_argument("--data", type=Path, help="data folder to train on (default: the embedded sample)")
+    parser.add_argument("--retrain", action="store_true", help="train even when models are registered")
+    args = parser.parse_args(argv)
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.command == "up":
+        return up(args.state_dir.resolve(), args.data, args.retrain)
+    if args.command == "down":
+        return down(args.state_dir)
+    return status(args.state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Fresh machine (Python 3.11, pip) -> virtual environment -> the whole stack on the embedded sample.
+# Settings come from the environment, e.g. BT_MOBILENETV2_WEIGHTS (ImageNet MobileNetV2 no-top .h5),
+# BT_GATEWAY_PORT / BT_INFERENCE_PORT / BT_TRAINING_PORT / BT_MLFLOW_PORT, BT_STATE_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[train]"
+exec .venv/bin/python -m deploy.stack up "$@"

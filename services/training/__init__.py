@@ -1,0 +1,1 @@
+"""Training: data folder -> four model families -> ONNX -> MLflow model registry."""

@@ -1,0 +1,5 @@
+import sys
+
+from services.training.cli import main
+
+sys.exit(main())

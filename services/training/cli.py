@@ -1,0 +1,97 @@
+"""Command line: train in the foreground with a progress display.
+
+python -m services.training --data PATH [--families rf,cnn] [--search quick] [--max-trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from services.training.config import TrainingSettings
+from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from shared.errors import ServiceError
+from shared.schemas import MODEL_FAMILIES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.training", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="image folder (default: BT_TRAINING_DATA_DIR or the embedded sample)")
+    parser.add_argument("--families", default=",".join(MODEL_FAMILIES), help="comma-separated: rf,snn,cnn,mobilenetv2")
+    parser.add_argument("--search", choices=["none", "quick", "seed"], default="none")
+    parser.add_argument("--max-trials", type=int)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, help="override the epochs of the Keras families")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-register", action="store_true", help="log to MLflow but do not register versions")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 (default: BT_MOBILENETV2_WEIGHTS)")
+    parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
+    parser.add_argument("--json", action="store_true", help="print the final per-family results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {
+        key: value
+        for key, value in {
+            "tracking_uri": args.tracking_uri,
+            "mobilenetv2_weights": args.weights,
+            "cache_dir": args.cache_dir,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = TrainingSettings(**overrides)
+        options = TrainingOptions(
+            data_dir=args.data or settings.data_dir,
+            families=[name.strip() for name in args.families.split(",") if name.strip()],
+            search=args.search,
+            max_trials=args.max_trials,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            register_models=not args.no_register,
+        )
+    except ValidationError as exc:
+        print(f"invalid arguments: {exc}", file=sys.stderr)
+        return 2
+
+    from services.training.pipeline import run_training  # TensorFlow loads only now
+
+    started = time.perf_counter()
+
+    def show(progress: FamilyProgress) -> None:
+        elapsed = time.perf_counter() - started
+        line = f"[{elapsed:7.1f}s] {progress.family:<12} {progress.state.value:<8} {progress.step}"
+        if progress.state is FamilyState.DONE:
+            accuracy = progress.metrics.get("test_accuracy")
+            line += f"  test accuracy {accuracy:.4f}" if accuracy is not None else ""
+            if progress.registered_version:
+                line += f"  -> {progress.registered_name} v{progress.registered_version}"
+        if progress.error:
+            line += f"  ERROR {progress.error}"
+        print(line, flush=True)
+
+    try:
+        results = run_training(options, settings, show)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([result.model_dump(mode="json") for result in results], indent=2))
+    return 0 if all(result.state is FamilyState.DONE for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The interface every model family implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from shared.contract import PreprocessingContract
+from shared.imaging import to_model_input
+
+
+@dataclass
+class FittedModel:
+    """A trained native model together with the contract its inputs follow."""
+
+    native: Any
+    contract: PreprocessingContract
+    params: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+class ModelFamily(ABC):
+    name: str
+    layout: str
+    scaling: str = "unit"
+
+    def contract(self, image_size: int) -> PreprocessingContract:
+        return PreprocessingContract(image_size=image_size, layout=self.layout, scaling=self.scaling)
+
+    @abstractmethod
+    def default_params(self) -> dict[str, Any]:
+        """Fixed parameters used when no search is asked for."""
+
+    @abstractmethod
+    def fit(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FittedModel:
+        """Fit on uint8 images (N, size, size) and class indices."""
+
+    @abstractmethod
+    def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 4) from the native (scikit-learn / Keras) model."""
+
+    @abstractmethod
+    def to_onnx(self, model: FittedModel) -> onnx.ModelProto:
+        """The ONNX graph: input named contract.input_name, output named 'probabilities'."""
+
+    @staticmethod
+    def tensor(pixels: np.ndarray, contract: PreprocessingContract) -> np.ndarray:
+        return to_model_input(pixels, contract)

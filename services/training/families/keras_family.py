@@ -1,0 +1,56 @@
+"""Common training loop for the Keras families (SNN, CNN): compile, early stopping, export."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import onnx
+
+from services.training import keras_runtime
+from services.training.families.base import FittedModel, ModelFamily
+from services.training.onnx_export import keep_only_output
+from shared.contract import OUTPUT_NAME, PreprocessingContract
+
+
+class KerasFamily(ModelFamily):
+    @abstractmethod
+    def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
+        """An uncompiled Keras model whose last layer is named 'probabilities'."""
+
+    def fit(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FittedModel:
+        keras_runtime.seed_everything(int(params.get("seed", 0)))
+        model = self.build(contract, params)
+        model.compile(
+            optimizer=keras_runtime.make_optimizer(params.get("optimizer", "adam"), params["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
+        history = model.fit(
+            self.tensor(pixels, contract),
+            labels,
+            validation_data=val,
+            epochs=int(params["epochs"]),
+            batch_size=int(params["batch_size"]),
+            class_weight=params.get("class_weight"),
+            callbacks=[keras_runtime.early_stopping(int(params.get("patience", 3)), val is not None)],
+            verbose=0,
+        )
+        return FittedModel(model, contract, dict(params), keras_runtime.history_dict(history))
+
+    def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
+        return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract))
+
+    def to_onnx(self, model: FittedModel) -> onnx.ModelProto:
+        contract = model.contract
+        proto = keras_runtime.keras_to_onnx(model.native, contract.input_shape(), contract.input_name)
+        return keep_only_output(proto, proto.graph.output[0].name, OUTPUT_NAME)

@@ -1,0 +1,111 @@
+"""Training runs started over HTTP: one at a time, in a background thread, with live progress."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from services.training.config import TrainingSettings
+from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from shared.errors import ErrorCode, ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some families failed, the others were registered
+    FAILED = "failed"
+
+
+class TrainingRun(BaseModel):
+    id: str
+    state: RunState
+    options: TrainingOptions
+    created_at: datetime
+    finished_at: datetime | None = None
+    families: dict[str, FamilyProgress]
+    error: str | None = None
+
+
+RunFunction = Callable[[TrainingOptions, TrainingSettings, Callable[[FamilyProgress], None]], list[FamilyProgress]]
+
+
+class TrainingRunManager:
+    """Keeps every run of this process; refuses a second run while one is active."""
+
+    def __init__(self, settings: TrainingSettings, run_function: RunFunction) -> None:
+        self._settings = settings
+        self._run_function = run_function
+        self._runs: dict[str, TrainingRun] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, options: TrainingOptions) -> TrainingRun:
+        with self._lock:
+            active = [run for run in self._runs.values() if run.state in (RunState.QUEUED, RunState.RUNNING)]
+            if active:
+                raise ServiceError(
+                    ErrorCode.TRAINING_BUSY,
+                    f"Training run {active[0].id} is still {active[0].state.value}; one run at a time.",
+                    {"active_run": active[0].id},
+                )
+            run = TrainingRun(
+                id=uuid.uuid4().hex[:12],
+                state=RunState.QUEUED,
+                options=options,
+                created_at=datetime.now(UTC),
+                families={name: FamilyProgress(family=name) for name in options.families},
+            )
+            self._runs[run.id] = run
+            self._thread = threading.Thread(target=self._execute, args=(run,), name=f"training-{run.id}", daemon=True)
+            self._thread.start()
+            return run.model_copy(deep=True)
+
+    def _execute(self, run: TrainingRun) -> None:
+        def report(progress: FamilyProgress) -> None:
+            with self._lock:
+                run.families[progress.family] = progress.model_copy(deep=True)
+
+        with self._lock:
+            run.state = RunState.RUNNING
+        try:
+            results = self._run_function(run.options, self._settings, report)
+            states = {result.state for result in results}
+            final = (
+                RunState.SUCCEEDED
+                if states == {FamilyState.DONE}
+                else (RunState.PARTIAL if FamilyState.DONE in states else RunState.FAILED)
+            )
+            error = (
+                None if final is RunState.SUCCEEDED else "; ".join(f"{r.family}: {r.error}" for r in results if r.error)
+            )
+        except Exception as exc:  # reported on the run, never lost in a thread
+            logger.exception("training run %s failed", run.id)
+            final, error = RunState.FAILED, f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            run.state, run.error, run.finished_at = final, error, datetime.now(UTC)
+
+    def get(self, run_id: str) -> TrainingRun:
+        with self._lock:
+            if run_id not in self._runs:
+                raise ServiceError(ErrorCode.RUN_NOT_FOUND, f"No training run {run_id!r} in this service.")
+            return self._runs[run_id].model_copy(deep=True)
+
+    def list(self) -> list[TrainingRun]:
+        with self._lock:
+            return [run.model_copy(deep=True) for run in sorted(self._runs.values(), key=lambda r: r.created_at)]
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current run's thread ends (used at shutdown and in tests)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)

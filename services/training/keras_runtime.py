@@ -1,0 +1,74 @@
+"""TensorFlow/Keras set-up shared by the Keras families: threads, seeds, quiet logs, ONNX export."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@lru_cache(maxsize=1)
+def tensorflow(threads: int = 2) -> Any:
+    """Import TensorFlow once with a thread budget that matches the machine (2 cores by default)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # already initialised by an earlier import; keep its settings
+    return tf
+
+
+def seed_everything(seed: int) -> None:
+    import keras
+
+    tensorflow()
+    keras.utils.set_random_seed(seed)
+
+
+def early_stopping(patience: int, has_validation: bool) -> Any:
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor="val_loss" if has_validation else "loss",
+        patience=patience,
+        restore_best_weights=True,
+    )
+
+
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    import keras
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9),
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    if name.lower() not in optimizers:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(optimizers)}")
+    return optimizers[name.lower()](learning_rate=learning_rate)
+
+
+def keras_to_onnx(model: Any, input_shape: tuple[int | None, ...], input_name: str) -> Any:
+    """Convert a Keras model whose output layer is named 'probabilities' with tf2onnx."""
+    import tf2onnx
+
+    tf = tensorflow()
+    signature = [tf.TensorSpec(input_shape, tf.float32, name=input_name)]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)
+    return proto
+
+
+def predict_batches(model: Any, tensor: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Model inference without Keras's predict() overhead per call."""
+    parts = [np.asarray(model(tensor[i : i + batch_size], training=False)) for i in range(0, len(tensor), batch_size)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0,), np.float32)
+
+
+def history_dict(history: Any) -> dict[str, list[float]]:
+    return {key: [float(v) for v in values] for key, values in history.history.items()}

@@ -1,0 +1,41 @@
+"""Training service app: `uvicorn services.training.main:app --port 8002`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.training.config import TrainingSettings, get_settings
+from services.training.jobs import RunFunction, TrainingRunManager
+from services.training.routes import health, runs
+from shared.errors import install_error_handlers
+
+
+def _run_pipeline(options, settings, report):  # type: ignore[no-untyped-def]
+    from services.training.pipeline import run_training  # TensorFlow is imported only when a run starts
+
+    return run_training(options, settings, report)
+
+
+def create_app(settings: TrainingSettings | None = None, run_function: RunFunction | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings or get_settings()
+        app.state.manager = TrainingRunManager(app.state.settings, run_function or _run_pipeline)
+        yield
+
+    app = FastAPI(
+        title="Brain tumour zoo - training service",
+        description="Trains the four model families, converts them to ONNX and registers them in MLflow.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    return app
+
+
+app = create_app()

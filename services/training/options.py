@@ -1,0 +1,47 @@
+"""What a training run is asked to do, and what it reports while it runs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.contract import DEFAULT_IMAGE_SIZE
+from shared.schemas import MODEL_FAMILIES
+
+Family = Literal["rf", "snn", "cnn", "mobilenetv2"]
+SearchMode = Literal["none", "quick", "seed"]
+
+
+class TrainingOptions(BaseModel):
+    """Options shared by the command line and POST /v1/training-runs."""
+
+    data_dir: Path | None = Field(None, description="Folder of images; the service's default when omitted.")
+    families: list[Family] = Field(default_factory=lambda: list(MODEL_FAMILIES))
+    search: SearchMode = Field("none", description="none: fixed parameters; quick or seed: grid search.")
+    max_trials: int | None = Field(None, ge=1, description="Cap on trials per family.")
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=512)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = 42
+    epochs: int | None = Field(None, ge=1, le=500, description="Override the epochs of Keras families.")
+    register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
+
+
+class FamilyState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class FamilyProgress(BaseModel):
+    family: Family
+    state: FamilyState = FamilyState.PENDING
+    step: str = ""
+    mlflow_run_id: str | None = None
+    registered_name: str | None = None
+    registered_version: str | None = None
+    metrics: dict[str, float] = {}
+    error: str | None = None

@@ -1,0 +1,66 @@
+"""MLflow: logging a family's run, its ONNX file, and registering it as a new model version."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
+from shared.errors import ErrorCode, ServiceError
+
+
+def use_tracking(uri: str, experiment: str) -> str:
+    """Point MLflow at the tracking server, failing fast with a clear error when it is not there."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ServiceError(
+                ErrorCode.REGISTRY_UNAVAILABLE,
+                f"MLflow tracking server at {uri} is not reachable ({type(exc).__name__}); "
+                "start it or set MLFLOW_TRACKING_URI.",
+            ) from exc
+    mlflow.set_tracking_uri(uri)
+    return mlflow.set_experiment(experiment).experiment_id
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params({key: _param_text(value) for key, value in params.items()})
+
+
+def _param_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_onnx(model_bytes: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ONNX_FILENAME
+        path.write_bytes(model_bytes)
+        mlflow.log_artifact(str(path), artifact_path=ONNX_ARTIFACT_DIR)
+
+
+def register_version(registered_name: str, run_id: str, description: str, tags: dict[str, str]) -> str:
+    """Register the run's ONNX folder as a new version of registered_name; returns the version."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(registered_name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    run = client.get_run(run_id)
+    source = f"{run.info.artifact_uri}/{ONNX_ARTIFACT_DIR}"
+    version = client.create_model_version(
+        registered_name, source=source, run_id=run_id, description=description, tags=tags
+    )
+    return str(version.version)

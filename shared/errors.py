@@ -1,0 +1,123 @@
+"""One error type for all services, with symbolic codes mapped to HTTP status in one table.
+
+The JSON body is always ``{"error": {"code": ..., "message": ..., "request_id": ...}}``.
+Messages never echo an upload or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    INVALID_IMAGE = "INVALID_IMAGE"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
+    MODEL_NOT_READY = "MODEL_NOT_READY"
+    INVALID_MODEL = "INVALID_MODEL"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    REGISTRY_UNAVAILABLE = "REGISTRY_UNAVAILABLE"
+    INVALID_DATA_FOLDER = "INVALID_DATA_FOLDER"
+    WEIGHTS_NOT_FOUND = "WEIGHTS_NOT_FOUND"
+    TRAINING_BUSY = "TRAINING_BUSY"
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    INTERNAL = "INTERNAL"
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_IMAGE: 415,
+    ErrorCode.FILE_TOO_LARGE: 413,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.VERSION_NOT_FOUND: 404,
+    ErrorCode.MODEL_NOT_READY: 503,
+    ErrorCode.INVALID_MODEL: 500,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+    ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.REGISTRY_UNAVAILABLE: 503,
+    ErrorCode.INVALID_DATA_FOLDER: 422,
+    ErrorCode.WEIGHTS_NOT_FOUND: 422,
+    ErrorCode.TRAINING_BUSY: 409,
+    ErrorCode.RUN_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ServiceError(Exception):
+    """An error a client can act on: a code, a message and optional structured details."""
+
+    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.details = details or {}
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code.value, "message": self.message, "request_id": request_id}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+def error_response(request: Request, error: ServiceError) -> JSONResponse:
+    request_id = _request_id(request)
+    return JSONResponse(error.body(request_id), status_code=error.status, headers={"x-request-id": request_id})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every failure to the stable JSON body; unexpected ones become INTERNAL without details."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only locations and messages: pydantic's "input" field could echo the upload.
+        problems = [
+            {"field": ".".join(str(part) for part in err.get("loc", ())), "problem": err.get("msg", "")}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
+        error = ServiceError(ErrorCode.INVALID_REQUEST, f"Invalid request: {summary}", {"problems": problems})
+        return error_response(request, error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, ErrorCode.INVALID_REQUEST
+        )
+        error = ServiceError(code, str(exc.detail))
+        response = error_response(request, error)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, ServiceError(ErrorCode.INTERNAL, "Internal error; see the service log."))

@@ -1,0 +1,50 @@
+"""Bounded reading of uploaded image files, for every service that accepts one.
+
+Two guards: a middleware that refuses a request whose declared length is already too large,
+before the multipart body is spooled, and ``read_upload`` that never reads past the limit.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request, UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import ErrorCode, ServiceError, error_response
+
+# Room for the multipart boundaries, part headers and small form fields around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def too_large(max_bytes: int) -> ServiceError:
+    """The FILE_TOO_LARGE error, saying what is accepted (never what was sent)."""
+    mib = max_bytes / 1_048_576
+    return ServiceError(
+        ErrorCode.FILE_TOO_LARGE,
+        f"The uploaded file is too large; at most {max_bytes} bytes ({mib:.1f} MiB) are accepted.",
+        {"max_bytes": max_bytes},
+    )
+
+
+async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
+    """The file's bytes, or FILE_TOO_LARGE when it holds more than ``max_bytes``."""
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
+    return data
+
+
+class UploadSizeLimit:
+    """ASGI middleware: 413 for a request whose Content-Length exceeds the limit plus multipart overhead."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes + MULTIPART_OVERHEAD_BYTES:
+                response = error_response(Request(scope), too_large(self.max_bytes))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
