@@ -39,11 +39,11 @@ class LabelledFiles:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(CLASS_NAMES)}
 
     def fingerprint(self) -> str:
-        """Changes when any file is added, removed, renamed, relabelled or rewritten."""
+        """Content hash: changes when any file is added, removed, relabelled or rewritten, not when touched."""
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels, strict=True):
-            stat = path.stat()
-            digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{label}|{path.name}|".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()[:16]
 
 
