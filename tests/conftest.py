@@ -239,9 +239,7 @@ class ModelZoo:
 
     def default_version(self, model: str) -> str:
         """The ``champion`` alias when set, else the latest version (what inference should serve)."""
-        return self.aliases.get(model, {}).get("champion") or max(
-            (v.version for v in self.versions[model]), key=int
-        )
+        return self.aliases.get(model, {}).get("champion") or max((v.version for v in self.versions[model]), key=int)
 
 
 def register_onnx_model(
@@ -280,9 +278,7 @@ def register_onnx_model(
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{ONNX_ARTIFACT_DIR}", run_id=run_id
-    )
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{ONNX_ARTIFACT_DIR}", run_id=run_id)
     return str(version.version), run_id
 
 
@@ -344,7 +340,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) 
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    server = start_service("mlflow", command, port=port, health_path="/health", log_dir=service_logs)
+    # No job runner: it forks a handful of queue consumers that only slow a 2-core machine down.
+    env = project_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = start_service("mlflow", command, port=port, health_path="/health", log_dir=service_logs, env=env)
     yield server
     server.stop()
 
@@ -443,3 +441,47 @@ def inference_app_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 def inference_client(model_zoo: ModelZoo, inference_app_client: Callable[..., Any]) -> Any:
     """An in-process inference app (TestClient) serving the test zoo."""
     return inference_app_client(tracking_uri=model_zoo.tracking_uri)
+
+
+@pytest.fixture
+def gateway_app_client() -> Iterator[Callable[..., Any]]:
+    """``make(**settings) -> TestClient`` for an in-process gateway app, lifespan running."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.config import Settings
+    from services.gateway.main import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(Settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gateway_client(inference_server: ServiceProcess, gateway_app_client: Callable[..., Any]) -> Any:
+    """An in-process gateway (TestClient) in front of the real inference process serving the zoo."""
+    return gateway_app_client(inference_url=inference_server.url)
+
+
+@pytest.fixture(scope="session")
+def gateway_server(inference_server: ServiceProcess, service_logs: Path) -> Iterator[ServiceProcess]:
+    """The gateway as a real process (``python -m services.gateway``) in front of ``inference_server``."""
+    port = free_port()
+    env = project_env(BT_GATEWAY_PORT=str(port), BT_GATEWAY_INFERENCE_URL=inference_server.url)
+    server = start_service(
+        "gateway",
+        [sys.executable, "-m", "services.gateway"],
+        port=port,
+        health_path="/healthz",
+        log_dir=service_logs,
+        env=env,
+    )
+    yield server
+    server.stop()

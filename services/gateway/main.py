@@ -1,0 +1,72 @@
+"""The gateway's app factory: ``uvicorn --factory services.gateway.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from services.gateway.config import Settings
+from services.gateway.middleware import RequestIdMiddleware
+from services.gateway.routes import api_router
+from services.gateway.upstream import InferenceClient
+from shared.errors import install_error_handlers
+from shared.uploads import UploadSizeLimit
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Public API of the brain-tumour MRI model zoo. Upload an MRI slice and get the class
+(**glioma**, **meningioma**, **notumor**, **pituitary**) with every class's probability, from one
+model or from all four side by side: a random forest (`rf`), a small dense network (`snn`), a
+convolutional network (`cnn`) and a fine-tuned MobileNetV2 (`mobilenetv2`).
+
+Models are versioned in MLflow; name a version by number or alias, or get the default
+(alias `champion` if set, else the latest).
+
+Every error has the body `{"error": {"code", "message", "request_id"}}` and never echoes the upload.
+Send `x-request-id` to correlate a call with the services' logs; it is echoed in every answer.
+"""
+
+OPENAPI_TAGS = [
+    {"name": "predictions", "description": "Classify an uploaded MRI image."},
+    {"name": "models", "description": "The registered models, their versions, aliases and metrics."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One HTTP client for the life of the app, so connections to the inference service are reused."""
+    settings: Settings = app.state.settings
+    timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+    limits = httpx.Limits(max_connections=settings.max_connections)
+    # trust_env=False: calls between our own services must not go through a proxy from the environment.
+    async with httpx.AsyncClient(
+        base_url=settings.inference_url, timeout=timeout, limits=limits, trust_env=False
+    ) as http:
+        app.state.inference = InferenceClient(http)
+        logger.info("gateway forwarding to inference at %s", settings.inference_url)
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from the environment unless given."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Brain tumour MRI classifier - API",
+        description=DESCRIPTION,
+        version="0.1.0",
+        openapi_tags=OPENAPI_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    # Added last, so it runs first: even the size limit's 413 carries the request id.
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,43 @@
+"""Gateway settings: env prefix and refusal of bad values."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.gateway.config import Settings
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.inference_url == "http://127.0.0.1:8001"
+    assert settings.max_upload_bytes == 10 * 1024 * 1024
+    assert settings.request_timeout_s > 0
+
+
+def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_GATEWAY_INFERENCE_URL", "http://inference:8001/")
+    monkeypatch.setenv("BT_GATEWAY_TRAINING_URL", "https://training.internal")
+    monkeypatch.setenv("BT_GATEWAY_MLFLOW_UI_URL", "http://mlflow:5000")
+    monkeypatch.setenv("BT_GATEWAY_REQUEST_TIMEOUT_S", "2.5")
+    settings = Settings()
+    assert settings.inference_url == "http://inference:8001"
+    assert settings.training_url == "https://training.internal"
+    assert settings.mlflow_ui_url == "http://mlflow:5000"
+    assert settings.request_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BT_GATEWAY_INFERENCE_URL", "inference:8001"),
+        ("BT_GATEWAY_PORT", "70000"),
+        ("BT_GATEWAY_MAX_UPLOAD_BYTES", "0"),
+        ("BT_GATEWAY_REQUEST_TIMEOUT_S", "-1"),
+    ],
+)
+def test_bad_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()

@@ -1,0 +1,48 @@
+"""The gateway as it is deployed: a real process in front of the real inference process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from shared.schemas import CompareOut, PredictionOut
+
+
+def test_process_serves_predict_compare_and_docs(gateway_server: Any, sample_images: dict[str, bytes]) -> None:
+    with httpx.Client(base_url=gateway_server.url, timeout=30.0) as client:
+        files = {"file": ("scan.jpg", sample_images["meningioma"], "image/jpeg")}
+        response = client.post("/v1/predict", params={"model": "cnn", "version": "1"}, files=files)
+        assert response.status_code == 200, response.text
+        prediction = PredictionOut.model_validate(response.json())
+        assert (prediction.model, prediction.version) == ("cnn", "1")
+
+        response = client.post("/v1/compare", params={"models": "rf,snn"}, files=files)
+        assert response.status_code == 200, response.text
+        assert [item.model for item in CompareOut.model_validate(response.json()).results] == ["rf", "snn"]
+
+        assert client.get("/readyz").status_code == 200
+        docs = client.get("/docs")
+        assert docs.status_code == 200
+        assert "swagger" in docs.text.lower()
+        schema = client.get("/openapi.json").json()
+
+    assert schema["info"]["title"] == "Brain tumour MRI classifier - API"
+    assert {"/v1/predict", "/v1/compare", "/v1/models", "/healthz", "/readyz"} <= set(schema["paths"])
+    predict = schema["paths"]["/v1/predict"]["post"]
+    assert predict["summary"] and predict["description"]
+    assert {"404", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert {tag["name"] for tag in schema["tags"]} == {"predictions", "models", "health"}
+
+
+def test_oversize_upload_to_the_process_is_413(gateway_server: Any) -> None:
+    # Larger than the default 10 MiB: refused from the declared length, before the body is read.
+    body = b"\0" * (10 * 1024 * 1024 + 200 * 1024)
+    response = httpx.post(
+        gateway_server.url + "/v1/predict",
+        params={"model": "rf"},
+        files={"file": ("big.bin", body, "application/octet-stream")},
+        timeout=30.0,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "FILE_TOO_LARGE"
