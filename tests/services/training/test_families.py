@@ -1,0 +1,64 @@
+"""Each family trains on real sample images, converts to ONNX, and the ONNX model agrees with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from services.training.families import get_family
+from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
+from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
+
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    layout = discover(SAMPLE_DATA_DIR)
+    return load_arrays(layout.train, IMAGE_SIZE), layout.train.labels
+
+
+@pytest.mark.parametrize("family_name", ["rf", "snn", "cnn", "mobilenetv2"])
+def test_family_trains_converts_and_agrees(
+    family_name: str, sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
+) -> None:
+    pixels, labels = sample
+    family = get_family(family_name, mobilenetv2_weights)
+    contract = family.contract(IMAGE_SIZE)
+    params = {**family.default_params(), "seed": 1}
+    if "epochs" in params:
+        params["epochs"] = 2
+    if family_name == "rf":
+        params["n_estimators"] = 20
+    fitted = family.fit(pixels[::2], labels[::2], params, contract, validation=(pixels[1::4], labels[1::4]))
+    native = family.predict_native(fitted, pixels[1::2])
+    assert native.shape == (len(pixels[1::2]), len(CLASS_NAMES))
+    np.testing.assert_allclose(native.sum(axis=1), 1.0, atol=1e-5)
+
+    model_bytes = embed_contract(family.to_onnx(fitted), contract, {"family": family_name})
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [contract.input_name]
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME]
+    stored = PreprocessingContract.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert stored == contract
+    parity = check_parity(native, onnx_probabilities(model_bytes, family.tensor(pixels[1::2], contract)))
+    assert parity.passed, parity
+
+
+def test_mobilenetv2_takes_raw_pixels_and_scales_inside(mobilenetv2_weights: Path) -> None:
+    contract = get_family("mobilenetv2", mobilenetv2_weights).contract(IMAGE_SIZE)
+    assert contract.scaling == "raw" and contract.layout == "nhwc"
+    assert get_family("rf").contract(IMAGE_SIZE).layout == "flat"
+
+
+def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
+    from shared.errors import ServiceError
+
+    family = get_family("mobilenetv2", tmp_path / "absent.h5")
+    pixels, labels = sample
+    with pytest.raises(ServiceError, match="BT_MOBILENETV2_WEIGHTS"):
+        family.fit(pixels, labels, family.default_params(), family.contract(IMAGE_SIZE))

@@ -1,0 +1,42 @@
+"""A whole training run on the embedded sample against a real MLflow server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from services.training.config import TrainingSettings
+from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.pipeline import run_training
+
+
+def test_run_registers_passing_families_and_reports_failures(
+    training_settings: TrainingSettings, tmp_path: Path
+) -> None:
+    settings = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "missing.h5"})
+    seen: list[FamilyProgress] = []
+    results = run_training(
+        TrainingOptions(families=["rf", "cnn", "mobilenetv2"], image_size=32, epochs=1),
+        settings,
+        lambda progress: seen.append(progress.model_copy()),
+    )
+    by_family = {result.family: result for result in results}
+    assert by_family["rf"].state is FamilyState.DONE and by_family["cnn"].state is FamilyState.DONE
+    assert by_family["mobilenetv2"].state is FamilyState.FAILED
+    assert "BT_MOBILENETV2_WEIGHTS" in (by_family["mobilenetv2"].error or "")
+    assert {"fitting", "converting to ONNX", "registering"} <= {p.step for p in seen if p.family == "rf"}
+
+    client = MlflowClient(settings.tracking_uri)
+    for family in ("rf", "cnn"):
+        result = by_family[family]
+        version = client.get_model_version(f"brain-tumor-{family}", result.registered_version)
+        assert version.run_id == result.mlflow_run_id
+        run = client.get_run(result.mlflow_run_id)
+        for metric in ("test_accuracy", "test_f1_macro", "parity_max_abs_diff", "train_seconds"):
+            assert metric in run.data.metrics
+        assert run.data.metrics["parity_max_abs_diff"] <= 1e-4
+        artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
+        assert {"onnx", "split", "evaluation"} <= artifacts
+    test_files = client.download_artifacts(by_family["rf"].mlflow_run_id, "split/test_files.txt")
+    assert len(Path(test_files).read_text().splitlines()) == 24, "20% of 120 sample images"
