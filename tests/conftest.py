@@ -389,7 +389,8 @@ def model_zoo(mlflow_server: ServiceProcess, sample_arrays: SampleArrays) -> Mod
 def inference_server(
     model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
 ) -> Iterator[ServiceProcess]:
-    """The inference service as a real process (``python -m services.inference``) serving the zoo.
+    """The inference service as a real process serving the zoo, started as the stack starts it
+    (``uvicorn services.inference.main:app``).
 
     Debug endpoints are on, so tests can read which modules the process has loaded.
     """
@@ -402,7 +403,7 @@ def inference_server(
     )
     server = start_service(
         "inference",
-        [sys.executable, "-m", "services.inference"],
+        [sys.executable, "-m", "uvicorn", "services.inference.main:app", "--host", "127.0.0.1", "--port", str(port)],
         port=port,
         health_path="/healthz",
         log_dir=service_logs,

@@ -27,9 +27,7 @@ class Settings(BaseSettings):
         description="Where downloaded ONNX files are kept, one folder per version.",
     )
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
-    intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose."
-    )
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose.")
     catalog_ttl_s: float = Field(
         5.0,
         ge=0,
@@ -39,9 +37,7 @@ class Settings(BaseSettings):
     mlflow_max_retries: int = Field(
         0, ge=0, le=10, description="Retries of a failed MLflow request; MLflow's own default waits minutes."
     )
-    preload: bool = Field(
-        True, description="Load the default version of every model in the background at start."
-    )
+    preload: bool = Field(True, description="Load the default version of every model in the background at start.")
     metric_prefixes: tuple[str, ...] = Field(
         (),
         description="Only run metrics starting with one of these are listed as headline metrics; empty: all.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -72,3 +73,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.debug_endpoints:
         app.include_router(debug_router)
     return app
+
+
+@functools.cache
+def _default_app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``services.inference.main:app`` for uvicorn, built on first access rather than at import,
+    so importing this module never reads the environment."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -72,9 +72,7 @@ class OnnxClassifier:
             # One request is one small graph run; parallelism comes from concurrent requests.
             options.inter_op_num_threads = 1
             try:
-                session = ort.InferenceSession(
-                    str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
-                )
+                session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
                 logger.exception("cannot open %s", self.path)
                 raise self._invalid("the ONNX file could not be opened.") from exc
@@ -132,8 +130,7 @@ class OnnxClassifier:
         name = self.contract.input_name
         step = self._batch_limit or len(tensor) or 1
         parts = [
-            session.run([OUTPUT_NAME], {name: tensor[start : start + step]})[0]
-            for start in range(0, len(tensor), step)
+            session.run([OUTPUT_NAME], {name: tensor[start : start + step]})[0] for start in range(0, len(tensor), step)
         ]
         if not parts:
             return np.empty((0, len(self.contract.class_names)), dtype=np.float32)

@@ -332,9 +332,7 @@ class ModelRegistry:
                 classifier = self._classifiers.get(key)
             if classifier is None:
                 path = self._download(record, version_record)
-                classifier = OnnxClassifier(
-                    record.short_name, version_record.version, path, self.intra_op_threads
-                )
+                classifier = OnnxClassifier(record.short_name, version_record.version, path, self.intra_op_threads)
                 with self._lock:
                     self._classifiers[key] = classifier
             classifier.load()

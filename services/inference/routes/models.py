@@ -11,9 +11,7 @@ from shared.schemas import ErrorOut, ModelsOut, PredictionOut
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-_REGISTRY_DOWN = {
-    503: {"model": ErrorOut, "description": f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
-}
+_REGISTRY_DOWN = {503: {"model": ErrorOut, "description": f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}}
 
 
 @router.get(

@@ -39,9 +39,7 @@ def test_classify_matches_the_original_estimator(
     scaling: str,
     image_size: int,
 ) -> None:
-    contract = PreprocessingContract.model_validate(
-        {"layout": layout, "scaling": scaling, "image_size": image_size}
-    )
+    contract = PreprocessingContract.model_validate({"layout": layout, "scaling": scaling, "image_size": image_size})
     data, estimator = make_onnx(contract)
     classifier = OnnxClassifier("snn", "7", _write(tmp_path, data))
     assert not classifier.ready

@@ -34,9 +34,7 @@ def registry(model_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelR
         ("mobilenetv2", "", "1"),
     ],
 )
-def test_resolve_versions_and_aliases(
-    registry: ModelRegistry, model: str, spec: str | None, expected: str
-) -> None:
+def test_resolve_versions_and_aliases(registry: ModelRegistry, model: str, spec: str | None, expected: str) -> None:
     record, version = registry.resolve(model, spec)
     assert record.short_name == model
     assert record.registered_name == f"brain-tumor-{model}"
@@ -100,9 +98,7 @@ def test_a_second_registry_reuses_the_download_cache(registry: ModelRegistry, mo
     assert cached.stat().st_mtime_ns == before
 
 
-def test_list_models_has_versions_aliases_metrics_and_defaults(
-    registry: ModelRegistry, model_zoo: Any
-) -> None:
+def test_list_models_has_versions_aliases_metrics_and_defaults(registry: ModelRegistry, model_zoo: Any) -> None:
     listing = registry.list_models()
     by_name = {info.model: info for info in listing.models}
     assert list(by_name) == ["rf", "snn", "cnn", "mobilenetv2"]

@@ -14,9 +14,7 @@ from shared.schemas import ModelsOut, PredictionOut
 
 
 def _predict(client: Any, model: str, data: bytes, **params: str) -> Any:
-    return client.post(
-        f"/v1/models/{model}/predict", params=params, files={"file": ("scan.jpg", data, "image/jpeg")}
-    )
+    return client.post(f"/v1/models/{model}/predict", params=params, files={"file": ("scan.jpg", data, "image/jpeg")})
 
 
 def _assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -79,9 +77,7 @@ def test_any_image_format_and_mode_is_accepted(inference_client: Any) -> None:
 
 
 def test_unknown_model_is_404_naming_the_available_models(inference_client: Any, sample_images) -> None:
-    error = _assert_error(
-        _predict(inference_client, "vgg16", sample_images["glioma"]), 404, "MODEL_NOT_FOUND"
-    )
+    error = _assert_error(_predict(inference_client, "vgg16", sample_images["glioma"]), 404, "MODEL_NOT_FOUND")
     assert "'vgg16'" in error["message"]
     assert "rf, snn, cnn, mobilenetv2" in error["message"]
     assert error["details"]["available_models"] == ["rf", "snn", "cnn", "mobilenetv2"]
@@ -130,9 +126,7 @@ def test_body_far_over_the_limit_is_refused_before_parsing(model_zoo: Any, infer
 
 
 def test_missing_file_field_is_422_with_a_stable_body(inference_client: Any) -> None:
-    response = inference_client.post(
-        "/v1/models/rf/predict", files={"image": ("a.jpg", b"xyz", "image/jpeg")}
-    )
+    response = inference_client.post("/v1/models/rf/predict", files={"image": ("a.jpg", b"xyz", "image/jpeg")})
     error = _assert_error(response, 422, "INVALID_REQUEST")
     assert error["details"]["problems"] == [{"field": "body.file", "problem": "Field required"}]
     assert "xyz" not in response.text
