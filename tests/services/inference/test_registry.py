@@ -131,3 +131,25 @@ def test_unreachable_mlflow_is_registry_unavailable(tmp_path: Path, unused_url: 
         assert unused_url not in caught.value.message  # internal addresses stay in the log
     offline.preload_defaults()  # logs, never raises
     assert offline.loaded() == {}
+
+
+def test_loaded_versions_keep_answering_while_mlflow_is_down(
+    model_zoo: Any, tcp_proxy: Any, tmp_path: Path, sample_images: dict[str, bytes]
+) -> None:
+    proxy = tcp_proxy(model_zoo.tracking_uri)
+    configure_mlflow_http(timeout_s=5, max_retries=0)
+    registry = ModelRegistry(proxy.url, tmp_path, catalog_ttl_s=0)  # ask MLflow on every call
+    classifier = registry.get("rf")
+    registry.ping()
+
+    proxy.close()
+
+    # The last snapshot still resolves the default and aliases to the loaded version...
+    assert registry.get("rf") is classifier
+    assert registry.get("rf", "champion") is classifier
+    assert classifier.classify(sample_images["glioma"]).label
+    # ...but nothing that needs MLflow itself can succeed, and readiness says so.
+    for call in (lambda: registry.get("rf", "2"), registry.list_models, registry.ping):
+        with pytest.raises(ServiceError) as caught:
+            call()
+        assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE

@@ -158,3 +158,21 @@ def test_openapi_documents_the_routes(inference_client: Any) -> None:
     assert "/v1/models/{model}/predict" in schema["paths"]
     assert "/debug/modules" not in schema["paths"]
     assert inference_client.get("/debug/modules").status_code == 404  # off unless configured
+
+
+def test_loaded_model_keeps_predicting_while_mlflow_is_down(
+    model_zoo: Any, inference_app_client: Any, tcp_proxy: Any, sample_images: dict[str, bytes]
+) -> None:
+    proxy = tcp_proxy(model_zoo.tracking_uri)
+    client = inference_app_client(tracking_uri=proxy.url, catalog_ttl_s=0)
+    assert _predict(client, "cnn", sample_images["glioma"]).status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+    proxy.close()
+
+    response = _predict(client, "cnn", sample_images["glioma"])
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == model_zoo.default_version("cnn")
+    _assert_error(client.get("/readyz"), 503, "REGISTRY_UNAVAILABLE")
+    _assert_error(client.get("/v1/models"), 503, "REGISTRY_UNAVAILABLE")
+    _assert_error(_predict(client, "rf", sample_images["glioma"]), 503, "REGISTRY_UNAVAILABLE")
