@@ -1,0 +1,125 @@
+"""End to end: the README's stack command on free loopback ports, real processes throughout.
+
+`python -m deploy.stack up` starts MLflow, trains the four families on the embedded sample,
+registers them, starts inference, training and gateway; then the public API is used over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.processes import free_port
+from shared.contract import CLASS_NAMES
+from shared.dataset import SAMPLE_DATA_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+FAMILIES = ("rf", "snn", "cnn", "mobilenetv2")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, mobilenetv2_weights: Path) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("stack")
+    ports = {name: free_port() for name in ("gateway", "inference", "training", "mlflow")}
+    env = {
+        **os.environ,
+        **{f"BT_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        "BT_STATE_DIR": str(state),
+        "BT_MOBILENETV2_WEIGHTS": str(mobilenetv2_weights),
+    }
+    up = subprocess.run(
+        [sys.executable, "-m", "deploy.stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    try:
+        assert up.returncode == 0, f"stack up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        assert "The stack is up" in up.stdout
+        yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    finally:
+        subprocess.run([sys.executable, "-m", "deploy.stack", "down"], cwd=ROOT, env=env, timeout=60)
+        processes = json.loads((state / "stack.json").read_text()) if (state / "stack.json").exists() else {}
+        assert not processes, "stack.json is removed by down"
+
+
+def sample_file(class_name: str) -> Path:
+    return sorted((SAMPLE_DATA_DIR / class_name).glob("*.jpg"))[0]
+
+
+def test_predict_answers_for_every_family(stack: dict[str, str]) -> None:
+    path = sample_file("glioma")
+    for family in FAMILIES:
+        response = httpx.post(
+            f"{stack['gateway']}/v1/predict",
+            params={"model": family},
+            files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == family and body["version"] == "1"
+        assert set(body["probabilities"]) == set(CLASS_NAMES)
+        assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-3
+        assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+        assert body["latency_ms"] > 0
+
+
+def test_models_lists_four_registered_families(stack: dict[str, str]) -> None:
+    body = httpx.get(f"{stack['gateway']}/v1/models", timeout=30).json()
+    listed = {model["model"]: model for model in body["models"]}
+    assert set(FAMILIES) <= set(listed)
+    for family in FAMILIES:
+        assert listed[family]["default_version"] == "1"
+        assert "test_accuracy" in listed[family]["versions"][0]["metrics"]
+
+
+def test_compare_answers_for_all_four(stack: dict[str, str]) -> None:
+    path = sample_file("pituitary")
+    response = httpx.post(
+        f"{stack['gateway']}/v1/compare", files={"file": (path.name, path.read_bytes(), "image/jpeg")}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["model"] for item in body["results"]] == list(FAMILIES)
+    assert all(item["ok"] for item in body["results"])
+    assert body["agree"] == (len(set(body["labels"].values())) == 1)
+
+
+def test_bad_upload_is_a_clear_4xx(stack: dict[str, str]) -> None:
+    response = httpx.post(
+        f"{stack['gateway']}/v1/predict",
+        params={"model": "cnn"},
+        files={"file": ("notes.txt", b"definitely not an MRI", "text/plain")},
+        timeout=30,
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "INVALID_IMAGE"
+    assert "definitely" not in response.text
+
+
+def test_training_run_over_http_registers_a_new_version(stack: dict[str, str]) -> None:
+    start = httpx.post(f"{stack['training']}/v1/training-runs", json={"families": ["rf"], "image_size": 64}, timeout=30)
+    assert start.status_code == 202, start.text
+    run_id = start.json()["id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{stack['training']}/v1/training-runs/{run_id}", timeout=30).json()
+        if run["state"] not in ("queued", "running"):
+            break
+        time.sleep(1)
+    assert run["state"] == "succeeded", run
+    assert run["families"]["rf"]["registered_version"] == "2"
+    path = sample_file("notumor")
+    response = httpx.post(
+        f"{stack['gateway']}/v1/predict",
+        params={"model": "rf", "version": "2"},
+        files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+        timeout=60,
+    )
+    assert response.status_code == 200 and response.json()["version"] == "2"
