@@ -53,7 +53,11 @@ def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
     started: list[ManagedProcess] = [mlflow]
     _save(state_dir, started)
     tracking_uri = mlflow.url
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "BT_TRAINING_CACHE_DIR": str(state_dir / "cache")}
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "BT_TRAINING_CACHE_DIR": str(state_dir / "cache"),
+        "BT_TRAINING_REPORT_DIR": str(state_dir / "reports"),
+    }
 
     missing = [family for family in MODEL_FAMILIES if family not in _registered_families(tracking_uri)]
     if retrain or missing:

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 (default: BT_MOBILENETV2_WEIGHTS)")
     parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
+    parser.add_argument("--backend", choices=["local", "dask"], default="local", help="where search trials run")
+    parser.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://127.0.0.1:8786")
+    parser.add_argument("--jobs", type=int, default=1, help="local worker processes for search trials")
+    parser.add_argument("--report-dir", type=Path, help="where the comparison report goes (default: reports/)")
     parser.add_argument("--json", action="store_true", help="print the final per-family results as JSON")
     return parser
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             "tracking_uri": args.tracking_uri,
             "mobilenetv2_weights": args.weights,
             "cache_dir": args.cache_dir,
+            "report_dir": args.report_dir,
         }.items()
         if value is not None
     }
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             test_fraction=args.test_fraction,
             seed=args.seed,
             register_models=not args.no_register,
+            backend=args.backend,
+            scheduler=args.scheduler,
+            jobs=args.jobs,
         )
     except ValidationError as exc:
         print(f"invalid arguments: {exc}", file=sys.stderr)

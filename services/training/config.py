@@ -28,6 +28,7 @@ class TrainingSettings(BaseSettings):
         validation_alias=AliasChoices("BT_MOBILENETV2_WEIGHTS", "BT_TRAINING_MOBILENETV2_WEIGHTS"),
         description="ImageNet MobileNetV2 no-top weights (.h5); falls back to Keras's cache folder.",
     )
+    report_dir: Path = Field(Path("reports"), description="Where the comparison report is written.")
     threads: int = Field(2, ge=1, le=64, description="CPU threads for TensorFlow and the forest.")
 
 

@@ -26,6 +26,9 @@ class TrainingOptions(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = 42
     epochs: int | None = Field(None, ge=1, le=500, description="Override the epochs of Keras families.")
+    backend: Literal["local", "dask"] = Field("local", description="Where search trials run.")
+    scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
+    jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")
     register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
 
 

@@ -1,28 +1,32 @@
-"""One training run: data folder -> cached arrays -> split -> per family fit, evaluate, ONNX,
-parity check, MLflow run and registered version."""
+"""One training run: data folder -> cached arrays -> split -> per family: search (3-fold CV),
+refit, test evaluation, ONNX, parity check, MLflow parent run and registered version -> aliases
+and the comparison report."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 
-from services.training import tracking
+from services.training import plots, tracking
+from services.training.balancing import apply_balancing
 from services.training.config import TrainingSettings
-from services.training.duplicates import duplicate_groups, group_summary
+from services.training.data import PreparedData, prepare_data
 from services.training.evaluation import evaluate
-from services.training.families import get_family
+from services.training.families import ModelFamily, get_family
+from services.training.grids import candidates, search_overrides
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.report import write_comparison
+from services.training.search import TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
 from shared.contract import CLASS_NAMES
-from shared.dataset import discover, load_arrays
+from shared.dataset import discover
 from shared.schemas import registered_name
 
 logger = logging.getLogger(__name__)
@@ -30,66 +34,87 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[FamilyProgress], None]
 
 
-@dataclass
-class PreparedData:
-    """Decoded images with their split; test comes from Testing/ when the folder has one."""
+def _search(
+    family_name: str,
+    family: ModelFamily,
+    data: PreparedData,
+    options: TrainingOptions,
+    settings: TrainingSettings,
+    base: dict[str, Any],
+) -> tuple[dict[str, Any], list[TrialOutcome]]:
+    """Grid search with 3-fold CV; returns the winning parameters (at full refit cost) and every outcome."""
+    overrides = search_overrides(family_name, options.search)
+    grid = candidates(family_name, options.search, options.max_trials)
+    trials = [{**base, **overrides, **choice} for choice in grid]
 
-    train_pixels: np.ndarray
-    train_labels: np.ndarray
-    test_pixels: np.ndarray
-    test_labels: np.ndarray
-    test_files: list[str]
-    info: dict[str, Any]
+    def inputs_for(params: dict[str, Any]) -> np.ndarray:
+        pixels = data.train(int(params["image_size"]))
+        if family_name == "mobilenetv2" and int(params.get("fine_tune_blocks", 0)) == 0:
+            return family.features(pixels, family.contract(int(params["image_size"])))  # type: ignore[attr-defined]
+        return pixels
 
-
-def prepare_data(options: TrainingOptions, settings: TrainingSettings) -> PreparedData:
-    layout = discover(options.data_dir or settings.data_dir)
-    started = time.perf_counter()
-    pixels = load_arrays(layout.train, options.image_size, settings.cache_dir)
-    groups = duplicate_groups(pixels)
-    info: dict[str, Any] = {
-        "data_dir": str(layout.root),
-        "image_size": options.image_size,
-        "train_pool_images": len(layout.train),
-        **group_summary(groups),
-    }
-    if layout.test is not None:
-        test_pixels = load_arrays(layout.test, options.image_size, settings.cache_dir)
-        train_idx = np.arange(len(layout.train))
-        data = PreparedData(
-            pixels,
-            layout.train.labels,
-            test_pixels,
-            layout.test.labels,
-            [str(p) for p in layout.test.paths],
-            {**info, "test_source": "Testing/ folder"},
-        )
-    else:
-        train_idx, test_idx = split_train_test(layout.train.labels, groups, options.test_fraction, options.seed)
-        data = PreparedData(
-            pixels[train_idx],
-            layout.train.labels[train_idx],
-            pixels[test_idx],
-            layout.train.labels[test_idx],
-            [str(layout.train.paths[i].relative_to(layout.root)) for i in test_idx],
-            {
-                **info,
-                "test_source": f"stratified group split {options.test_fraction:.0%}, seed {options.seed}",
-            },
-        )
-    data.info.update(
-        train_images=len(data.train_labels),
-        test_images=len(data.test_labels),
-        test_files_sha256=hashlib.sha256("\n".join(data.test_files).encode()).hexdigest(),
-        prepare_seconds=round(time.perf_counter() - started, 2),
+    outcomes = run_search(
+        family_name,
+        trials,
+        inputs_for,
+        data.train_labels,
+        data.train_groups,
+        settings.mobilenetv2_weights,
+        options.seed,
+        backend=options.backend,
+        scheduler=options.scheduler,
+        jobs=options.jobs,
     )
-    data.info["train_groups"] = groups[train_idx] if layout.test is None else groups
-    return data
+    winner = best_outcome(outcomes)
+    chosen = {key: winner.params[key] for key in grid[0]} if grid else {}
+    return {**base, **chosen}, outcomes
 
 
-def validation_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A group-aware 10% slice of the training data for early stopping of Keras models."""
-    return split_train_test(labels, groups, 0.1, seed + 1)
+def _log_trials(family_name: str, outcomes: list[TrialOutcome]) -> None:
+    for index, outcome in enumerate(outcomes):
+        with mlflow.start_run(run_name=f"{family_name}-trial-{index:03d}", nested=True):
+            mlflow.set_tags({"family": family_name, "stage": "trial", "failed": str(outcome.error is not None)})
+            tracking.log_params(outcome.params)
+            metrics = {"trial_seconds": outcome.seconds, **outcome.mean_metrics}
+            for fold, fold_metrics in enumerate(outcome.fold_metrics):
+                metrics.update({f"fold{fold}_{key}": value for key, value in fold_metrics.items()})
+            mlflow.log_metrics(metrics)
+            for key, values in outcome.curves.items():
+                for epoch, value in enumerate(values):
+                    mlflow.log_metric(f"curve_{key}", value, step=epoch)
+            if outcome.error:
+                mlflow.set_tag("error", outcome.error[:500])
+
+
+def _refit(
+    family_name: str, family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int
+) -> tuple[Any, float]:
+    size = int(params["image_size"])
+    model_params = {key: value for key, value in params.items() if key != "image_size"}
+    pixels, labels = data.train(size), data.train_labels
+    validation = None
+    if family_name != "rf":  # Keras: early stopping on a duplicate-group-aware 10% slice
+        fit_idx, stop_idx = split_train_test(labels, data.train_groups, 0.1, seed + 1)
+        validation = (pixels[stop_idx], labels[stop_idx])
+        pixels, labels = pixels[fit_idx], labels[fit_idx]
+    pixels, labels, model_params = apply_balancing(pixels, labels, model_params, seed)
+    started = time.perf_counter()
+    fitted = family.fit(pixels, labels, model_params, family.contract(size), validation)
+    return fitted, time.perf_counter() - started
+
+
+def _onnx_latency_ms(model_bytes: bytes, tensor: np.ndarray, images: int = 20) -> float:
+    """Single-image latency, as a client calling the service sees it (batch size 1, warm session)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: tensor[:1]})
+    count = min(images, len(tensor))
+    started = time.perf_counter()
+    for i in range(count):
+        session.run(None, {name: tensor[i : i + 1]})
+    return 1000 * (time.perf_counter() - started) / max(count, 1)
 
 
 def train_family(
@@ -99,70 +124,79 @@ def train_family(
     settings: TrainingSettings,
     report: ProgressCallback,
     progress: FamilyProgress,
-) -> FamilyProgress:
+) -> dict[str, Any]:
+    """Search, refit, evaluate, convert, check, log and register one family. Returns its report row."""
     progress.state, progress.step = FamilyState.RUNNING, "starting"
     report(progress)
     family = get_family(family_name, settings.mobilenetv2_weights)
-    contract = family.contract(options.image_size)
-    params = {**family.default_params(), "seed": options.seed}
-    if options.epochs is not None and "epochs" in params:
-        params["epochs"] = options.epochs
+    base = {**family.default_params(), "image_size": options.image_size, "balancing": "none", "seed": options.seed}
+    if options.epochs is not None and "epochs" in base:
+        base["epochs"] = options.epochs
 
-    with mlflow.start_run(run_name=f"{family_name}-final") as run:
+    with mlflow.start_run(run_name=family_name) as run:
         progress.mlflow_run_id = run.info.run_id
-        mlflow.set_tags({"family": family_name, "stage": "final"})
-        tracking.log_params({**params, "image_size": options.image_size, "search": options.search})
-        tracking.log_text("\n".join(data.test_files), "split/test_files.txt")
-        mlflow.log_params({"test_files_sha256": data.info["test_files_sha256"]})
+        mlflow.set_tags({"family": family_name, "stage": "family", "search": options.search})
+        tracking.log_text("\n".join(data.test_file_names()), "split/test_files.txt")
+        mlflow.log_params({"test_files_sha256": data.info["test_files_sha256"], "data_dir": data.info["data_dir"]})
         mlflow.log_metrics({k: float(v) for k, v in data.info.items() if isinstance(v, int | float)})
 
-        progress.step = "fitting"
+        search_seconds, cv_metrics = 0.0, {}
+        params = base
+        if options.search != "none":
+            progress.step = "searching (3-fold CV)"
+            report(progress)
+            started = time.perf_counter()
+            params, outcomes = _search(family_name, family, data, options, settings, base)
+            search_seconds = time.perf_counter() - started
+            _log_trials(family_name, outcomes)
+            winner = best_outcome(outcomes)
+            cv_metrics = {f"cv_{key}": value for key, value in winner.mean_metrics.items()}
+            mlflow.log_metrics({**cv_metrics, "search_seconds": search_seconds, "search_trials": len(outcomes)})
+        tracking.log_params(params)
+
+        progress.step = "refitting on all training data"
         report(progress)
-        started = time.perf_counter()
-        validation = None
-        train_pixels, train_labels = data.train_pixels, data.train_labels
-        if family_name != "rf":
-            fit_idx, val_idx = validation_split(train_labels, data.info["train_groups"], options.seed)
-            validation = (train_pixels[val_idx], train_labels[val_idx])
-            train_pixels, train_labels = train_pixels[fit_idx], train_labels[fit_idx]
-        fitted = family.fit(train_pixels, train_labels, params, contract, validation)
-        train_seconds = time.perf_counter() - started
+        fitted, train_seconds = _refit(family_name, family, data, params, options.seed)
         for metric, values in fitted.history.items():
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"curve_{metric}", value, step=epoch)
 
-        progress.step = "evaluating"
+        progress.step = "evaluating on the test split"
         report(progress)
-        started = time.perf_counter()
-        native = family.predict_native(fitted, data.test_pixels)
-        per_image_ms = 1000 * (time.perf_counter() - started) / max(len(data.test_pixels), 1)
+        size = int(params["image_size"])
+        test_pixels = data.test(size)
+        native = family.predict_native(fitted, test_pixels)
         evaluation = evaluate(data.test_labels, native)
         tracking.log_text(evaluation.report, "evaluation/classification_report.txt")
-        tracking.log_text(
-            "\t".join(CLASS_NAMES) + "\n" + "\n".join("\t".join(map(str, row)) for row in evaluation.confusion),
-            "evaluation/confusion_matrix.tsv",
+        header = "\t".join(CLASS_NAMES)
+        rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
+        tracking.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
+        mlflow.log_image(
+            plots_image(plots.confusion_png(evaluation.confusion, family_name)), "evaluation/confusion_matrix.png"
         )
+        mlflow.log_image(plots_image(plots.roc_png(data.test_labels, native, family_name)), "evaluation/roc_curves.png")
 
         progress.step = "converting to ONNX"
         report(progress)
-        proto = family.to_onnx(fitted)
-        model_bytes = embed_contract(proto, contract, {"family": family_name, "mlflow_run_id": run.info.run_id})
+        contract = fitted.contract
+        model_bytes = embed_contract(
+            family.to_onnx(fitted), contract, {"family": family_name, "mlflow_run_id": run.info.run_id}
+        )
         tracking.log_onnx(model_bytes)
-        converted = onnx_probabilities(model_bytes, family.tensor(data.test_pixels, contract))
-        parity = check_parity(native, converted)
+        tensor = family.tensor(test_pixels, contract)
+        parity = check_parity(native, onnx_probabilities(model_bytes, tensor))
         metrics = {
             **evaluation.metrics,
             "train_seconds": train_seconds,
-            "native_ms_per_image": per_image_ms,
+            "onnx_ms_per_image": _onnx_latency_ms(model_bytes, tensor),
             "onnx_bytes": float(len(model_bytes)),
             "parity_max_abs_diff": parity.max_abs_diff,
             "parity_argmax_agreement": parity.argmax_agreement,
         }
         mlflow.log_metrics(metrics)
+        per_class = ("test_precision_", "test_recall_", "test_f1_")
         progress.metrics = {
-            k: v
-            for k, v in metrics.items()
-            if not k.startswith(("test_precision_", "test_recall_", "test_f1_")) or k.endswith("macro")
+            k: v for k, v in {**metrics, **cv_metrics}.items() if not k.startswith(per_class) or k.endswith("macro")
         }
         if not parity.passed:
             raise RuntimeError(
@@ -172,17 +206,38 @@ def train_family(
         if options.register_models:
             progress.step = "registering"
             report(progress)
-            name = registered_name(family_name)
-            progress.registered_name = name
+            progress.registered_name = registered_name(family_name)
             progress.registered_version = tracking.register_version(
-                name,
+                progress.registered_name,
                 run.info.run_id,
                 description=f"{family_name}: test accuracy {evaluation.metrics['test_accuracy']:.4f}",
-                tags={"family": family_name, "image_size": str(options.image_size)},
+                tags={
+                    "family": family_name,
+                    "image_size": str(size),
+                    "test_files_sha256": data.info["test_files_sha256"],
+                },
             )
     progress.state, progress.step = FamilyState.DONE, "done"
     report(progress)
-    return progress
+    return {
+        "family": family_name,
+        "version": progress.registered_version,
+        "run_id": run.info.run_id,
+        "params": params,
+        "metrics": metrics,
+        "cv": cv_metrics,
+        "search_seconds": search_seconds,
+        "train_seconds": train_seconds,
+    }
+
+
+def plots_image(png: bytes) -> Any:
+    """MLflow's log_image takes arrays or PIL images; decode the PNG once."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
 
 
 def run_training(
@@ -190,17 +245,24 @@ def run_training(
 ) -> list[FamilyProgress]:
     """Train, evaluate, convert and register every family asked for. A failing family does not stop the rest."""
     callback = report or (lambda progress: None)
-    discover(options.data_dir or settings.data_dir)  # a bad folder fails before anything else
+    data_dir = Path(options.data_dir or settings.data_dir)
+    discover(data_dir)  # a bad folder fails before anything else
     tracking.use_tracking(settings.tracking_uri, settings.experiment)
-    data = prepare_data(options, settings)
-    results = []
+    started = time.perf_counter()
+    data = prepare_data(data_dir, options.test_fraction, options.seed, settings.cache_dir)
+    results: list[FamilyProgress] = []
+    rows: list[dict[str, Any]] = []
     for family_name in options.families:
         progress = FamilyProgress(family=family_name)  # type: ignore[arg-type]
         try:
-            train_family(family_name, data, options, settings, callback, progress)
+            rows.append(train_family(family_name, data, options, settings, callback, progress))
         except Exception as exc:  # one family's failure is reported, the others still train
             logger.exception("training %s failed", family_name)
             progress.state, progress.error = FamilyState.FAILED, f"{type(exc).__name__}: {exc}"
             callback(progress)
         results.append(progress)
+    if rows and options.register_models:
+        tracking.set_aliases(rows, data.info["test_files_sha256"])
+    if rows:
+        write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir)
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
+from shared.schemas import registered_name
 
 
 def use_tracking(uri: str, experiment: str) -> str:
@@ -64,3 +66,35 @@ def register_version(registered_name: str, run_id: str, description: str, tags: 
         registered_name, source=source, run_id=run_id, description=description, tags=tags
     )
     return str(version.version)
+
+
+def _test_accuracy(client: MlflowClient, run_id: str | None) -> float:
+    if not run_id:
+        return -1.0
+    return float(client.get_run(run_id).data.metrics.get("test_accuracy", -1.0))
+
+
+def set_aliases(rows: list[dict[str, Any]], split_sha256: str) -> None:
+    """`champion`: each family's best version on this test split; `best`: this run's overall winner."""
+    client = MlflowClient()
+    winners: list[tuple[float, str, str]] = []
+    for row in rows:
+        if not row.get("version"):
+            continue
+        name = registered_name(row["family"])
+        comparable = [
+            version
+            for version in client.search_model_versions(f"name='{name}'")
+            if version.tags.get("test_files_sha256") == split_sha256
+        ]
+        champion = max(comparable, key=lambda v: (_test_accuracy(client, v.run_id), int(v.version)))
+        client.set_registered_model_alias(name, "champion", champion.version)
+        winners.append((float(row["metrics"]["test_accuracy"]), name, str(row["version"])))
+    if not winners:
+        return
+    _, best_name, best_version = max(winners)
+    for _, name, _ in winners:
+        if name != best_name:
+            with contextlib.suppress(MlflowException):  # that model never held the alias
+                client.delete_registered_model_alias(name, "best")
+    client.set_registered_model_alias(best_name, "best", best_version)

@@ -1,8 +1,10 @@
-"""MobileNetV2 transfer model: frozen ImageNet base + GlobalAveragePooling + dense head (Keras).
+"""MobileNetV2 transfer model: ImageNet base + GlobalAveragePooling + dense head (Keras).
 
 The grayscale input is replicated to three channels and scaled to [-1, 1] inside the model, so the
-ONNX graph takes raw 0..255 pixels. While the base is frozen, its pooled features are computed once
-per image set and the head is trained on them: that is most of the cost saved on 2 CPU cores.
+ONNX graph takes raw 0..255 pixels. While the base is frozen (`fine_tune_blocks` 0), its pooled
+features are computed once per image set and the head is trained on them: on 2 CPU cores that is
+most of the cost saved. `fine_tune_blocks` N > 0 then unfreezes the top N inverted-residual blocks
+and trains them end to end with a small learning rate, starting from the frozen-trained head.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from services.training.families.base import FittedModel, ModelFamily
 from services.training.onnx_export import keep_only_output
 from services.training.weights import resolve_weights
 from shared.contract import OUTPUT_NAME, PreprocessingContract
+
+LAST_BLOCK = 16  # MobileNetV2's inverted-residual blocks are block_1 .. block_16
 
 
 class MobileNetV2Family(ModelFamily):
@@ -37,12 +41,15 @@ class MobileNetV2Family(ModelFamily):
             "optimizer": "adam",
             "learning_rate": 1e-3,
             "batch_size": 32,
-            "epochs": 40,
-            "patience": 5,
+            "epochs": 60,
+            "patience": 6,
             "fine_tune_blocks": 0,
+            "fine_tune_epochs": 3,
+            "fine_tune_learning_rate": 1e-4,
         }
 
-    def _extractor(self, contract: PreprocessingContract) -> Any:
+    def extractor(self, contract: PreprocessingContract) -> Any:
+        """Raw grayscale (N, s, s, 1) -> pooled 1280-d ImageNet features."""
         import keras
         from keras import layers
 
@@ -60,9 +67,9 @@ class MobileNetV2Family(ModelFamily):
 
     def features(self, pixels: np.ndarray, contract: PreprocessingContract) -> np.ndarray:
         """Pooled frozen-base features, computed once per distinct image set in this process."""
-        key = hashlib.sha1(pixels.tobytes()).hexdigest() + f"-{contract.image_size}"
+        key = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest() + f"-{contract.image_size}"
         if key not in self._features:
-            extractor = self._extractor(contract)
+            extractor = self.extractor(contract)
             self._features[key] = keras_runtime.predict_batches(extractor, self.tensor(pixels, contract), 32)
         return self._features[key]
 
@@ -78,6 +85,41 @@ class MobileNetV2Family(ModelFamily):
         outputs = layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
         return keras.Model(inputs, outputs, name="head")
 
+    def fit_head(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[Any, dict[str, list[float]]]:
+        """Train the dense head on precomputed features."""
+        keras_runtime.seed_everything(int(params.get("seed", 0)))
+        head = self._head(features.shape[1], 4, params)
+        head.compile(
+            optimizer=keras_runtime.make_optimizer(params.get("optimizer", "adam"), float(params["learning_rate"])),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        history = head.fit(
+            features,
+            labels,
+            validation_data=validation,
+            epochs=int(params["epochs"]),
+            batch_size=int(params["batch_size"]),
+            class_weight=params.get("class_weight"),
+            callbacks=[keras_runtime.early_stopping(int(params.get("patience", 5)), validation is not None)],
+            verbose=0,
+        )
+        return head, keras_runtime.history_dict(history)
+
+    def compose(self, head: Any, contract: PreprocessingContract) -> Any:
+        """Extractor + head as one model taking raw pixels."""
+        import keras
+
+        extractor = self.extractor(contract)
+        inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
+        return keras.Model(inputs, head(extractor(inputs)), name="mobilenetv2_classifier")
+
     def fit(
         self,
         pixels: np.ndarray,
@@ -86,35 +128,50 @@ class MobileNetV2Family(ModelFamily):
         contract: PreprocessingContract,
         validation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FittedModel:
-        import keras
-
-        if int(params.get("fine_tune_blocks", 0)) != 0:
-            raise ValueError("fine_tune_blocks > 0 is not supported yet; use 0 (frozen base)")
-        keras_runtime.seed_everything(int(params.get("seed", 0)))
-        train_features = self.features(pixels, contract)
-        val = None
+        val_features = None
         if validation is not None:
-            val = (self.features(validation[0], contract), validation[1])
-        head = self._head(train_features.shape[1], len(contract.class_names), params)
-        head.compile(
-            optimizer=keras_runtime.make_optimizer(params.get("optimizer", "adam"), params["learning_rate"]),
+            val_features = (self.features(validation[0], contract), validation[1])
+        head, history = self.fit_head(self.features(pixels, contract), labels, params, val_features)
+        model = self.compose(head, contract)
+        blocks = int(params.get("fine_tune_blocks", 0))
+        if blocks > 0:
+            history.update(self._fine_tune(model, pixels, labels, params, contract, validation, blocks))
+        return FittedModel(model, contract, dict(params), history)
+
+    def _fine_tune(
+        self,
+        model: Any,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        blocks: int,
+    ) -> dict[str, list[float]]:
+        """Unfreeze the top `blocks` blocks (BatchNorm stays in inference mode) and train end to end."""
+        base = next(layer for layer in model.get_layer("mobilenetv2_features").layers if "mobilenetv2" in layer.name)
+        base.trainable = True
+        first_trainable = LAST_BLOCK - blocks + 1
+        for layer in base.layers:
+            name = layer.name
+            in_top = name.startswith("block_") and int(name.split("_")[1]) >= first_trainable
+            layer.trainable = (in_top or name.startswith("Conv_1")) and "bn" not in name.lower()
+        model.compile(
+            optimizer=keras_runtime.make_optimizer("adam", float(params["fine_tune_learning_rate"])),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        history = head.fit(
-            train_features,
+        val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
+        history = model.fit(
+            self.tensor(pixels, contract),
             labels,
             validation_data=val,
-            epochs=int(params["epochs"]),
+            epochs=int(params["fine_tune_epochs"]),
             batch_size=int(params["batch_size"]),
-            class_weight=params.get("class_weight"),
-            callbacks=[keras_runtime.early_stopping(int(params.get("patience", 5)), val is not None)],
+            callbacks=[keras_runtime.early_stopping(2, val is not None)],
             verbose=0,
         )
-        extractor = self._extractor(contract)
-        inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
-        full = keras.Model(inputs, head(extractor(inputs)), name="mobilenetv2_classifier")
-        return FittedModel(full, contract, dict(params), keras_runtime.history_dict(history))
+        return {f"fine_tune_{key}": values for key, values in keras_runtime.history_dict(history).items()}
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
         return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract), 32)

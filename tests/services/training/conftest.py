@@ -41,4 +41,5 @@ def training_settings(
         cache_dir=tmp_path_factory.getbasetemp() / "training-cache",
         mobilenetv2_weights=mobilenetv2_weights,
         experiment="tests",
+        report_dir=tmp_path_factory.getbasetemp() / "reports",
     )

@@ -1,0 +1,92 @@
+"""Hyper-parameter grids per family and search mode.
+
+`seed` reproduces the original study's grids. `quick` is sized so that the four families together
+search and refit on the full 5,708-image set within about 30 minutes on 2 CPU cores; see
+docs/benchmarks.md for what each family costs. Keys that are not model parameters:
+`image_size` (the input size the family trains at) and `balancing` (none, rotate, class_weight).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sklearn.model_selection import ParameterGrid
+
+SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "rf": {
+        "n_estimators": list(range(10, 201, 20)),
+        "max_depth": [None, 10, 20, 30],
+        "min_samples_split": [2, 5, 10],
+        "max_features": ["sqrt", "log2"],
+    },
+    "cnn": {
+        "optimizer": ["adam", "sgd", "rmsprop"],
+        "dropout": [0.3, 0.5, 0.7],
+        "activation": ["relu", "tanh", "sigmoid"],
+        "filters": [16, 32],
+        "kernel_size": [3],
+        "batch_size": [16, 32],
+        "epochs": [5, 10],
+    },
+    "snn": {
+        "units": [128, 256, 512],
+        "dropout": [0.3, 0.5],
+        "activation": ["relu", "tanh"],
+        "optimizer": ["adam", "sgd"],
+        "batch_size": [32, 64],
+        "epochs": [20],
+    },
+    "mobilenetv2": {
+        "units": [128, 256],
+        "dropout": [0.3],
+        "learning_rate": [1e-3, 1e-4],
+        "batch_size": [32],
+        "epochs": [20, 40],
+        "fine_tune_blocks": [0],
+    },
+}
+
+QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "rf": {
+        "image_size": [32, 64],
+        "n_estimators": [300],
+        "max_features": ["sqrt"],
+        "balancing": ["none", "class_weight"],
+    },
+    "snn": {
+        "image_size": [32],
+        "units": [256, 512],
+        "dropout": [0.3],
+        "balancing": ["none", "rotate"],
+    },
+    "cnn": {
+        "image_size": [64],
+        "filters": [16],
+        "dropout": [0.5],
+        "balancing": ["none", "rotate"],
+    },
+    "mobilenetv2": {
+        "image_size": [128],
+        "units": [256],
+        "learning_rate": [1e-3, 3e-4],
+        "balancing": ["none", "class_weight"],
+    },
+}
+
+# Parameters applied while searching only (cheaper trials); the refit of the winner uses the defaults.
+QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
+    "snn": {"epochs": 20, "patience": 4},
+    "cnn": {"epochs": 8, "patience": 3},
+    "mobilenetv2": {"epochs": 40, "patience": 5},
+}
+
+
+def candidates(family: str, mode: str, max_trials: int | None = None) -> list[dict[str, Any]]:
+    """The parameter sets to try, in a fixed order; capped at max_trials."""
+    grids = {"seed": SEED_GRIDS, "quick": QUICK_GRIDS}[mode]
+    trials = [dict(params) for params in ParameterGrid(grids[family])]
+    return trials[:max_trials] if max_trials else trials
+
+
+def search_overrides(family: str, mode: str) -> dict[str, Any]:
+    return dict(QUICK_SEARCH_OVERRIDES.get(family, {})) if mode == "quick" else {}

@@ -1,0 +1,113 @@
+"""The comparison report: the four families side by side, the study's figures beside them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from services.training import plots
+from services.training.options import TrainingOptions
+
+logger = logging.getLogger(__name__)
+
+# What the original student study reported (its split leaked rotated copies of test images).
+STUDY_ACCURACY = {"rf": 0.92, "cnn": 0.952}
+FAMILY_TITLES = {
+    "rf": "Random Forest",
+    "snn": "Shallow dense network",
+    "cnn": "Small CNN",
+    "mobilenetv2": "MobileNetV2",
+}
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    m = row["metrics"]
+    study = STUDY_ACCURACY.get(row["family"])
+    cv = row["cv"].get("cv_mean_val_accuracy")
+    cells = [
+        FAMILY_TITLES.get(row["family"], row["family"]),
+        f"{m['test_accuracy']:.4f}",
+        f"{m['test_f1_macro']:.4f}",
+        f"{m['test_precision_macro']:.4f}",
+        f"{m['test_recall_macro']:.4f}",
+        f"{m.get('test_roc_auc_ovr_macro', float('nan')):.4f}",
+        f"{cv:.4f}" if cv is not None else "-",
+        f"{study:.3f}" if study else "not reported",
+        f"{row['search_seconds'] / 60:.1f}",
+        f"{row['train_seconds'] / 60:.1f}",
+        f"{m['onnx_ms_per_image']:.2f}",
+        f"{m['onnx_bytes'] / 1e6:.1f}",
+        f"v{row['version']}" if row.get("version") else "not registered",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def comparison_markdown(
+    rows: list[dict[str, Any]], info: dict[str, Any], options: TrainingOptions, seconds: float
+) -> str:
+    header = (
+        "| family | test accuracy | macro F1 | macro precision | macro recall | ROC-AUC (OvR, macro) | "
+        "CV accuracy (3-fold mean) | study accuracy | search min | refit min | ONNX ms/image | ONNX MB | version |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    params = "\n".join(f"- **{row['family']}**: `{json.dumps(row['params'], sort_keys=True)}`" for row in rows)
+    return f"""# Model comparison
+
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training --search {options.search}` on
+`{info["data_dir"]}` (whole run {seconds / 60:.1f} minutes).
+
+{header}
+{chr(10).join(_row_line(row) for row in rows)}
+
+![comparison](comparison.png)
+
+## Data and split
+- Training pool: {info["train_pool_images"]} images; test set: {info["test_images"]} images
+  ({info["test_source"]}); training: {info["train_images"]} images.
+- Every image decoded to one 8-bit grayscale channel, whatever its file mode.
+- Near-duplicates (256-bit difference hash, confirmed by thumbnail pixels for the looser matches):
+  {info["duplicate_groups"]} groups holding {info["images_in_duplicate_groups"]} images
+  (largest {info["largest_duplicate_group"]}); each group is kept on one side of the test split and of every CV fold.
+- Test file list hash (sha256): `{info["test_files_sha256"]}` (the list itself is logged with each family's MLflow run).
+- Class balancing (rotation oversampling or class weights) is a search option applied inside training folds
+  only; rotated copies of validation or test images are never trained on.
+
+## Winning parameters
+{params}
+
+## The original study
+It reported 92% (Random Forest) and 95.2% (CNN) accuracy, but oversampled by rotation before splitting, so
+rotated copies of test images were in its training data; its figures are not comparable to held-out figures.
+"""
+
+
+def write_comparison(
+    rows: list[dict[str, Any]], info: dict[str, Any], options: TrainingOptions, seconds: float, report_dir: Path
+) -> Path:
+    """Write reports/comparison.md and comparison.png, and log both to an MLflow run."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    markdown = comparison_markdown(rows, info, options, seconds)
+    chart_rows = [
+        {
+            "family": row["family"],
+            "accuracy": row["metrics"]["test_accuracy"],
+            "f1_macro": row["metrics"]["test_f1_macro"],
+            "study_accuracy": STUDY_ACCURACY.get(row["family"], ""),
+        }
+        for row in rows
+    ]
+    (report_dir / "comparison.md").write_text(markdown)
+    (report_dir / "comparison.png").write_bytes(plots.comparison_png(chart_rows))
+    with mlflow.start_run(run_name="comparison-report"):
+        mlflow.set_tags({"stage": "report"})
+        mlflow.log_metric("run_minutes", seconds / 60)
+        mlflow.log_artifact(str(report_dir / "comparison.md"), artifact_path="report")
+        mlflow.log_artifact(str(report_dir / "comparison.png"), artifact_path="report")
+    logger.info("comparison report written to %s", report_dir / "comparison.md")
+    return report_dir / "comparison.md"

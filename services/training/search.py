@@ -1,0 +1,176 @@
+"""Hyper-parameter search with stratified, duplicate-group-aware 3-fold CV, run through joblib.
+
+Trials are plain function calls (`run_trial`), so joblib can run them in this process, in local
+worker processes, or on a Dask cluster (`backend="dask"`) without any change to the trial code.
+Each trial returns its per-fold metrics; the parent process logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.model_selection import StratifiedGroupKFold
+
+from services.training.balancing import apply_balancing
+from services.training.families import get_family
+from services.training.splits import split_train_test
+
+CV_FOLDS = 3
+NOT_MODEL_PARAMS = ("image_size",)
+
+
+@dataclass
+class TrialOutcome:
+    params: dict[str, Any]
+    fold_metrics: list[dict[str, float]]
+    seconds: float
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def mean_metrics(self) -> dict[str, float]:
+        if not self.fold_metrics:
+            return {}
+        return {f"mean_{key}": float(np.mean([m[key] for m in self.fold_metrics])) for key in self.fold_metrics[0]}
+
+    @property
+    def score(self) -> float:
+        """Model selection criterion: mean CV accuracy, then macro F1."""
+        means = self.mean_metrics
+        return means.get("mean_val_accuracy", -1.0) + 1e-3 * means.get("mean_val_f1_macro", 0.0)
+
+
+def cv_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    n_splits = min(CV_FOLDS, int(np.bincount(labels).min()))
+    splitter = StratifiedGroupKFold(n_splits=max(n_splits, 2), shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def fold_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(probabilities.shape[1])), average="macro", zero_division=0
+    )
+    return {
+        "val_accuracy": float(accuracy_score(labels, predicted)),
+        "val_precision_macro": float(precision),
+        "val_recall_macro": float(recall),
+        "val_f1_macro": float(f1),
+    }
+
+
+def run_trial(
+    family_name: str,
+    params: dict[str, Any],
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    weights: Path | None,
+    seed: int,
+) -> TrialOutcome:
+    """Fit and score one parameter set on every fold. `inputs` are uint8 images, or for a frozen
+    MobileNetV2 the precomputed pooled features of the same images."""
+    started = time.perf_counter()
+    family = get_family(family_name, weights)
+    size = int(params.get("image_size", 128))
+    model_params = {k: v for k, v in params.items() if k not in NOT_MODEL_PARAMS}
+    model_params.setdefault("seed", seed)
+    on_features = family_name == "mobilenetv2" and inputs.ndim == 2
+    fold_metrics: list[dict[str, float]] = []
+    curves: dict[str, list[float]] = {}
+    try:
+        for fold, (train_idx, val_idx) in enumerate(folds):
+            fit_idx, stop_idx = train_idx, None
+            if family_name != "rf":  # Keras: early stopping on a slice of the fold's own training part
+                inner_fit, inner_stop = split_train_test(labels[train_idx], groups[train_idx], 0.1, seed + fold)
+                fit_idx, stop_idx = train_idx[inner_fit], train_idx[inner_stop]
+            if on_features:
+                fit_inputs, fit_labels, fit_params = apply_balancing(
+                    inputs[fit_idx], labels[fit_idx], model_params, seed
+                )
+                stop = None if stop_idx is None else (inputs[stop_idx], labels[stop_idx])
+                head, history = family.fit_head(fit_inputs, fit_labels, fit_params, stop)  # type: ignore[attr-defined]
+                probabilities = np.asarray(head.predict(inputs[val_idx], verbose=0))
+            else:
+                contract = family.contract(size)
+                fit_pixels, fit_labels, fit_params = apply_balancing(
+                    inputs[fit_idx], labels[fit_idx], model_params, seed
+                )
+                stop = None if stop_idx is None else (inputs[stop_idx], labels[stop_idx])
+                fitted = family.fit(fit_pixels, fit_labels, fit_params, contract, stop)
+                probabilities = family.predict_native(fitted, inputs[val_idx])
+                history = fitted.history
+            fold_metrics.append(fold_scores(labels[val_idx], probabilities))
+            if fold == 0:
+                curves = history
+    except Exception as exc:  # a bad combination is reported as a failed trial, the search goes on
+        return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves, f"{type(exc).__name__}: {exc}")
+    return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves)
+
+
+def joblib_backend(backend: str, scheduler: str | None, jobs: int) -> AbstractContextManager[Any]:
+    """Where trials run: 'local' (this process when jobs is 1, else loky workers) or 'dask'."""
+    if backend == "dask":
+        if not scheduler:
+            raise ValueError("the dask backend needs a scheduler address, e.g. tcp://127.0.0.1:8786")
+        from dask.distributed import Client
+
+        client = Client(scheduler, timeout="20s")
+        return _DaskContext(client)
+    if jobs == 1:
+        return nullcontext()
+    return joblib.parallel_config(backend="loky", n_jobs=jobs)
+
+
+class _DaskContext(AbstractContextManager[Any]):
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._config = joblib.parallel_config(backend="dask")
+
+    def __enter__(self) -> Any:
+        self._config.__enter__()
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self._config.__exit__(*exc)
+        self.client.close()
+
+
+def run_search(
+    family_name: str,
+    trials: list[dict[str, Any]],
+    inputs_for: Callable[[dict[str, Any]], np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    weights: Path | None,
+    seed: int,
+    backend: str = "local",
+    scheduler: str | None = None,
+    jobs: int = 1,
+) -> list[TrialOutcome]:
+    """Run every trial on the same folds; returns outcomes in trial order."""
+    folds = cv_folds(labels, groups, seed)
+    calls = [
+        joblib.delayed(run_trial)(family_name, params, inputs_for(params), labels, groups, folds, weights, seed)
+        for params in trials
+    ]
+    with joblib_backend(backend, scheduler, jobs):
+        n_jobs = -1 if backend == "dask" else jobs
+        return list(joblib.Parallel(n_jobs=n_jobs)(calls))
+
+
+def best_outcome(outcomes: list[TrialOutcome]) -> TrialOutcome:
+    valid = [outcome for outcome in outcomes if outcome.error is None and outcome.fold_metrics]
+    if not valid:
+        errors = "; ".join(sorted({outcome.error or "no folds" for outcome in outcomes}))
+        raise RuntimeError(f"every trial failed: {errors}")
+    return max(valid, key=lambda outcome: outcome.score)
