@@ -3,13 +3,7 @@
 # Debian's Chromium for the browser test) and runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+BT_EXTRAS=dev . deploy/bootstrap.sh
 .venv/bin/python -m ruff check .
 set +e
 .venv/bin/python -m pytest "$@"

@@ -4,11 +4,5 @@
 # BT_GATEWAY_PORT / BT_INFERENCE_PORT / BT_TRAINING_PORT / BT_MLFLOW_PORT, BT_STATE_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[train]"
+BT_EXTRAS=train . deploy/bootstrap.sh
 exec .venv/bin/python -m deploy.stack up "$@"

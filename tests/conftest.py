@@ -561,3 +561,13 @@ def gateway_server(inference_server: ServiceProcess, service_logs: Path) -> Iter
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mobilenetv2_weights() -> Path:
+    """The ImageNet MobileNetV2 no-top weights; the tests pass the path in (BT_MOBILENETV2_WEIGHTS),
+    defaulting to the copy provided beside the repository. Nothing is ever downloaded."""
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    path = Path(os.environ.get("BT_MOBILENETV2_WEIGHTS", ROOT.parent / "shared" / "weights" / name))
+    assert path.is_file(), f"MobileNetV2 weights not found at {path}; set BT_MOBILENETV2_WEIGHTS"
+    return path

@@ -54,6 +54,48 @@ def make_optimizer(name: str, learning_rate: float) -> Any:
     return optimizers[name.lower()](learning_rate=learning_rate)
 
 
+def compile_and_fit(
+    model: Any,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    params: dict[str, Any],
+    *,
+    optimizer: str | None = None,
+    learning_rate: float | None = None,
+    epochs: int | None = None,
+    patience: int | None = None,
+) -> dict[str, list[float]]:
+    """The one training loop of every Keras model here: sparse cross-entropy, early stopping on the
+    validation slice (restoring the best weights), learning rate halved when validation loss stalls."""
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(
+            optimizer or params.get("optimizer", "adam"), learning_rate or params["learning_rate"]
+        ),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    stop_patience = int(patience if patience is not None else params.get("patience", 3))
+    callbacks = [early_stopping(stop_patience, validation is not None)]
+    if validation is not None and stop_patience > 2:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
+        )
+    history = model.fit(
+        inputs,
+        labels,
+        validation_data=validation,
+        epochs=int(epochs or params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        class_weight=params.get("class_weight"),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return history_dict(history)
+
+
 def keras_to_onnx(model: Any, input_shape: tuple[int | None, ...], input_name: str) -> Any:
     """Convert a Keras model whose output layer is named 'probabilities' with tf2onnx."""
     import tf2onnx

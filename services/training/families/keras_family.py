@@ -29,23 +29,9 @@ class KerasFamily(ModelFamily):
     ) -> FittedModel:
         keras_runtime.seed_everything(int(params.get("seed", 0)))
         model = self.build(contract, params)
-        model.compile(
-            optimizer=keras_runtime.make_optimizer(params.get("optimizer", "adam"), params["learning_rate"]),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
         val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
-        history = model.fit(
-            self.tensor(pixels, contract),
-            labels,
-            validation_data=val,
-            epochs=int(params["epochs"]),
-            batch_size=int(params["batch_size"]),
-            class_weight=params.get("class_weight"),
-            callbacks=[keras_runtime.early_stopping(int(params.get("patience", 3)), val is not None)],
-            verbose=0,
-        )
-        return FittedModel(model, contract, dict(params), keras_runtime.history_dict(history))
+        history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params)
+        return FittedModel(model, contract, dict(params), history)
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
         return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract))

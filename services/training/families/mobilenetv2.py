@@ -95,22 +95,8 @@ class MobileNetV2Family(ModelFamily):
         """Train the dense head on precomputed features."""
         keras_runtime.seed_everything(int(params.get("seed", 0)))
         head = self._head(features.shape[1], 4, params)
-        head.compile(
-            optimizer=keras_runtime.make_optimizer(params.get("optimizer", "adam"), float(params["learning_rate"])),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        history = head.fit(
-            features,
-            labels,
-            validation_data=validation,
-            epochs=int(params["epochs"]),
-            batch_size=int(params["batch_size"]),
-            class_weight=params.get("class_weight"),
-            callbacks=[keras_runtime.early_stopping(int(params.get("patience", 5)), validation is not None)],
-            verbose=0,
-        )
-        return head, keras_runtime.history_dict(history)
+        history = keras_runtime.compile_and_fit(head, features, labels, validation, params)
+        return head, history
 
     def compose(self, head: Any, contract: PreprocessingContract) -> Any:
         """Extractor + head as one model taking raw pixels."""
@@ -156,22 +142,19 @@ class MobileNetV2Family(ModelFamily):
             name = layer.name
             in_top = name.startswith("block_") and int(name.split("_")[1]) >= first_trainable
             layer.trainable = (in_top or name.startswith("Conv_1")) and "bn" not in name.lower()
-        model.compile(
-            optimizer=keras_runtime.make_optimizer("adam", float(params["fine_tune_learning_rate"])),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
         val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
-        history = model.fit(
+        history = keras_runtime.compile_and_fit(
+            model,
             self.tensor(pixels, contract),
             labels,
-            validation_data=val,
+            val,
+            params,
+            optimizer="adam",
+            learning_rate=float(params["fine_tune_learning_rate"]),
             epochs=int(params["fine_tune_epochs"]),
-            batch_size=int(params["batch_size"]),
-            callbacks=[keras_runtime.early_stopping(2, val is not None)],
-            verbose=0,
+            patience=2,
         )
-        return {f"fine_tune_{key}": values for key, values in keras_runtime.history_dict(history).items()}
+        return {f"fine_tune_{key}": values for key, values in history.items()}
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
         return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract), 32)

@@ -1,9 +1,8 @@
 """Fixtures for training tests: a dedicated real MLflow server (so registrations here never mix
-with the inference tests' model zoo), settings pointing at it, and the MobileNetV2 weights."""
+with the inference tests' model zoo), and settings pointing at it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +10,6 @@ import pytest
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow
 from services.training.config import TrainingSettings
-
-ROOT = Path(__file__).resolve().parents[3]
-WEIGHTS_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-
-
-@pytest.fixture(scope="session")
-def mobilenetv2_weights() -> Path:
-    """The tests pass the weights path in: BT_MOBILENETV2_WEIGHTS, else the provided copy beside the repo."""
-    path = Path(os.environ.get("BT_MOBILENETV2_WEIGHTS", ROOT.parent / "shared" / "weights" / WEIGHTS_NAME))
-    assert path.is_file(), f"MobileNetV2 weights not found at {path}; set BT_MOBILENETV2_WEIGHTS"
-    return path
 
 
 @pytest.fixture(scope="session")
