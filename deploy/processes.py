@@ -113,7 +113,9 @@ def start_mlflow(data_dir: Path, port: int, log_path: Path, timeout: float = 90.
         "--workers",
         "1",
     ]
-    managed = _spawn("mlflow", command, dict(os.environ), log_path, f"http://{LOOPBACK}:{port}")
+    # The job-execution feature forks a pool of queue workers we never use; without it start-up is twice as fast.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    managed = _spawn("mlflow", command, env, log_path, f"http://{LOOPBACK}:{port}")
     wait_until_healthy(managed, "/health", timeout)
     return managed
 
