@@ -34,12 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 (default: BT_MOBILENETV2_WEIGHTS)")
     parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter of every family trained, e.g. --set fine_tune_blocks=2 (JSON values)",
+    )
     parser.add_argument("--backend", choices=["local", "dask"], default="local", help="where search trials run")
     parser.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://127.0.0.1:8786")
     parser.add_argument("--jobs", type=int, default=1, help="local worker processes for search trials")
     parser.add_argument("--report-dir", type=Path, help="where the comparison report goes (default: reports/)")
     parser.add_argument("--json", action="store_true", help="print the final per-family results as JSON")
     return parser
+
+
+def _parse_override(item: str) -> tuple[str, object]:
+    key, _, text = item.partition("=")
+    try:
+        return key.strip(), json.loads(text)
+    except json.JSONDecodeError:
+        return key.strip(), text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             scheduler=args.scheduler,
             jobs=args.jobs,
+            overrides=dict(_parse_override(item) for item in args.overrides),
         )
     except ValidationError as exc:
         print(f"invalid arguments: {exc}", file=sys.stderr)

@@ -48,28 +48,27 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
     "rf": {
-        "image_size": [32, 64],
+        "image_size": [32, 48],
         "n_estimators": [300],
         "max_features": ["sqrt"],
-        "balancing": ["none", "class_weight"],
+        "balancing": ["none", "rotate"],
     },
     "snn": {
         "image_size": [32],
         "units": [256, 512],
         "dropout": [0.3],
-        "balancing": ["none", "rotate"],
+        "balancing": ["none", "class_weight"],
     },
     "cnn": {
         "image_size": [64],
-        "filters": [16],
-        "dropout": [0.5],
-        "balancing": ["none", "rotate"],
+        "filters": [32],
+        "dropout": [0.3],
+        "augment": ["none", "flip"],
     },
     "mobilenetv2": {
-        "image_size": [128],
-        "units": [256],
-        "learning_rate": [1e-3, 3e-4],
-        "balancing": ["none", "class_weight"],
+        "image_size": [160],
+        "units": [256, 512],
+        "dropout": [0.3, 0.5],
     },
 }
 
@@ -77,7 +76,6 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
 QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
     "cnn": {"epochs": 8, "patience": 3},
-    "mobilenetv2": {"epochs": 40, "patience": 5},
 }
 
 

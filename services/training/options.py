@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,9 @@ class TrainingOptions(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = 42
     epochs: int | None = Field(None, ge=1, le=500, description="Override the epochs of Keras families.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters that replace the defaults and the search's choice, e.g. epochs."
+    )
     backend: Literal["local", "dask"] = Field("local", description="Where search trials run.")
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
     jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")

@@ -132,6 +132,7 @@ def train_family(
     base = {**family.default_params(), "image_size": options.image_size, "balancing": "none", "seed": options.seed}
     if options.epochs is not None and "epochs" in base:
         base["epochs"] = options.epochs
+    base.update(options.overrides)
 
     with mlflow.start_run(run_name=family_name) as run:
         progress.mlflow_run_id = run.info.run_id
@@ -147,6 +148,7 @@ def train_family(
             report(progress)
             started = time.perf_counter()
             params, outcomes = _search(family_name, family, data, options, settings, base)
+            params.update(options.overrides)
             search_seconds = time.perf_counter() - started
             _log_trials(family_name, outcomes)
             winner = best_outcome(outcomes)

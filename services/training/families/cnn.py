@@ -22,8 +22,11 @@ class SmallCnnFamily(KerasFamily):
             "optimizer": "adam",
             "learning_rate": 1e-3,
             "batch_size": 32,
-            "epochs": 10,
-            "patience": 3,
+            "epochs": 30,
+            "patience": 5,
+            # Left-right flips of the training batches only (the layer is inactive at inference):
+            # a brain slice mirrored is still a plausible slice of the same class.
+            "augment": "none",
         }
 
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
@@ -33,6 +36,10 @@ class SmallCnnFamily(KerasFamily):
         filters, kernel, activation = int(params["filters"]), int(params["kernel_size"]), params["activation"]
         inputs = keras.Input(shape=contract.input_shape()[1:], name=contract.input_name)
         x = inputs
+        if params.get("augment", "none") == "flip":
+            x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+        elif params.get("augment", "none") != "none":
+            raise ValueError(f"unknown augment {params['augment']!r}; expected none or flip")
         for block in range(3):
             x = layers.Conv2D(filters * 2**block, kernel, padding="same", activation=activation)(x)
             x = layers.MaxPooling2D()(x)
