@@ -45,16 +45,23 @@ def main(argv: list[str] | None = None) -> int:
         "--families", args.families, "--report-dir", str(args.report_dir), "--json", *extra,
     ]  # fmt: skip
     started = time.perf_counter()
+    lines: list[str] = []
     try:
-        result = subprocess.run(
+        with subprocess.Popen(
             command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=subprocess.PIPE, text=True
-        )
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:  # progress lines are shown as they come
+                lines.append(line)
+                if line.startswith("["):
+                    print(line, end="", flush=True)
+        returncode = process.returncode
     finally:
         if mlflow is not None:
             mlflow.stop()
     minutes = (time.perf_counter() - started) / 60
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-    output = result.stdout
+    output = "".join(lines)
     families = json.loads(output[output.index("[\n") :]) if "[\n" in output else []
 
     rows = []
@@ -86,10 +93,9 @@ Whole run: **{minutes:.1f} minutes** (target {TIME_TARGET_MIN:.0f}); peak memory
 **{peak_gb:.2f} GB** (target < {MEMORY_TARGET_GB:.0f}). Per-family search and refit minutes, ONNX latency and
 size: `{args.report_dir}/comparison.md`.
 """
-    print(output[: output.index("[\n")] if "[\n" in output else output)
     print(body)
     write_section("train-full", body)
-    return result.returncode
+    return returncode
 
 
 if __name__ == "__main__":
