@@ -27,6 +27,15 @@ class Settings(BaseSettings):
         description="Where downloaded ONNX files are kept, one folder per version.",
     )
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
+    max_pixel_batch_images: int = Field(
+        2048, ge=1, description="Most images in one predict-pixels request (the explainer's perturbed batches)."
+    )
+    max_pixel_batch_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest predict-pixels body (N x H x W bytes of uint8 pixels)."
+    )
+    pixel_run_batch: int = Field(
+        64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."
+    )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose.")
     catalog_ttl_s: float = Field(
         5.0,
@@ -39,7 +48,16 @@ class Settings(BaseSettings):
     )
     preload: bool = Field(True, description="Load the default version of every model in the background at start.")
     metric_prefixes: tuple[str, ...] = Field(
-        (),
+        (
+            "test_accuracy",
+            "test_f1_macro",
+            "test_precision_macro",
+            "test_recall_macro",
+            "test_roc_auc",
+            "cv_mean_val_accuracy",
+            "onnx_ms_per_image",
+            "onnx_bytes",
+        ),
         description="Only run metrics starting with one of these are listed as headline metrics; empty: all.",
     )
     debug_endpoints: bool = Field(
