@@ -20,6 +20,7 @@ SERVICE_APPS = {
     "gateway": "services.gateway.main:app",
     "inference": "services.inference.main:app",
     "training": "services.training.main:app",
+    "explainer": "services.explainer.main:app",
 }
 
 

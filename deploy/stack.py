@@ -2,7 +2,7 @@
 
 `up` starts an MLflow server (SQLite + local artifacts under the state folder), trains and registers
 the four model families on the data folder (the embedded sample by default) when the registry has
-none yet, then starts the inference, training and gateway services and prints their URLs.
+none yet, then starts the inference, explainer, training and gateway services and prints their URLs.
 Processes keep running after the command returns; `down` stops them.
 """
 
@@ -27,7 +27,7 @@ from deploy.processes import (
 )
 from shared.schemas import MODEL_FAMILIES, registered_name
 
-DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "mlflow": 5000}
+DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "explainer": 8003, "mlflow": 5000}
 
 
 def _ports() -> dict[str, int]:
@@ -41,7 +41,7 @@ def _registered_families(tracking_uri: str) -> set[str]:
     return {family for family in MODEL_FAMILIES if registered_name(family) in names}
 
 
-def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
+def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") -> int:
     ports = _ports()
     busy = [f"{name} ({port})" for name, port in ports.items() if port_in_use(port)]
     if busy:
@@ -63,7 +63,8 @@ def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
     if retrain or missing:
         families = list(MODEL_FAMILIES) if retrain else missing
         print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
-        command = [sys.executable, "-m", "services.training", "--families", ",".join(families)]
+        # Fixed parameters on the sample: a search on 120 images would only add minutes.
+        command = [sys.executable, "-m", "services.training", "--families", ",".join(families), "--search", search]
         if data is not None:
             command += ["--data", str(data)]
         result = subprocess.run(command, env={**os.environ, **env}, check=False)
@@ -74,10 +75,12 @@ def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
         **env,
         "BT_GATEWAY_INFERENCE_URL": f"http://{LOOPBACK}:{ports['inference']}",
         "BT_GATEWAY_TRAINING_URL": f"http://{LOOPBACK}:{ports['training']}",
+        "BT_GATEWAY_EXPLAINER_URL": f"http://{LOOPBACK}:{ports['explainer']}",
+        "BT_EXPLAINER_INFERENCE_URL": f"http://{LOOPBACK}:{ports['inference']}",
         "BT_GATEWAY_MLFLOW_UI_URL": tracking_uri,
         "BT_INFERENCE_CACHE_DIR": str(state_dir / "models"),
     }
-    for name in ("inference", "training", "gateway"):
+    for name in ("inference", "explainer", "training", "gateway"):
         started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
         _save(state_dir, started)
     gateway = f"http://{LOOPBACK}:{ports['gateway']}"
@@ -87,6 +90,7 @@ def up(state_dir: Path, data: Path | None, retrain: bool) -> int:
         f"  public API docs {gateway}/docs\n"
         f"  inference       http://{LOOPBACK}:{ports['inference']}/docs\n"
         f"  training        http://{LOOPBACK}:{ports['training']}/docs\n"
+        f"  explainer       http://{LOOPBACK}:{ports['explainer']}/docs\n"
         f"  MLflow UI       {tracking_uri}\n"
         f"  logs            {logs}\n"
         f"Try: curl -F file=@shared/sample_data/glioma/glioma_000.jpg '{gateway}/v1/predict?model=cnn'\n"
@@ -135,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("BT_STATE_DIR", "var")))
     parser.add_argument("--data", type=Path, help="data folder to train on (default: the embedded sample)")
     parser.add_argument("--retrain", action="store_true", help="train even when models are registered")
+    parser.add_argument("--search", choices=["none", "quick", "seed"], default="none", help="search mode of training")
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        return up(args.state_dir.resolve(), args.data, args.retrain)
+        return up(args.state_dir.resolve(), args.data, args.retrain, args.search)
     if args.command == "down":
         return down(args.state_dir)
     return status(args.state_dir)

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="image folder (default: BT_TRAINING_DATA_DIR or the embedded sample)")
     parser.add_argument("--families", default=",".join(MODEL_FAMILIES), help="comma-separated: rf,snn,cnn,mobilenetv2")
-    parser.add_argument("--search", choices=["none", "quick", "seed"], default="none")
+    parser.add_argument("--search", choices=["none", "quick", "seed"], default="quick")
     parser.add_argument("--max-trials", type=int)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, help="override the epochs of the Keras families")

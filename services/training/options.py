@@ -20,7 +20,9 @@ class TrainingOptions(BaseModel):
 
     data_dir: Path | None = Field(None, description="Folder of images; the service's default when omitted.")
     families: list[Family] = Field(default_factory=lambda: list(MODEL_FAMILIES))
-    search: SearchMode = Field("none", description="none: fixed parameters; quick or seed: grid search.")
+    search: SearchMode = Field(
+        "quick", description="quick: small grid sized for 2 CPU cores; seed: the study's grids; none: fixed parameters."
+    )
     max_trials: int | None = Field(None, ge=1, description="Cap on trials per family.")
     image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=512)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)

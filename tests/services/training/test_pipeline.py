@@ -17,7 +17,7 @@ def test_run_registers_passing_families_and_reports_failures(
     settings = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "missing.h5"})
     seen: list[FamilyProgress] = []
     results = run_training(
-        TrainingOptions(families=["rf", "cnn", "mobilenetv2"], image_size=32, epochs=1),
+        TrainingOptions(families=["rf", "cnn", "mobilenetv2"], search="none", image_size=32, epochs=1),
         settings,
         lambda progress: seen.append(progress.model_copy()),
     )
