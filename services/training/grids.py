@@ -76,6 +76,8 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
 QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
     "cnn": {"epochs": 8, "patience": 3},
+    # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
+    "mobilenetv2": {"fine_tune_blocks": 0},
 }
 
 

@@ -21,6 +21,8 @@ class FittedModel:
     contract: PreprocessingContract
     params: dict[str, Any]
     history: dict[str, list[float]] = field(default_factory=dict)
+    # Family-specific by-products worth reporting (stage timings, a baseline model).
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelFamily(ABC):

@@ -10,6 +10,7 @@ and trains them end to end with a small learning rate, starting from the frozen-
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,10 @@ class MobileNetV2Family(ModelFamily):
             "batch_size": 32,
             "epochs": 60,
             "patience": 6,
-            "fine_tune_blocks": 0,
-            "fine_tune_epochs": 3,
+            # Top blocks fine-tuned on cached lower-part outputs after the head is trained frozen.
+            "fine_tune_blocks": 4,
+            "fine_tune_epochs": 25,
+            "fine_tune_patience": 4,
             "fine_tune_learning_rate": 1e-4,
         }
 
@@ -114,47 +117,119 @@ class MobileNetV2Family(ModelFamily):
         contract: PreprocessingContract,
         validation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FittedModel:
-        val_features = None
-        if validation is not None:
-            val_features = (self.features(validation[0], contract), validation[1])
-        head, history = self.fit_head(self.features(pixels, contract), labels, params, val_features)
-        model = self.compose(head, contract)
         blocks = int(params.get("fine_tune_blocks", 0))
-        if blocks > 0:
-            history.update(self._fine_tune(model, pixels, labels, params, contract, validation, blocks))
-        return FittedModel(model, contract, dict(params), history)
+        if blocks == 0:
+            val_features = None
+            if validation is not None:
+                val_features = (self.features(validation[0], contract), validation[1])
+            started = time.perf_counter()
+            head, history = self.fit_head(self.features(pixels, contract), labels, params, val_features)
+            extras = {"head_seconds": time.perf_counter() - started}
+            return FittedModel(self.compose(head, contract), contract, dict(params), history, extras)
+        return self._fit_fine_tuned(pixels, labels, params, contract, validation, blocks)
 
-    def _fine_tune(
+    def _split_base(self, contract: PreprocessingContract, blocks: int) -> tuple[Any, Any, Any]:
+        """(lower, upper, preprocessing) models: raw pixels -> [-1, 1] RGB -> frozen lower part -> top blocks."""
+        import keras
+        from keras import layers
+
+        keras_runtime.tensorflow()
+        size = contract.image_size
+        base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=1.0, include_top=False, weights=None)
+        base.load_weights(str(resolve_weights(self.weights)))
+        cut = LAST_BLOCK - blocks
+        names = {layer.name for layer in base.layers}
+        cut_name = next((n for n in (f"block_{cut}_add", f"block_{cut}_project_BN") if n in names), None)
+        if cut_name is None or not 1 <= blocks <= LAST_BLOCK - 1:
+            raise ValueError(f"fine_tune_blocks must be between 1 and {LAST_BLOCK - 1}, got {blocks}")
+        cut_tensor = base.get_layer(cut_name).output
+        lower = keras.Model(base.input, cut_tensor, name="mobilenetv2_lower")
+        upper = keras.Model(cut_tensor, base.output, name="mobilenetv2_upper")
+        lower.trainable = False
+        inputs = keras.Input(shape=(size, size, 1), name=contract.input_name)
+        x = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenetv2_scaling")(x)
+        preprocessing = keras.Model(inputs, x, name="mobilenetv2_preprocessing")
+        return lower, upper, preprocessing
+
+    def _fit_fine_tuned(
         self,
-        model: Any,
         pixels: np.ndarray,
         labels: np.ndarray,
         params: dict[str, Any],
         contract: PreprocessingContract,
         validation: tuple[np.ndarray, np.ndarray] | None,
         blocks: int,
-    ) -> dict[str, list[float]]:
-        """Unfreeze the top `blocks` blocks (BatchNorm stays in inference mode) and train end to end."""
-        base = next(layer for layer in model.get_layer("mobilenetv2_features").layers if "mobilenetv2" in layer.name)
-        base.trainable = True
-        first_trainable = LAST_BLOCK - blocks + 1
-        for layer in base.layers:
-            name = layer.name
-            in_top = name.startswith("block_") and int(name.split("_")[1]) >= first_trainable
-            layer.trainable = (in_top or name.startswith("Conv_1")) and "bn" not in name.lower()
-        val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
-        history = keras_runtime.compile_and_fit(
-            model,
-            self.tensor(pixels, contract),
+    ) -> FittedModel:
+        """Fine-tune the top `blocks` blocks on cached outputs of the frozen lower part.
+
+        The lower part never changes, so its outputs are computed once; each fine-tuning epoch then
+        costs only the top blocks. Stage 1 trains the head on frozen pooled features (kept as the
+        'frozen head' baseline); stage 2 trains the top blocks (BatchNorm frozen) and that head together.
+        """
+        import keras
+        from keras import layers
+
+        lower, upper, preprocessing = self._split_base(contract, blocks)
+
+        def lower_features(images: np.ndarray) -> np.ndarray:
+            tensor = self.tensor(images, contract)
+            return keras_runtime.predict_batches(
+                lambda x, training: lower(preprocessing(x), training=False), tensor, 32
+            )
+
+        def pooled(cached: np.ndarray) -> np.ndarray:
+            gap = layers.GlobalAveragePooling2D()
+            return keras_runtime.predict_batches(lambda x, training: gap(upper(x, training=False)), cached, 64)
+
+        started = time.perf_counter()
+        train_cached = lower_features(pixels)
+        val_cached = None if validation is None else (lower_features(validation[0]), validation[1])
+        lower_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        val_pooled = None if val_cached is None else (pooled(val_cached[0]), val_cached[1])
+        head, history = self.fit_head(pooled(train_cached), labels, params, val_pooled)
+        head_seconds = time.perf_counter() - started
+        frozen = self._assemble(preprocessing, lower, upper, head, contract)
+        frozen_weights = [w.copy() for w in frozen.get_weights()]
+
+        started = time.perf_counter()
+        for layer in upper.layers:
+            layer.trainable = not isinstance(layer, layers.BatchNormalization)
+        cached_input = keras.Input(shape=train_cached.shape[1:], name="lower_features")
+        x = layers.GlobalAveragePooling2D()(upper(cached_input, training=False))
+        trainable = keras.Model(cached_input, head(x), name="mobilenetv2_top")
+        tuned = keras_runtime.compile_and_fit(
+            trainable,
+            train_cached,
             labels,
-            val,
+            val_cached,
             params,
-            optimizer="adam",
             learning_rate=float(params["fine_tune_learning_rate"]),
             epochs=int(params["fine_tune_epochs"]),
-            patience=2,
+            patience=int(params.get("fine_tune_patience", 4)),
         )
-        return {f"fine_tune_{key}": values for key, values in history.items()}
+        history.update({f"fine_tune_{key}": values for key, values in tuned.items()})
+        model = self._assemble(preprocessing, lower, upper, head, contract)
+        frozen_copy = keras.models.clone_model(model)
+        frozen_copy.set_weights(frozen_weights)
+        extras = {
+            "lower_features_seconds": lower_seconds,
+            "head_seconds": head_seconds,
+            "fine_tune_seconds": time.perf_counter() - started,
+            "frozen_model": frozen_copy,
+        }
+        return FittedModel(model, contract, dict(params), history, extras)
+
+    def _assemble(self, preprocessing: Any, lower: Any, upper: Any, head: Any, contract: PreprocessingContract) -> Any:
+        import keras
+        from keras import layers
+
+        inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
+        x = upper(lower(preprocessing(inputs), training=False), training=False)
+        x = layers.GlobalAveragePooling2D(name="pooled_features")(x)
+        return keras.Model(inputs, head(x), name="mobilenetv2_classifier")
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
         return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract), 32)

@@ -55,6 +55,25 @@ def test_mobilenetv2_takes_raw_pixels_and_scales_inside(mobilenetv2_weights: Pat
     assert get_family("rf").contract(IMAGE_SIZE).layout == "flat"
 
 
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_mobilenetv2_frozen_and_fine_tuned(
+    blocks: int, sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
+) -> None:
+    pixels, labels = sample
+    family = get_family("mobilenetv2", mobilenetv2_weights)
+    params = {**family.default_params(), "fine_tune_blocks": blocks, "epochs": 2, "fine_tune_epochs": 2}
+    fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE), validation=(pixels[:20], labels[:20]))
+    assert ("frozen_model" in fitted.extras) == (blocks > 0)
+    if blocks:
+        assert "fine_tune_loss" in fitted.history and fitted.extras["fine_tune_seconds"] > 0
+        base = fitted.native.get_layer("mobilenetv2_upper")
+        trainable = [w for w in base.trainable_weights]
+        assert trainable, "the top blocks are trainable"
+        assert not any("bn" in w.path.lower() or "batch" in w.path.lower() for w in trainable), "BatchNorm frozen"
+    with pytest.raises(ValueError, match="fine_tune_blocks"):
+        family.fit(pixels, labels, {**params, "fine_tune_blocks": 99}, family.contract(IMAGE_SIZE))
+
+
 def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
     from shared.errors import ServiceError
 
