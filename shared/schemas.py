@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from shared.contract import PreprocessingContract
+
 MODEL_FAMILIES: tuple[str, ...] = ("rf", "snn", "cnn", "mobilenetv2")
 REGISTERED_NAME_PREFIX = "brain-tumor-"
 
@@ -51,6 +53,61 @@ class CompareOut(BaseModel):
     results: list[CompareItem]
     agree: bool = Field(description="True when every model that answered gave the same label.")
     labels: dict[str, str]
+
+
+class ContractOut(BaseModel):
+    """A registered version and the preprocessing contract embedded in its ONNX file."""
+
+    model: str
+    version: str = Field(description="The version the request resolved to (number, not alias).")
+    contract: PreprocessingContract
+
+
+class PixelsPredictionOut(BaseModel):
+    """Class probabilities for a batch of decoded images, in the order they were sent."""
+
+    model: str
+    version: str
+    class_names: list[str] = Field(description="Column order of `probabilities`.")
+    probabilities: list[list[float]] = Field(description="One row per image, one column per class.")
+    latency_ms: float = Field(description="Time spent in the model for the whole batch, in milliseconds.")
+
+
+class RegionOut(BaseModel):
+    """One superpixel of the scan and its LIME weight."""
+
+    segment: int = Field(description="Superpixel number in the explanation's segmentation.")
+    weight: float = Field(description="Effect on the explained class: positive supports it, negative opposes it.")
+    area_fraction: float = Field(description="Share of the image the region covers, 0..1.")
+    bbox: tuple[float, float, float, float] = Field(
+        description="x0, y0, x1, y1 of the region as fractions of the image's width and height."
+    )
+    background: bool = Field(description="True for the dark background (outside the tissue) region.")
+
+
+class ExplanationOut(BaseModel):
+    """A LIME explanation of one model's answer for one image."""
+
+    model: str
+    version: str
+    label: str = Field(description="The class explained: `label=` when given, else the predicted class.")
+    predicted_label: str
+    probabilities: dict[str, float] = Field(description="The model's answer for the unperturbed image.")
+    seed: int
+    num_samples: int = Field(description="Perturbed images the model classified.")
+    num_segments: int = Field(description="Superpixels the image was divided into (SLIC on the grayscale slice).")
+    regions: list[RegionOut] = Field(description="The regions with the largest absolute weights, strongest first.")
+    score: float = Field(description="R^2 of LIME's weighted linear model on the perturbed samples.")
+    intercept: float
+    local_prediction: float = Field(description="The linear model's prediction for the whole image.")
+    overlay_png: str = Field(
+        description="Base64 PNG: the scan at its own size (at most 1024 px a side) with the weights as a heat "
+        "map (warm: supports the class, cool: opposes it); the strongest supporting regions are outlined."
+    )
+    overlay_width: int
+    overlay_height: int
+    latency_ms: float = Field(description="Time the explainer spent on the request, in milliseconds.")
+    timings_ms: dict[str, float] = Field(description="Where the time went: segment, predict, lime, render.")
 
 
 class ErrorDetail(BaseModel):

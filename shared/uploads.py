@@ -25,6 +25,21 @@ def too_large(max_bytes: int) -> ServiceError:
     )
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """A raw request body, or FILE_TOO_LARGE as soon as it holds more than ``max_bytes``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
     """The file's bytes, or FILE_TOO_LARGE when it holds more than ``max_bytes``."""
     data = await file.read(max_bytes + 1)
@@ -34,14 +49,19 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
 
 
 class UploadSizeLimit:
-    """ASGI middleware: 413 for a request whose Content-Length exceeds the limit plus multipart overhead."""
+    """ASGI middleware: 413 for a request whose Content-Length exceeds the limit plus multipart overhead.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths ending in one of ``exempt_suffixes`` are left to their handler, which bounds its own body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_suffixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_suffixes = exempt_suffixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        exempt = bool(self.exempt_suffixes) and str(scope.get("path", "")).endswith(self.exempt_suffixes)
+        if scope["type"] == "http" and not exempt:
             declared = dict(scope.get("headers") or []).get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_bytes + MULTIPART_OVERHEAD_BYTES:
                 response = error_response(Request(scope), too_large(self.max_bytes))

@@ -547,10 +547,68 @@ def gateway_client(inference_server: ServiceProcess, gateway_app_client: Callabl
 
 
 @pytest.fixture(scope="session")
-def gateway_server(inference_server: ServiceProcess, service_logs: Path) -> Iterator[ServiceProcess]:
-    """The gateway as a real process (``python -m services.gateway``) in front of ``inference_server``."""
+def explainer_server(inference_server: ServiceProcess, service_logs: Path) -> Iterator[ServiceProcess]:
+    """The explainer (LIME) as a real process in front of ``inference_server``, started as the stack
+    starts it (``uvicorn services.explainer.main:app``)."""
     port = free_port()
-    env = project_env(BT_GATEWAY_PORT=str(port), BT_GATEWAY_INFERENCE_URL=inference_server.url)
+    env = project_env(BT_EXPLAINER_PORT=str(port), BT_EXPLAINER_INFERENCE_URL=inference_server.url)
+    server = start_service(
+        "explainer",
+        [sys.executable, "-m", "uvicorn", "services.explainer.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_path="/healthz",
+        log_dir=service_logs,
+        env=env,
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def explainer_app_client(inference_server: ServiceProcess) -> Iterator[Callable[..., Any]]:
+    """``make(**settings) -> TestClient`` for an in-process explainer app, lifespan running; by default
+    in front of the real inference process."""
+    from fastapi.testclient import TestClient
+
+    from services.explainer.config import Settings
+    from services.explainer.main import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        values: dict[str, Any] = {"inference_url": inference_server.url, **overrides}
+        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def explainer_client(explainer_app_client: Callable[..., Any]) -> Any:
+    """An in-process explainer (TestClient) in front of the real inference process serving the zoo."""
+    return explainer_app_client()
+
+
+@pytest.fixture(scope="session")
+def gateway_server(
+    mlflow_server: ServiceProcess,
+    inference_server: ServiceProcess,
+    explainer_server: ServiceProcess,
+    service_logs: Path,
+) -> Iterator[ServiceProcess]:
+    """The gateway as a real process (``python -m services.gateway``) in front of ``inference_server``
+    and ``explainer_server``, linking to ``mlflow_server`` as its MLflow UI."""
+    port = free_port()
+    env = project_env(
+        BT_GATEWAY_PORT=str(port),
+        BT_GATEWAY_INFERENCE_URL=inference_server.url,
+        BT_GATEWAY_EXPLAINER_URL=explainer_server.url,
+        BT_GATEWAY_MLFLOW_UI_URL=mlflow_server.url,
+    )
     server = start_service(
         "gateway",
         [sys.executable, "-m", "services.gateway"],

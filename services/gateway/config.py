@@ -17,13 +17,17 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
     training_url: str = Field("http://127.0.0.1:8002", description="Base URL of the training service.")
+    explainer_url: str = Field("http://127.0.0.1:8003", description="Base URL of the explainer (LIME) service.")
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="MLflow UI, for links shown to people.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one upstream answer.")
+    explain_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for an explanation (the explainer may queue requests)."
+    )
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to an upstream service.")
     max_connections: int = Field(32, ge=1, description="Connections kept to upstream services at most.")
 
-    @field_validator("inference_url", "training_url", "mlflow_ui_url")
+    @field_validator("inference_url", "training_url", "explainer_url", "mlflow_ui_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")

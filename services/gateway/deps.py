@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, File, Query, Request, UploadFile
 
 from services.gateway.config import Settings
-from services.gateway.upstream import REQUEST_ID_HEADER, InferenceClient
+from services.gateway.upstream import REQUEST_ID_HEADER, ExplainerClient, InferenceClient
 from shared.uploads import read_upload
 
 # Model names and versions go into upstream URLs: keep them to a safe alphabet.
@@ -22,6 +22,10 @@ def get_inference(request: Request) -> InferenceClient:
     return request.app.state.inference
 
 
+def get_explainer(request: Request) -> ExplainerClient:
+    return request.app.state.explainer
+
+
 def get_request_id(request: Request) -> str:
     # RequestIdMiddleware guarantees the header, so upstream logs and our errors share the id.
     return request.headers.get(REQUEST_ID_HEADER, "")
@@ -29,6 +33,7 @@ def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
+ExplainerDep = Annotated[ExplainerClient, Depends(get_explainer)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 ModelQuery = Annotated[

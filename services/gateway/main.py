@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from services.gateway.config import Settings
 from services.gateway.middleware import RequestIdMiddleware
 from services.gateway.routes import api_router
-from services.gateway.upstream import InferenceClient
+from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.errors import install_error_handlers
 from shared.uploads import UploadSizeLimit
 
@@ -28,12 +28,16 @@ convolutional network (`cnn`) and a fine-tuned MobileNetV2 (`mobilenetv2`).
 Models are versioned in MLflow; name a version by number or alias, or get the default
 (alias `champion` if set, else the latest).
 
+`/v1/explain` explains one model's answer with LIME (top regions and a heat-map overlay); the web
+page at `/` compares the four models side by side.
+
 Every error has the body `{"error": {"code", "message", "request_id"}}` and never echoes the upload.
 Send `x-request-id` to correlate a call with the services' logs; it is echoed in every answer.
 """
 
 OPENAPI_TAGS = [
     {"name": "predictions", "description": "Classify an uploaded MRI image."},
+    {"name": "explanations", "description": "LIME explanations: which regions of the scan drove an answer."},
     {"name": "models", "description": "The registered models, their versions, aliases and metrics."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
@@ -41,16 +45,23 @@ OPENAPI_TAGS = [
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One HTTP client for the life of the app, so connections to the inference service are reused."""
+    """One HTTP client per upstream service for the life of the app, so connections are reused."""
     settings: Settings = app.state.settings
     timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
     limits = httpx.Limits(max_connections=settings.max_connections)
     # trust_env=False: calls between our own services must not go through a proxy from the environment.
-    async with httpx.AsyncClient(
-        base_url=settings.inference_url, timeout=timeout, limits=limits, trust_env=False
-    ) as http:
+    explain_timeout = httpx.Timeout(settings.explain_timeout_s, connect=settings.connect_timeout_s)
+    async with (
+        httpx.AsyncClient(base_url=settings.inference_url, timeout=timeout, limits=limits, trust_env=False) as http,
+        httpx.AsyncClient(
+            base_url=settings.explainer_url, timeout=explain_timeout, limits=limits, trust_env=False
+        ) as explainer_http,
+    ):
         app.state.inference = InferenceClient(http)
-        logger.info("gateway forwarding to inference at %s", settings.inference_url)
+        app.state.explainer = ExplainerClient(explainer_http)
+        logger.info(
+            "gateway forwarding to inference at %s, explainer at %s", settings.inference_url, settings.explainer_url
+        )
         yield
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, File, Path, Query, Request, UploadFile
+import numpy as np
+from fastapi import Depends, File, Header, Path, Query, Request, UploadFile
 
 from services.inference.config import Settings
 from services.inference.model import OnnxClassifier
 from services.inference.registry import ModelRegistry
-from shared.uploads import read_upload
+from shared.errors import ErrorCode, ServiceError
+from shared.uploads import read_body, read_upload
 
 # Names and versions end up in MLflow filters and cache paths: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -63,3 +65,48 @@ async def get_image_bytes(
 
 
 ImageBytes = Annotated[bytes, Depends(get_image_bytes)]
+
+
+PIXELS_SHAPE_HEADER = "x-pixels-shape"
+
+
+async def get_pixel_batch(
+    request: Request,
+    settings: SettingsDep,
+    shape: Annotated[
+        str,
+        Header(
+            alias=PIXELS_SHAPE_HEADER,
+            pattern=r"^\s*\d{1,9}\s*,\s*\d{1,9}\s*,\s*\d{1,9}\s*$",
+            description="N,H,W of the uint8 pixels in the body, e.g. `500,128,128`.",
+        ),
+    ],
+) -> np.ndarray:
+    """The body as uint8 images (N, H, W): its length must be exactly N*H*W; N and the size are bounded."""
+    count, height, width = (int(part) for part in shape.split(","))
+    if not 1 <= count <= settings.max_pixel_batch_images or height < 1 or width < 1:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"{PIXELS_SHAPE_HEADER} must be N,H,W with 1 <= N <= {settings.max_pixel_batch_images} and H, W >= 1; "
+            f"got {count},{height},{width}.",
+        )
+    expected = count * height * width
+    limit = settings.max_pixel_batch_bytes
+    if expected > limit:
+        raise ServiceError(
+            ErrorCode.FILE_TOO_LARGE,
+            f"A batch of {count} images of {height}x{width} needs {expected} bytes; at most {limit} are accepted "
+            "in one request: send fewer images per request.",
+            {"max_bytes": limit},
+        )
+    body = await read_body(request, limit)
+    if len(body) != expected:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"The body holds {len(body)} bytes; {PIXELS_SHAPE_HEADER} {count},{height},{width} needs exactly "
+            f"{expected} (one uint8 per pixel, image after image, row by row).",
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(count, height, width)
+
+
+PixelBatch = Annotated[np.ndarray, Depends(get_pixel_batch)]

@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    # predict-pixels bodies are bounded by their own, larger limit (max_pixel_batch_bytes).
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes, exempt_suffixes=("/predict-pixels",))
     app.include_router(api_router)
     if settings.debug_endpoints:
         app.include_router(debug_router)

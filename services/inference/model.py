@@ -124,11 +124,15 @@ class OnnxClassifier:
         contract = self.contract
         return to_model_input(decode_to_array(data, contract.image_size), contract)
 
-    def predict(self, tensor: np.ndarray) -> np.ndarray:
-        """Model input tensor (N, ...) to class probabilities (N, classes) as float32."""
+    def predict(self, tensor: np.ndarray, max_batch: int | None = None) -> np.ndarray:
+        """Model input tensor (N, ...) to class probabilities (N, classes) as float32.
+
+        At most ``max_batch`` images go into one session run (and never more than a fixed batch
+        size the graph may have), which bounds the memory a large batch needs.
+        """
         session = self._require_session()
         name = self.contract.input_name
-        step = self._batch_limit or len(tensor) or 1
+        step = min(self._batch_limit or len(tensor) or 1, max_batch or len(tensor) or 1)
         parts = [
             session.run([OUTPUT_NAME], {name: tensor[start : start + step]})[0] for start in range(0, len(tensor), step)
         ]
@@ -144,16 +148,26 @@ class OnnxClassifier:
             raise self._invalid(f"it returned {len(row)} scores for {len(names)} classes.")
         return names[int(np.argmax(row))], {name: float(p) for name, p in zip(names, row, strict=True)}
 
-    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def predict_pixels(self, pixels: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         """Decoded grayscale images, uint8 (N, size, size) or (size, size), to probabilities (N, classes).
 
-        For callers that already hold pixels, e.g. LIME perturbing one image many times.
+        For callers that already hold pixels, e.g. LIME perturbing one image many times. Converted
+        to the model's tensor ``max_batch`` images at a time, so memory stays bounded.
         """
         array = np.asarray(pixels)
         if array.dtype != np.uint8:
             # Perturbation libraries hand back floats; round and clip rather than wrap around.
             array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-        return self.predict(to_model_input(array, self.contract))
+        if array.ndim == 2:
+            array = array[np.newaxis]
+        step = max_batch or len(array) or 1
+        parts = [
+            self.predict(to_model_input(array[start : start + step], self.contract), max_batch)
+            for start in range(0, len(array), step)
+        ]
+        if not parts:
+            return np.empty((0, len(self.contract.class_names)), dtype=np.float32)
+        return np.concatenate(parts, axis=0)
 
     def classify(self, data: bytes) -> Classification:
         """Image file bytes to label and probabilities, timing preprocessing and the model."""

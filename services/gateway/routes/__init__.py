@@ -1,17 +1,14 @@
-"""HTTP routes of the gateway, one module per resource.
-
-To add a resource, add a module with a ``router`` and list it here: ``/v1/explain`` belongs in
-``explain.py``; the web page at ``/`` in ``web.py`` (serving ``services/gateway/static/``).
-"""
+"""HTTP routes of the gateway, one module per resource; to add one, add a module with a ``router``
+and list it here. ``web.py`` serves the page at ``/`` from ``services/gateway/static/``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.routes import compare, health, models, predict
+from services.gateway.routes import compare, explain, health, models, predict, web
 
 api_router = APIRouter()
-for module in (health, models, predict, compare):
+for module in (health, models, predict, compare, explain, web):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import ImageBytes, ModelDep, RegistryDep
-from shared.errors import ErrorCode
-from shared.schemas import ErrorOut, ModelsOut, PredictionOut
+from services.inference.deps import PIXELS_SHAPE_HEADER, ImageBytes, ModelDep, PixelBatch, RegistryDep, SettingsDep
+from services.inference.model import OnnxClassifier
+from shared.errors import ErrorCode, ServiceError
+from shared.schemas import ContractOut, ErrorOut, ModelsOut, PixelsPredictionOut, PredictionOut
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -49,4 +53,59 @@ async def predict_image(classifier: ModelDep, data: ImageBytes) -> PredictionOut
         label=result.label,
         probabilities=result.probabilities,
         latency_ms=result.latency_ms,
+    )
+
+
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "MODEL_NOT_FOUND or VERSION_NOT_FOUND; names what exists."}}
+
+
+@router.get(
+    "/{model}/contract",
+    response_model=ContractOut,
+    summary="The preprocessing contract of a model version",
+    description="Image size, scaling, layout and class order embedded in the version's ONNX file; "
+    "`version` in the answer is the number the request resolved to (useful to pin an alias).",
+    responses={**_NOT_FOUND, **_REGISTRY_DOWN},
+)
+def read_contract(classifier: ModelDep) -> ContractOut:
+    return ContractOut(model=classifier.name, version=classifier.version, contract=classifier.contract)
+
+
+def _predict_batch(classifier: OnnxClassifier, pixels: np.ndarray, run_batch: int) -> tuple[list[list[float]], float]:
+    started = time.perf_counter()
+    probabilities = classifier.predict_pixels(pixels, max_batch=run_batch)
+    return probabilities.astype(float).tolist(), round((time.perf_counter() - started) * 1000.0, 3)
+
+
+@router.post(
+    "/{model}/predict-pixels",
+    response_model=PixelsPredictionOut,
+    summary="Classify a batch of decoded images",
+    description="For callers that already hold pixels, such as the explainer perturbing one scan many times. "
+    "The body is raw uint8 grayscale pixels, image after image, row by row (`application/octet-stream`), "
+    f"with their shape in the `{PIXELS_SHAPE_HEADER}: N,H,W` header; H and W must equal the model's "
+    "contract size (`GET /v1/models/{model}/contract`). The same onnxruntime session as `/predict` answers.",
+    responses={
+        **_NOT_FOUND,
+        413: {"model": ErrorOut, "description": "FILE_TOO_LARGE: more bytes than one batch may hold."},
+        422: {"model": ErrorOut, "description": "INVALID_REQUEST: bad shape header, size or body length."},
+        **_REGISTRY_DOWN,
+    },
+)
+async def predict_pixels(classifier: ModelDep, pixels: PixelBatch, settings: SettingsDep) -> PixelsPredictionOut:
+    size = classifier.contract.image_size
+    if pixels.shape[1:] != (size, size):
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"Model {classifier.key} takes {size}x{size} images (its preprocessing contract); "
+            f"got {pixels.shape[1]}x{pixels.shape[2]}.",
+            {"image_size": size},
+        )
+    rows, latency_ms = await run_in_threadpool(_predict_batch, classifier, pixels, settings.pixel_run_batch)
+    return PixelsPredictionOut(
+        model=classifier.name,
+        version=classifier.version,
+        class_names=list(classifier.contract.class_names),
+        probabilities=rows,
+        latency_ms=latency_ms,
     )

@@ -20,8 +20,10 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BT_GATEWAY_INFERENCE_URL", "http://inference:8001/")
     monkeypatch.setenv("BT_GATEWAY_TRAINING_URL", "https://training.internal")
     monkeypatch.setenv("BT_GATEWAY_MLFLOW_UI_URL", "http://mlflow:5000")
+    monkeypatch.setenv("BT_GATEWAY_EXPLAINER_URL", "http://explainer:8003/")
     monkeypatch.setenv("BT_GATEWAY_REQUEST_TIMEOUT_S", "2.5")
     settings = Settings()
+    assert settings.explainer_url == "http://explainer:8003"
     assert settings.inference_url == "http://inference:8001"
     assert settings.training_url == "https://training.internal"
     assert settings.mlflow_ui_url == "http://mlflow:5000"
@@ -32,6 +34,8 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     ("variable", "value"),
     [
         ("BT_GATEWAY_INFERENCE_URL", "inference:8001"),
+        ("BT_GATEWAY_EXPLAINER_URL", "explainer:8003"),
+        ("BT_GATEWAY_EXPLAIN_TIMEOUT_S", "0"),
         ("BT_GATEWAY_PORT", "70000"),
         ("BT_GATEWAY_MAX_UPLOAD_BYTES", "0"),
         ("BT_GATEWAY_REQUEST_TIMEOUT_S", "-1"),

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from shared.schemas import CompareOut, PredictionOut
+from shared.schemas import CompareOut, ExplanationOut, PredictionOut
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_process_serves_predict_compare_and_docs(gateway_server: Any, sample_images: dict[str, bytes]) -> None:
@@ -32,7 +37,36 @@ def test_process_serves_predict_compare_and_docs(gateway_server: Any, sample_ima
     predict = schema["paths"]["/v1/predict"]["post"]
     assert predict["summary"] and predict["description"]
     assert {"404", "413", "415", "422", "503"} <= set(predict["responses"])
-    assert {tag["name"] for tag in schema["tags"]} == {"predictions", "models", "health"}
+    assert {tag["name"] for tag in schema["tags"]} == {"predictions", "explanations", "models", "health"}
+    explain = schema["paths"]["/v1/explain"]["post"]
+    assert explain["summary"] and explain["description"]
+    assert {"404", "413", "415", "422", "502", "503"} <= set(explain["responses"])
+    assert "/" not in schema["paths"]  # the web page is not part of the API
+
+
+def test_process_explains_through_the_explainer(gateway_server: Any, sample_images: dict[str, bytes]) -> None:
+    response = httpx.post(
+        gateway_server.url + "/v1/explain",
+        params={"model": "mobilenetv2", "num_samples": "100", "seed": "3"},
+        files={"file": ("scan.jpg", sample_images["notumor"], "image/jpeg")},
+        timeout=60.0,
+    )
+    assert response.status_code == 200, response.text
+    answer = ExplanationOut.model_validate(response.json())
+    assert (answer.model, answer.seed, answer.num_samples) == ("mobilenetv2", 3, 100)
+
+
+def test_gateway_never_loads_the_training_or_explanation_stack() -> None:
+    # The app is built and its routes imported in a fresh interpreter; LIME lives in the explainer only.
+    code = (
+        "import sys; from services.gateway.main import create_app; create_app(); "
+        "print(','.join(sorted({name.partition('.')[0] for name in sys.modules})))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    modules = set(result.stdout.strip().split(","))
+    assert {"fastapi", "httpx", "services"} <= modules  # the listing is real
+    forbidden = {"sklearn", "lime", "skimage", "tensorflow", "keras", "onnxruntime"}
+    assert not modules & forbidden, sorted(modules & forbidden)
 
 
 def test_oversize_upload_to_the_process_is_413(gateway_server: Any) -> None:

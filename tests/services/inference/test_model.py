@@ -87,6 +87,9 @@ def test_predict_pixels_batches_and_accepts_float_pixels(
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     np.testing.assert_allclose(classifier.predict_pixels(batch.astype(np.float64)), probabilities, atol=1e-6)
     assert classifier.predict_pixels(batch[0]).shape == (1, len(CLASS_NAMES))
+    # Bounded runs (the batch endpoint's memory cap) give the same answers, in the same order.
+    np.testing.assert_allclose(classifier.predict_pixels(batch, max_batch=3), probabilities, atol=1e-6)
+    assert classifier.predict_pixels(batch[:0]).shape == (0, len(CLASS_NAMES))
 
 
 def test_postprocess_names_the_winning_class(tmp_path: Path, make_onnx: MakeOnnx) -> None:

@@ -1,0 +1,57 @@
+"""Settings of the explainer service, read from ``BT_EXPLAINER_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.explainer.lime_core import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_SEGMENTS
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the explainer can be told; bad values stop it at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="BT_EXPLAINER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8003, ge=1, le=65535)
+    inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
+    default_num_samples: int = Field(
+        DEFAULT_NUM_SAMPLES, description="Perturbed images per explanation when the request names no number."
+    )
+    min_num_samples: int = Field(50, ge=2, description="Fewest perturbed images a request may ask for.")
+    max_num_samples: int = Field(3000, ge=2, description="Most perturbed images a request may ask for.")
+    num_segments: int = Field(DEFAULT_NUM_SEGMENTS, ge=4, le=400, description="Superpixels SLIC aims for on each scan.")
+    predict_batch_images: int = Field(
+        512, ge=1, description="Most perturbed images sent to the inference service in one request."
+    )
+    predict_batch_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Most pixel bytes in one request to the inference service (its own limit is 64 MiB).",
+    )
+    max_concurrent: int = Field(1, ge=1, description="Explanations computed at once; the others wait their turn.")
+    queue_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a turn before EXPLAINER_BUSY (503).")
+    overlay_max_side: int = Field(1024, ge=32, le=4096, description="Longest side of the overlay PNG.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Longest wait for one answer of the inference service.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to the inference service.")
+
+    @field_validator("inference_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sample_bounds(self) -> Settings:
+        if not self.min_num_samples <= self.default_num_samples <= self.max_num_samples:
+            raise ValueError(
+                "expected min_num_samples <= default_num_samples <= max_num_samples, got "
+                f"{self.min_num_samples}, {self.default_num_samples}, {self.max_num_samples}"
+            )
+        return self

@@ -1,0 +1,71 @@
+"""FastAPI dependencies of the explainer: settings, the inference client, the upload, the bounds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, File, Query, Request, UploadFile
+
+from services.explainer.config import Settings
+from services.explainer.inference import InferenceBatchClient
+from shared.errors import ErrorCode, ServiceError
+from shared.uploads import read_upload
+from shared.upstream import REQUEST_ID_HEADER
+
+# Names and versions go into upstream URLs: keep them to a safe alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_inference(request: Request) -> InferenceBatchClient:
+    return request.app.state.inference
+
+
+def get_request_id(request: Request) -> str | None:
+    return request.headers.get(REQUEST_ID_HEADER)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+InferenceDep = Annotated[InferenceBatchClient, Depends(get_inference)]
+RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+
+
+async def get_image_bytes(
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
+) -> bytes:
+    """The uploaded file's bytes, 413 beyond the configured size."""
+    try:
+        return await read_upload(file, settings.max_upload_bytes)
+    finally:
+        await file.close()
+
+
+def get_num_samples(
+    settings: SettingsDep,
+    num_samples: Annotated[
+        int | None,
+        Query(
+            description="Perturbed images LIME classifies (more: steadier, slower); default and bounds "
+            "come from the service's settings (500, 50..3000 unless configured)."
+        ),
+    ] = None,
+) -> int:
+    """The requested number of samples within the configured bounds (422 outside), or the default."""
+    if num_samples is None:
+        return settings.default_num_samples
+    if not settings.min_num_samples <= num_samples <= settings.max_num_samples:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"num_samples must be between {settings.min_num_samples} and {settings.max_num_samples}; "
+            f"got {num_samples}.",
+            {"min": settings.min_num_samples, "max": settings.max_num_samples},
+        )
+    return num_samples
+
+
+ImageBytes = Annotated[bytes, Depends(get_image_bytes)]
+NumSamples = Annotated[int, Depends(get_num_samples)]

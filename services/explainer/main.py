@@ -1,0 +1,80 @@
+"""The explainer's app factory: ``uvicorn --factory services.explainer.main:create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+
+from services.explainer.config import Settings
+from services.explainer.inference import InferenceBatchClient
+from services.explainer.lime_core import explain
+from services.explainer.routes import api_router
+from shared.errors import install_error_handlers
+from shared.uploads import UploadSizeLimit
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+LIME explanations of the brain-tumour MRI classifiers: which regions of a scan pushed a model
+towards (or away from) a class. Superpixels come from SLIC on the grayscale slice; the perturbed
+images are classified by the inference service's batch endpoint, i.e. by the very ONNX sessions
+that serve predictions.
+
+Errors always have the body `{"error": {"code", "message", "request_id"}}`.
+"""
+
+
+def _warm_up() -> None:
+    """One tiny explanation, so the first request does not pay for lazy imports and first calls."""
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float64), (32, 1)).astype(np.uint8)
+    explain(ramp, lambda batch: np.full((len(batch), 2), 0.5), ("a", "b"), num_samples=20, num_segments=8)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One HTTP client to the inference service for the life of the app; a turn-taking semaphore."""
+    settings: Settings = app.state.settings
+    timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+    # trust_env=False: calls between our own services must not go through a proxy from the environment.
+    with httpx.Client(base_url=settings.inference_url, timeout=timeout, trust_env=False) as http:
+        app.state.inference = InferenceBatchClient(http)
+        app.state.turns = asyncio.Semaphore(settings.max_concurrent)
+        await asyncio.to_thread(_warm_up)
+        logger.info("explainer asking inference at %s", settings.inference_url)
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from the environment unless given."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Brain tumour MRI - explainer service",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(api_router)
+    return app
+
+
+@functools.cache
+def _default_app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``services.explainer.main:app`` for uvicorn, built on first access rather than at import,
+    so importing this module never reads the environment."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""Explaining one model's answer with LIME, computed by the explainer service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.gateway.deps import ExplainerDep, ImageBytes, ModelQuery, RequestIdDep, VersionQuery
+from services.gateway.routes.errors import error_responses
+from shared.schemas import ExplanationOut
+
+router = APIRouter(prefix="/v1", tags=["explanations"])
+
+LabelQuery = Annotated[
+    str | None,
+    Query(max_length=64, description="Class to explain (e.g. glioma); default: the class the model predicts."),
+]
+SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
+SamplesQuery = Annotated[
+    int | None,
+    Query(ge=1, description="Perturbed images to classify; default 500, bounds 50..3000 (the explainer's settings)."),
+]
+RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
+
+
+@router.post(
+    "/explain",
+    response_model=ExplanationOut,
+    summary="Explain a model's answer for one MRI image (LIME)",
+    description="Upload one image as the multipart field `file`; choose the model with `model` and optionally "
+    "a `version`. The scan is divided into superpixels (SLIC on the grayscale slice), `num_samples` copies with "
+    "random superpixels blacked out are classified by the served model, and a weighted linear model tells how "
+    "much each region pushes towards `label` (default: the predicted class). Answers the strongest regions "
+    "with their weights and `overlay_png`, a base64 PNG of the heat map over the scan (warm: supports the "
+    "class, cool: opposes it). Deterministic for a given `seed`.",
+    responses=error_responses(404, 413, 415, 422, 502, 503),
+)
+async def explain_image(
+    explainer: ExplainerDep,
+    image: ImageBytes,
+    request_id: RequestIdDep,
+    model: ModelQuery,
+    version: VersionQuery = None,
+    label: LabelQuery = None,
+    seed: SeedQuery = 0,
+    num_samples: SamplesQuery = None,
+    num_regions: RegionsQuery = 5,
+) -> ExplanationOut:
+    given = {"model": model, "version": version, "label": label, "num_samples": num_samples}
+    params: dict[str, str | int] = {key: value for key, value in given.items() if value is not None}
+    params.update(seed=seed, num_regions=num_regions)
+    return await explainer.explain(image, params, request_id)

@@ -1,0 +1,401 @@
+// The comparison page: one upload, every model side by side, LIME on demand.
+// Plain JavaScript against the gateway's own API; nothing is loaded from elsewhere.
+"use strict";
+
+(() => {
+  const FALLBACK_MODELS = ["rf", "snn", "cnn", "mobilenetv2"];
+  const MODEL_TITLES = {
+    rf: "Random forest",
+    snn: "Dense network (SNN)",
+    cnn: "Small CNN",
+    mobilenetv2: "MobileNetV2",
+  };
+
+  const state = {
+    config: null,
+    models: FALLBACK_MODELS,
+    classNames: ["notumor", "pituitary", "meningioma", "glioma"],
+    catalog: null, // model -> ModelInfo from GET /v1/models
+    file: null,
+    run: 0, // bumps with every new file, so late answers for an old one are dropped
+    results: {}, // model -> {ok, body} for the current file
+    cards: {},
+  };
+
+  const byId = (id) => document.getElementById(id);
+
+  // -- talking to the API ----------------------------------------------------------------------
+
+  async function callApi(path, options = {}) {
+    const started = performance.now();
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (err) {
+      return {
+        ok: false,
+        status: 0,
+        ms: performance.now() - started,
+        error: { code: "NETWORK", message: "The API did not answer: is the gateway running?" },
+      };
+    }
+    const ms = performance.now() - started;
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (response.ok && body) {
+      return { ok: true, status: response.status, ms, body };
+    }
+    const error = (body && body.error) || {
+      code: "HTTP_" + response.status,
+      message: "The API answered HTTP " + response.status + " without an explanation.",
+    };
+    return { ok: false, status: response.status, ms, error };
+  }
+
+  function mib(bytes) {
+    return (bytes / 1048576).toFixed(1) + " MiB";
+  }
+
+  // A headline a person can act on, followed by the API's own message (which says what is expected).
+  function describeError(error, status) {
+    const code = error.code || "";
+    const message = error.message || "";
+    switch (code) {
+      case "INVALID_IMAGE":
+        return "Not an image the models can read. " + message;
+      case "FILE_TOO_LARGE": {
+        const limit = error.details && error.details.max_bytes;
+        return "File too large" + (limit ? " (at most " + mib(limit) + ")" : "") + ". " + message;
+      }
+      case "UPSTREAM_UNAVAILABLE":
+      case "REGISTRY_UNAVAILABLE":
+      case "MODEL_NOT_READY":
+      case "EXPLAINER_BUSY":
+        return "Model unavailable right now. " + message;
+      case "MODEL_NOT_FOUND":
+        return "Model not registered. " + message;
+      case "VERSION_NOT_FOUND":
+        return "Version not found. " + message;
+      case "NETWORK":
+        return message;
+      default:
+        return (status >= 500 ? "Model down or failing. " : "") + (message || code);
+    }
+  }
+
+  function showMessage(text) {
+    const box = byId("message");
+    box.textContent = text;
+    box.hidden = !text;
+  }
+
+  // -- the cards -------------------------------------------------------------------------------
+
+  function buildCards() {
+    const container = byId("cards");
+    const template = byId("card-template");
+    container.textContent = "";
+    state.cards = {};
+    for (const model of state.models) {
+      const node = template.content.firstElementChild.cloneNode(true);
+      node.dataset.model = model;
+      node.querySelector(".model-name").textContent = MODEL_TITLES[model] || model;
+      node.querySelector(".model-name").title = model;
+      const select = node.querySelector(".version-select");
+      select.setAttribute("aria-label", "Version of " + model);
+      addOption(select, "", "default");
+      select.addEventListener("change", () => {
+        if (state.file) {
+          predictOne(model, state.run).then(updateSummary);
+        }
+      });
+      node.querySelector(".explain-button").addEventListener("click", () => explainOne(model));
+      setCardStatus(node, "idle", "Waiting for an image.");
+      container.appendChild(node);
+      state.cards[model] = node;
+    }
+  }
+
+  function addOption(select, value, text) {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = text;
+    select.appendChild(option);
+  }
+
+  function setCardStatus(card, cardState, text) {
+    card.dataset.state = cardState;
+    card.querySelector(".card-status").textContent = text;
+  }
+
+  function fillVersionPickers() {
+    for (const model of state.models) {
+      const card = state.cards[model];
+      const select = card.querySelector(".version-select");
+      const chosen = select.value;
+      select.textContent = "";
+      const info = state.catalog && state.catalog[model];
+      if (!info) {
+        addOption(select, "", "default");
+        if (state.catalog) {
+          setCardStatus(card, "error", "Model not registered yet: train it first.");
+        }
+        continue;
+      }
+      addOption(select, "", "default (v" + info.default_version + ")");
+      for (const version of info.versions) {
+        const aliases = version.aliases.length ? " · " + version.aliases.join(", ") : "";
+        const accuracy = version.metrics && version.metrics.test_accuracy;
+        const metric = typeof accuracy === "number" ? " · acc " + accuracy.toFixed(2) : "";
+        addOption(select, version.version, "v" + version.version + aliases + metric);
+      }
+      select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+    }
+  }
+
+  function renderResult(card, body, roundTripMs) {
+    card.querySelector(".result").hidden = false;
+    const label = card.querySelector(".label");
+    label.textContent = body.label;
+    label.dataset.label = body.label;
+    const top = body.probabilities[body.label];
+    card.querySelector(".confidence").textContent = (100 * top).toFixed(1) + "%";
+    const bars = card.querySelector(".bars");
+    bars.textContent = "";
+    for (const name of state.classNames) {
+      const p = body.probabilities[name] || 0;
+      const item = document.createElement("li");
+      item.dataset.class = name;
+      if (name === body.label) item.className = "top";
+      const caption = document.createElement("span");
+      caption.textContent = name;
+      const track = document.createElement("span");
+      track.className = "bar-track";
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.display = "block";
+      fill.style.width = (100 * p).toFixed(1) + "%";
+      track.appendChild(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = (100 * p).toFixed(1) + "%";
+      item.append(caption, track, value);
+      bars.appendChild(item);
+    }
+    card.querySelector(".version-served").textContent = body.version;
+    card.querySelector(".latency").textContent = body.latency_ms.toFixed(1) + " ms";
+    card.querySelector(".round-trip").textContent = roundTripMs.toFixed(0) + " ms";
+    card.dataset.version = body.version;
+  }
+
+  function resetExplanation(card) {
+    const panel = card.querySelector(".explanation");
+    panel.hidden = true;
+    panel.querySelector(".overlay").removeAttribute("src");
+    panel.querySelector(".regions").textContent = "";
+    panel.querySelector(".explanation-caption").textContent = "";
+    const button = card.querySelector(".explain-button");
+    button.disabled = false;
+    button.textContent = "Explain (LIME)";
+  }
+
+  // -- predictions -----------------------------------------------------------------------------
+
+  async function predictOne(model, run) {
+    const card = state.cards[model];
+    const version = card.querySelector(".version-select").value;
+    resetExplanation(card);
+    card.querySelector(".result").hidden = true;
+    setCardStatus(card, "loading", "Classifying…");
+    const form = new FormData();
+    form.append("file", state.file, state.file.name || "scan");
+    const query = new URLSearchParams({ model });
+    if (version) query.set("version", version);
+    const answer = await callApi("/v1/predict?" + query, { method: "POST", body: form });
+    if (run !== state.run) return; // a newer file took over
+    state.results[model] = answer;
+    if (answer.ok) {
+      setCardStatus(card, "done", "");
+      renderResult(card, answer.body, answer.ms);
+    } else {
+      setCardStatus(card, "error", describeError(answer.error, answer.status));
+    }
+  }
+
+  function updateSummary() {
+    const badge = byId("agreement");
+    const answers = state.models.map((m) => state.results[m]).filter(Boolean);
+    if (answers.length < state.models.length) return;
+    const labels = state.models
+      .filter((m) => state.results[m].ok)
+      .map((m) => state.results[m].body.label);
+    const failures = answers.filter((a) => !a.ok);
+    // The same client error from every model (not an image, too large) is the file's problem: say it once.
+    const codes = new Set(failures.map((a) => a.error.code));
+    if (!labels.length && codes.size === 1 && failures[0].status >= 400 && failures[0].status < 500) {
+      showMessage(describeError(failures[0].error, failures[0].status));
+    } else {
+      showMessage("");
+    }
+    badge.hidden = false;
+    if (!labels.length) {
+      badge.dataset.state = "none";
+      badge.textContent = "No model answered";
+    } else if (new Set(labels).size === 1) {
+      badge.dataset.state = "agree";
+      badge.textContent =
+        labels.length === state.models.length
+          ? "All " + labels.length + " models agree: " + labels[0]
+          : "The " + labels.length + " models that answered agree: " + labels[0];
+    } else {
+      badge.dataset.state = "disagree";
+      const counts = {};
+      labels.forEach((l) => (counts[l] = (counts[l] || 0) + 1));
+      badge.textContent =
+        "Models disagree: " +
+        Object.entries(counts)
+          .map(([l, n]) => l + " ×" + n)
+          .join(", ");
+    }
+    byId("status").textContent = failures.length
+      ? failures.length + " of " + answers.length + " models failed"
+      : "";
+  }
+
+  async function handleFile(file) {
+    if (!file) return;
+    state.file = file;
+    state.run += 1;
+    state.results = {};
+    const run = state.run;
+    showMessage("");
+    byId("agreement").hidden = true;
+    byId("status").textContent = "Classifying with " + state.models.length + " models…";
+    const preview = byId("preview");
+    const image = byId("preview-image");
+    if (image.src) URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(file);
+    byId("preview-caption").textContent = (file.name || "scan") + " · " + (file.size / 1024).toFixed(1) + " KiB";
+    preview.hidden = false;
+    await Promise.all(state.models.map((model) => predictOne(model, run)));
+    if (run === state.run) updateSummary();
+  }
+
+  // -- explanations ----------------------------------------------------------------------------
+
+  async function explainOne(model) {
+    const card = state.cards[model];
+    const result = state.results[model];
+    if (!state.file || !result || !result.ok) return;
+    const run = state.run;
+    const button = card.querySelector(".explain-button");
+    const panel = card.querySelector(".explanation");
+    const caption = panel.querySelector(".explanation-caption");
+    button.disabled = true;
+    button.textContent = "Explaining…";
+    panel.hidden = false;
+    panel.querySelector(".overlay").removeAttribute("src");
+    panel.querySelector(".regions").textContent = "";
+    caption.textContent = "Classifying perturbed copies of the scan…";
+    const form = new FormData();
+    form.append("file", state.file, state.file.name || "scan");
+    // Pin the version that answered, so the explanation is of that very model.
+    const query = new URLSearchParams({ model, version: result.body.version });
+    const answer = await callApi("/v1/explain?" + query, { method: "POST", body: form });
+    if (run !== state.run) return;
+    button.disabled = false;
+    button.textContent = "Explain again";
+    if (!answer.ok) {
+      caption.textContent = "No explanation: " + describeError(answer.error, answer.status);
+      caption.classList.add("error");
+      card.dataset.explained = "error";
+      return;
+    }
+    caption.classList.remove("error");
+    const body = answer.body;
+    const overlay = panel.querySelector(".overlay");
+    overlay.src = "data:image/png;base64," + body.overlay_png;
+    overlay.width = body.overlay_width;
+    overlay.height = body.overlay_height;
+    caption.textContent =
+      "LIME for “" + body.label + "”: warm regions push towards it, cool ones away; the strongest are " +
+      "outlined. " + body.num_samples + " samples over " + body.num_segments + " regions, seed " + body.seed +
+      ", " + (body.latency_ms / 1000).toFixed(1) + " s.";
+    const list = panel.querySelector(".regions");
+    for (const region of body.regions) {
+      const item = document.createElement("li");
+      item.className = region.weight >= 0 ? "pos" : "neg";
+      const where = region.background ? "background" : "region " + region.segment;
+      item.textContent =
+        where + ": " + (region.weight >= 0 ? "+" : "") + region.weight.toFixed(3) +
+        " (" + (100 * region.area_fraction).toFixed(1) + "% of the scan)";
+      list.appendChild(item);
+    }
+    card.dataset.explained = "done";
+  }
+
+  // -- start -----------------------------------------------------------------------------------
+
+  function wireInput() {
+    const input = byId("file-input");
+    const zone = byId("drop-zone");
+    input.addEventListener("change", () => {
+      handleFile(input.files[0]);
+      input.value = ""; // choosing the same file again still triggers a run
+    });
+    ["dragenter", "dragover"].forEach((type) =>
+      zone.addEventListener(type, (event) => {
+        event.preventDefault();
+        zone.classList.add("dragging");
+      }),
+    );
+    ["dragleave", "drop"].forEach((type) =>
+      zone.addEventListener(type, (event) => {
+        event.preventDefault();
+        zone.classList.remove("dragging");
+      }),
+    );
+    zone.addEventListener("drop", (event) => {
+      const files = event.dataTransfer && event.dataTransfer.files;
+      if (files && files.length) handleFile(files[0]);
+    });
+  }
+
+  async function loadConfig() {
+    const answer = await callApi("/v1/config");
+    if (!answer.ok) return;
+    state.config = answer.body;
+    state.models = answer.body.models;
+    state.classNames = answer.body.class_names;
+    const mlflow = byId("mlflow-link");
+    mlflow.href = answer.body.mlflow_ui_url;
+    mlflow.hidden = false;
+    byId("docs-link").href = answer.body.docs_url;
+    byId("size-hint").textContent = "up to " + mib(answer.body.max_upload_bytes);
+  }
+
+  async function loadCatalog() {
+    const answer = await callApi("/v1/models");
+    if (!answer.ok) {
+      showMessage("The list of model versions is unavailable: " + describeError(answer.error, answer.status));
+      return;
+    }
+    state.catalog = {};
+    for (const info of answer.body.models) state.catalog[info.model] = info;
+    fillVersionPickers();
+  }
+
+  async function start() {
+    await loadConfig();
+    buildCards();
+    wireInput();
+    await loadCatalog();
+    document.body.dataset.ready = "true";
+  }
+
+  start();
+})();

@@ -1,0 +1,125 @@
+"""Calling one of our own services over HTTP, the same way from every caller.
+
+Errors the other service answers with keep their code, message and status (so a 404 naming the
+models that exist reaches the client unchanged); a service that cannot be reached becomes
+UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import ErrorCode, ServiceError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=BaseModel)
+
+REQUEST_ID_HEADER = "x-request-id"
+# The upstream sees a neutral file name: the client's could carry a patient's name.
+FORWARDED_FILENAME = "upload"
+
+
+class UpstreamError(ServiceError):
+    """An error answered by an upstream service, passed on with that service's status."""
+
+    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None, status: int) -> None:
+        super().__init__(code, message, details)
+        self._status = status
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+
+def request_headers(request_id: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's own headers plus the request id, so the services' logs share it."""
+    headers = dict(extra or {})
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    return headers
+
+
+def transport_failure(service: str, method: str, path: str, exc: httpx.HTTPError) -> ServiceError:
+    """UPSTREAM_UNAVAILABLE for a timeout or a connection that failed."""
+    if isinstance(exc, httpx.TimeoutException):
+        logger.warning("%s %s %s timed out: %r", service, method, path, exc)
+        return ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"The {service} service did not answer in time; try again.")
+    logger.warning("%s service unreachable for %s %s: %r", service, method, path, exc)
+    return ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"The {service} service is unavailable; try again shortly.")
+
+
+def raise_for_error(response: httpx.Response, service: str) -> None:
+    """Nothing for a 2xx answer; otherwise the upstream's own error, or UPSTREAM_ERROR without a usable body."""
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+        code = ErrorCode(error["code"])
+        message = str(error["message"])
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("%s answered %s without an error body", service, response.status_code)
+        raise ServiceError(
+            ErrorCode.UPSTREAM_ERROR,
+            f"The {service} service failed with HTTP {response.status_code} and no usable error body.",
+        ) from exc
+    details = error.get("details") if isinstance(error.get("details"), dict) else None
+    raise UpstreamError(code, message, details, response.status_code)
+
+
+def parse(response: httpx.Response, schema: type[T], service: str) -> T:
+    """The answer as ``schema``, or UPSTREAM_ERROR."""
+    try:
+        return schema.model_validate_json(response.content)
+    except ValidationError as exc:
+        logger.warning("%s answered a body that is not a %s: %s", service, schema.__name__, exc)
+        raise ServiceError(
+            ErrorCode.UPSTREAM_ERROR, f"The {service} service answered with an unexpected body."
+        ) from exc
+
+
+class AsyncServiceClient:
+    """Calls to one service over a shared ``httpx.AsyncClient``; every failure is a ServiceError."""
+
+    def __init__(self, http: httpx.AsyncClient, service: str) -> None:
+        self.http = http
+        self.service = service
+
+    async def send(self, method: str, path: str, request_id: str | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.http.request(
+                method, path, headers=request_headers(request_id, kwargs.pop("headers", None)), **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.service, method, path, exc) from exc
+
+    async def call(self, schema: type[T], method: str, path: str, request_id: str | None = None, **kwargs: Any) -> T:
+        """Send, raise the upstream's error if any, parse the answer."""
+        response = await self.send(method, path, request_id, **kwargs)
+        raise_for_error(response, self.service)
+        return parse(response, schema, self.service)
+
+
+class ServiceClient:
+    """The same over a blocking ``httpx.Client``, for callers that run in worker threads."""
+
+    def __init__(self, http: httpx.Client, service: str) -> None:
+        self.http = http
+        self.service = service
+
+    def send(self, method: str, path: str, request_id: str | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(
+                method, path, headers=request_headers(request_id, kwargs.pop("headers", None)), **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.service, method, path, exc) from exc
+
+    def call(self, schema: type[T], method: str, path: str, request_id: str | None = None, **kwargs: Any) -> T:
+        response = self.send(method, path, request_id, **kwargs)
+        raise_for_error(response, self.service)
+        return parse(response, schema, self.service)

@@ -1,0 +1,221 @@
+"""POST /v1/explain on the explainer, in process, in front of the real inference process serving the zoo."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.contract import CLASS_NAMES
+from shared.schemas import ExplanationOut
+
+FAST = {"num_samples": "60"}
+
+
+def _explain(client: Any, data: bytes, **params: str) -> Any:
+    return client.post("/v1/explain", params=params, files={"file": ("Jane_Doe.jpg", data, "image/jpeg")})
+
+
+def _error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def _overlay(answer: ExplanationOut) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(answer.overlay_png)))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+@pytest.mark.parametrize("model", ["rf", "snn", "cnn", "mobilenetv2"])
+def test_every_family_is_explained_through_the_served_session(
+    explainer_client: Any, inference_server: Any, model_zoo: Any, sample_images: dict[str, bytes], model: str
+) -> None:
+    import httpx
+
+    image = sample_images["meningioma"]
+    response = _explain(explainer_client, image, model=model, num_samples="80")
+    assert response.status_code == 200, response.text
+    answer = ExplanationOut.model_validate(response.json())
+    assert set(response.json()) == set(ExplanationOut.model_fields)
+    assert (answer.model, answer.version) == (model, model_zoo.default_version(model))
+    # The unperturbed image's answer is exactly what /predict says.
+    predicted = httpx.post(
+        f"{inference_server.url}/v1/models/{model}/predict", files={"file": ("a.jpg", image)}, timeout=30
+    ).json()
+    assert answer.predicted_label == predicted["label"] == answer.label
+    for name in CLASS_NAMES:
+        assert answer.probabilities[name] == pytest.approx(predicted["probabilities"][name], abs=1e-5)
+    assert answer.num_samples == 80 and answer.seed == 0
+    assert 4 <= answer.num_segments <= 100
+    assert len(answer.regions) == 5
+    assert [abs(r.weight) for r in answer.regions] == sorted((abs(r.weight) for r in answer.regions), reverse=True)
+    assert len({r.segment for r in answer.regions}) == 5
+    assert set(answer.timings_ms) == {"segment", "predict", "lime", "render"}
+    assert answer.latency_ms >= answer.timings_ms["predict"]
+    # The overlay is the scan (128 x 128 here) as a PNG, whatever the model's own input size.
+    overlay = _overlay(answer)
+    assert overlay.size == Image.open(io.BytesIO(image)).size == (answer.overlay_width, answer.overlay_height)
+
+
+def test_same_seed_same_answer(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    image = sample_images["glioma"]
+    first = _explain(explainer_client, image, model="snn", seed="11", **FAST).json()
+    again = _explain(explainer_client, image, model="snn", seed="11", **FAST).json()
+    other = _explain(explainer_client, image, model="snn", seed="12", **FAST).json()
+    for key in ("regions", "overlay_png", "score", "intercept", "local_prediction", "probabilities"):
+        assert first[key] == again[key], key
+    assert first["regions"] != other["regions"]
+    assert first["seed"] == 11 and other["seed"] == 12
+
+
+def test_label_chooses_the_class_explained(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    image = sample_images["pituitary"]
+    default = ExplanationOut.model_validate(_explain(explainer_client, image, model="rf", **FAST).json())
+    other_class = next(name for name in CLASS_NAMES if name != default.predicted_label)
+    chosen = ExplanationOut.model_validate(
+        _explain(explainer_client, image, model="rf", label=other_class, **FAST).json()
+    )
+    assert chosen.label == other_class
+    assert chosen.predicted_label == default.predicted_label == default.label
+    assert chosen.probabilities == default.probabilities
+    assert [r.weight for r in chosen.regions] != [r.weight for r in default.regions]
+
+
+def test_unknown_label_is_422_listing_the_classes(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    error = _error(
+        _explain(explainer_client, sample_images["glioma"], model="rf", label="tumour"), 422, "INVALID_REQUEST"
+    )
+    assert "notumor, pituitary, meningioma, glioma" in error["message"]
+
+
+def test_default_number_of_samples_and_regions(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    answer = _explain(explainer_client, sample_images["notumor"], model="rf", num_regions="3").json()
+    assert answer["num_samples"] == 500
+    assert len(answer["regions"]) == 3
+
+
+@pytest.mark.parametrize("num_samples", ["49", "3001", "0", "-5"])
+def test_num_samples_out_of_bounds_is_422(
+    explainer_client: Any, sample_images: dict[str, bytes], num_samples: str
+) -> None:
+    response = _explain(explainer_client, sample_images["glioma"], model="rf", num_samples=num_samples)
+    error = _error(response, 422, "INVALID_REQUEST")
+    assert "between 50 and 3000" in error["message"]
+
+
+def test_num_samples_bounds_come_from_the_settings(explainer_app_client: Any, sample_images: dict[str, bytes]) -> None:
+    client = explainer_app_client(min_num_samples=20, default_num_samples=30, max_num_samples=40)
+    assert _explain(client, sample_images["glioma"], model="rf").json()["num_samples"] == 30
+    assert _explain(client, sample_images["glioma"], model="rf", num_samples="20").status_code == 200
+    error = _error(_explain(client, sample_images["glioma"], model="rf", num_samples="41"), 422, "INVALID_REQUEST")
+    assert "between 20 and 40" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"seed": "-1"}, "seed"), ({"num_regions": "0"}, "num_regions"), ({"num_samples": "many"}, "num_samples")],
+)
+def test_malformed_parameters_are_422(
+    explainer_client: Any, sample_images: dict[str, bytes], params: dict[str, str], field: str
+) -> None:
+    error = _error(_explain(explainer_client, sample_images["glioma"], model="rf", **params), 422, "INVALID_REQUEST")
+    assert field in error["message"]
+
+
+def test_non_image_is_415_without_echo(explainer_client: Any) -> None:
+    response = _explain(explainer_client, b"Name: Jane Doe; MRN 0012345; not a picture", model="cnn")
+    _error(response, 415, "INVALID_IMAGE")
+    assert "Jane" not in response.text and "0012345" not in response.text
+    _error(_explain(explainer_client, b"", model="cnn"), 415, "INVALID_IMAGE")
+
+
+def test_oversize_upload_is_413(explainer_app_client: Any, sample_images: dict[str, bytes]) -> None:
+    client = explainer_app_client(max_upload_bytes=1500)
+    error = _error(_explain(client, sample_images["glioma"], model="rf"), 413, "FILE_TOO_LARGE")
+    assert error["details"] == {"max_bytes": 1500}
+
+
+def test_unknown_model_and_version_pass_through_as_404(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    error = _error(_explain(explainer_client, sample_images["glioma"], model="vgg16"), 404, "MODEL_NOT_FOUND")
+    assert "Available models: rf, snn, cnn, mobilenetv2." in error["message"]
+    assert error["details"]["available_models"] == ["rf", "snn", "cnn", "mobilenetv2"]
+    error = _error(
+        _explain(explainer_client, sample_images["glioma"], model="cnn", version="9"), 404, "VERSION_NOT_FOUND"
+    )
+    assert "Available versions: 2, 1." in error["message"]
+
+
+def test_versions_and_aliases_are_resolved_once(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    assert (
+        _explain(explainer_client, sample_images["glioma"], model="rf", version="champion", **FAST).json()["version"]
+        == "1"
+    )
+    assert (
+        _explain(explainer_client, sample_images["glioma"], model="cnn", version="1", **FAST).json()["version"] == "1"
+    )
+
+
+def test_non_square_scan_gets_an_overlay_of_its_own_size(
+    explainer_client: Any, sample_images: dict[str, bytes]
+) -> None:
+    wide = Image.open(io.BytesIO(sample_images["glioma"])).convert("L").resize((200, 150))
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG")
+    answer = ExplanationOut.model_validate(_explain(explainer_client, buffer.getvalue(), model="snn", **FAST).json())
+    assert _overlay(answer).size == (200, 150)
+    for region in answer.regions:
+        x0, y0, x1, y1 = region.bbox
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+
+
+def test_inference_down_is_503(explainer_app_client: Any, unused_url: str, sample_images: dict[str, bytes]) -> None:
+    client = explainer_app_client(inference_url=unused_url)
+    error = _error(_explain(client, sample_images["glioma"], model="cnn"), 503, "UPSTREAM_UNAVAILABLE")
+    assert "inference service is unavailable" in error["message"]
+    _error(client.get("/readyz"), 503, "UPSTREAM_UNAVAILABLE")
+
+
+def test_busy_explainer_is_503_after_the_queue_timeout(
+    explainer_app_client: Any, sample_images: dict[str, bytes]
+) -> None:
+    client = explainer_app_client(queue_timeout_s=0.2)
+    turns = client.app.state.turns
+    client.portal.call(turns.acquire)  # the only slot is taken, as by a long explanation
+    try:
+        error = _error(_explain(client, sample_images["glioma"], model="rf"), 503, "EXPLAINER_BUSY")
+        assert "try again" in error["message"]
+    finally:
+        turns.release()
+    assert _explain(client, sample_images["glioma"], model="rf", **FAST).status_code == 200
+
+
+def test_health_and_readiness(explainer_client: Any) -> None:
+    assert explainer_client.get("/healthz").json() == {"status": "ok"}
+    assert explainer_client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_the_request_id_reaches_the_error_body(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    response = explainer_client.post(
+        "/v1/explain",
+        params={"model": "vgg16"},
+        files={"file": ("a.jpg", sample_images["glioma"], "image/jpeg")},
+        headers={"x-request-id": "trace-42"},
+    )
+    assert response.json()["error"]["request_id"] == "trace-42"
+
+
+def test_weights_change_with_the_image(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
+    one = _explain(explainer_client, sample_images["glioma"], model="rf", **FAST).json()
+    two = _explain(explainer_client, sample_images["notumor"], model="rf", **FAST).json()
+    assert one["overlay_png"] != two["overlay_png"]
+    assert np.isfinite([r["weight"] for r in one["regions"] + two["regions"]]).all()

@@ -1,0 +1,27 @@
+"""The explainer as it is deployed: a real process in front of the real inference process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from shared.schemas import ExplanationOut
+
+
+def test_process_explains_and_documents_itself(explainer_server: Any, sample_images: dict[str, bytes]) -> None:
+    with httpx.Client(base_url=explainer_server.url, timeout=60.0) as client:
+        response = client.post(
+            "/v1/explain",
+            params={"model": "cnn", "num_samples": "100"},
+            files={"file": ("scan.jpg", sample_images["glioma"], "image/jpeg")},
+        )
+        assert response.status_code == 200, response.text
+        answer = ExplanationOut.model_validate(response.json())
+        assert answer.model == "cnn" and answer.num_samples == 100
+        assert client.get("/readyz").status_code == 200
+        schema = client.get("/openapi.json").json()
+    explain = schema["paths"]["/v1/explain"]["post"]
+    assert explain["summary"] and explain["description"]
+    assert {"404", "413", "415", "422", "503"} <= set(explain["responses"])
+    assert schema["info"]["title"] == "Brain tumour MRI - explainer service"
