@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BT_EXTRAS=dev . deploy/bootstrap.sh
+# The browser test drives Debian's Chromium through Playwright; no browser build is ever downloaded.
+# Installed once (CI runs as root); a no-op when it is already there.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing Debian's chromium for the browser test ..."
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/python -m ruff check .
 set +e
 .venv/bin/python -m pytest "$@"

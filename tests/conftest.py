@@ -629,3 +629,28 @@ def mobilenetv2_weights() -> Path:
     path = Path(os.environ.get("BT_MOBILENETV2_WEIGHTS", ROOT.parent / "shared" / "weights" / name))
     assert path.is_file(), f"MobileNetV2 weights not found at {path}; set BT_MOBILENETV2_WEIGHTS"
     return path
+
+
+@pytest.fixture
+def start_gateway(service_logs: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """``start(**BT_GATEWAY_settings) -> ServiceProcess``: one more gateway process with its own
+    settings (e.g. an inference URL where nothing listens); stopped at teardown."""
+    started: list[ServiceProcess] = []
+
+    def start(**settings: str) -> ServiceProcess:
+        port = free_port()
+        env = project_env(BT_GATEWAY_PORT=str(port), **{f"BT_GATEWAY_{k.upper()}": v for k, v in settings.items()})
+        server = start_service(
+            f"gateway-{port}",
+            [sys.executable, "-m", "services.gateway"],
+            port=port,
+            health_path="/healthz",
+            log_dir=service_logs,
+            env=env,
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

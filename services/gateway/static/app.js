@@ -56,6 +56,12 @@
     return { ok: false, status: response.status, ms, error };
   }
 
+  function formatWeight(weight) {
+    const sign = weight >= 0 ? "+" : "−";
+    const size = Math.abs(weight);
+    return sign + (size >= 0.01 || size === 0 ? size.toFixed(3) : size.toExponential(1));
+  }
+
   function mib(bytes) {
     return (bytes / 1048576).toFixed(1) + " MiB";
   }
@@ -170,7 +176,7 @@
       const p = body.probabilities[name] || 0;
       const item = document.createElement("li");
       item.dataset.class = name;
-      if (name === body.label) item.className = "top";
+      if (name === body.label) item.className = "winner";
       const caption = document.createElement("span");
       caption.textContent = name;
       const track = document.createElement("span");
@@ -282,7 +288,10 @@
     byId("preview-caption").textContent = (file.name || "scan") + " · " + (file.size / 1024).toFixed(1) + " KiB";
     preview.hidden = false;
     await Promise.all(state.models.map((model) => predictOne(model, run)));
-    if (run === state.run) updateSummary();
+    if (run === state.run) {
+      updateSummary();
+      document.body.dataset.finished = String(run); // files fully answered so far (tests wait on it)
+    }
   }
 
   // -- explanations ----------------------------------------------------------------------------
@@ -331,7 +340,7 @@
       item.className = region.weight >= 0 ? "pos" : "neg";
       const where = region.background ? "background" : "region " + region.segment;
       item.textContent =
-        where + ": " + (region.weight >= 0 ? "+" : "") + region.weight.toFixed(3) +
+        where + ": " + formatWeight(region.weight) +
         " (" + (100 * region.area_fraction).toFixed(1) + "% of the scan)";
       list.appendChild(item);
     }

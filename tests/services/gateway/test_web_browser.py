@@ -1,0 +1,168 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright, against real processes
+(MLflow, inference serving the test zoo, the explainer and the gateway).
+
+Chromium is never downloaded: deploy/test.sh installs Debian's package. Without it these tests fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.dataset import SAMPLE_DATA_DIR
+from shared.schemas import MODEL_FAMILIES
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium stalls on a closed network.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+SCAN = sorted((SAMPLE_DATA_DIR / "glioma").glob("*.jpg"))[0]
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A page of a fresh headless Chromium (new profile under the test's temp folder)."""
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's chromium (deploy/test.sh does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.script_errors = errors  # type: ignore[attr-defined]
+        page.requested_urls = requests  # type: ignore[attr-defined]
+        try:
+            yield page
+        finally:
+            context.close()
+
+
+def _open(page: Any, url: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+
+
+def _upload(page: Any, files: Any, run: int) -> None:
+    """Choose a file and wait until every model's card has its answer (the page counts finished files)."""
+    page.set_input_files("#file-input", files)
+    page.wait_for_selector(f"body[data-finished='{run}']", state="attached")
+
+
+def _card(page: Any, model: str) -> Any:
+    return page.locator(f'.card[data-model="{model}"]')
+
+
+def test_page_compares_the_four_models_and_explains_one(
+    browser_page: Any, gateway_server: Any, mlflow_server: Any, tmp_path: Path
+) -> None:
+    page = browser_page
+    _open(page, gateway_server.url)
+    assert page.get_attribute("#mlflow-link", "href") == mlflow_server.url
+    assert page.get_attribute("#docs-link", "href") == "/docs"
+    # Version pickers come from GET /v1/models: rf has two versions and the champion alias.
+    rf_options = _card(page, "rf").locator(".version-select option").all_inner_texts()
+    assert rf_options[0] == "default (v1)"
+    assert any(text.startswith("v1 · champion") for text in rf_options)
+    assert any(text.startswith("v2") for text in rf_options)
+
+    _upload(page, str(SCAN), 1)
+
+    compared = httpx.post(
+        gateway_server.url + "/v1/compare", files={"file": (SCAN.name, SCAN.read_bytes(), "image/jpeg")}, timeout=60
+    ).json()
+    expected = {item["model"]: item["result"] for item in compared["results"]}
+    for model in MODEL_FAMILIES:
+        card = _card(page, model)
+        assert card.get_attribute("data-state") == "done"
+        assert card.locator(".label").get_attribute("data-label") == expected[model]["label"]
+        assert card.locator(".version-served").inner_text() == expected[model]["version"]
+        assert card.locator(".bars li").count() == 4
+        assert "ms" in card.locator(".latency").inner_text()
+    badge = page.locator("#agreement")
+    assert badge.get_attribute("data-state") == ("agree" if compared["agree"] else "disagree")
+
+    cnn = _card(page, "cnn")
+    cnn.locator(".explain-button").click()
+    page.wait_for_selector('.card[data-model="cnn"][data-explained="done"]')
+    overlay = cnn.locator(".overlay")
+    assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128  # the scan's own size
+    assert cnn.locator(".regions li").count() == 5
+    assert "LIME" in cnn.locator(".explanation-caption").inner_text()
+
+    page.screenshot(path=str(tmp_path / "compare-and-explain.png"), full_page=True)
+    assert (tmp_path / "compare-and-explain.png").stat().st_size > 10_000
+    assert page.script_errors == []  # type: ignore[attr-defined]
+    # Offline by design: everything the page loads comes from the gateway itself (or is inline).
+    foreign = [url for url in page.requested_urls if not url.startswith((gateway_server.url, "data:", "blob:"))]  # type: ignore[attr-defined]
+    assert foreign == []
+
+
+def test_version_picker_changes_the_version_served(browser_page: Any, gateway_server: Any) -> None:
+    page = browser_page
+    _open(page, gateway_server.url)
+    _upload(page, str(SCAN), 1)
+    rf = _card(page, "rf")
+    assert rf.locator(".version-served").inner_text() == "1"
+    rf.locator(".version-select").select_option("2")
+    page.wait_for_function(
+        "document.querySelector('.card[data-model=rf] .version-served').textContent === '2'"
+        " && document.querySelector('.card[data-model=rf]').dataset.state === 'done'"
+    )
+    # The other cards keep their answers.
+    assert _card(page, "cnn").locator(".version-served").inner_text() == "2"
+
+
+def test_clear_messages_for_a_non_image_and_a_file_too_large(browser_page: Any, gateway_server: Any) -> None:
+    page = browser_page
+    _open(page, gateway_server.url)
+    _upload(page, {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"Jane Doe, not a scan"}, 1)
+    message = page.locator("#message")
+    assert message.is_visible()
+    assert message.inner_text().startswith("Not an image the models can read.")
+    assert "Jane" not in message.inner_text()
+
+    huge = {"name": "huge.png", "mimeType": "image/png", "buffer": b"\x89PNG" + b"\0" * (10 * 1024 * 1024 + 1)}
+    _upload(page, huge, 2)
+    assert message.inner_text().startswith("File too large (at most 10.0 MiB).")
+    assert page.locator("#agreement").inner_text() == "No model answered"
+
+    _upload(page, str(SCAN), 3)
+    assert not message.is_visible()  # a good file clears the message
+
+
+def test_models_that_are_down_say_so(browser_page: Any, start_gateway: Any, unused_url: str) -> None:
+    gateway = start_gateway(inference_url=unused_url, explainer_url=unused_url)
+    page = browser_page
+    _open(page, gateway.url)
+    assert "list of model versions is unavailable" in page.locator("#message").inner_text()
+    _upload(page, str(SCAN), 1)
+    for model in MODEL_FAMILIES:
+        card = _card(page, model)
+        assert card.get_attribute("data-state") == "error"
+        status = card.locator(".card-status").inner_text()
+        assert status.startswith("Model unavailable right now.")
+        assert "inference service is unavailable" in status
+    assert page.locator("#agreement").inner_text() == "No model answered"
