@@ -20,8 +20,9 @@ CLASS_NAMES: tuple[str, ...] = ("notumor", "pituitary", "meningioma", "glioma")
 DEFAULT_IMAGE_SIZE = 128
 
 # "unit": pixels / 255 -> [0, 1]; "raw": 0..255 as float, the model scales inside itself
-# (MobileNetV2 carries its own preprocess_input layer).
-Scaling = Literal["unit", "raw"]
+# (MobileNetV2 carries its own preprocess_input layer); "image_max": pixels / the image's own
+# brightest pixel -> [0, 1], which removes the scanner's overall gain from the input.
+Scaling = Literal["unit", "raw", "image_max"]
 # "flat": (N, size*size) for the forest and the dense network; "nhwc": (N, size, size, 1).
 Layout = Literal["flat", "nhwc"]
 

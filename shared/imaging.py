@@ -79,6 +79,8 @@ def to_model_input(pixels: np.ndarray, contract: PreprocessingContract) -> np.nd
     batch = pixels.astype(np.float32)
     if contract.scaling == "unit":
         batch /= 255.0
+    elif contract.scaling == "image_max":
+        batch /= np.maximum(batch.max(axis=(1, 2), keepdims=True), 1.0)
     if contract.layout == "flat":
         return batch.reshape(len(batch), -1)
     return batch[..., np.newaxis]

@@ -3,7 +3,8 @@
 `seed` reproduces the original study's grids. `quick` is sized so that the four families together
 search and refit on the full 5,708-image set within about 30 minutes on 2 CPU cores; see
 docs/benchmarks.md for what each family costs. Keys that are not model parameters:
-`image_size` (the input size the family trains at) and `balancing` (none, rotate, class_weight).
+`image_size` (the input size the family trains at), `scaling` (the contract's input scaling: unit or
+image_max) and `balancing` (none, rotate, class_weight).
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
     "rf": {
-        "image_size": [32, 48],
+        "image_size": [32],
+        "scaling": ["unit", "image_max"],
         "n_estimators": [300],
         "max_features": ["sqrt"],
         "balancing": ["none", "rotate"],
     },
     "snn": {
         "image_size": [32],
-        "units": [256, 512],
+        "scaling": ["unit", "image_max"],
+        "units": [512],
         "dropout": [0.3],
         "balancing": ["none", "class_weight"],
     },

@@ -23,7 +23,7 @@ from services.training.grids import candidates, search_overrides
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.report import write_comparison
-from services.training.search import TrialOutcome, best_outcome, run_search
+from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
 from shared.contract import CLASS_NAMES
 from shared.dataset import discover
@@ -90,7 +90,7 @@ def _refit(
     family_name: str, family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int
 ) -> tuple[Any, float]:
     size = int(params["image_size"])
-    model_params = {key: value for key, value in params.items() if key != "image_size"}
+    model_params = {key: value for key, value in params.items() if key not in NOT_MODEL_PARAMS}
     pixels, labels = data.train(size), data.train_labels
     validation = None
     if family_name != "rf":  # Keras: early stopping on a duplicate-group-aware 10% slice
@@ -99,7 +99,7 @@ def _refit(
         pixels, labels = pixels[fit_idx], labels[fit_idx]
     pixels, labels, model_params = apply_balancing(pixels, labels, model_params, seed)
     started = time.perf_counter()
-    fitted = family.fit(pixels, labels, model_params, family.contract(size), validation)
+    fitted = family.fit(pixels, labels, model_params, family.contract(size, params.get("scaling")), validation)
     return fitted, time.perf_counter() - started
 
 

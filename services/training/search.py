@@ -24,7 +24,7 @@ from services.training.families import get_family
 from services.training.splits import split_train_test
 
 CV_FOLDS = 3
-NOT_MODEL_PARAMS = ("image_size",)
+NOT_MODEL_PARAMS = ("image_size", "scaling")  # they shape the input contract, not the model
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_trial(
                 head, history = family.fit_head(fit_inputs, fit_labels, fit_params, stop)  # type: ignore[attr-defined]
                 probabilities = np.asarray(head.predict(inputs[val_idx], verbose=0))
             else:
-                contract = family.contract(size)
+                contract = family.contract(size, params.get("scaling"))
                 fit_pixels, fit_labels, fit_params = apply_balancing(
                     inputs[fit_idx], labels[fit_idx], model_params, seed
                 )

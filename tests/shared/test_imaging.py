@@ -83,3 +83,14 @@ def test_model_input_layouts_and_scaling() -> None:
     assert nhwc.shape == (3, 16, 16, 1) and nhwc.max() == pytest.approx(255.0)
     with pytest.raises(ValueError):
         to_model_input(pixels, PreprocessingContract(image_size=32))
+
+
+def test_image_max_scaling_removes_overall_gain() -> None:
+    contract = PreprocessingContract(image_size=16, layout="flat", scaling="image_max")
+    scan = np.tile(np.linspace(0, 200, 16, dtype=np.uint8), (16, 1))
+    dimmer = (scan * 0.5).astype(np.uint8)
+    bright, dim = to_model_input(np.stack([scan, dimmer]), contract)
+    assert bright.max() == pytest.approx(1.0) and dim.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(bright, dim, atol=0.02)
+    black = to_model_input(np.zeros((1, 16, 16), np.uint8), contract)
+    assert np.isfinite(black).all() and black.max() == 0.0

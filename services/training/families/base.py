@@ -30,8 +30,9 @@ class ModelFamily(ABC):
     layout: str
     scaling: str = "unit"
 
-    def contract(self, image_size: int) -> PreprocessingContract:
-        return PreprocessingContract(image_size=image_size, layout=self.layout, scaling=self.scaling)
+    def contract(self, image_size: int, scaling: str | None = None) -> PreprocessingContract:
+        """The input contract at this size; `scaling` lets a search compare unit and image_max inputs."""
+        return PreprocessingContract(image_size=image_size, layout=self.layout, scaling=scaling or self.scaling)
 
     @abstractmethod
     def default_params(self) -> dict[str, Any]:
