@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
+from services.explainer.lime_core import log_lime_overlays, onnx_predict_fn
 from services.training import plots, tracking
 from services.training.balancing import apply_balancing
 from services.training.config import TrainingSettings
@@ -213,6 +214,8 @@ def train_family(
                 f"ONNX parity check failed for {family_name}: max abs diff {parity.max_abs_diff:.2e}, "
                 f"arg-max agreement {parity.argmax_agreement:.4f}; the model was not registered"
             )
+        # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
+        log_lime_overlays(onnx_predict_fn(model_bytes)[0], test_pixels, data.test_labels, family_name, per_class=2)
         if options.register_models:
             progress.step = "registering"
             report(progress)
