@@ -7,6 +7,8 @@ from pydantic import BaseModel, Field
 from shared.contract import PreprocessingContract
 
 MODEL_FAMILIES: tuple[str, ...] = ("rf", "snn", "cnn", "mobilenetv2")
+# The header of a predict-pixels request that gives the shape (N,H,W) of the raw uint8 body.
+PIXELS_SHAPE_HEADER = "x-pixels-shape"
 REGISTERED_NAME_PREFIX = "brain-tumor-"
 
 

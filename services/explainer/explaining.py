@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def explain_upload(
         seed=request.seed,
         num_samples=request.num_samples,
         num_segments=int(result.segments.max()) + 1,
-        regions=[RegionOut(**region.__dict__) for region in result.top_regions(request.num_regions)],
+        regions=[RegionOut(**asdict(region)) for region in result.top_regions(request.num_regions)],
         score=result.score,
         intercept=result.intercept,
         local_prediction=result.local_prediction,

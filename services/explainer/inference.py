@@ -8,10 +8,8 @@ import httpx
 import numpy as np
 
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ContractOut, PixelsPredictionOut
+from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, PixelsPredictionOut
 from shared.upstream import ServiceClient
-
-PIXELS_SHAPE_HEADER = "x-pixels-shape"
 
 
 class InferenceBatchClient(ServiceClient):

@@ -11,6 +11,7 @@ from services.inference.config import Settings
 from services.inference.model import OnnxClassifier
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
+from shared.schemas import PIXELS_SHAPE_HEADER
 from shared.uploads import read_body, read_upload
 
 # Names and versions end up in MLflow filters and cache paths: keep them to a safe alphabet.
@@ -65,9 +66,6 @@ async def get_image_bytes(
 
 
 ImageBytes = Annotated[bytes, Depends(get_image_bytes)]
-
-
-PIXELS_SHAPE_HEADER = "x-pixels-shape"
 
 
 async def get_pixel_batch(

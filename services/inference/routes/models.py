@@ -8,10 +8,10 @@ import numpy as np
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import PIXELS_SHAPE_HEADER, ImageBytes, ModelDep, PixelBatch, RegistryDep, SettingsDep
+from services.inference.deps import ImageBytes, ModelDep, PixelBatch, RegistryDep, SettingsDep
 from services.inference.model import OnnxClassifier
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ContractOut, ErrorOut, ModelsOut, PixelsPredictionOut, PredictionOut
+from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, ErrorOut, ModelsOut, PixelsPredictionOut, PredictionOut
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
