@@ -52,15 +52,13 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
         "image_size": [32],
         "scaling": ["unit", "image_max"],
         "n_estimators": [300],
-        "max_features": ["sqrt"],
-        "balancing": ["none", "rotate"],
+        "max_features": ["sqrt", 0.1],
     },
     "snn": {
         "image_size": [32],
-        "scaling": ["unit", "image_max"],
         "units": [512],
         "dropout": [0.3],
-        "balancing": ["none", "class_weight"],
+        "balancing": ["none", "rotate", "class_weight"],
     },
     "cnn": {
         "image_size": [64],

@@ -170,14 +170,15 @@ def train_family(
         test_pixels = data.test(size)
         native = family.predict_native(fitted, test_pixels)
         evaluation = evaluate(data.test_labels, native)
-        mlflow.log_metrics({k: float(v) for k, v in fitted.extras.items() if isinstance(v, int | float)})
+        stage_metrics = {k: float(v) for k, v in fitted.extras.items() if isinstance(v, int | float)}
         baseline = fitted.extras.get("frozen_model")
         if baseline is not None:  # what fine-tuning bought: the same head before the top blocks moved
             from services.training import keras_runtime
 
             frozen_probabilities = keras_runtime.predict_batches(baseline, family.tensor(test_pixels, fitted.contract))
             frozen_metrics = evaluate(data.test_labels, frozen_probabilities, prefix="frozen_head_test_").metrics
-            mlflow.log_metrics({k: v for k, v in frozen_metrics.items() if "macro" in k or k.endswith("accuracy")})
+            stage_metrics.update({k: v for k, v in frozen_metrics.items() if "macro" in k or k.endswith("accuracy")})
+        mlflow.log_metrics(stage_metrics)
         tracking.log_text(evaluation.report, "evaluation/classification_report.txt")
         header = "\t".join(CLASS_NAMES)
         rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
@@ -239,6 +240,7 @@ def train_family(
         "params": params,
         "metrics": metrics,
         "cv": cv_metrics,
+        "stages": stage_metrics,
         "search_seconds": search_seconds,
         "train_seconds": train_seconds,
     }

@@ -47,6 +47,18 @@ def _row_line(row: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _stage_line(row: dict[str, Any]) -> str:
+    stages, metrics = row["stages"], row["metrics"]
+    frozen, tuned = stages.get("frozen_head_test_accuracy"), metrics["test_accuracy"]
+    head_minutes = (stages.get("lower_features_seconds", 0) + stages.get("head_seconds", 0)) / 60
+    tune_minutes = stages["fine_tune_seconds"] / 60
+    blocks = row["params"].get("fine_tune_blocks")
+    return (
+        f"- **{row['family']}**: frozen base + head {frozen:.4f} test accuracy ({head_minutes:.1f} min); "
+        f"with the top {blocks} blocks fine-tuned {tuned:.4f} (+{tuned - frozen:.4f} for {tune_minutes:.1f} more min)."
+    )
+
+
 def comparison_markdown(
     rows: list[dict[str, Any]], info: dict[str, Any], options: TrainingOptions, seconds: float
 ) -> str:
@@ -55,6 +67,7 @@ def comparison_markdown(
         "CV accuracy (3-fold mean) | study accuracy | search min | refit min | ONNX ms/image | ONNX MB | version |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
+    stages = "\n".join(_stage_line(row) for row in rows if row.get("stages", {}).get("fine_tune_seconds"))
     params = "\n".join(f"- **{row['family']}**: `{json.dumps(row['params'], sort_keys=True)}`" for row in rows)
     return f"""# Model comparison
 
@@ -76,6 +89,9 @@ Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training
 - Test file list hash (sha256): `{info["test_files_sha256"]}` (the list itself is logged with each family's MLflow run).
 - Class balancing (rotation oversampling or class weights) is a search option applied inside training folds
   only; rotated copies of validation or test images are never trained on.
+
+## Does fine-tuning pay?
+{stages or "No family was fine-tuned in this run."}
 
 ## Winning parameters
 {params}
