@@ -62,6 +62,10 @@
     return sign + (size >= 0.01 || size === 0 ? size.toFixed(3) : size.toExponential(1));
   }
 
+  function formatDuration(ms) {
+    return ms < 1000 ? Math.round(ms) + " ms" : (ms / 1000).toFixed(1) + " s";
+  }
+
   function mib(bytes) {
     return (bytes / 1048576).toFixed(1) + " MiB";
   }
@@ -333,7 +337,7 @@
     caption.textContent =
       "LIME for “" + body.label + "”: warm regions push towards it, cool ones away; the strongest are " +
       "outlined. " + body.num_samples + " samples over " + body.num_segments + " regions, seed " + body.seed +
-      ", " + (body.latency_ms / 1000).toFixed(1) + " s.";
+      ", " + formatDuration(body.latency_ms) + ".";
     const list = panel.querySelector(".regions");
     for (const region of body.regions) {
       const item = document.createElement("li");
