@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--families", default=",".join(MODEL_FAMILIES), help="comma-separated: rf,snn,cnn,mobilenetv2")
     parser.add_argument("--search", choices=["none", "quick", "seed"], default="quick")
     parser.add_argument("--max-trials", type=int)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, help="input size for every family (default: each family's own)")
     parser.add_argument("--epochs", type=int, help="override the epochs of the Keras families")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=42)

@@ -2,7 +2,9 @@
 
 `seed` reproduces the original study's grids. `quick` is sized so that the four families together
 search and refit on the full 5,708-image set within about 30 minutes on 2 CPU cores; see
-docs/benchmarks.md for what each family costs. Keys that are not model parameters:
+docs/benchmarks.md for what each family costs. Each family trains at its own default input size
+(forest and dense network 32 px, CNN 64 px, MobileNetV2 160 px) unless a grid or --image-size says
+otherwise. Keys that are not model parameters:
 `image_size` (the input size the family trains at), `scaling` (the contract's input scaling: unit or
 image_max) and `balancing` (none, rotate, class_weight).
 """
@@ -49,25 +51,21 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
     "rf": {
-        "image_size": [32],
-        "scaling": ["unit", "image_max"],
-        "n_estimators": [300],
+        "scaling": ["image_max"],
+        "n_estimators": [200],
         "max_features": ["sqrt", 0.1],
     },
     "snn": {
-        "image_size": [32],
         "units": [512],
         "dropout": [0.3],
         "balancing": ["none", "rotate", "class_weight"],
     },
     "cnn": {
-        "image_size": [64],
         "filters": [32],
         "dropout": [0.3],
         "augment": ["none", "flip"],
     },
     "mobilenetv2": {
-        "image_size": [160],
         "units": [256, 512],
         "dropout": [0.3, 0.5],
     },
@@ -76,7 +74,8 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
 # Parameters applied while searching only (cheaper trials); the refit of the winner uses the defaults.
 QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
-    "cnn": {"epochs": 8, "patience": 3},
+    # Searched at 48 px for 8 epochs, refit at its own 64 px with early stopping.
+    "cnn": {"image_size": 48, "epochs": 8, "patience": 3},
     # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
     "mobilenetv2": {"fine_tune_blocks": 0},
 }

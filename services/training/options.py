@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.contract import DEFAULT_IMAGE_SIZE
 from shared.schemas import MODEL_FAMILIES
 
 Family = Literal["rf", "snn", "cnn", "mobilenetv2"]
@@ -24,7 +23,9 @@ class TrainingOptions(BaseModel):
         "quick", description="quick: small grid sized for 2 CPU cores; seed: the study's grids; none: fixed parameters."
     )
     max_trials: int | None = Field(None, ge=1, description="Cap on trials per family.")
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=512)
+    image_size: int | None = Field(
+        None, ge=16, le=512, description="Input size for every family; each family's own default when omitted."
+    )
     test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = 42
     epochs: int | None = Field(None, ge=1, le=500, description="Override the epochs of Keras families.")

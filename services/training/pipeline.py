@@ -130,7 +130,9 @@ def train_family(
     progress.state, progress.step = FamilyState.RUNNING, "starting"
     report(progress)
     family = get_family(family_name, settings.mobilenetv2_weights)
-    base = {**family.default_params(), "image_size": options.image_size, "balancing": "none", "seed": options.seed}
+    base = {**family.default_params(), "balancing": "none", "seed": options.seed}
+    if options.image_size is not None:
+        base["image_size"] = options.image_size
     if options.epochs is not None and "epochs" in base:
         base["epochs"] = options.epochs
     base.update(options.overrides)

@@ -14,6 +14,7 @@ class SmallCnnFamily(KerasFamily):
 
     def default_params(self) -> dict[str, Any]:
         return {
+            "image_size": 64,
             "filters": 32,
             "kernel_size": 3,
             "activation": "relu",

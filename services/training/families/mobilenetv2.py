@@ -37,6 +37,7 @@ class MobileNetV2Family(ModelFamily):
 
     def default_params(self) -> dict[str, Any]:
         return {
+            "image_size": 160,
             "units": 256,
             "dropout": 0.3,
             "optimizer": "adam",

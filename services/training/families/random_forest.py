@@ -20,7 +20,13 @@ class RandomForestFamily(ModelFamily):
     layout = "flat"
 
     def default_params(self) -> dict[str, Any]:
-        return {"n_estimators": 200, "max_depth": None, "min_samples_split": 2, "max_features": "sqrt"}
+        return {
+            "image_size": 32,
+            "n_estimators": 200,
+            "max_depth": None,
+            "min_samples_split": 2,
+            "max_features": "sqrt",
+        }
 
     def fit(
         self,
@@ -31,7 +37,8 @@ class RandomForestFamily(ModelFamily):
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         n_jobs: int = 2,
     ) -> FittedModel:
-        forest_params = {key: value for key, value in params.items() if key != "seed"}
+        accepted = RandomForestClassifier().get_params()
+        forest_params = {key: value for key, value in params.items() if key in accepted and key != "random_state"}
         forest = RandomForestClassifier(**forest_params, n_jobs=n_jobs, random_state=int(params.get("seed", 0)))
         forest.fit(self.tensor(pixels, contract), labels)
         return FittedModel(forest, contract, dict(params))

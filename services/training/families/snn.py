@@ -14,6 +14,7 @@ class ShallowNetFamily(KerasFamily):
 
     def default_params(self) -> dict[str, Any]:
         return {
+            "image_size": 32,
             "units": 256,
             "dropout": 0.3,
             "activation": "relu",
