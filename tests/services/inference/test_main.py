@@ -24,6 +24,14 @@ def test_process_predicts_without_loading_the_training_stack(
             assert response.status_code == 200, response.text
             PredictionOut.model_validate(response.json())
         assert client.get("/v1/models").status_code == 200
+        # The explainer's batch path too: contract, then raw pixels.
+        size = client.get("/v1/models/cnn/contract").json()["contract"]["image_size"]
+        batch = client.post(
+            "/v1/models/cnn/predict-pixels",
+            content=bytes(3 * size * size),
+            headers={"x-pixels-shape": f"3,{size},{size}"},
+        )
+        assert batch.status_code == 200, batch.text
 
         modules = set(client.get("/debug/modules").json()["modules"])
 
