@@ -165,8 +165,8 @@ class MobileNetV2Family(ModelFamily):
         """Fine-tune the top `blocks` blocks on cached outputs of the frozen lower part.
 
         The lower part never changes, so its outputs are computed once; each fine-tuning epoch then
-        costs only the top blocks. Stage 1 trains the head on frozen pooled features (kept as the
-        'frozen head' baseline); stage 2 trains the top blocks (BatchNorm frozen) and that head together.
+        costs only the top blocks. Stage 1 trains a head on frozen pooled features (kept as the 'frozen
+        head' baseline); stage 2 trains the top blocks (BatchNorm frozen) with a fresh head.
         """
         import keras
         from keras import layers
@@ -198,6 +198,10 @@ class MobileNetV2Family(ModelFamily):
         started = time.perf_counter()
         for layer in upper.layers:
             layer.trainable = not isinstance(layer, layers.BatchNormalization)
+        # A fresh head, trained together with the top blocks at the small learning rate: continuing
+        # from the frozen-stage head (already fit to the frozen features) fine-tuned worse here.
+        keras_runtime.seed_everything(int(params.get("seed", 0)) + 1)
+        head = self._head(int(upper.output.shape[-1]), 4, params)
         cached_input = keras.Input(shape=train_cached.shape[1:], name="lower_features")
         x = layers.GlobalAveragePooling2D()(upper(cached_input, training=False))
         trainable = keras.Model(cached_input, head(x), name="mobilenetv2_top")
