@@ -1,19 +1,12 @@
 """``python -m services.explainer``: run the explainer service with uvicorn."""
 
-from __future__ import annotations
-
-import logging
-
-import uvicorn
-
 from services.explainer.config import Settings
 from services.explainer.main import create_app
+from shared.service import run_service
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    run_service(create_app, Settings())
 
 
 if __name__ == "__main__":

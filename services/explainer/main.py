@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from services.explainer.inference import InferenceBatchClient
 from services.explainer.lime_core import explain
 from services.explainer.routes import api_router
 from shared.errors import install_error_handlers
+from shared.service import lazy_app
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-@functools.cache
-def _default_app() -> FastAPI:
-    return create_app()
-
-
-def __getattr__(name: str) -> FastAPI:
-    """``services.explainer.main:app`` for uvicorn, built on first access rather than at import,
-    so importing this module never reads the environment."""
-    if name == "app":
-        return _default_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(__name__, create_app)

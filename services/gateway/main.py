@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from services.gateway.middleware import RequestIdMiddleware
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.errors import install_error_handlers
+from shared.service import lazy_app
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-@functools.cache
-def _default_app() -> FastAPI:
-    return create_app()
-
-
-def __getattr__(name: str) -> FastAPI:
-    """``services.gateway.main:app`` for uvicorn, built on first access rather than at import,
-    so importing this module never reads the environment."""
-    if name == "app":
-        return _default_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(__name__, create_app)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from services.inference.config import Settings
 from services.inference.registry import ModelRegistry, configure_mlflow_http
 from services.inference.routes import api_router, debug_router
 from shared.errors import install_error_handlers
+from shared.service import lazy_app
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -76,14 +76,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-@functools.cache
-def _default_app() -> FastAPI:
-    return create_app()
-
-
-def __getattr__(name: str) -> FastAPI:
-    """``services.inference.main:app`` for uvicorn, built on first access rather than at import,
-    so importing this module never reads the environment."""
-    if name == "app":
-        return _default_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_app(__name__, create_app)

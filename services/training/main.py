@@ -11,6 +11,7 @@ from services.training.config import TrainingSettings, get_settings
 from services.training.jobs import RunFunction, TrainingRunManager
 from services.training.routes import health, runs
 from shared.errors import install_error_handlers
+from shared.service import lazy_app
 
 
 def _run_pipeline(options, settings, report):  # type: ignore[no-untyped-def]
@@ -38,4 +39,4 @@ def create_app(settings: TrainingSettings | None = None, run_function: RunFuncti
     return app
 
 
-app = create_app()
+__getattr__ = lazy_app(__name__, create_app)
