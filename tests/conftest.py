@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,25 @@ def project_env(**overrides: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(overrides)
     return env
+
+
+@contextmanager
+def app_clients(create_app: Callable[[Any], Any], settings_type: type, **defaults: Any) -> Iterator[Callable[..., Any]]:
+    """``make(**settings) -> TestClient`` for in-process apps with their lifespan running; every client
+    made is closed at the end. ``defaults`` are settings used unless a call overrides them."""
+    from fastapi.testclient import TestClient
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(settings_type(**{**defaults, **overrides})), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 def start_service(
@@ -494,23 +514,11 @@ def inference_app_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     Settings not given default to a fresh cache folder, no preload and debug endpoints off.
     """
-    from fastapi.testclient import TestClient
-
     from services.inference.config import Settings
     from services.inference.main import create_app
 
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        values: dict[str, Any] = {"cache_dir": tmp_path / "inference-cache", "preload": False, **overrides}
-        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with app_clients(create_app, Settings, cache_dir=tmp_path / "inference-cache", preload=False) as make:
+        yield make
 
 
 @pytest.fixture
@@ -522,22 +530,11 @@ def inference_client(model_zoo: ModelZoo, inference_app_client: Callable[..., An
 @pytest.fixture
 def gateway_app_client() -> Iterator[Callable[..., Any]]:
     """``make(**settings) -> TestClient`` for an in-process gateway app, lifespan running."""
-    from fastapi.testclient import TestClient
-
     from services.gateway.config import Settings
     from services.gateway.main import create_app
 
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(Settings(**overrides)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with app_clients(create_app, Settings) as make:
+        yield make
 
 
 @pytest.fixture
@@ -568,23 +565,11 @@ def explainer_server(inference_server: ServiceProcess, service_logs: Path) -> It
 def explainer_app_client(inference_server: ServiceProcess) -> Iterator[Callable[..., Any]]:
     """``make(**settings) -> TestClient`` for an in-process explainer app, lifespan running; by default
     in front of the real inference process."""
-    from fastapi.testclient import TestClient
-
     from services.explainer.config import Settings
     from services.explainer.main import create_app
 
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        values: dict[str, Any] = {"inference_url": inference_server.url, **overrides}
-        client = TestClient(create_app(Settings(**values)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with app_clients(create_app, Settings, inference_url=inference_server.url) as make:
+        yield make
 
 
 @pytest.fixture
