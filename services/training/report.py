@@ -53,10 +53,17 @@ def _stage_line(row: dict[str, Any]) -> str:
     head_minutes = (stages.get("lower_features_seconds", 0) + stages.get("head_seconds", 0)) / 60
     tune_minutes = stages["fine_tune_seconds"] / 60
     blocks = row["params"].get("fine_tune_blocks")
-    return (
+    line = (
         f"- **{row['family']}**: frozen base + head {frozen:.4f} test accuracy ({head_minutes:.1f} min); "
-        f"with the top {blocks} blocks fine-tuned {tuned:.4f} (+{tuned - frozen:.4f} for {tune_minutes:.1f} more min)."
+        f"with the top {blocks} blocks fine-tuned {tuned:.4f} ({tuned - frozen:+.4f} for {tune_minutes:.1f} more min)."
     )
+    if "fine_tune_kept" in stages:
+        verdict = "kept" if stages["fine_tune_kept"] else "not kept: the frozen model is the one registered"
+        line += (
+            f" Validation accuracy frozen {stages['frozen_val_accuracy']:.4f}, fine-tuned "
+            f"{stages['fine_tuned_val_accuracy']:.4f}: fine-tuning {verdict}."
+        )
+    return line
 
 
 def comparison_markdown(

@@ -26,6 +26,10 @@ from shared.contract import OUTPUT_NAME, PreprocessingContract
 LAST_BLOCK = 16  # MobileNetV2's inverted-residual blocks are block_1 .. block_16
 
 
+def predict_all(model: Any, inputs: np.ndarray) -> np.ndarray:
+    return keras_runtime.predict_batches(model, inputs, 64)
+
+
 class MobileNetV2Family(ModelFamily):
     name = "mobilenetv2"
     layout = "nhwc"
@@ -48,7 +52,7 @@ class MobileNetV2Family(ModelFamily):
             # Top blocks fine-tuned on cached lower-part outputs after the head is trained frozen.
             "fine_tune_blocks": 4,
             "fine_tune_epochs": 25,
-            "fine_tune_patience": 4,
+            "fine_tune_patience": 6,
             "fine_tune_learning_rate": 1e-4,
         }
 
@@ -190,9 +194,9 @@ class MobileNetV2Family(ModelFamily):
 
         started = time.perf_counter()
         val_pooled = None if val_cached is None else (pooled(val_cached[0]), val_cached[1])
-        head, history = self.fit_head(pooled(train_cached), labels, params, val_pooled)
+        frozen_head, history = self.fit_head(pooled(train_cached), labels, params, val_pooled)
         head_seconds = time.perf_counter() - started
-        frozen = self._assemble(preprocessing, lower, upper, head, contract)
+        frozen = self._assemble(preprocessing, lower, upper, frozen_head, contract)
         frozen_weights = [w.copy() for w in frozen.get_weights()]
 
         started = time.perf_counter()
@@ -219,12 +223,21 @@ class MobileNetV2Family(ModelFamily):
         model = self._assemble(preprocessing, lower, upper, head, contract)
         frozen_copy = keras.models.clone_model(model)
         frozen_copy.set_weights(frozen_weights)
-        extras = {
+        extras: dict[str, Any] = {
             "lower_features_seconds": lower_seconds,
             "head_seconds": head_seconds,
             "fine_tune_seconds": time.perf_counter() - started,
             "frozen_model": frozen_copy,
         }
+        if val_cached is not None and val_pooled is not None:
+            # Fine-tuning must earn its place on the validation slice (never on the test split):
+            # when the frozen head classifies the slice better, the frozen model is the one kept.
+            frozen_val = float((predict_all(frozen_head, val_pooled[0]).argmax(1) == val_pooled[1]).mean())
+            tuned_val = float((predict_all(trainable, val_cached[0]).argmax(1) == val_cached[1]).mean())
+            extras.update(frozen_val_accuracy=frozen_val, fine_tuned_val_accuracy=tuned_val)
+            extras["fine_tune_kept"] = float(tuned_val >= frozen_val)
+            if tuned_val < frozen_val:
+                model.set_weights(frozen_weights)
         return FittedModel(model, contract, dict(params), history, extras)
 
     def _assemble(self, preprocessing: Any, lower: Any, upper: Any, head: Any, contract: PreprocessingContract) -> Any:

@@ -66,6 +66,7 @@ def test_mobilenetv2_frozen_and_fine_tuned(
     assert ("frozen_model" in fitted.extras) == (blocks > 0)
     if blocks:
         assert "fine_tune_loss" in fitted.history and fitted.extras["fine_tune_seconds"] > 0
+        assert fitted.extras["fine_tune_kept"] in (0.0, 1.0), "chosen on the validation slice"
         base = fitted.native.get_layer("mobilenetv2_upper")
         trainable = [w for w in base.trainable_weights]
         assert trainable, "the top blocks are trainable"
