@@ -6,7 +6,9 @@ before the multipart body is spooled, and ``read_upload`` that never reads past 
 
 from __future__ import annotations
 
-from fastapi import Request, UploadFile
+from typing import Annotated
+
+from fastapi import Depends, File, Request, UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ErrorCode, ServiceError, error_response
@@ -68,3 +70,17 @@ class UploadSizeLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def get_image_bytes(
+    request: Request,
+    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
+) -> bytes:
+    """The uploaded file's bytes, 413 beyond the service's `max_upload_bytes` setting."""
+    try:
+        return await read_upload(file, request.app.state.settings.max_upload_bytes)
+    finally:
+        await file.close()
+
+
+ImageBytes = Annotated[bytes, Depends(get_image_bytes)]

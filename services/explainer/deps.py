@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Depends, Query, Request
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from shared.errors import ErrorCode, ServiceError
-from shared.uploads import read_upload
 from shared.upstream import REQUEST_ID_HEADER
 
 # Names and versions go into upstream URLs: keep them to a safe alphabet.
@@ -31,17 +30,6 @@ def get_request_id(request: Request) -> str | None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceBatchClient, Depends(get_inference)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
-
-
-async def get_image_bytes(
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
-) -> bytes:
-    """The uploaded file's bytes, 413 beyond the configured size."""
-    try:
-        return await read_upload(file, settings.max_upload_bytes)
-    finally:
-        await file.close()
 
 
 def get_num_samples(
@@ -67,5 +55,4 @@ def get_num_samples(
     return num_samples
 
 
-ImageBytes = Annotated[bytes, Depends(get_image_bytes)]
 NumSamples = Annotated[int, Depends(get_num_samples)]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Depends, Query, Request
 
 from services.gateway.config import Settings
 from services.gateway.upstream import REQUEST_ID_HEADER, ExplainerClient, InferenceClient
-from shared.uploads import read_upload
 
 # Model names and versions go into upstream URLs: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -48,17 +47,3 @@ VersionQuery = Annotated[
         "default: the `champion` alias if set, else the latest version.",
     ),
 ]
-
-
-async def get_image_bytes(
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
-) -> bytes:
-    """The uploaded file's bytes, 413 beyond the configured size."""
-    try:
-        return await read_upload(file, settings.max_upload_bytes)
-    finally:
-        await file.close()
-
-
-ImageBytes = Annotated[bytes, Depends(get_image_bytes)]

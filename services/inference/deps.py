@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, File, Header, Path, Query, Request, UploadFile
+from fastapi import Depends, Header, Path, Query, Request
 
 from services.inference.config import Settings
 from services.inference.model import OnnxClassifier
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import PIXELS_SHAPE_HEADER
-from shared.uploads import read_body, read_upload
+from shared.uploads import read_body
 
 # Names and versions end up in MLflow filters and cache paths: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -52,20 +52,6 @@ def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionSp
 
 
 ModelDep = Annotated[OnnxClassifier, Depends(get_model_or_404)]
-
-
-async def get_image_bytes(
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
-) -> bytes:
-    """The uploaded file's bytes, 413 beyond the configured size."""
-    try:
-        return await read_upload(file, settings.max_upload_bytes)
-    finally:
-        await file.close()
-
-
-ImageBytes = Annotated[bytes, Depends(get_image_bytes)]
 
 
 async def get_pixel_batch(

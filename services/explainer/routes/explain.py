@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 
 from services.explainer.deps import (
     NAME_PATTERN,
-    ImageBytes,
     InferenceDep,
     NumSamples,
     RequestIdDep,
@@ -19,6 +18,7 @@ from services.explainer.deps import (
 from services.explainer.explaining import ExplainRequest, explain_upload
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import ErrorOut, ExplanationOut
+from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import NAME_PATTERN, ImageBytes, InferenceDep, RequestIdDep
+from services.gateway.deps import NAME_PATTERN, InferenceDep, RequestIdDep
 from services.gateway.routes.errors import error_responses
 from services.gateway.upstream import InferenceClient, UpstreamError
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import MODEL_FAMILIES, CompareItem, CompareOut
+from shared.uploads import ImageBytes
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import ExplainerDep, ImageBytes, ModelQuery, RequestIdDep, VersionQuery
+from services.gateway.deps import ExplainerDep, ModelQuery, RequestIdDep, VersionQuery
 from services.gateway.routes.errors import error_responses
 from shared.schemas import ExplanationOut
+from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 
