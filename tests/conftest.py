@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from deploy.processes import free_port  # noqa: E402
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
 from shared.imaging import decode_to_array, to_model_input  # noqa: E402
@@ -42,13 +43,6 @@ SampleArrays = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
 # -- processes and ports ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

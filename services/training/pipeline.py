@@ -185,10 +185,8 @@ def train_family(
         header = "\t".join(CLASS_NAMES)
         rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
         tracking.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
-        mlflow.log_image(
-            plots_image(plots.confusion_png(evaluation.confusion, family_name)), "evaluation/confusion_matrix.png"
-        )
-        mlflow.log_image(plots_image(plots.roc_png(data.test_labels, native, family_name)), "evaluation/roc_curves.png")
+        tracking.log_bytes(plots.confusion_png(evaluation.confusion, family_name), "evaluation/confusion_matrix.png")
+        tracking.log_bytes(plots.roc_png(data.test_labels, native, family_name), "evaluation/roc_curves.png")
 
         progress.step = "converting to ONNX"
         report(progress)
@@ -246,15 +244,6 @@ def train_family(
         "search_seconds": search_seconds,
         "train_seconds": train_seconds,
     }
-
-
-def plots_image(png: bytes) -> Any:
-    """MLflow's log_image takes arrays or PIL images; decode the PNG once."""
-    import io
-
-    from PIL import Image
-
-    return Image.open(io.BytesIO(png))
 
 
 def run_training(

@@ -45,11 +45,17 @@ def log_text(text: str, artifact_file: str) -> None:
     mlflow.log_text(text, artifact_file)
 
 
-def log_onnx(model_bytes: bytes) -> None:
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Log a file's bytes (a PNG, an ONNX model) under artifact_file in the active run."""
+    folder, _, name = artifact_file.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ONNX_FILENAME
-        path.write_bytes(model_bytes)
-        mlflow.log_artifact(str(path), artifact_path=ONNX_ARTIFACT_DIR)
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), artifact_path=folder or None)
+
+
+def log_onnx(model_bytes: bytes) -> None:
+    log_bytes(model_bytes, f"{ONNX_ARTIFACT_DIR}/{ONNX_FILENAME}")
 
 
 def register_version(registered_name: str, run_id: str, description: str, tags: dict[str, str]) -> str:

@@ -44,7 +44,7 @@ class RandomForestFamily(ModelFamily):
         return FittedModel(forest, contract, dict(params))
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
-        return _full_proba(model.native, self.tensor(pixels, model.contract))
+        return model.native.predict_proba(self.tensor(pixels, model.contract)).astype(np.float32)
 
     def to_onnx(self, model: FittedModel) -> onnx.ModelProto:
         forest: RandomForestClassifier = model.native
@@ -58,7 +58,3 @@ class RandomForestFamily(ModelFamily):
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
         return keep_only_output(proto, proto.graph.output[1].name, OUTPUT_NAME)
-
-
-def _full_proba(forest: RandomForestClassifier, features: np.ndarray) -> np.ndarray:
-    return forest.predict_proba(features).astype(np.float32)
