@@ -3,7 +3,7 @@
 `seed` reproduces the original study's grids. `quick` is sized so that the four families together
 search and refit on the full 5,708-image set within about 30 minutes on 2 CPU cores; see
 docs/benchmarks.md for what each family costs. Each family trains at its own default input size
-(forest and dense network 32 px, CNN 64 px, MobileNetV2 160 px) unless a grid or --image-size says
+(forest and dense network 32 px, CNN 96 px, MobileNetV2 160 px) unless a grid or --image-size says
 otherwise. Keys that are not model parameters:
 `image_size` (the input size the family trains at), `scaling` (the contract's input scaling: unit or
 image_max) and `balancing` (none, rotate, class_weight).
@@ -23,6 +23,10 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
         "max_features": ["sqrt", "log2"],
     },
     "cnn": {
+        # The study's network and training recipe, whatever this project's defaults are.
+        "architecture": ["study"],
+        "schedule": ["plateau"],
+        "augment": ["none"],
         "optimizer": ["adam", "sgd", "rmsprop"],
         "dropout": [0.3, 0.5, 0.7],
         "activation": ["relu", "tanh", "sigmoid"],
@@ -61,9 +65,7 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
         "balancing": ["none", "rotate", "class_weight"],
     },
     "cnn": {
-        "filters": [32],
-        "dropout": [0.3],
-        "augment": ["none", "flip"],
+        "architecture": ["study", "batchnorm"],
     },
     "mobilenetv2": {
         "units": [256, 512],
@@ -74,7 +76,7 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
 # Parameters applied while searching only (cheaper trials); the refit of the winner uses the defaults.
 QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
-    # Searched at 48 px for 8 epochs, refit at its own 64 px with early stopping.
+    # Searched at 48 px for 8 epochs, refit at its own 96 px for 30.
     "cnn": {"image_size": 48, "epochs": 8, "patience": 3},
     # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
     "mobilenetv2": {"fine_tune_blocks": 0},

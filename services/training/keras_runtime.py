@@ -41,11 +41,13 @@ def early_stopping(patience: int, has_validation: bool) -> Any:
     )
 
 
-def make_optimizer(name: str, learning_rate: float) -> Any:
+def make_optimizer(name: str, learning_rate: Any) -> Any:
+    """`learning_rate` is a number or a Keras schedule."""
     import keras
 
     optimizers = {
         "adam": keras.optimizers.Adam,
+        "adamw": lambda learning_rate: keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=1e-4),
         "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9),
         "rmsprop": keras.optimizers.RMSprop,
     }
@@ -67,19 +69,28 @@ def compile_and_fit(
     patience: int | None = None,
 ) -> dict[str, list[float]]:
     """The one training loop of every Keras model here: sparse cross-entropy, early stopping on the
-    validation slice (restoring the best weights), learning rate halved when validation loss stalls."""
+    validation slice (restoring the best weights), and the learning rate either halved when validation
+    loss stalls (`schedule` plateau, the default) or decayed along a cosine (`schedule` cosine)."""
     import keras
 
+    batch_size, n_epochs = int(params["batch_size"]), int(epochs or params["epochs"])
+    rate = learning_rate or params["learning_rate"]
+    schedule = params.get("schedule", "plateau")
+    if schedule == "cosine":
+        # Decays to zero over the planned epochs: no plateau detection needed, and the last epochs
+        # at a small rate are the ones that settle the weights.
+        steps = max(int(np.ceil(len(inputs) / batch_size)) * n_epochs, 1)
+        rate = keras.optimizers.schedules.CosineDecay(rate, steps)
+    elif schedule != "plateau":
+        raise ValueError(f"unknown schedule {schedule!r}; expected plateau or cosine")
     model.compile(
-        optimizer=make_optimizer(
-            optimizer or params.get("optimizer", "adam"), learning_rate or params["learning_rate"]
-        ),
+        optimizer=make_optimizer(optimizer or params.get("optimizer", "adam"), rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     stop_patience = int(patience if patience is not None else params.get("patience", 3))
     callbacks = [early_stopping(stop_patience, validation is not None)]
-    if validation is not None and stop_patience > 2:
+    if validation is not None and stop_patience > 2 and schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
         )
@@ -87,8 +98,8 @@ def compile_and_fit(
         inputs,
         labels,
         validation_data=validation,
-        epochs=int(epochs or params["epochs"]),
-        batch_size=int(params["batch_size"]),
+        epochs=n_epochs,
+        batch_size=batch_size,
         class_weight=params.get("class_weight"),
         callbacks=callbacks,
         verbose=0,

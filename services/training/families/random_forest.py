@@ -37,6 +37,11 @@ class RandomForestFamily(ModelFamily):
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         n_jobs: int = 2,
     ) -> FittedModel:
+        augment = params.get("augment", "none")
+        if augment == "flip":  # a mirrored slice is a slice of the same class: twice the examples
+            pixels, labels = np.concatenate([pixels, pixels[:, :, ::-1]]), np.concatenate([labels, labels])
+        elif augment != "none":
+            raise ValueError(f"unknown augment {augment!r}; expected none or flip")
         accepted = RandomForestClassifier().get_params()
         forest_params = {key: value for key, value in params.items() if key in accepted and key != "random_state"}
         forest = RandomForestClassifier(**forest_params, n_jobs=n_jobs, random_state=int(params.get("seed", 0)))

@@ -82,3 +82,50 @@ def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarr
     pixels, labels = sample
     with pytest.raises(ServiceError, match="BT_MOBILENETV2_WEIGHTS"):
         family.fit(pixels, labels, family.default_params(), family.contract(IMAGE_SIZE))
+
+
+def test_cnn_study_architecture_converts_and_agrees(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("cnn")
+    contract = family.contract(IMAGE_SIZE)
+    params = {**family.default_params(), "architecture": "study", "schedule": "plateau", "epochs": 1, "seed": 1}
+    fitted = family.fit(pixels, labels, params, contract)
+    assert any(layer.name.startswith("flatten") for layer in fitted.native.layers), "the study's dense head"
+    assert not any("batch_normalization" in layer.name for layer in fitted.native.layers)
+    model_bytes = embed_contract(family.to_onnx(fitted), contract, {"family": "cnn"})
+    native = family.predict_native(fitted, pixels[:16])
+    assert check_parity(native, onnx_probabilities(model_bytes, family.tensor(pixels[:16], contract))).passed
+
+
+def test_cnn_rejects_what_it_cannot_build(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("cnn")
+    params = {**family.default_params(), "epochs": 1}
+    with pytest.raises(ValueError, match="at least 64 px"):
+        family.fit(pixels, labels, {**params, "blocks": 5}, family.contract(IMAGE_SIZE))
+    for bad in ({"architecture": "resnet"}, {"schedule": "linear"}, {"augment": "rotate"}):
+        with pytest.raises(ValueError, match="unknown"):
+            family.fit(pixels, labels, {**params, **bad}, family.contract(IMAGE_SIZE))
+
+
+def test_cosine_schedule_ends_near_zero(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("cnn")
+    params = {**family.default_params(), "epochs": 2, "learning_rate": 1e-3}
+    fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
+    optimizer = fitted.native.optimizer
+    assert float(optimizer.learning_rate) < 1e-5, "decayed over the planned steps"
+    assert len(fitted.history["loss"]) == 2
+
+
+def test_forest_flip_augmentation_doubles_the_examples(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("rf")
+    params = {**family.default_params(), "n_estimators": 5, "bootstrap": False, "max_features": 1.0}
+    plain = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
+    flipped = family.fit(pixels, labels, {**params, "augment": "flip"}, family.contract(IMAGE_SIZE))
+    # Without bootstrap every tree sees every example: the root holds all of them.
+    assert plain.native.estimators_[0].tree_.n_node_samples[0] == len(pixels)
+    assert flipped.native.estimators_[0].tree_.n_node_samples[0] == 2 * len(pixels)
+    with pytest.raises(ValueError, match="unknown augment"):
+        family.fit(pixels, labels, {**params, "augment": "noise"}, family.contract(IMAGE_SIZE))
