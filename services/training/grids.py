@@ -56,8 +56,9 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
 QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
     "rf": {
         "scaling": ["image_max"],
-        "n_estimators": [200],
-        "max_features": ["sqrt", 0.1],
+        "n_estimators": [300],
+        "max_features": [0.1],
+        "augment": ["none", "flip"],
     },
     "snn": {
         "units": [512],
