@@ -27,6 +27,7 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
         "architecture": ["study"],
         "schedule": ["plateau"],
         "augment": ["none"],
+        "test_time_flip": [False],
         "optimizer": ["adam", "sgd", "rmsprop"],
         "dropout": [0.3, 0.5, 0.7],
         "activation": ["relu", "tanh", "sigmoid"],

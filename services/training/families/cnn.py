@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from services.training.families.base import FittedModel
 from services.training.families.keras_family import KerasFamily
 from shared.contract import OUTPUT_NAME, PreprocessingContract
 
@@ -40,7 +43,22 @@ class SmallCnnFamily(KerasFamily):
             # Left-right flips of the training batches only (the layer is inactive at inference):
             # a brain slice mirrored is still a plausible slice of the same class.
             "augment": "flip",
+            # Serve the mean of the predictions for the image and its mirror image.
+            "test_time_flip": True,
         }
+
+    def fit(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> FittedModel:
+        fitted = super().fit(pixels, labels, params, contract, validation)
+        if params.get("test_time_flip", False):
+            fitted.native = _average_with_mirror(fitted.native, contract)
+        return fitted
 
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         import keras
@@ -98,3 +116,15 @@ def _batchnorm_body(x: Any, params: dict[str, Any], image_size: int) -> Any:
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return layers.Dropout(float(params["dropout"]))(x)
+
+
+def _average_with_mirror(network: Any, contract: PreprocessingContract) -> Any:
+    """The trained network wrapped to average its output on the image and on the image mirrored left-right
+    (one graph, so the ONNX export and every client get it)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=contract.input_shape()[1:], name=contract.input_name)
+    mirrored = layers.Lambda(lambda images: images[:, :, ::-1, :], name="mirror")(inputs)
+    outputs = layers.Average(name=OUTPUT_NAME)([network(inputs), network(mirrored)])
+    return keras.Model(inputs, outputs, name="cnn_mirror_averaged")

@@ -89,6 +89,7 @@ def test_cnn_study_architecture_converts_and_agrees(sample: tuple[np.ndarray, np
     family = get_family("cnn")
     contract = family.contract(IMAGE_SIZE)
     params = {**family.default_params(), "architecture": "study", "schedule": "plateau", "epochs": 1, "seed": 1}
+    params["test_time_flip"] = False
     fitted = family.fit(pixels, labels, params, contract)
     assert any(layer.name.startswith("flatten") for layer in fitted.native.layers), "the study's dense head"
     assert not any("batch_normalization" in layer.name for layer in fitted.native.layers)
@@ -111,7 +112,7 @@ def test_cnn_rejects_what_it_cannot_build(sample: tuple[np.ndarray, np.ndarray])
 def test_cosine_schedule_ends_near_zero(sample: tuple[np.ndarray, np.ndarray]) -> None:
     pixels, labels = sample
     family = get_family("cnn")
-    params = {**family.default_params(), "epochs": 2, "learning_rate": 1e-3}
+    params = {**family.default_params(), "epochs": 2, "learning_rate": 1e-3, "test_time_flip": False}
     fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
     optimizer = fitted.native.optimizer
     assert float(optimizer.learning_rate) < 1e-5, "decayed over the planned steps"
@@ -129,3 +130,16 @@ def test_forest_flip_augmentation_doubles_the_examples(sample: tuple[np.ndarray,
     assert flipped.native.estimators_[0].tree_.n_node_samples[0] == 2 * len(pixels)
     with pytest.raises(ValueError, match="unknown augment"):
         family.fit(pixels, labels, {**params, "augment": "noise"}, family.contract(IMAGE_SIZE))
+
+
+def test_cnn_serves_the_mean_over_the_mirror_image(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("cnn")
+    contract = family.contract(IMAGE_SIZE)
+    fitted = family.fit(pixels, labels, {**family.default_params(), "epochs": 1, "seed": 2}, contract)
+    probabilities = family.predict_native(fitted, pixels[:12])
+    mirrored = family.predict_native(fitted, pixels[:12, :, ::-1])
+    np.testing.assert_allclose(probabilities, mirrored, atol=1e-5)
+    model_bytes = embed_contract(family.to_onnx(fitted), contract, {"family": "cnn"})
+    onnx_mirrored = onnx_probabilities(model_bytes, family.tensor(np.ascontiguousarray(pixels[:12, :, ::-1]), contract))
+    assert check_parity(probabilities, onnx_mirrored).passed
