@@ -79,7 +79,7 @@ QUICK_GRIDS: dict[str, dict[str, list[Any]]] = {
 QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
     # Searched at 48 px for 8 epochs, refit at its own 96 px for 30.
-    "cnn": {"image_size": 48, "epochs": 8, "patience": 3},
+    "cnn": {"image_size": 48, "epochs": 8},
     # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
     "mobilenetv2": {"fine_tune_blocks": 0},
 }

@@ -39,7 +39,6 @@ class SmallCnnFamily(KerasFamily):
             "schedule": "cosine",
             "batch_size": 32,
             "epochs": 30,
-            "patience": 10,
             # Left-right flips of the training batches only (the layer is inactive at inference):
             # a brain slice mirrored is still a plausible slice of the same class.
             "augment": "flip",
