@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from services.training.families.base import FittedModel
 from services.training.families.keras_family import KerasFamily
 from shared.contract import OUTPUT_NAME, PreprocessingContract
 
@@ -46,18 +43,8 @@ class SmallCnnFamily(KerasFamily):
             "test_time_flip": True,
         }
 
-    def fit(
-        self,
-        pixels: np.ndarray,
-        labels: np.ndarray,
-        params: dict[str, Any],
-        contract: PreprocessingContract,
-        validation: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> FittedModel:
-        fitted = super().fit(pixels, labels, params, contract, validation)
-        if params.get("test_time_flip", False):
-            fitted.native = _average_with_mirror(fitted.native, contract)
-        return fitted
+    def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
+        return _average_with_mirror(trained, contract) if params.get("test_time_flip", False) else trained
 
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         import keras

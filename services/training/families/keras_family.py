@@ -31,7 +31,11 @@ class KerasFamily(ModelFamily):
         model = self.build(contract, params)
         val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
         history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params)
-        return FittedModel(model, contract, dict(params), history)
+        return FittedModel(self.serving_model(model, contract, params), contract, dict(params), history)
+
+    def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
+        """The model to predict with and export, built around the trained one (by default, itself)."""
+        return trained
 
     def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
         return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract))
