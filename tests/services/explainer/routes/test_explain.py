@@ -12,21 +12,13 @@ from PIL import Image
 
 from shared.contract import CLASS_NAMES
 from shared.schemas import ExplanationOut
+from tests.error_body import error_body
 
 FAST = {"num_samples": "60"}
 
 
 def _explain(client: Any, data: bytes, **params: str) -> Any:
     return client.post("/v1/explain", params=params, files={"file": ("Jane_Doe.jpg", data, "image/jpeg")})
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
-    return body["error"]
 
 
 def _overlay(answer: ExplanationOut) -> Image.Image:
@@ -92,7 +84,7 @@ def test_label_chooses_the_class_explained(explainer_client: Any, sample_images:
 
 
 def test_unknown_label_is_422_listing_the_classes(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
-    error = _error(
+    error = error_body(
         _explain(explainer_client, sample_images["glioma"], model="rf", label="tumour"), 422, "INVALID_REQUEST"
     )
     assert "notumor, pituitary, meningioma, glioma" in error["message"]
@@ -109,7 +101,7 @@ def test_num_samples_out_of_bounds_is_422(
     explainer_client: Any, sample_images: dict[str, bytes], num_samples: str
 ) -> None:
     response = _explain(explainer_client, sample_images["glioma"], model="rf", num_samples=num_samples)
-    error = _error(response, 422, "INVALID_REQUEST")
+    error = error_body(response, 422, "INVALID_REQUEST")
     assert "between 50 and 3000" in error["message"]
 
 
@@ -117,7 +109,7 @@ def test_num_samples_bounds_come_from_the_settings(explainer_app_client: Any, sa
     client = explainer_app_client(min_num_samples=20, default_num_samples=30, max_num_samples=40)
     assert _explain(client, sample_images["glioma"], model="rf").json()["num_samples"] == 30
     assert _explain(client, sample_images["glioma"], model="rf", num_samples="20").status_code == 200
-    error = _error(_explain(client, sample_images["glioma"], model="rf", num_samples="41"), 422, "INVALID_REQUEST")
+    error = error_body(_explain(client, sample_images["glioma"], model="rf", num_samples="41"), 422, "INVALID_REQUEST")
     assert "between 20 and 40" in error["message"]
 
 
@@ -128,28 +120,29 @@ def test_num_samples_bounds_come_from_the_settings(explainer_app_client: Any, sa
 def test_malformed_parameters_are_422(
     explainer_client: Any, sample_images: dict[str, bytes], params: dict[str, str], field: str
 ) -> None:
-    error = _error(_explain(explainer_client, sample_images["glioma"], model="rf", **params), 422, "INVALID_REQUEST")
+    response = _explain(explainer_client, sample_images["glioma"], model="rf", **params)
+    error = error_body(response, 422, "INVALID_REQUEST")
     assert field in error["message"]
 
 
 def test_non_image_is_415_without_echo(explainer_client: Any) -> None:
     response = _explain(explainer_client, b"Name: Jane Doe; MRN 0012345; not a picture", model="cnn")
-    _error(response, 415, "INVALID_IMAGE")
+    error_body(response, 415, "INVALID_IMAGE")
     assert "Jane" not in response.text and "0012345" not in response.text
-    _error(_explain(explainer_client, b"", model="cnn"), 415, "INVALID_IMAGE")
+    error_body(_explain(explainer_client, b"", model="cnn"), 415, "INVALID_IMAGE")
 
 
 def test_oversize_upload_is_413(explainer_app_client: Any, sample_images: dict[str, bytes]) -> None:
     client = explainer_app_client(max_upload_bytes=1500)
-    error = _error(_explain(client, sample_images["glioma"], model="rf"), 413, "FILE_TOO_LARGE")
+    error = error_body(_explain(client, sample_images["glioma"], model="rf"), 413, "FILE_TOO_LARGE")
     assert error["details"] == {"max_bytes": 1500}
 
 
 def test_unknown_model_and_version_pass_through_as_404(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
-    error = _error(_explain(explainer_client, sample_images["glioma"], model="vgg16"), 404, "MODEL_NOT_FOUND")
+    error = error_body(_explain(explainer_client, sample_images["glioma"], model="vgg16"), 404, "MODEL_NOT_FOUND")
     assert "Available models: rf, snn, cnn, mobilenetv2." in error["message"]
     assert error["details"]["available_models"] == ["rf", "snn", "cnn", "mobilenetv2"]
-    error = _error(
+    error = error_body(
         _explain(explainer_client, sample_images["glioma"], model="cnn", version="9"), 404, "VERSION_NOT_FOUND"
     )
     assert "Available versions: 2, 1." in error["message"]
@@ -180,9 +173,9 @@ def test_non_square_scan_gets_an_overlay_of_its_own_size(
 
 def test_inference_down_is_503(explainer_app_client: Any, unused_url: str, sample_images: dict[str, bytes]) -> None:
     client = explainer_app_client(inference_url=unused_url)
-    error = _error(_explain(client, sample_images["glioma"], model="cnn"), 503, "UPSTREAM_UNAVAILABLE")
+    error = error_body(_explain(client, sample_images["glioma"], model="cnn"), 503, "UPSTREAM_UNAVAILABLE")
     assert "inference service is unavailable" in error["message"]
-    _error(client.get("/readyz"), 503, "UPSTREAM_UNAVAILABLE")
+    error_body(client.get("/readyz"), 503, "UPSTREAM_UNAVAILABLE")
 
 
 def test_busy_explainer_is_503_after_the_queue_timeout(
@@ -192,7 +185,7 @@ def test_busy_explainer_is_503_after_the_queue_timeout(
     turns = client.app.state.turns
     client.portal.call(turns.acquire)  # the only slot is taken, as by a long explanation
     try:
-        error = _error(_explain(client, sample_images["glioma"], model="rf"), 503, "EXPLAINER_BUSY")
+        error = error_body(_explain(client, sample_images["glioma"], model="rf"), 503, "EXPLAINER_BUSY")
         assert "try again" in error["message"]
     finally:
         turns.release()

@@ -9,6 +9,7 @@ import pytest
 
 from shared.contract import CLASS_NAMES
 from shared.schemas import PredictionOut
+from tests.error_body import error_body
 
 
 def _predict(client: Any, data: bytes, headers: dict[str, str] | None = None, **params: str) -> Any:
@@ -18,12 +19,7 @@ def _predict(client: Any, data: bytes, headers: dict[str, str] | None = None, **
 
 
 def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert body["error"]["request_id"] == response.headers["x-request-id"]
-    return body["error"]
+    return error_body(response, status, code, request_id=True)
 
 
 @pytest.mark.parametrize("model", ["rf", "snn", "cnn", "mobilenetv2"])

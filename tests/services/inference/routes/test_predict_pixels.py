@@ -10,6 +10,7 @@ import pytest
 from shared.contract import CLASS_NAMES, PreprocessingContract
 from shared.imaging import decode_to_array, to_model_input
 from shared.schemas import ContractOut, PixelsPredictionOut
+from tests.error_body import error_body
 
 
 def _send(client: Any, model: str, pixels: np.ndarray, shape: str | None = None, **params: str) -> Any:
@@ -21,14 +22,6 @@ def _send(client: Any, model: str, pixels: np.ndarray, shape: str | None = None,
         content=pixels.tobytes(),
         headers={"content-type": "application/octet-stream", "x-pixels-shape": header},
     )
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    return body["error"]
 
 
 def _estimator_probabilities(zoo: Any, model: str, version: str, pixels: np.ndarray) -> np.ndarray:
@@ -51,9 +44,9 @@ def test_contract_names_the_resolved_version_and_its_size(
 
 def test_contract_of_an_alias_and_of_unknown_names(inference_client: Any) -> None:
     assert inference_client.get("/v1/models/rf/contract", params={"version": "latest"}).json()["version"] == "2"
-    error = _error(inference_client.get("/v1/models/vgg16/contract"), 404, "MODEL_NOT_FOUND")
+    error = error_body(inference_client.get("/v1/models/vgg16/contract"), 404, "MODEL_NOT_FOUND")
     assert "rf, snn, cnn, mobilenetv2" in error["message"]
-    _error(inference_client.get("/v1/models/cnn/contract", params={"version": "9"}), 404, "VERSION_NOT_FOUND")
+    error_body(inference_client.get("/v1/models/cnn/contract", params={"version": "9"}), 404, "VERSION_NOT_FOUND")
 
 
 @pytest.mark.parametrize("model", ["rf", "snn", "cnn", "mobilenetv2"])
@@ -104,7 +97,7 @@ def test_large_batch_is_split_into_bounded_runs(inference_app_client: Any, model
 
 
 def test_wrong_image_size_is_422_naming_the_contract_size(inference_client: Any) -> None:
-    error = _error(_send(inference_client, "mobilenetv2", np.zeros((3, 32, 32))), 422, "INVALID_REQUEST")
+    error = error_body(_send(inference_client, "mobilenetv2", np.zeros((3, 32, 32))), 422, "INVALID_REQUEST")
     assert "24x24" in error["message"] and "32x32" in error["message"]
     assert error["details"] == {"image_size": 24}
 
@@ -119,19 +112,19 @@ def test_wrong_image_size_is_422_naming_the_contract_size(inference_client: Any)
     ],
 )
 def test_shape_and_body_must_agree(inference_client: Any, shape: str, problem: str) -> None:
-    error = _error(_send(inference_client, "rf", np.zeros((2, 32, 32)), shape=shape), 422, "INVALID_REQUEST")
+    error = error_body(_send(inference_client, "rf", np.zeros((2, 32, 32)), shape=shape), 422, "INVALID_REQUEST")
     assert problem in error["message"]
 
 
 @pytest.mark.parametrize("shape", ["", "2x32x32", "2,32", "-2,32,32", "a,b,c", "2,32,32,1"])
 def test_malformed_shape_header_is_422(inference_client: Any, shape: str) -> None:
-    error = _error(_send(inference_client, "rf", np.zeros((2, 32, 32)), shape=shape), 422, "INVALID_REQUEST")
+    error = error_body(_send(inference_client, "rf", np.zeros((2, 32, 32)), shape=shape), 422, "INVALID_REQUEST")
     assert "x-pixels-shape" in error["message"]
 
 
 def test_missing_shape_header_is_422(inference_client: Any) -> None:
     response = inference_client.post("/v1/models/rf/predict-pixels", content=b"\0" * 2048)
-    error = _error(response, 422, "INVALID_REQUEST")
+    error = error_body(response, 422, "INVALID_REQUEST")
     assert "x-pixels-shape" in error["message"]
 
 
@@ -139,9 +132,9 @@ def test_batch_bounds_come_from_the_settings(inference_app_client: Any, model_zo
     client = inference_app_client(
         tracking_uri=model_zoo.tracking_uri, max_pixel_batch_images=8, max_pixel_batch_bytes=6 * 32 * 32
     )
-    error = _error(_send(client, "rf", np.zeros((9, 32, 32))), 422, "INVALID_REQUEST")
+    error = error_body(_send(client, "rf", np.zeros((9, 32, 32))), 422, "INVALID_REQUEST")
     assert "N <= 8" in error["message"]
-    error = _error(_send(client, "rf", np.zeros((7, 32, 32))), 413, "FILE_TOO_LARGE")
+    error = error_body(_send(client, "rf", np.zeros((7, 32, 32))), 413, "FILE_TOO_LARGE")
     assert "send fewer images" in error["message"] and error["details"] == {"max_bytes": 6 * 32 * 32}
     assert _send(client, "rf", np.zeros((6, 32, 32))).status_code == 200
 
@@ -153,7 +146,7 @@ def test_body_over_the_byte_limit_is_413_even_with_a_small_header(inference_app_
         content=b"\0" * 50_000,
         headers={"content-type": "application/octet-stream", "x-pixels-shape": "1,32,32"},
     )
-    _error(response, 413, "FILE_TOO_LARGE")
+    error_body(response, 413, "FILE_TOO_LARGE")
 
 
 def test_pixel_batches_are_not_held_to_the_image_upload_limit(
@@ -164,11 +157,11 @@ def test_pixel_batches_are_not_held_to_the_image_upload_limit(
     pixels, _ = sample_arrays(32)
     assert _send(client, "rf", pixels[:100]).status_code == 200
     oversize = client.post("/v1/models/rf/predict", files={"file": ("a.jpg", b"\0" * 200_000, "image/jpeg")})
-    _error(oversize, 413, "FILE_TOO_LARGE")
+    error_body(oversize, 413, "FILE_TOO_LARGE")
 
 
 def test_unknown_model_is_404(inference_client: Any) -> None:
-    error = _error(_send(inference_client, "vgg16", np.zeros((1, 32, 32))), 404, "MODEL_NOT_FOUND")
+    error = error_body(_send(inference_client, "vgg16", np.zeros((1, 32, 32))), 404, "MODEL_NOT_FOUND")
     assert "Available models" in error["message"]
 
 
