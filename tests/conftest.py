@@ -474,6 +474,12 @@ def model_zoo(mlflow_server: ServiceProcess, sample_arrays: SampleArrays) -> Mod
     return zoo
 
 
+def start_uvicorn(name: str, app: str, port: int, env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """A service started as the stack starts it (``uvicorn <app>`` on loopback), once /healthz answers."""
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    return start_service(name, command, port=port, health_path="/healthz", log_dir=log_dir, env=env)
+
+
 @pytest.fixture(scope="session")
 def inference_server(
     model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
@@ -490,14 +496,7 @@ def inference_server(
         BT_INFERENCE_CACHE_DIR=str(tmp_path_factory.mktemp("inference-cache")),
         BT_INFERENCE_DEBUG_ENDPOINTS="true",
     )
-    server = start_service(
-        "inference",
-        [sys.executable, "-m", "uvicorn", "services.inference.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-        log_dir=service_logs,
-        env=env,
-    )
+    server = start_uvicorn("inference", "services.inference.main:app", port, env, service_logs)
     yield server
     server.stop()
 
@@ -543,14 +542,7 @@ def explainer_server(inference_server: ServiceProcess, service_logs: Path) -> It
     starts it (``uvicorn services.explainer.main:app``)."""
     port = free_port()
     env = project_env(BT_EXPLAINER_PORT=str(port), BT_EXPLAINER_INFERENCE_URL=inference_server.url)
-    server = start_service(
-        "explainer",
-        [sys.executable, "-m", "uvicorn", "services.explainer.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-        log_dir=service_logs,
-        env=env,
-    )
+    server = start_uvicorn("explainer", "services.explainer.main:app", port, env, service_logs)
     yield server
     server.stop()
 
