@@ -83,10 +83,21 @@ def compile_and_fit(
         rate = keras.optimizers.schedules.CosineDecay(rate, steps)
     elif schedule != "plateau":
         raise ValueError(f"unknown schedule {schedule!r}; expected plateau or cosine")
+    mixup = float(params.get("mixup", 0.0))
+    if mixup > 0:
+        # Mixed pairs of images with mixed one-hot targets: a regulariser that keeps every image's
+        # geometry (shifts and zooms cost accuracy here, docs/benchmarks.md).
+        if params.get("class_weight"):
+            raise ValueError("mixup and class_weight cannot be combined; pick one")
+        n_classes = int(model.output_shape[-1])
+        loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0)))
+        metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     model.compile(
         optimizer=make_optimizer(optimizer or params.get("optimizer", "adam"), rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=metrics,
     )
     stop_patience = int(patience if patience is not None else params.get("patience", 3))
     # A cosine schedule runs its planned epochs: its last, low-rate epochs are the ones that settle the
@@ -96,6 +107,15 @@ def compile_and_fit(
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
         )
+    if mixup > 0:
+        seed = int(params.get("seed", 0))
+        train_data = mixup_batches(inputs, labels, n_classes, batch_size, mixup, seed)
+        if validation is not None:
+            validation = (validation[0], np.eye(n_classes, dtype=np.float32)[validation[1]])
+        history = model.fit(
+            train_data, validation_data=validation, epochs=n_epochs, callbacks=callbacks, shuffle=False, verbose=0
+        )
+        return history_dict(history)
     history = model.fit(
         inputs,
         labels,
@@ -107,6 +127,33 @@ def compile_and_fit(
         verbose=0,
     )
     return history_dict(history)
+
+
+def mixup_batches(
+    inputs: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, alpha: float, seed: int
+) -> Any:
+    """Shuffled batches in which each image is blended with another of the batch, weight lam ~ Beta(alpha,
+    alpha) folded to >= 0.5 (the original stays dominant), and the one-hot targets blended alike."""
+    tf = tensorflow()
+    onehot = np.eye(n_classes, dtype=np.float32)[labels]
+    batches = (
+        tf.data.Dataset.from_tensor_slices((inputs, onehot))
+        .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+    )
+
+    def blend(images: Any, targets: Any) -> tuple[Any, Any]:
+        count = tf.shape(images)[0]
+        first, second = tf.random.gamma([count], alpha), tf.random.gamma([count], alpha)
+        lam = first / (first + second)
+        lam = tf.maximum(lam, 1.0 - lam)
+        partner = tf.random.shuffle(tf.range(count))
+        image_lam = tf.reshape(lam, [-1] + [1] * (len(inputs.shape) - 1))
+        mixed_images = image_lam * images + (1.0 - image_lam) * tf.gather(images, partner)
+        mixed_targets = lam[:, None] * targets + (1.0 - lam[:, None]) * tf.gather(targets, partner)
+        return mixed_images, mixed_targets
+
+    return batches.map(blend, num_parallel_calls=1).prefetch(2)
 
 
 def keras_to_onnx(model: Any, input_shape: tuple[int | None, ...], input_name: str) -> Any:
