@@ -67,6 +67,14 @@ class ExplainerClient(AsyncServiceClient):
     def __init__(self, http: httpx.AsyncClient) -> None:
         super().__init__(http, "explainer")
 
+    async def status(self, request_id: str | None = None) -> str:
+        """'ready', or 'unavailable: <why>': explanations are optional, so this never raises."""
+        try:
+            raise_for_error(await self.send("GET", "/readyz", request_id), self.service)
+        except ServiceError as exc:
+            return f"unavailable: {exc.message}"
+        return "ready"
+
     async def explain(
         self, image: bytes, params: dict[str, str | int], request_id: str | None = None
     ) -> ExplanationOut:

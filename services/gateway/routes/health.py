@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from services.gateway.deps import InferenceDep, RequestIdDep
+from services.gateway.deps import ExplainerDep, InferenceDep, RequestIdDep
 from services.gateway.routes.errors import error_responses
 
 router = APIRouter(tags=["health"])
@@ -20,6 +20,9 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     status: str = "ready"
     inference: dict[str, Any] = Field(description="The inference service's own readiness answer.")
+    explainer: str = Field(
+        description="'ready', or 'unavailable: <why>'. Only /v1/explain needs it, so it does not fail readiness."
+    )
 
 
 @router.get("/healthz", response_model=HealthOut, summary="Liveness: the gateway process answers")
@@ -33,5 +36,5 @@ async def read_health() -> HealthOut:
     summary="Readiness: the inference service is reachable and ready",
     responses=error_responses(503),
 )
-async def read_readiness(inference: InferenceDep, request_id: RequestIdDep) -> ReadyOut:
-    return ReadyOut(inference=await inference.readiness(request_id))
+async def read_readiness(inference: InferenceDep, explainer: ExplainerDep, request_id: RequestIdDep) -> ReadyOut:
+    return ReadyOut(inference=await inference.readiness(request_id), explainer=await explainer.status(request_id))

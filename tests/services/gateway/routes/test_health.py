@@ -24,6 +24,17 @@ def test_readyz_when_inference_is_ready(gateway_client: Any) -> None:
     assert body["inference"]["status"] == "ready"
 
 
+def test_readyz_says_whether_the_explainer_answers(
+    inference_server: Any, explainer_server: Any, gateway_app_client: Any, unused_url: str
+) -> None:
+    with_explainer = gateway_app_client(inference_url=inference_server.url, explainer_url=explainer_server.url)
+    assert with_explainer.get("/readyz").json()["explainer"] == "ready"
+    # Explanations are optional: predictions still work, so the gateway stays ready and says why.
+    without = gateway_app_client(inference_url=inference_server.url, explainer_url=unused_url).get("/readyz")
+    assert without.status_code == 200, without.text
+    assert without.json()["explainer"].startswith("unavailable: ")
+
+
 def test_readyz_inference_down_is_503(gateway_app_client: Any, unused_url: str) -> None:
     response = gateway_app_client(inference_url=unused_url).get("/readyz")
     assert response.status_code == 503
