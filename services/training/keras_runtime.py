@@ -87,8 +87,6 @@ def compile_and_fit(
     if mixup > 0:
         # Mixed pairs of images with mixed one-hot targets: a regulariser that keeps every image's
         # geometry (shifts and zooms cost accuracy here, docs/benchmarks.md).
-        if params.get("class_weight"):
-            raise ValueError("mixup and class_weight cannot be combined; pick one")
         n_classes = int(model.output_shape[-1])
         loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0)))
         metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
@@ -109,7 +107,7 @@ def compile_and_fit(
         )
     if mixup > 0:
         seed = int(params.get("seed", 0))
-        train_data = mixup_batches(inputs, labels, n_classes, batch_size, mixup, seed)
+        train_data = mixup_batches(inputs, labels, n_classes, batch_size, mixup, seed, params.get("class_weight"))
         if validation is not None:
             validation = (validation[0], np.eye(n_classes, dtype=np.float32)[validation[1]])
         history = model.fit(
@@ -130,19 +128,30 @@ def compile_and_fit(
 
 
 def mixup_batches(
-    inputs: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, alpha: float, seed: int
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    alpha: float,
+    seed: int,
+    class_weight: dict[int, float] | None = None,
 ) -> Any:
     """Shuffled batches in which each image is blended with another of the batch, weight lam ~ Beta(alpha,
-    alpha) folded to >= 0.5 (the original stays dominant), and the one-hot targets blended alike."""
+    alpha) folded to >= 0.5 (the original stays dominant), and the one-hot targets blended alike. With
+    `class_weight`, each blend also carries the blend of its two images' class weights as sample weight."""
     tf = tensorflow()
     onehot = np.eye(n_classes, dtype=np.float32)[labels]
+    columns: tuple[np.ndarray, ...] = (inputs, onehot)
+    if class_weight:
+        weight_of = np.array([class_weight.get(c, 1.0) for c in range(n_classes)], dtype=np.float32)
+        columns = (inputs, onehot, weight_of[labels])
     batches = (
-        tf.data.Dataset.from_tensor_slices((inputs, onehot))
+        tf.data.Dataset.from_tensor_slices(columns)
         .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
     )
 
-    def blend(images: Any, targets: Any) -> tuple[Any, Any]:
+    def blend(images: Any, targets: Any, *weights: Any) -> tuple[Any, ...]:
         count = tf.shape(images)[0]
         first, second = tf.random.gamma([count], alpha), tf.random.gamma([count], alpha)
         lam = first / (first + second)
@@ -151,7 +160,8 @@ def mixup_batches(
         image_lam = tf.reshape(lam, [-1] + [1] * (len(inputs.shape) - 1))
         mixed_images = image_lam * images + (1.0 - image_lam) * tf.gather(images, partner)
         mixed_targets = lam[:, None] * targets + (1.0 - lam[:, None]) * tf.gather(targets, partner)
-        return mixed_images, mixed_targets
+        mixed = (mixed_images, mixed_targets)
+        return (*mixed, lam * weights[0] + (1.0 - lam) * tf.gather(weights[0], partner)) if weights else mixed
 
     return batches.map(blend, num_parallel_calls=1).prefetch(2)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from services.training import keras_runtime
 from services.training.families import get_family
@@ -33,7 +32,18 @@ def test_mixup_blends_each_image_with_a_partner_and_its_target_alike() -> None:
     assert sorted(int(np.argmax(image)) for image in mixed) == list(range(count)), "each image used once"
 
 
-def test_mixup_training_runs_and_refuses_class_weights() -> None:
+def test_mixup_blends_class_weights_with_the_images() -> None:
+    count, classes = 8, 4
+    images, labels = np.eye(count, dtype=np.float32), np.arange(count) % classes
+    weights = {0: 1.0, 1: 2.0, 2: 4.0, 3: 8.0}
+    batches = list(keras_runtime.mixup_batches(images, labels, classes, count, 0.4, seed=5, class_weight=weights))
+    _, targets, sample_weights = (np.asarray(part) for part in batches[0])
+    # A blend of two classes weighs what its target says of each: the target-weighted class weight.
+    expected = targets @ np.array([weights[c] for c in range(classes)], dtype=np.float32)
+    np.testing.assert_allclose(sample_weights, expected, rtol=1e-5)
+
+
+def test_mixup_training_runs_with_and_without_class_weights() -> None:
     layout = discover(SAMPLE_DATA_DIR)
     pixels, labels = load_arrays(layout.train, 32), layout.train.labels
     family = get_family("cnn")
@@ -42,5 +52,7 @@ def test_mixup_training_runs_and_refuses_class_weights() -> None:
     assert len(fitted.history["accuracy"]) == 2 and len(fitted.history["val_accuracy"]) == 2
     probabilities = family.predict_native(fitted, pixels[1::2])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    with pytest.raises(ValueError, match="mixup and class_weight"):
-        family.fit(pixels, labels, {**params, "class_weight": {0: 1.0, 1: 2.0}}, family.contract(32))
+    weighted = family.fit(
+        pixels, labels, {**params, "class_weight": {0: 1.0, 1: 2.0, 2: 1.0, 3: 1.0}}, family.contract(32)
+    )
+    assert len(weighted.history["loss"]) == 2
