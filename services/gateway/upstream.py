@@ -67,10 +67,11 @@ class ExplainerClient(AsyncServiceClient):
     def __init__(self, http: httpx.AsyncClient) -> None:
         super().__init__(http, "explainer")
 
-    async def status(self, request_id: str | None = None) -> str:
-        """'ready', or 'unavailable: <why>': explanations are optional, so this never raises."""
+    async def status(self, request_id: str | None = None, timeout_s: float = 2.0) -> str:
+        """'ready', or 'unavailable: <why>': explanations are optional, so this never raises, and it waits
+        `timeout_s` at most (the client's own timeout is sized for long explanations)."""
         try:
-            raise_for_error(await self.send("GET", "/readyz", request_id), self.service)
+            raise_for_error(await self.send("GET", "/readyz", request_id, timeout=timeout_s), self.service)
         except ServiceError as exc:
             return f"unavailable: {exc.message}"
         return "ready"

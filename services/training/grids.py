@@ -27,7 +27,7 @@ SEED_GRIDS: dict[str, dict[str, list[Any]]] = {
         "architecture": ["study"],
         "schedule": ["plateau"],
         "augment": ["none"],
-        "mixup": [0.0],
+        "mixup_alpha": [0.0],
         "test_time_flip": [False],
         "optimizer": ["adam", "sgd", "rmsprop"],
         "dropout": [0.3, 0.5, 0.7],
@@ -79,7 +79,7 @@ QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     # A third of the trees to rank the candidates, at a third of the cost; the refit grows all 300.
     "rf": {"n_estimators": 100},
     "snn": {"epochs": 20, "patience": 4},
-    # Searched at 48 px for 8 epochs, refit at its own 96 px for 30.
+    # Searched at 48 px for 8 epochs, refit at its own 96 px for 40.
     "cnn": {"image_size": 48, "epochs": 8},
     # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
     "mobilenetv2": {"fine_tune_blocks": 0},

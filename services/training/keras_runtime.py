@@ -68,9 +68,10 @@ def compile_and_fit(
     epochs: int | None = None,
     patience: int | None = None,
 ) -> dict[str, list[float]]:
-    """The one training loop of every Keras model here, with sparse cross-entropy and one of two schedules:
+    """The one training loop of every Keras model here, with cross-entropy and one of two schedules:
     `plateau` (the default) halves the learning rate when validation loss stalls and stops early, restoring
-    the best weights; `cosine` decays the rate to zero over the planned epochs and runs them all."""
+    the best weights; `cosine` decays the rate to zero over the planned epochs and runs them all.
+    `mixup_alpha` > 0 trains on blended pairs of images (`mixup_batches`) with one-hot targets."""
     import keras
 
     batch_size, n_epochs = int(params["batch_size"]), int(epochs or params["epochs"])
@@ -83,12 +84,14 @@ def compile_and_fit(
         rate = keras.optimizers.schedules.CosineDecay(rate, steps)
     elif schedule != "plateau":
         raise ValueError(f"unknown schedule {schedule!r}; expected plateau or cosine")
-    mixup = float(params.get("mixup", 0.0))
-    if mixup > 0:
-        # Mixed pairs of images with mixed one-hot targets: a regulariser that keeps every image's
-        # geometry (shifts and zooms cost accuracy here, docs/benchmarks.md).
-        n_classes = int(model.output_shape[-1])
-        loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=float(params.get("label_smoothing", 0.0)))
+    mixup_alpha = float(params.get("mixup_alpha", 0.0))
+    if mixup_alpha < 0:
+        raise ValueError(f"mixup_alpha must be 0 (off) or positive, got {mixup_alpha}")
+    n_classes = int(model.output_shape[-1])
+    if mixup_alpha > 0:
+        # A regulariser that keeps every image's geometry, unlike shifts, rotations and zooms, which cost
+        # accuracy here (docs/benchmarks.md). Blended targets need the one-hot form of the loss.
+        loss: Any = keras.losses.CategoricalCrossentropy()
         metrics: list[Any] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
@@ -105,13 +108,14 @@ def compile_and_fit(
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
         )
-    if mixup > 0:
+    if mixup_alpha > 0:
         seed = int(params.get("seed", 0))
-        train_data = mixup_batches(inputs, labels, n_classes, batch_size, mixup, seed, params.get("class_weight"))
+        batches = mixup_batches(inputs, labels, n_classes, batch_size, mixup_alpha, seed, params.get("class_weight"))
         if validation is not None:
             validation = (validation[0], np.eye(n_classes, dtype=np.float32)[validation[1]])
+        # shuffle=False: the batches are already shuffled by mixup_batches (Keras warns otherwise).
         history = model.fit(
-            train_data, validation_data=validation, epochs=n_epochs, callbacks=callbacks, shuffle=False, verbose=0
+            batches, validation_data=validation, epochs=n_epochs, callbacks=callbacks, shuffle=False, verbose=0
         )
         return history_dict(history)
     history = model.fit(
@@ -138,32 +142,32 @@ def mixup_batches(
 ) -> Any:
     """Shuffled batches in which each image is blended with another of the batch, weight lam ~ Beta(alpha,
     alpha) folded to >= 0.5 (the original stays dominant), and the one-hot targets blended alike. With
-    `class_weight`, each blend also carries the blend of its two images' class weights as sample weight."""
+    `class_weight`, each blend also carries the blend of its two images' class weights as sample weight.
+    `seed` orders the batches; the blend weights and partners follow TensorFlow's global seed
+    (`seed_everything`)."""
     tf = tensorflow()
-    onehot = np.eye(n_classes, dtype=np.float32)[labels]
-    columns: tuple[np.ndarray, ...] = (inputs, onehot)
-    if class_weight:
-        weight_of = np.array([class_weight.get(c, 1.0) for c in range(n_classes)], dtype=np.float32)
-        columns = (inputs, onehot, weight_of[labels])
-    batches = (
-        tf.data.Dataset.from_tensor_slices(columns)
-        .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-    )
+    # One copy of the images; batches are gathered by shuffled index (no shuffle buffer of images).
+    images = tf.constant(inputs)
+    targets = tf.constant(np.eye(n_classes, dtype=np.float32)[labels])
+    weight_of = np.array([(class_weight or {}).get(c, 1.0) for c in range(n_classes)], dtype=np.float32)
+    weights = tf.constant(weight_of[labels])
 
-    def blend(images: Any, targets: Any, *weights: Any) -> tuple[Any, ...]:
-        count = tf.shape(images)[0]
+    def blend(indices: Any) -> tuple[Any, ...]:
+        count = tf.shape(indices)[0]
+        partner = tf.gather(indices, tf.random.shuffle(tf.range(count)))
         first, second = tf.random.gamma([count], alpha), tf.random.gamma([count], alpha)
-        lam = first / (first + second)
-        lam = tf.maximum(lam, 1.0 - lam)
-        partner = tf.random.shuffle(tf.range(count))
+        lam = tf.maximum(first / (first + second), second / (first + second))
         image_lam = tf.reshape(lam, [-1] + [1] * (len(inputs.shape) - 1))
-        mixed_images = image_lam * images + (1.0 - image_lam) * tf.gather(images, partner)
-        mixed_targets = lam[:, None] * targets + (1.0 - lam[:, None]) * tf.gather(targets, partner)
-        mixed = (mixed_images, mixed_targets)
-        return (*mixed, lam * weights[0] + (1.0 - lam) * tf.gather(weights[0], partner)) if weights else mixed
+        mixed_images = image_lam * tf.gather(images, indices) + (1.0 - image_lam) * tf.gather(images, partner)
+        column_lam = lam[:, None]
+        mixed_targets = column_lam * tf.gather(targets, indices) + (1.0 - column_lam) * tf.gather(targets, partner)
+        if not class_weight:
+            return mixed_images, mixed_targets
+        mixed_weights = lam * tf.gather(weights, indices) + (1.0 - lam) * tf.gather(weights, partner)
+        return mixed_images, mixed_targets, mixed_weights
 
-    return batches.map(blend, num_parallel_calls=1).prefetch(2)
+    order = tf.data.Dataset.range(len(inputs)).shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+    return order.batch(batch_size).map(blend, num_parallel_calls=1).prefetch(2)
 
 
 def keras_to_onnx(model: Any, input_shape: tuple[int | None, ...], input_name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -33,8 +34,11 @@ async def read_health() -> HealthOut:
 @router.get(
     "/readyz",
     response_model=ReadyOut,
-    summary="Readiness: the inference service is reachable and ready",
+    summary="Readiness: the inference service is reachable and ready; says whether the explainer answers",
     responses=error_responses(503),
 )
 async def read_readiness(inference: InferenceDep, explainer: ExplainerDep, request_id: RequestIdDep) -> ReadyOut:
-    return ReadyOut(inference=await inference.readiness(request_id), explainer=await explainer.status(request_id))
+    inference_ready, explainer_status = await asyncio.gather(
+        inference.readiness(request_id), explainer.status(request_id)
+    )
+    return ReadyOut(inference=inference_ready, explainer=explainer_status)

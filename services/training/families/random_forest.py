@@ -22,8 +22,8 @@ class RandomForestFamily(ModelFamily):
     def default_params(self) -> dict[str, Any]:
         return {
             "image_size": 32,
-            # 300 trees with a tenth of the pixels per split: what earlier 3-fold CVs chose on the full data
-            # (docs/benchmarks.md); the quick search compares inputs at 100 trees, then the refit uses these.
+            # 300 trees with a tenth of the pixels per split: what earlier 3-fold CVs on the full data chose
+            # (reports/comparison.md); the quick search compares inputs at 100 trees, the refit grows 300.
             "n_estimators": 300,
             "max_depth": None,
             "min_samples_split": 2,

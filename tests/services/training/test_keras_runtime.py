@@ -2,57 +2,82 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
 
 from services.training import keras_runtime
 from services.training.families import get_family
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
+def _one_pass(count: int, batch_size: int, class_weight: dict[int, float] | None = None) -> list[tuple[Any, ...]]:
+    """Image i is the unit vector e_i, so a blended image shows both weights and who its partner was."""
+    keras_runtime.seed_everything(3)
+    images, labels = np.eye(count, dtype=np.float32), np.arange(count) % 4
+    batches = keras_runtime.mixup_batches(images, labels, 4, batch_size, 0.4, seed=3, class_weight=class_weight)
+    return [tuple(np.asarray(part) for part in batch) for batch in batches]
+
+
 def test_mixup_blends_each_image_with_a_partner_and_its_target_alike() -> None:
-    count, classes = 12, 4
-    # Image i is the unit vector e_i, so a blended image shows both weights and who its partner was.
-    images, labels = np.eye(count, dtype=np.float32), np.arange(count) % classes
-    batches = list(keras_runtime.mixup_batches(images, labels, classes, batch_size=count, alpha=0.4, seed=3))
-    assert len(batches) == 1
-    mixed, targets = (np.asarray(part) for part in batches[0])
-    blended = 0
-    for image, target in zip(mixed, targets, strict=True):
-        order = np.argsort(image)[::-1]
-        main, partner = int(order[0]), int(order[1])
-        lam = float(image[main]) if image[partner] > 0 else 1.0
-        assert lam >= 0.5 - 1e-6, "the original image stays dominant"
-        np.testing.assert_allclose(image.sum(), 1.0, atol=1e-5)
-        expected = lam * np.eye(classes)[labels[main]]
-        if image[partner] > 0:
-            blended += 1
-            expected = expected + (1 - lam) * np.eye(classes)[labels[partner]]
-        np.testing.assert_allclose(target, expected, atol=1e-5)
+    count = 12
+    batches = _one_pass(count, batch_size=5)
+    assert [len(batch[0]) for batch in batches] == [5, 5, 2], "every image once, the last batch partial"
+    labels, blended, seen = np.arange(count) % 4, 0, []
+    for mixed, targets in batches:
+        for image, target in zip(mixed, targets, strict=True):
+            order = np.argsort(image)[::-1]
+            main, partner = int(order[0]), int(order[1])
+            np.testing.assert_allclose(image.sum(), 1.0, atol=1e-5)
+            lam = float(image[main])
+            assert lam >= 0.5 - 1e-6, "the original image stays dominant"
+            expected = lam * np.eye(4)[labels[main]] + (1 - lam) * np.eye(4)[labels[partner]]
+            blended += image[partner] > 0
+            np.testing.assert_allclose(target, expected, atol=1e-5)
+            seen.append(main)
+    assert sorted(seen) == list(range(count))
     assert blended > count // 2, "most images are blended with another one"
-    assert sorted(int(np.argmax(image)) for image in mixed) == list(range(count)), "each image used once"
 
 
 def test_mixup_blends_class_weights_with_the_images() -> None:
-    count, classes = 8, 4
-    images, labels = np.eye(count, dtype=np.float32), np.arange(count) % classes
     weights = {0: 1.0, 1: 2.0, 2: 4.0, 3: 8.0}
-    batches = list(keras_runtime.mixup_batches(images, labels, classes, count, 0.4, seed=5, class_weight=weights))
-    _, targets, sample_weights = (np.asarray(part) for part in batches[0])
+    ((_, targets, sample_weights),) = _one_pass(8, batch_size=8, class_weight=weights)
     # A blend of two classes weighs what its target says of each: the target-weighted class weight.
-    expected = targets @ np.array([weights[c] for c in range(classes)], dtype=np.float32)
+    expected = targets @ np.array([weights[c] for c in range(4)], dtype=np.float32)
     np.testing.assert_allclose(sample_weights, expected, rtol=1e-5)
 
 
-def test_mixup_training_runs_with_and_without_class_weights() -> None:
+def _tiny_model() -> Any:
+    import keras
+
+    inputs = keras.Input(shape=(16,))
+    return keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs))
+
+
+def test_compile_and_fit_trains_on_blends_only_when_asked() -> None:
+    import keras
+
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.random((40, 16), dtype=np.float32), np.arange(40) % 4
+    params = {"batch_size": 8, "epochs": 2, "learning_rate": 1e-2, "schedule": "cosine"}
+    plain, mixed = _tiny_model(), _tiny_model()
+    keras_runtime.compile_and_fit(plain, inputs, labels, None, params)
+    history = keras_runtime.compile_and_fit(mixed, inputs, labels, (inputs, labels), {**params, "mixup_alpha": 0.2})
+    assert not isinstance(plain.loss, keras.losses.CategoricalCrossentropy)
+    assert isinstance(mixed.loss, keras.losses.CategoricalCrossentropy), "blended targets need one-hot loss"
+    assert len(history["accuracy"]) == 2 and len(history["val_accuracy"]) == 2
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        keras_runtime.compile_and_fit(_tiny_model(), inputs, labels, None, {**params, "mixup_alpha": -1})
+
+
+def test_cnn_trains_with_mixup_and_class_weights() -> None:
     layout = discover(SAMPLE_DATA_DIR)
     pixels, labels = load_arrays(layout.train, 32), layout.train.labels
     family = get_family("cnn")
-    params = {**family.default_params(), "epochs": 2, "mixup": 0.2, "test_time_flip": False}
-    fitted = family.fit(pixels[::2], labels[::2], params, family.contract(32), (pixels[1::2], labels[1::2]))
-    assert len(fitted.history["accuracy"]) == 2 and len(fitted.history["val_accuracy"]) == 2
-    probabilities = family.predict_native(fitted, pixels[1::2])
+    params = {**family.default_params(), "epochs": 2, "mixup_alpha": 0.2, "test_time_flip": False}
+    weighted = {**params, "class_weight": {0: 1.0, 1: 2.0, 2: 1.0, 3: 1.0}}
+    fitted = family.fit(pixels, labels, weighted, family.contract(32))
+    assert len(fitted.history["loss"]) == 2
+    probabilities = family.predict_native(fitted, pixels)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    weighted = family.fit(
-        pixels, labels, {**params, "class_weight": {0: 1.0, 1: 2.0, 2: 1.0, 3: 1.0}}, family.contract(32)
-    )
-    assert len(weighted.history["loss"]) == 2

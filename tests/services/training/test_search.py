@@ -3,6 +3,8 @@ the comparison report, balancing inside folds only, and trials on a real Dask cl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from dask import distributed
@@ -25,7 +27,7 @@ def test_seed_grids_are_the_studys() -> None:
     assert len(cnn) == 3 * 3 * 3 * 2 * 2 * 2
     assert {t["optimizer"] for t in cnn} == {"adam", "sgd", "rmsprop"}
     # The study's recipe, whatever this project's defaults add (flips, mixup, mirror averaging).
-    assert {(t["augment"], t["mixup"], t["test_time_flip"]) for t in cnn} == {("none", 0.0, False)}
+    assert {(t["augment"], t["mixup_alpha"], t["test_time_flip"]) for t in cnn} == {("none", 0.0, False)}
     assert len(candidates("cnn", "seed", max_trials=2)) == 2
 
 
@@ -105,3 +107,18 @@ def test_cv_folds_keep_groups_together() -> None:
     groups = np.arange(48) // 2  # pairs of duplicates
     for train, val in cv_folds(labels, groups, seed=3):
         assert set(groups[train]).isdisjoint(groups[val])
+
+
+def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Path) -> None:
+    from services.training.data import prepare_data
+    from services.training.families import get_family
+    from services.training.pipeline import _search
+
+    data = prepare_data(SAMPLE_DATA_DIR, 0.2, 0, tmp_path)
+    family = get_family("rf")
+    base = {**family.default_params(), "balancing": "none", "seed": 0}
+    options = TrainingOptions(families=["rf"], search="quick")
+    params, outcomes = _search("rf", family, data, options, TrainingSettings(cache_dir=tmp_path), base)
+    assert [outcome.params["n_estimators"] for outcome in outcomes] == [100, 100], "trials at a third of the trees"
+    assert {outcome.params["augment"] for outcome in outcomes} == {"none", "flip"}
+    assert params["n_estimators"] == 300 and params["augment"] in {"none", "flip"}, "the refit grows the full forest"
