@@ -26,7 +26,7 @@ class SmallCnnFamily(KerasFamily):
             "image_size": 96,
             "architecture": "batchnorm",
             "blocks": 4,
-            "filters": 32,
+            "filters": 48,
             "kernel_size": 3,
             "activation": "relu",
             "dropout": 0.3,
@@ -35,7 +35,7 @@ class SmallCnnFamily(KerasFamily):
             "learning_rate": 1e-3,
             "schedule": "cosine",
             "batch_size": 32,
-            "epochs": 40,
+            "epochs": 30,
             # Left-right flips of the training batches only (the layer is inactive at inference):
             # a brain slice mirrored is still a plausible slice of the same class.
             "augment": "flip",
