@@ -81,8 +81,9 @@ QUICK_SEARCH_OVERRIDES: dict[str, dict[str, Any]] = {
     "snn": {"epochs": 20, "patience": 4},
     # Searched at 48 px, 32 filters, for 8 epochs; refit at its own 96 px, 48 filters, for 30.
     "cnn": {"image_size": 48, "filters": 32, "epochs": 8},
-    # The head is searched on frozen features; the winner is refit with the top blocks fine-tuned.
-    "mobilenetv2": {"fine_tune_blocks": 0},
+    # The head is searched on frozen features for 15 epochs; the winner is refit for 30 with the top
+    # blocks fine-tuned.
+    "mobilenetv2": {"fine_tune_blocks": 0, "epochs": 15},
 }
 
 

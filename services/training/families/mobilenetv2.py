@@ -47,11 +47,15 @@ class MobileNetV2Family(ModelFamily):
             "optimizer": "adam",
             "learning_rate": 1e-3,
             "batch_size": 32,
-            "epochs": 60,
+            # A cosine decay over a fixed number of epochs: early stopping on validation loss (the
+            # `plateau` schedule) stopped the head after 3-7 epochs and made it swing by 3 points between
+            # seeds; cosine gave 0.923-0.937 on a validation slice for three seeds, plateau 0.914-0.923.
+            "schedule": "cosine",
+            "epochs": 30,
             "patience": 6,
             # Top blocks fine-tuned on cached lower-part outputs after the head is trained frozen.
             "fine_tune_blocks": 4,
-            "fine_tune_epochs": 25,
+            "fine_tune_epochs": 20,
             "fine_tune_patience": 6,
             "fine_tune_learning_rate": 1e-4,
         }
