@@ -11,7 +11,6 @@ Training accuracy under mixup is measured on blended images, so compare it only 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.markdown import write_section
+from services.training.cli import parse_override
 from services.training.data import prepare_data
 from services.training.families import get_family
 from services.training.splits import split_train_test
@@ -31,15 +31,10 @@ EXTRA_KEYS = {"seed", "class_weight"}
 
 def parse_variant(spec: str, known: set[str]) -> tuple[str, dict[str, Any]]:
     name, _, assignments = spec.partition(":")
-    changes: dict[str, Any] = {}
-    for assignment in filter(None, assignments.split(",")):
-        key, equals, text = assignment.partition("=")
-        if not equals or key not in known:
-            raise SystemExit(f"bad variant {spec!r}: expected name:key=value,... with keys from {sorted(known)}")
-        try:
-            changes[key] = json.loads(text)
-        except json.JSONDecodeError:
-            changes[key] = text
+    items = [item for item in assignments.split(",") if item]
+    changes = dict(parse_override(item) for item in items)
+    if any("=" not in item for item in items) or not set(changes) <= known:
+        raise SystemExit(f"bad variant {spec!r}: expected name:key=value,... with keys from {sorted(known)}")
     return name, changes
 
 

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_override(item: str) -> tuple[str, object]:
+def parse_override(item: str) -> tuple[str, object]:
+    """`KEY=VALUE` with a JSON value (a plain string when it is not JSON)."""
     key, _, text = item.partition("=")
     try:
         return key.strip(), json.loads(text)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             scheduler=args.scheduler,
             jobs=args.jobs,
-            overrides=dict(_parse_override(item) for item in args.overrides),
+            overrides=dict(parse_override(item) for item in args.overrides),
         )
     except ValidationError as exc:
         print(f"invalid arguments: {exc}", file=sys.stderr)

@@ -109,26 +109,21 @@ def compile_and_fit(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
         )
     if mixup_alpha > 0:
-        seed = int(params.get("seed", 0))
-        batches = mixup_batches(inputs, labels, n_classes, batch_size, mixup_alpha, seed, params.get("class_weight"))
-        if validation is not None:
-            validation = (validation[0], np.eye(n_classes, dtype=np.float32)[validation[1]])
-        # shuffle=False: the batches are already shuffled by mixup_batches (Keras warns otherwise).
-        history = model.fit(
-            batches, validation_data=validation, epochs=n_epochs, callbacks=callbacks, shuffle=False, verbose=0
+        batches = mixup_batches(
+            inputs, labels, n_classes, batch_size, mixup_alpha, int(params.get("seed", 0)), params.get("class_weight")
         )
-        return history_dict(history)
-    history = model.fit(
-        inputs,
-        labels,
-        validation_data=validation,
-        epochs=n_epochs,
-        batch_size=batch_size,
-        class_weight=params.get("class_weight"),
-        callbacks=callbacks,
-        verbose=0,
-    )
+        if validation is not None:
+            validation = (validation[0], one_hot(validation[1], n_classes))
+        # shuffle=False: the batches are already shuffled by mixup_batches (Keras warns otherwise).
+        data: dict[str, Any] = {"x": batches, "shuffle": False}
+    else:
+        data = {"x": inputs, "y": labels, "batch_size": batch_size, "class_weight": params.get("class_weight")}
+    history = model.fit(**data, validation_data=validation, epochs=n_epochs, callbacks=callbacks, verbose=0)
     return history_dict(history)
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def mixup_batches(
@@ -148,7 +143,7 @@ def mixup_batches(
     tf = tensorflow()
     # One copy of the images; batches are gathered by shuffled index (no shuffle buffer of images).
     images = tf.constant(inputs)
-    targets = tf.constant(np.eye(n_classes, dtype=np.float32)[labels])
+    targets = tf.constant(one_hot(labels, n_classes))
     weight_of = np.array([(class_weight or {}).get(c, 1.0) for c in range(n_classes)], dtype=np.float32)
     weights = tf.constant(weight_of[labels])
 
