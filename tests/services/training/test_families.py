@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from services.training.families import get_family
+from services.training.families.random_forest import FORESTS
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
@@ -130,6 +131,21 @@ def test_forest_flip_augmentation_doubles_the_examples(sample: tuple[np.ndarray,
     assert flipped.native.estimators_[0].tree_.n_node_samples[0] == 2 * len(pixels)
     with pytest.raises(ValueError, match="unknown augment"):
         family.fit(pixels, labels, {**params, "augment": "noise"}, family.contract(IMAGE_SIZE))
+
+
+@pytest.mark.parametrize("forest", ["random_forest", "extra_trees"])
+def test_both_forests_train_and_convert(forest: str, sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("rf")
+    contract = family.contract(IMAGE_SIZE, "image_max")
+    params = {**family.default_params(), "forest": forest, "n_estimators": 10}
+    fitted = family.fit(pixels[::2], labels[::2], params, contract)
+    assert type(fitted.native) is FORESTS[forest]
+    exported = onnx_probabilities(family.to_onnx(fitted).SerializeToString(), family.tensor(pixels[1::2], contract))
+    parity = check_parity(family.predict_native(fitted, pixels[1::2]), exported)
+    assert parity.passed, parity
+    with pytest.raises(ValueError, match="unknown forest"):
+        family.fit(pixels, labels, {**params, "forest": "jungle"}, contract)
 
 
 def test_cnn_serves_the_mean_over_the_mirror_image(sample: tuple[np.ndarray, np.ndarray]) -> None:

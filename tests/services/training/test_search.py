@@ -23,6 +23,7 @@ def test_seed_grids_are_the_studys() -> None:
     rf = candidates("rf", "seed")
     assert len(rf) == 10 * 4 * 3 * 2
     assert sorted({t["n_estimators"] for t in rf}) == list(range(10, 201, 20))
+    assert {t["forest"] for t in rf} == {"random_forest"}, "the study's forest, whatever the default is"
     cnn = candidates("cnn", "seed")
     assert len(cnn) == 3 * 3 * 3 * 2 * 2 * 2
     assert {t["optimizer"] for t in cnn} == {"adam", "sgd", "rmsprop"}
@@ -119,6 +120,8 @@ def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Pat
     base = {**family.default_params(), "balancing": "none", "seed": 0}
     options = TrainingOptions(families=["rf"], search="quick")
     params, outcomes = _search("rf", family, data, options, TrainingSettings(cache_dir=tmp_path), base)
-    assert [outcome.params["n_estimators"] for outcome in outcomes] == [100, 100], "trials at a third of the trees"
-    assert {outcome.params["augment"] for outcome in outcomes} == {"none", "flip"}
-    assert params["n_estimators"] == 300 and params["augment"] in {"none", "flip"}, "the refit grows the full forest"
+    assert [outcome.params["n_estimators"] for outcome in outcomes] == [100] * 3, "trials at a third of the trees"
+    tried = [(outcome.params["forest"], outcome.params["max_features"]) for outcome in outcomes]
+    assert tried == [("random_forest", 0.1), ("extra_trees", 0.1), ("extra_trees", 0.3)]
+    assert params["n_estimators"] == 300, "the refit grows the full forest"
+    assert (params["forest"], params["max_features"]) in tried, "the refit keeps the winner's forest"
