@@ -1,11 +1,13 @@
-"""CNN variants on a validation slice: `python -m benchmarks.cnn_variants --data PATH [VARIANT ...]`.
+"""Variants of one family on a validation slice:
+`python -m benchmarks.family_variants --data PATH --family cnn [VARIANT ...]`.
 
-Each variant is the CNN family's defaults with some parameters changed (`name:key=value,key=value`; a
-bare `name` is the defaults). It trains on the training part of the run's split minus a
-duplicate-group-aware 20% validation slice and reports accuracy on that slice, as served (mirror
-averaging included). The test split is never touched: this is how defaults get chosen. Writes its table
-to docs/benchmarks.md. Each variant costs minutes on 2 cores (about 7 for the defaults at 96 px).
-Training accuracy under mixup is measured on blended images, so compare it only between like variants.
+Each variant is the family's defaults with some parameters changed (`name:key=value,key=value`; a bare
+`name` is the defaults). It trains on the training part of the run's split minus a duplicate-group-aware
+20% validation slice and reports accuracy on that slice, as served (the CNN's mirror averaging included).
+The test split is never touched: this is how defaults get chosen. Writes its table to docs/benchmarks.md,
+one section per family. A CNN variant costs minutes on 2 cores (about 7 for the defaults at 96 px), a
+forest variant under one. Training accuracy under mixup is measured on blended images, so compare it only
+between like variants.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from services.training.data import prepare_data
 from services.training.families import get_family
 from services.training.splits import split_train_test
 
-DEFAULT_VARIANTS = ["defaults", "no-mixup:mixup_alpha=0", "seed1:seed=1", "no-mixup-seed1:mixup_alpha=0,seed=1"]
-# Keys a variant may set besides the family's defaults.
-EXTRA_KEYS = {"seed", "class_weight"}
+DEFAULT_VARIANTS = {
+    "cnn": ["defaults", "no-mixup:mixup_alpha=0", "seed1:seed=1", "no-mixup-seed1:mixup_alpha=0,seed=1"],
+    "rf": ["defaults", "seed1:seed=1", "random-forest:forest=random_forest,max_features=0.1"],
+}
+# Keys a variant may set besides the family's defaults (`scaling` is the contract's input scaling).
+EXTRA_KEYS = {"seed", "class_weight", "scaling"}
 
 
 def parse_variant(spec: str, known: set[str]) -> tuple[str, dict[str, Any]]:
@@ -43,29 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"))
     parser.add_argument("--slice-seed", type=int, default=7, help="seed of the validation slice")
-    parser.add_argument("variants", nargs="*", default=DEFAULT_VARIANTS)
+    parser.add_argument("--family", choices=sorted(DEFAULT_VARIANTS), default="cnn")
+    parser.add_argument("variants", nargs="*", help="default: a few per family, the defaults among them")
     args = parser.parse_args(argv)
 
     data = prepare_data(args.data, 0.2, 42, args.cache_dir)
     labels, groups = data.train_labels, data.train_groups
     fit_idx, val_idx = split_train_test(labels, groups, 0.2, args.slice_seed)
-    family = get_family("cnn")
+    family = get_family(args.family)
     rows = []
-    for spec in args.variants:
+    for spec in args.variants or DEFAULT_VARIANTS[args.family]:
         name, changes = parse_variant(spec, set(family.default_params()) | EXTRA_KEYS)
         params = {**family.default_params(), **changes}
         size = int(params["image_size"])
         pixels = data.train(size)
         started = time.perf_counter()
-        fitted = family.fit(
-            pixels[fit_idx], labels[fit_idx], params, family.contract(size), (pixels[val_idx], labels[val_idx])
-        )
+        contract = family.contract(size, params.get("scaling"))
+        fitted = family.fit(pixels[fit_idx], labels[fit_idx], params, contract, (pixels[val_idx], labels[val_idx]))
         accuracy = float((family.predict_native(fitted, pixels[val_idx]).argmax(1) == labels[val_idx]).mean())
         minutes = (time.perf_counter() - started) / 60
         changed = ", ".join(f"{k}={v}" for k, v in changes.items()) or "(defaults)"
-        rows.append(f"| {name} | {changed} | {accuracy:.4f} | {fitted.history['accuracy'][-1]:.3f} | {minutes:.1f} |")
+        training = f"{fitted.history['accuracy'][-1]:.3f}" if "accuracy" in fitted.history else "-"
+        rows.append(f"| {name} | {changed} | {accuracy:.4f} | {training} | {minutes:.1f} |")
         print(rows[-1], flush=True)
-    body = f"""## CNN variants (`python -m benchmarks.cnn_variants --data {args.data} ...`)
+    command = f"python -m benchmarks.family_variants --data {args.data} --family {args.family} ..."
+    body = f"""## {args.family} variants (`{command}`)
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()});
 one run per row. Trained on {len(fit_idx)} training images, scored on a duplicate-aware validation slice of
@@ -76,7 +83,7 @@ one run per row. Trained on {len(fit_idx)} training images, scored on a duplicat
 {chr(10).join(rows)}
 """
     print(body)
-    write_section("cnn-variants", body)
+    write_section(f"{args.family}-variants", body)
     return 0
 
 
