@@ -20,7 +20,10 @@ Grid = dict[str, list[Any]] | list[dict[str, list[Any]]]
 
 SEED_GRIDS: dict[str, Grid] = {
     "rf": {
+        # The study's forest on plain pixels, whatever this project's defaults are.
         "forest": ["random_forest"],
+        "augment": ["none"],
+        "scaling": ["unit"],
         "n_estimators": list(range(10, 201, 20)),
         "max_depth": [None, 10, 20, 30],
         "min_samples_split": [2, 5, 10],
@@ -62,8 +65,8 @@ SEED_GRIDS: dict[str, Grid] = {
 QUICK_GRIDS: dict[str, Grid] = {
     "rf": [
         # The study's forest as earlier searches tuned it, against extra trees with two split sizes.
-        {"forest": ["random_forest"], "max_features": [0.1], "augment": ["flip"], "scaling": ["image_max"]},
-        {"forest": ["extra_trees"], "max_features": [0.1, 0.3], "augment": ["flip"], "scaling": ["image_max"]},
+        {"forest": ["random_forest"], "max_features": [0.1]},
+        {"forest": ["extra_trees"], "max_features": [0.1, 0.3]},
     ],
     "snn": {
         "units": [512],

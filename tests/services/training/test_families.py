@@ -123,7 +123,7 @@ def test_cosine_schedule_ends_near_zero(sample: tuple[np.ndarray, np.ndarray]) -
 def test_forest_flip_augmentation_doubles_the_examples(sample: tuple[np.ndarray, np.ndarray]) -> None:
     pixels, labels = sample
     family = get_family("rf")
-    params = {**family.default_params(), "n_estimators": 5, "bootstrap": False, "max_features": 1.0}
+    params = {**family.default_params(), "n_estimators": 5, "bootstrap": False, "max_features": 1.0, "augment": "none"}
     plain = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
     flipped = family.fit(pixels, labels, {**params, "augment": "flip"}, family.contract(IMAGE_SIZE))
     # Without bootstrap every tree sees every example: the root holds all of them.

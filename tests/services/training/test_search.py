@@ -23,7 +23,8 @@ def test_seed_grids_are_the_studys() -> None:
     rf = candidates("rf", "seed")
     assert len(rf) == 10 * 4 * 3 * 2
     assert sorted({t["n_estimators"] for t in rf}) == list(range(10, 201, 20))
-    assert {t["forest"] for t in rf} == {"random_forest"}, "the study's forest, whatever the default is"
+    study_forest = {(t["forest"], t["augment"], t["scaling"]) for t in rf}
+    assert study_forest == {("random_forest", "none", "unit")}, "the study's forest, whatever the defaults are"
     cnn = candidates("cnn", "seed")
     assert len(cnn) == 3 * 3 * 3 * 2 * 2 * 2
     assert {t["optimizer"] for t in cnn} == {"adam", "sgd", "rmsprop"}
