@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """\
 Public API of the brain-tumour MRI model zoo. Upload an MRI slice and get the class
 (**glioma**, **meningioma**, **notumor**, **pituitary**) with every class's probability, from one
-model or from all four side by side: a random forest (`rf`), a small dense network (`snn`), a
-convolutional network (`cnn`) and a fine-tuned MobileNetV2 (`mobilenetv2`).
+model or from all four side by side: a forest of decision trees (`rf`: extra trees by default, or
+the study's random forest), a small dense network (`snn`), a convolutional network (`cnn`) and a
+fine-tuned MobileNetV2 (`mobilenetv2`).
 
 Models are versioned in MLflow; name a version by number or alias, or get the default
 (alias `champion` if set, else the latest).

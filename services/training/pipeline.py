@@ -67,7 +67,8 @@ def _search(
         jobs=options.jobs,
     )
     winner = best_outcome(outcomes)
-    chosen = {key: winner.params[key] for key in grid[0]} if grid else {}
+    # The winner's own grid choice: sub-grids of a list-of-dicts grid may set different keys.
+    chosen = next(choice for choice, outcome in zip(grid, outcomes, strict=True) if outcome is winner)
     return {**base, **chosen}, outcomes
 
 

@@ -25,12 +25,19 @@ FAMILY_TITLES = {
 }
 
 
+def _title(row: dict[str, Any]) -> str:
+    """The family's title, with the kind of forest when the search chose extra trees over a random forest."""
+    title = FAMILY_TITLES.get(row["family"], row["family"])
+    forest = str(row.get("params", {}).get("forest", "")).replace("_", " ")
+    return f"{title} ({forest})" if forest and forest != title.lower() else title
+
+
 def _row_line(row: dict[str, Any]) -> str:
     m = row["metrics"]
     study = STUDY_ACCURACY.get(row["family"])
     cv = row["cv"].get("cv_mean_val_accuracy")
     cells = [
-        FAMILY_TITLES.get(row["family"], row["family"]),
+        _title(row),
         f"{m['test_accuracy']:.4f}",
         f"{m['test_f1_macro']:.4f}",
         f"{m['test_precision_macro']:.4f}",

@@ -5,7 +5,7 @@
 (() => {
   const FALLBACK_MODELS = ["rf", "snn", "cnn", "mobilenetv2"];
   const MODEL_TITLES = {
-    rf: "Random forest",
+    rf: "Random forest (extra trees)",
     snn: "Dense network (SNN)",
     cnn: "Small CNN",
     mobilenetv2: "MobileNetV2",

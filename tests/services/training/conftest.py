@@ -3,13 +3,16 @@ with the inference tests' model zoo), and settings pointing at it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow
+from services.inference.model import OnnxClassifier
 from services.training.config import TrainingSettings
+from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,16 @@ def training_settings(
         experiment="tests",
         report_dir=tmp_path_factory.getbasetemp() / "reports",
     )
+
+
+@pytest.fixture
+def served_contract() -> Callable[[MlflowClient, str], PreprocessingContract]:
+    """Reads the contract of a run's ONNX model as the inference service does when it loads it."""
+
+    def read(client: MlflowClient, run_id: str) -> PreprocessingContract:
+        path = client.download_artifacts(run_id, f"{ONNX_ARTIFACT_DIR}/{ONNX_FILENAME}")
+        model = OnnxClassifier("model", run_id, Path(path))
+        model.load()
+        return model.contract
+
+    return read

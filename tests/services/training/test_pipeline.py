@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
@@ -12,7 +14,7 @@ from services.training.pipeline import run_training
 
 
 def test_run_registers_passing_families_and_reports_failures(
-    training_settings: TrainingSettings, tmp_path: Path
+    training_settings: TrainingSettings, tmp_path: Path, served_contract: Callable[[MlflowClient, str], Any]
 ) -> None:
     settings = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "missing.h5"})
     seen: list[FamilyProgress] = []

@@ -56,3 +56,10 @@ def test_report_compares_families_and_the_cost_of_fine_tuning() -> None:
 def test_report_without_fine_tuning_says_so() -> None:
     text = comparison_markdown([row("rf", {})], INFO, TrainingOptions(search="none"), 60)
     assert "No family was fine-tuned in this run." in text and "--search none" in text
+
+
+def test_report_names_the_kind_of_forest_chosen() -> None:
+    extra, plain = row("rf", {}), row("rf", {})
+    extra["params"], plain["params"] = {"forest": "extra_trees"}, {"forest": "random_forest"}
+    assert "| Random Forest (extra trees) | 0.9600 |" in comparison_markdown([extra], INFO, TrainingOptions(), 60)
+    assert "| Random Forest | 0.9600 |" in comparison_markdown([plain], INFO, TrainingOptions(), 60)

@@ -3,7 +3,9 @@ the comparison report, balancing inside folds only, and trials on a real Dask cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,10 +14,10 @@ from mlflow import MlflowClient
 
 from services.training.balancing import apply_balancing, oversample_by_rotation
 from services.training.config import TrainingSettings
-from services.training.grids import candidates
+from services.training.grids import QUICK_GRIDS, candidates
 from services.training.options import FamilyState, TrainingOptions
 from services.training.pipeline import run_training
-from services.training.search import cv_folds, run_search
+from services.training.search import best_outcome, cv_folds, run_search
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
@@ -45,7 +47,9 @@ def test_rotation_oversampling_balances_only_what_it_is_given() -> None:
     assert params["class_weight"][2] > params["class_weight"][0] and "balancing" not in params
 
 
-def test_seed_search_logs_parent_and_child_runs(training_settings: TrainingSettings) -> None:
+def test_seed_search_logs_parent_and_child_runs(
+    training_settings: TrainingSettings, served_contract: Callable[[MlflowClient, str], Any]
+) -> None:
     results = run_training(
         TrainingOptions(families=["rf", "cnn"], search="seed", max_trials=2, image_size=32, epochs=1),
         training_settings,
@@ -125,4 +129,21 @@ def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Pat
     tried = [(outcome.params["forest"], outcome.params["max_features"]) for outcome in outcomes]
     assert tried == [("random_forest", 0.1), ("extra_trees", 0.1), ("extra_trees", 0.3)]
     assert params["n_estimators"] == 300, "the refit grows the full forest"
-    assert (params["forest"], params["max_features"]) in tried, "the refit keeps the winner's forest"
+    winner = best_outcome(outcomes).params
+    assert (params["forest"], params["max_features"]) == (winner["forest"], winner["max_features"]), "the winner"
+
+
+def test_refit_takes_the_winning_sub_grid_own_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.training.data import prepare_data
+    from services.training.families import get_family
+    from services.training.pipeline import _search
+
+    # Sub-grids with different keys; forests of stumps lose, so the second sub-grid wins.
+    grid = [{"forest": ["random_forest"], "max_depth": [1]}, {"forest": ["extra_trees"], "min_samples_split": [3]}]
+    monkeypatch.setitem(QUICK_GRIDS, "rf", grid)
+    data = prepare_data(SAMPLE_DATA_DIR, 0.2, 0, tmp_path)
+    family = get_family("rf")
+    base = {**family.default_params(), "balancing": "none", "seed": 0}
+    options = TrainingOptions(families=["rf"], search="quick")
+    params, _ = _search("rf", family, data, options, TrainingSettings(cache_dir=tmp_path), base)
+    assert (params["forest"], params["min_samples_split"], params["max_depth"]) == ("extra_trees", 3, None)
