@@ -56,6 +56,12 @@ def make_optimizer(name: str, learning_rate: Any) -> Any:
     return optimizers[name.lower()](learning_rate=learning_rate)
 
 
+# The parameters compile_and_fit reads, whichever Keras family calls it.
+TRAINING_LOOP_PARAMS = frozenset(
+    {"batch_size", "epochs", "learning_rate", "optimizer", "schedule", "patience", "mixup_alpha", "class_weight"}
+)
+
+
 def compile_and_fit(
     model: Any,
     inputs: np.ndarray,

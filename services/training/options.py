@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.schemas import MODEL_FAMILIES
 
@@ -36,6 +36,18 @@ class TrainingOptions(BaseModel):
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
     jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")
     register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
+
+    @model_validator(mode="after")
+    def _overrides_are_read_by_a_family(self) -> TrainingOptions:
+        # A misspelt key (max_feature for max_features) would otherwise be dropped without a word.
+        from services.training.families import get_family  # scikit-learn only; TensorFlow loads later
+
+        accepted = set().union(*(get_family(name).accepted_params() for name in self.families))
+        unknown = sorted(set(self.overrides) - accepted)
+        if unknown:
+            named = [key[:40] for key in unknown[:5]]  # the client's own keys, kept short
+            raise ValueError(f"no chosen family reads the parameters {named}; they take {sorted(accepted)}")
+        return self
 
 
 class FamilyState(StrEnum):

@@ -12,6 +12,9 @@ import onnx
 from shared.contract import PreprocessingContract
 from shared.imaging import to_model_input
 
+# Keys every family takes besides its model parameters: they shape the input or the data it trains on.
+COMMON_PARAMS = frozenset({"seed", "image_size", "scaling", "balancing"})
+
 
 @dataclass
 class FittedModel:
@@ -37,6 +40,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def default_params(self) -> dict[str, Any]:
         """Fixed parameters used when no search is asked for."""
+
+    def accepted_params(self) -> set[str]:
+        """Every parameter name this family reads: an override that no chosen family reads is refused."""
+        return set(self.default_params()) | COMMON_PARAMS
 
     @abstractmethod
     def fit(

@@ -33,6 +33,9 @@ class KerasFamily(ModelFamily):
         history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params)
         return FittedModel(self.serving_model(model, contract, params), contract, dict(params), history)
 
+    def accepted_params(self) -> set[str]:
+        return super().accepted_params() | keras_runtime.TRAINING_LOOP_PARAMS
+
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """The model to predict with and export, built around the trained one (by default, itself)."""
         return trained

@@ -97,6 +97,9 @@ class MobileNetV2Family(ModelFamily):
         outputs = layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
         return keras.Model(inputs, outputs, name="head")
 
+    def accepted_params(self) -> set[str]:
+        return super().accepted_params() | keras_runtime.TRAINING_LOOP_PARAMS
+
     def fit_head(
         self,
         features: np.ndarray,

@@ -25,6 +25,9 @@ FORESTS: dict[str, type[RandomForestClassifier] | type[ExtraTreesClassifier]] = 
     "extra_trees": ExtraTreesClassifier,
 }
 
+# Estimator arguments the family sets itself: the seed comes from `seed`, the threads from the caller.
+SET_BY_THE_FAMILY = frozenset({"random_state", "n_jobs"})
+
 
 class RandomForestFamily(ModelFamily):
     name = "rf"
@@ -48,6 +51,10 @@ class RandomForestFamily(ModelFamily):
             "max_features": 0.3,
         }
 
+    def accepted_params(self) -> set[str]:
+        estimator_params = {key for forest in FORESTS.values() for key in forest().get_params()}
+        return super().accepted_params() | (estimator_params - SET_BY_THE_FAMILY)
+
     def fit(
         self,
         pixels: np.ndarray,
@@ -66,8 +73,8 @@ class RandomForestFamily(ModelFamily):
         kind = params.get("forest", self.default_params()["forest"])
         if kind not in FORESTS:
             raise ValueError(f"unknown forest {kind!r}; expected one of {sorted(FORESTS)}")
-        accepted = FORESTS[kind]().get_params()
-        forest_params = {key: value for key, value in params.items() if key in accepted and key != "random_state"}
+        accepted = FORESTS[kind]().get_params().keys() - SET_BY_THE_FAMILY
+        forest_params = {key: value for key, value in params.items() if key in accepted}
         forest = FORESTS[kind](**forest_params, n_jobs=n_jobs, random_state=int(params.get("seed", 0)))
         forest.fit(self.tensor(pixels, contract), labels)
         return FittedModel(forest, contract, dict(params))

@@ -63,6 +63,7 @@ def test_second_run_while_one_is_active_gets_409(training_settings: TrainingSett
         ({"families": ["rf", "xgboost"]}, "INVALID_REQUEST"),
         ({"search": "exhaustive"}, "INVALID_REQUEST"),
         ({"image_size": 4}, "INVALID_REQUEST"),
+        ({"families": ["rf"], "overrides": {"max_feature": 0.2}}, "INVALID_REQUEST"),
     ],
 )
 def test_bad_requests_get_422_before_any_work(training_settings: TrainingSettings, payload: dict, code: str) -> None:

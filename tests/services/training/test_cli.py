@@ -47,3 +47,10 @@ def test_unreachable_mlflow_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("--families", "rf", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert result.returncode == 2
     assert "not reachable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_override_no_chosen_family_reads_exits_2_before_any_work() -> None:
+    # An unreachable MLflow proves the options were refused first.
+    result = run_cli("--families", "rf", "--set", "max_feature=0.2", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "max_feature" in result.stderr and "max_features" in result.stderr and "Traceback" not in result.stderr

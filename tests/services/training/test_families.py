@@ -149,6 +149,18 @@ def test_both_forests_train_and_convert(forest: str, sample: tuple[np.ndarray, n
         family.fit(pixels, labels, {**params, "forest": "jungle"}, contract)
 
 
+def test_each_family_names_the_parameters_it_reads() -> None:
+    from services.training.options import TrainingOptions
+
+    forest, cnn, snn = (get_family(name).accepted_params() for name in ("rf", "cnn", "snn"))
+    assert {"bootstrap", "max_features", "forest", "seed"} <= forest, "scikit-learn's own arguments too"
+    assert not {"random_state", "n_jobs", "epochs"} & forest, "set by the family, or not a forest's"
+    assert {"mixup_alpha", "schedule", "epochs", "seed"} <= cnn & snn, "the shared Keras loop's parameters"
+    assert TrainingOptions(families=["rf", "cnn"], overrides={"epochs": 3, "bootstrap": False}).overrides
+    with pytest.raises(ValueError, match="max_feature"):
+        TrainingOptions(families=["rf"], overrides={"max_feature": 0.2})
+
+
 def test_cnn_serves_the_mean_over_the_mirror_image(sample: tuple[np.ndarray, np.ndarray]) -> None:
     pixels, labels = sample
     family = get_family("cnn")
