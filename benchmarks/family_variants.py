@@ -46,8 +46,8 @@ DEFAULT_VARIANTS = {
         "random-forest-seed1:forest=random_forest,max_features=0.1,seed=1",
     ],
 }
-# Keys a variant may set besides the family's defaults (`scaling` is the contract's input scaling).
-EXTRA_KEYS = {"seed", "class_weight", "scaling"}
+# What training does around the family and this benchmark does not: a variant may not ask for it.
+NOT_APPLIED_HERE = {"balancing"}
 
 
 def parse_variant(spec: str, known: set[str]) -> tuple[str, dict[str, Any]]:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     family = get_family(args.family)
     rows = []
     for spec in args.variants or DEFAULT_VARIANTS[args.family]:
-        name, changes = parse_variant(spec, set(family.default_params()) | EXTRA_KEYS)
+        name, changes = parse_variant(spec, family.accepted_params() - NOT_APPLIED_HERE)
         params = {**family.default_params(), **changes}
         size = int(params["image_size"])
         pixels = data.train(size)

@@ -40,6 +40,8 @@ class TrainingOptions(BaseModel):
     @model_validator(mode="after")
     def _overrides_are_read_by_a_family(self) -> TrainingOptions:
         # A misspelt key (max_feature for max_features) would otherwise be dropped without a word.
+        if not self.overrides:
+            return self
         from services.training.families import get_family  # scikit-learn only; TensorFlow loads later
 
         accepted = set().union(*(get_family(name).accepted_params() for name in self.families))
