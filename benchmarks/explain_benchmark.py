@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,11 +89,13 @@ def measure(
     }
 
 
-def render(rows: list[dict[str, Any]], images: int, repeats: int, regions: int, load: tuple[float, float]) -> str:
+def render(
+    rows: list[dict[str, Any]], images: int, repeats: int, regions: int, load: tuple[float, float], command: str
+) -> str:
     lines = [
         "## Explanations (LIME)",
         "",
-        f"`python -m benchmarks.explain_benchmark`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load[0]:.1f} before / {load[1]:.1f} after. Models: the versions "
         "the stack serves by default. Default request (500 samples, SLIC superpixels, seed 0) unless the samples "
         f"column says otherwise, end to end through the gateway, {images} sample images "
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"explaining with {family} ({count} samples) ...", flush=True)
                 row = measure(client, family, images, args.repeats, args.regions, samples)
                 rows.append({**row, "default": samples is None})
-    text = render(rows, len(images), args.repeats, args.regions, (load_before, os.getloadavg()[0]))
+    command = "python -m benchmarks.explain_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
+    text = render(rows, len(images), args.repeats, args.regions, (load_before, os.getloadavg()[0]), command.strip())
     print(text)
     if not args.no_write:
         write_section(SECTION, text)
