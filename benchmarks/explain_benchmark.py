@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.markdown import write_section
+from benchmarks.markdown import command_line, write_section
 from shared.contract import CLASS_NAMES
 from shared.dataset import SAMPLE_DATA_DIR
 from shared.schemas import MODEL_FAMILIES
@@ -153,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"explaining with {family} ({count} samples) ...", flush=True)
                 row = measure(client, family, images, args.repeats, args.regions, samples)
                 rows.append({**row, "default": samples is None})
-    command = "python -m benchmarks.explain_benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
-    text = render(rows, len(images), args.repeats, args.regions, (load_before, os.getloadavg()[0]), command.strip())
+    command = command_line("benchmarks.explain_benchmark", argv)
+    text = render(rows, len(images), args.repeats, args.regions, (load_before, os.getloadavg()[0]), command)
     print(text)
     if not args.no_write:
         write_section(SECTION, text)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.markdown import write_section
+from benchmarks.markdown import command_line, write_section
 from services.training.cli import parse_override
 from services.training.data import prepare_data
 from services.training.families import get_family
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         training = f"{fitted.history['accuracy'][-1]:.3f}" if "accuracy" in fitted.history else "-"
         rows.append(f"| {name} | {changed} | {accuracy:.4f} | {training} | {minutes:.1f} |")
         print(rows[-1], flush=True)
-    command = "python -m benchmarks.family_variants " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("benchmarks.family_variants", argv)
     body = f"""## {FAMILY_TITLES[args.family]} variants (`{command}`)
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()});

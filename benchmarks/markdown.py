@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -18,3 +20,9 @@ def write_section(key: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command a benchmark was run with, for its section's heading (`argv` None: this process's)."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m", module, shlex.join(arguments)]).strip()

@@ -32,6 +32,8 @@ class ModelFamily(ABC):
     name: str
     layout: str
     scaling: str = "unit"
+    # Parameters read by the training loop the family hands its model to (the Keras families share one).
+    loop_params: frozenset[str] = frozenset()
 
     def contract(self, image_size: int, scaling: str | None = None) -> PreprocessingContract:
         """The input contract at this size; `scaling` lets a search compare unit and image_max inputs."""
@@ -43,7 +45,7 @@ class ModelFamily(ABC):
 
     def accepted_params(self) -> set[str]:
         """Every parameter name this family reads: an override that no chosen family reads is refused."""
-        return set(self.default_params()) | COMMON_PARAMS
+        return set(self.default_params()) | COMMON_PARAMS | self.loop_params
 
     @abstractmethod
     def fit(

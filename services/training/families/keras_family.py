@@ -15,6 +15,8 @@ from shared.contract import OUTPUT_NAME, PreprocessingContract
 
 
 class KerasFamily(ModelFamily):
+    loop_params = keras_runtime.TRAINING_LOOP_PARAMS
+
     @abstractmethod
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """An uncompiled Keras model whose last layer is named 'probabilities'."""
@@ -32,9 +34,6 @@ class KerasFamily(ModelFamily):
         val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
         history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params)
         return FittedModel(self.serving_model(model, contract, params), contract, dict(params), history)
-
-    def accepted_params(self) -> set[str]:
-        return super().accepted_params() | keras_runtime.TRAINING_LOOP_PARAMS
 
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """The model to predict with and export, built around the trained one (by default, itself)."""

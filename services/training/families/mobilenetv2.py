@@ -34,6 +34,7 @@ class MobileNetV2Family(ModelFamily):
     name = "mobilenetv2"
     layout = "nhwc"
     scaling = "raw"
+    loop_params = keras_runtime.TRAINING_LOOP_PARAMS
 
     def __init__(self, weights: Path | None = None) -> None:
         self.weights = weights
@@ -96,9 +97,6 @@ class MobileNetV2Family(ModelFamily):
         x = layers.Dropout(float(params["dropout"]))(x)
         outputs = layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
         return keras.Model(inputs, outputs, name="head")
-
-    def accepted_params(self) -> set[str]:
-        return super().accepted_params() | keras_runtime.TRAINING_LOOP_PARAMS
 
     def fit_head(
         self,
