@@ -41,24 +41,43 @@ def early_stopping(patience: int, has_validation: bool) -> Any:
     )
 
 
-def make_optimizer(name: str, learning_rate: Any) -> Any:
-    """`learning_rate` is a number or a Keras schedule."""
+# AdamW's decay when a model's parameters do not set `weight_decay`.
+DEFAULT_ADAMW_WEIGHT_DECAY = 1e-4
+
+
+def make_optimizer(name: str, learning_rate: Any, weight_decay: float | None = None) -> Any:
+    """`learning_rate` is a number or a Keras schedule. `weight_decay` is decoupled (Keras multiplies it by
+    the current learning rate at each step); None means none, except AdamW's default."""
     import keras
 
     optimizers = {
         "adam": keras.optimizers.Adam,
-        "adamw": lambda learning_rate: keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=1e-4),
-        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9),
+        "adamw": keras.optimizers.AdamW,
+        "sgd": lambda **kwargs: keras.optimizers.SGD(momentum=0.9, **kwargs),
         "rmsprop": keras.optimizers.RMSprop,
     }
     if name.lower() not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(optimizers)}")
-    return optimizers[name.lower()](learning_rate=learning_rate)
+    if weight_decay is None and name.lower() == "adamw":
+        weight_decay = DEFAULT_ADAMW_WEIGHT_DECAY
+    if weight_decay is not None and weight_decay < 0:
+        raise ValueError(f"weight_decay must be 0 or positive, got {weight_decay}")
+    return optimizers[name.lower()](learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 # The parameters compile_and_fit reads, whichever Keras family calls it.
 TRAINING_LOOP_PARAMS = frozenset(
-    {"batch_size", "epochs", "learning_rate", "optimizer", "schedule", "patience", "mixup_alpha", "class_weight"}
+    {
+        "batch_size",
+        "epochs",
+        "learning_rate",
+        "optimizer",
+        "weight_decay",
+        "schedule",
+        "patience",
+        "mixup_alpha",
+        "class_weight",
+    }
 )
 
 
@@ -102,7 +121,7 @@ def compile_and_fit(
     else:
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     model.compile(
-        optimizer=make_optimizer(optimizer or params.get("optimizer", "adam"), rate),
+        optimizer=make_optimizer(optimizer or params.get("optimizer", "adam"), rate, params.get("weight_decay")),
         loss=loss,
         metrics=metrics,
     )

@@ -81,3 +81,20 @@ def test_cnn_trains_with_mixup_and_class_weights() -> None:
     assert len(fitted.history["loss"]) == 2
     probabilities = family.predict_native(fitted, pixels)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights() -> None:
+    rng = np.random.default_rng(0)
+    inputs, labels = rng.random((40, 16), dtype=np.float32), np.arange(40) % 4
+    params = {"batch_size": 8, "epochs": 3, "learning_rate": 1e-2, "optimizer": "adamw", "schedule": "cosine"}
+    norms = {}
+    for decay in (None, 5.0):
+        keras_runtime.seed_everything(0)
+        model = _tiny_model()
+        keras_runtime.compile_and_fit(model, inputs, labels, None, {**params, "weight_decay": decay})
+        expected = keras_runtime.DEFAULT_ADAMW_WEIGHT_DECAY if decay is None else decay
+        assert model.optimizer.weight_decay == pytest.approx(expected)
+        norms[decay] = float(np.linalg.norm(model.layers[-1].get_weights()[0]))
+    assert norms[5.0] < 0.9 * norms[None], "a strong decay pulls the weights towards zero"
+    with pytest.raises(ValueError, match="weight_decay"):
+        keras_runtime.make_optimizer("adam", 1e-3, -0.1)
