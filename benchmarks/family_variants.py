@@ -32,8 +32,8 @@ DEFAULT_VARIANTS = {
     "cnn": [
         "defaults",
         "seed1:seed=1",
-        "30-epochs:epochs=30",
-        "30-epochs-seed1:epochs=30,seed=1",
+        "decay-1e-4:weight_decay=0.0001",
+        "decay-1e-4-seed1:weight_decay=0.0001,seed=1",
     ],
     "rf": [
         "defaults",

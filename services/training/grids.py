@@ -30,12 +30,13 @@ SEED_GRIDS: dict[str, Grid] = {
         "max_features": ["sqrt", "log2"],
     },
     "cnn": {
-        # The study's network and training recipe, whatever this project's defaults are.
+        # The study's network and training recipe (plain optimisers, no decay), whatever this project's defaults are.
         "architecture": ["study"],
         "schedule": ["plateau"],
         "augment": ["none"],
         "mixup_alpha": [0.0],
         "test_time_flip": [False],
+        "weight_decay": [0.0],
         "optimizer": ["adam", "sgd", "rmsprop"],
         "dropout": [0.3, 0.5, 0.7],
         "activation": ["relu", "tanh", "sigmoid"],

@@ -30,8 +30,9 @@ def test_seed_grids_are_the_studys() -> None:
     cnn = candidates("cnn", "seed")
     assert len(cnn) == 3 * 3 * 3 * 2 * 2 * 2
     assert {t["optimizer"] for t in cnn} == {"adam", "sgd", "rmsprop"}
-    # The study's recipe, whatever this project's defaults add (flips, mixup, mirror averaging).
-    assert {(t["augment"], t["mixup_alpha"], t["test_time_flip"]) for t in cnn} == {("none", 0.0, False)}
+    # The study's recipe, whatever this project's defaults add (flips, mixup, mirror averaging, weight decay).
+    recipe = {(t["augment"], t["mixup_alpha"], t["test_time_flip"], t["weight_decay"]) for t in cnn}
+    assert recipe == {("none", 0.0, False, 0.0)}
     assert len(candidates("cnn", "seed", max_trials=2)) == 2
 
 
