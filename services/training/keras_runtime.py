@@ -56,13 +56,14 @@ def make_optimizer(name: str, learning_rate: Any, weight_decay: float | None = N
         "sgd": lambda **kwargs: keras.optimizers.SGD(momentum=0.9, **kwargs),
         "rmsprop": keras.optimizers.RMSprop,
     }
-    if name.lower() not in optimizers:
+    key = name.lower()
+    if key not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(optimizers)}")
-    if weight_decay is None and name.lower() == "adamw":
+    if weight_decay is None and key == "adamw":
         weight_decay = DEFAULT_ADAMW_WEIGHT_DECAY
     if weight_decay is not None and weight_decay < 0:
         raise ValueError(f"weight_decay must be 0 or positive, got {weight_decay}")
-    return optimizers[name.lower()](learning_rate=learning_rate, weight_decay=weight_decay)
+    return optimizers[key](learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 # The parameters compile_and_fit reads, whichever Keras family calls it.
