@@ -88,17 +88,18 @@ def _log_trials(family_name: str, outcomes: list[TrialOutcome]) -> None:
                 mlflow.set_tag("error", outcome.error[:500])
 
 
-def _refit(
-    family_name: str, family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int
-) -> tuple[Any, float]:
+def _refit(family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int) -> tuple[Any, float]:
+    """Fit on the whole training part, less a held-out slice only if the family watches one."""
     size = int(params["image_size"])
     model_params = {key: value for key, value in params.items() if key not in NOT_MODEL_PARAMS}
     pixels, labels = data.train(size), data.train_labels
     validation = None
-    if family_name != "rf":  # Keras: early stopping on a duplicate-group-aware 10% slice
+    if family.holds_out(model_params):  # a duplicate-group-aware 10% slice; otherwise every image trains
         fit_idx, stop_idx = split_train_test(labels, data.train_groups, 0.1, seed + 1)
         validation = (pixels[stop_idx], labels[stop_idx])
         pixels, labels = pixels[fit_idx], labels[fit_idx]
+    held_out = 0 if validation is None else len(validation[1])
+    mlflow.log_metrics({"refit_images": len(labels), "refit_held_out_images": held_out})
     pixels, labels, model_params = apply_balancing(pixels, labels, model_params, seed)
     started = time.perf_counter()
     fitted = family.fit(pixels, labels, model_params, family.contract(size, params.get("scaling")), validation)
@@ -162,7 +163,7 @@ def train_family(
 
         progress.step = "refitting on all training data"
         report(progress)
-        fitted, train_seconds = _refit(family_name, family, data, params, options.seed)
+        fitted, train_seconds = _refit(family, data, params, options.seed)
         for metric, values in fitted.history.items():
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"curve_{metric}", value, step=epoch)

@@ -90,7 +90,7 @@ def run_trial(
     try:
         for fold, (train_idx, val_idx) in enumerate(folds):
             fit_idx, stop_idx = train_idx, None
-            if family_name != "rf":  # Keras: early stopping on a slice of the fold's own training part
+            if family.holds_out(model_params):  # a slice of the fold's own training part
                 inner_fit, inner_stop = split_train_test(labels[train_idx], groups[train_idx], 0.1, seed + fold)
                 fit_idx, stop_idx = train_idx[inner_fit], train_idx[inner_stop]
             if on_features:

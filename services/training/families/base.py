@@ -47,6 +47,11 @@ class ModelFamily(ABC):
         """Every parameter name this family reads: an override that no chosen family reads is refused."""
         return set(self.default_params()) | COMMON_PARAMS | self.loop_params
 
+    def holds_out(self, params: dict[str, Any]) -> bool:
+        """Whether fitting with these parameters watches a held-out slice of its training data (early
+        stopping, a fine-tuning decision). When it does not, it is given all of the data to train on."""
+        return False
+
     @abstractmethod
     def fit(
         self,

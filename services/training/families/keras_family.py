@@ -21,6 +21,10 @@ class KerasFamily(ModelFamily):
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """An uncompiled Keras model whose last layer is named 'probabilities'."""
 
+    def holds_out(self, params: dict[str, Any]) -> bool:
+        # Only the plateau schedule watches validation loss; a cosine schedule runs its planned epochs.
+        return params.get("schedule", "plateau") != "cosine"
+
     def fit(
         self,
         pixels: np.ndarray,

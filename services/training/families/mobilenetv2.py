@@ -119,6 +119,10 @@ class MobileNetV2Family(ModelFamily):
         inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
         return keras.Model(inputs, head(extractor(inputs)), name="mobilenetv2_classifier")
 
+    def holds_out(self, params: dict[str, Any]) -> bool:
+        # Fine-tuning is kept only if it beats the frozen base on the held-out slice.
+        return int(params.get("fine_tune_blocks", 0)) > 0 or super().holds_out(params)
+
     def fit(
         self,
         pixels: np.ndarray,

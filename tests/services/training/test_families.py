@@ -172,3 +172,14 @@ def test_cnn_serves_the_mean_over_the_mirror_image(sample: tuple[np.ndarray, np.
     model_bytes = embed_contract(family.to_onnx(fitted), contract, {"family": "cnn"})
     onnx_mirrored = onnx_probabilities(model_bytes, family.tensor(np.ascontiguousarray(pixels[:12, :, ::-1]), contract))
     assert check_parity(probabilities, onnx_mirrored).passed
+
+
+def test_only_families_that_watch_a_slice_hold_one_out() -> None:
+    cnn, snn, forest = get_family("cnn"), get_family("snn"), get_family("rf")
+    assert not cnn.holds_out(cnn.default_params()), "a cosine schedule runs its planned epochs"
+    assert cnn.holds_out({**cnn.default_params(), "schedule": "plateau"}), "plateau stops early on validation loss"
+    assert snn.holds_out(snn.default_params()) and not forest.holds_out(forest.default_params())
+    mobilenet = get_family("mobilenetv2")
+    frozen = {**mobilenet.default_params(), "fine_tune_blocks": 0}
+    assert not mobilenet.holds_out(frozen)
+    assert mobilenet.holds_out({**frozen, "fine_tune_blocks": 4}), "fine-tuning must beat the frozen base on it"

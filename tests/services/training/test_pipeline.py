@@ -40,6 +40,8 @@ def test_run_registers_passing_families_and_reports_failures(
         for metric in ("test_accuracy", "test_f1_macro", "parity_max_abs_diff", "train_seconds"):
             assert metric in run.data.metrics
         assert run.data.metrics["parity_max_abs_diff"] <= 1e-4
+        # Neither the forest nor the cosine-scheduled CNN watches a held-out slice: all 96 training images train.
+        assert (run.data.metrics["refit_images"], run.data.metrics["refit_held_out_images"]) == (96, 0)
         artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
         assert {"onnx", "split", "evaluation"} <= artifacts
     test_files = client.download_artifacts(by_family["rf"].mlflow_run_id, "split/test_files.txt")
