@@ -77,10 +77,13 @@ def _list_images(class_dirs: dict[str, Path]) -> LabelledFiles:
 
 def discover(root: str | Path) -> DatasetLayout:
     """Find the images under root, or raise INVALID_DATA_FOLDER saying what was expected."""
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Data folder {str(folder)!r} does not exist.")
-    top = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
+    try:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Data folder {str(folder)!r} does not exist.")
+        top = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
+    except (RuntimeError, OSError) as exc:  # an unknown ~user, a folder this process may not read
+        raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Data folder {str(root)!r} cannot be read.") from exc
     if "training" in top:
         train = _list_images(_class_dirs(top["training"]))
         test = _list_images(_class_dirs(top["testing"])) if "testing" in top else None
@@ -114,7 +117,11 @@ def load_arrays(files: LabelledFiles, image_size: int, cache_dir: Path | None = 
             return np.load(cache_file)
     images = np.empty((len(files), image_size, image_size), dtype=np.uint8)
     for i, path in enumerate(files.paths):
-        images[i] = decode_to_array(path.read_bytes(), image_size)
+        try:
+            images[i] = decode_to_array(path.read_bytes(), image_size)
+        except (ServiceError, OSError) as exc:  # one bad file stops the run: say which, and why
+            reason = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+            raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Image {str(path)!r} cannot be used: {reason}") from exc
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp.npy")

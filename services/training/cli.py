@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-trials", type=int)
     parser.add_argument("--image-size", type=int, help="input size for every family (default: each family's own)")
     parser.add_argument("--epochs", type=int, help="override the epochs of the Keras families")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="test share without a Testing/ folder; one of 1/k folds"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-register", action="store_true", help="log to MLflow but do not register versions")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")

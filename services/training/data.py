@@ -78,7 +78,8 @@ def prepare_data(data_dir: Path, test_fraction: float, seed: int, cache_dir: Pat
         train_idx, test_idx = split_train_test(layout.train.labels, groups, test_fraction, seed)
         train_files, test_files = _subset(layout.train, train_idx), _subset(layout.train, test_idx)
         train_groups = groups[train_idx]
-        info["test_source"] = f"stratified split keeping duplicate groups together, {test_fraction:.0%}, seed {seed}"
+        share = len(test_idx) / len(layout.train)  # one of round(1 / test_fraction) folds, as realised
+        info["test_source"] = f"stratified split keeping duplicate groups together, {share:.0%}, seed {seed}"
     data = PreparedData(layout.root, train_files, test_files, train_groups, cache_dir, info)
     data.info.update(
         train_images=len(train_files),

@@ -12,23 +12,36 @@ from shared.schemas import MODEL_FAMILIES
 
 Family = Literal["rf", "snn", "cnn", "mobilenetv2"]
 SearchMode = Literal["none", "quick", "seed"]
+IMAGE_SIZE_LIMITS = (16, 512)
+EPOCH_LIMITS = (1, 500)
 
 
 class TrainingOptions(BaseModel):
     """Options shared by the command line and POST /v1/training-runs."""
 
     data_dir: Path | None = Field(None, description="Folder of images; the service's default when omitted.")
-    families: list[Family] = Field(default_factory=lambda: list(MODEL_FAMILIES))
+    families: list[Family] = Field(default_factory=lambda: list(MODEL_FAMILIES), min_length=1)
     search: SearchMode = Field(
         "quick", description="quick: small grid sized for 2 CPU cores; seed: the study's grids; none: fixed parameters."
     )
     max_trials: int | None = Field(None, ge=1, description="Cap on trials per family.")
     image_size: int | None = Field(
-        None, ge=16, le=512, description="Input size for every family; each family's own default when omitted."
+        None,
+        ge=IMAGE_SIZE_LIMITS[0],
+        le=IMAGE_SIZE_LIMITS[1],
+        description="Input size for every family; each family's own default when omitted.",
     )
-    test_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    seed: int = 42
-    epochs: int | None = Field(None, ge=1, le=500, description="Override the epochs of Keras families.")
+    test_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        le=0.5,
+        description="Share of the images held out for testing when the folder has no Testing/ split; taken as one "
+        "of round(1/test_fraction) stratified, duplicate-aware folds (0.2: one fold of 5, 0.3: one of 3).",
+    )
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed of the split, the folds and every model.")
+    epochs: int | None = Field(
+        None, ge=EPOCH_LIMITS[0], le=EPOCH_LIMITS[1], description="Override the epochs of Keras families."
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Parameters that replace the defaults and the search's choice, e.g. epochs."
     )
@@ -36,6 +49,18 @@ class TrainingOptions(BaseModel):
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
     jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")
     register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingOptions:
+        if len(set(self.families)) != len(self.families):
+            raise ValueError("each family may be named once")
+        if self.backend == "dask" and not self.scheduler:
+            raise ValueError("backend 'dask' needs the scheduler's address, e.g. tcp://127.0.0.1:8786")
+        # The same bounds as the top-level fields: an override must not size a run beyond them.
+        for key, (low, high) in {"image_size": IMAGE_SIZE_LIMITS, "epochs": EPOCH_LIMITS}.items():
+            if key in self.overrides and not _whole_number_within(self.overrides[key], low, high):
+                raise ValueError(f"overrides.{key} must be a whole number from {low} to {high}")
+        return self
 
     @model_validator(mode="after")
     def _overrides_are_read_by_a_family(self) -> TrainingOptions:
@@ -50,6 +75,10 @@ class TrainingOptions(BaseModel):
             named = [key[:40] for key in unknown[:5]]  # the client's own keys, kept short
             raise ValueError(f"no chosen family reads the parameters {named}; they take {sorted(accepted)}")
         return self
+
+
+def _whole_number_within(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 class FamilyState(StrEnum):

@@ -78,3 +78,13 @@ def test_load_arrays_caches_and_notices_changes(tmp_path: Path) -> None:
     assert changed.train.fingerprint() != before
     load_arrays(changed.train, 24, cache)
     assert len(list(cache.glob("*.npy"))) == 2
+
+
+def test_a_file_that_is_not_an_image_is_named_in_the_error(tmp_path: Path) -> None:
+    copy_sample(tmp_path / "data", per_class=2)
+    broken = tmp_path / "data" / "glioma" / "broken.jpg"
+    broken.write_bytes(b"not a JPEG at all")
+    with pytest.raises(ServiceError) as raised:
+        load_arrays(discover(tmp_path / "data").train, 24, tmp_path / "cache")
+    assert raised.value.code is ErrorCode.INVALID_DATA_FOLDER and "broken.jpg" in raised.value.message
+    assert not list((tmp_path / "cache").glob("*.npy")), "nothing half-decoded is cached"

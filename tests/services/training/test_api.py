@@ -64,6 +64,13 @@ def test_second_run_while_one_is_active_gets_409(training_settings: TrainingSett
         ({"search": "exhaustive"}, "INVALID_REQUEST"),
         ({"image_size": 4}, "INVALID_REQUEST"),
         ({"families": ["rf"], "overrides": {"max_feature": 0.2}}, "INVALID_REQUEST"),
+        ({"data_dir": "~no-such-user-here/scans"}, "INVALID_DATA_FOLDER"),
+        ({"families": []}, "INVALID_REQUEST"),
+        ({"families": ["rf", "rf"]}, "INVALID_REQUEST"),
+        ({"families": ["rf"], "backend": "dask"}, "INVALID_REQUEST"),
+        ({"families": ["rf"], "seed": -1}, "INVALID_REQUEST"),
+        ({"families": ["cnn"], "overrides": {"image_size": 1000}}, "INVALID_REQUEST"),
+        ({"families": ["cnn"], "overrides": {"epochs": "many"}}, "INVALID_REQUEST"),
     ],
 )
 def test_bad_requests_get_422_before_any_work(training_settings: TrainingSettings, payload: dict, code: str) -> None:
