@@ -94,7 +94,7 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") 
         f"  MLflow UI       {tracking_uri}\n"
         f"  logs            {logs}\n"
         f"Try: curl -F file=@shared/sample_data/glioma/glioma_000.jpg '{gateway}/v1/predict?model=cnn'\n"
-        "Stop: python -m deploy.stack down"
+        "Stop: .venv/bin/python -m deploy.stack down"
     )
     return 0
 
