@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
     try:
         with subprocess.Popen(
-            command, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=subprocess.PIPE, text=True
+            command,
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "BT_TRAINING_TRACKING_URI": tracking_uri},
+            stdout=subprocess.PIPE,
+            text=True,
         ) as process:
             assert process.stdout is not None
             for line in process.stdout:  # progress lines are shown as they come

@@ -54,7 +54,10 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") 
     _save(state_dir, started)
     tracking_uri = mlflow.url
     env = {
+        # Every name a service reads the registry from: the stack's own server wins over the shell's.
         "MLFLOW_TRACKING_URI": tracking_uri,
+        "BT_TRAINING_TRACKING_URI": tracking_uri,
+        "BT_INFERENCE_TRACKING_URI": tracking_uri,
         "BT_TRAINING_CACHE_DIR": str(state_dir / "cache"),
         "BT_TRAINING_REPORT_DIR": str(state_dir / "reports"),
     }

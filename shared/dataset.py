@@ -43,7 +43,10 @@ class LabelledFiles:
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels, strict=True):
             digest.update(f"{label}|{path.name}|".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            try:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError as exc:
+                raise _unusable(path, type(exc).__name__) from exc
         return digest.hexdigest()[:16]
 
 
@@ -75,6 +78,10 @@ def _list_images(class_dirs: dict[str, Path]) -> LabelledFiles:
     return LabelledFiles(tuple(paths), np.asarray(labels, dtype=np.int64))
 
 
+def _unusable(path: Path, reason: str) -> ServiceError:
+    return ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Image {str(path)!r} cannot be used: {reason}")
+
+
 def discover(root: str | Path) -> DatasetLayout:
     """Find the images under root, or raise INVALID_DATA_FOLDER saying what was expected."""
     try:
@@ -82,15 +89,15 @@ def discover(root: str | Path) -> DatasetLayout:
         if not folder.is_dir():
             raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Data folder {str(folder)!r} does not exist.")
         top = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
-    except (RuntimeError, OSError) as exc:  # an unknown ~user, a folder this process may not read
+        if "training" in top:
+            train = _list_images(_class_dirs(top["training"]))
+            test = _list_images(_class_dirs(top["testing"])) if "testing" in top else None
+        else:
+            train, test = _list_images(_class_dirs(folder)), None
+    except (RuntimeError, OSError) as exc:  # an unknown ~user, a folder (or sub-folder) this process may not read
         raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Data folder {str(root)!r} cannot be read.") from exc
-    if "training" in top:
-        train = _list_images(_class_dirs(top["training"]))
-        test = _list_images(_class_dirs(top["testing"])) if "testing" in top else None
-        if test is not None and len(test) == 0:
-            test = None
-    else:
-        train, test = _list_images(_class_dirs(folder)), None
+    if test is not None and len(test) == 0:
+        test = None
     if len(train) == 0:
         raise ServiceError(
             ErrorCode.INVALID_DATA_FOLDER,
@@ -120,8 +127,7 @@ def load_arrays(files: LabelledFiles, image_size: int, cache_dir: Path | None = 
         try:
             images[i] = decode_to_array(path.read_bytes(), image_size)
         except (ServiceError, OSError) as exc:  # one bad file stops the run: say which, and why
-            reason = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
-            raise ServiceError(ErrorCode.INVALID_DATA_FOLDER, f"Image {str(path)!r} cannot be used: {reason}") from exc
+            raise _unusable(path, exc.message if isinstance(exc, ServiceError) else type(exc).__name__) from exc
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp.npy")

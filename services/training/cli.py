@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-register", action="store_true", help="log to MLflow but do not register versions")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
-    parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 (default: BT_MOBILENETV2_WEIGHTS)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: BT_TRAINING_TRACKING_URI, else MLFLOW_TRACKING_URI)"
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="MobileNetV2 no-top .h5 (default: BT_TRAINING_MOBILENETV2_WEIGHTS, else BT_MOBILENETV2_WEIGHTS)",
+    )
     parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
     parser.add_argument(
         "--set",

@@ -66,6 +66,12 @@ def make_optimizer(name: str, learning_rate: Any, weight_decay: float | None = N
     return optimizers[key](learning_rate=learning_rate, weight_decay=weight_decay)
 
 
+def watches_validation(params: dict[str, Any]) -> bool:
+    """Whether compile_and_fit would watch validation data: only the plateau schedule does (a cosine schedule
+    runs its planned epochs)."""
+    return params.get("schedule", "plateau") != "cosine"
+
+
 # The parameters compile_and_fit reads, whichever Keras family calls it.
 TRAINING_LOOP_PARAMS = frozenset(
     {

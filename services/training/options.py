@@ -38,7 +38,8 @@ class TrainingOptions(BaseModel):
         description="Share of the images held out for testing when the folder has no Testing/ split; taken as one "
         "of round(1/test_fraction) stratified, duplicate-aware folds (0.2: one fold of 5, 0.3: one of 3).",
     )
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed of the split, the folds and every model.")
+    # Not 2**32 - 1: the folds and the refit's slice use seed + a small offset, and numpy caps seeds there.
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the split, the folds and every model.")
     epochs: int | None = Field(
         None, ge=EPOCH_LIMITS[0], le=EPOCH_LIMITS[1], description="Override the epochs of Keras families."
     )

@@ -22,8 +22,7 @@ class KerasFamily(ModelFamily):
         """An uncompiled Keras model whose last layer is named 'probabilities'."""
 
     def holds_out(self, params: dict[str, Any]) -> bool:
-        # Only the plateau schedule watches validation loss; a cosine schedule runs its planned epochs.
-        return params.get("schedule", "plateau") != "cosine"
+        return keras_runtime.watches_validation(params)
 
     def fit(
         self,

@@ -121,7 +121,7 @@ class MobileNetV2Family(ModelFamily):
 
     def holds_out(self, params: dict[str, Any]) -> bool:
         # Fine-tuning is kept only if it beats the frozen base on the held-out slice.
-        return int(params.get("fine_tune_blocks", 0)) > 0 or super().holds_out(params)
+        return int(params.get("fine_tune_blocks", 0)) > 0 or keras_runtime.watches_validation(params)
 
     def fit(
         self,

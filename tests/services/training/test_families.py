@@ -182,4 +182,5 @@ def test_only_families_that_watch_a_slice_hold_one_out() -> None:
     mobilenet = get_family("mobilenetv2")
     frozen = {**mobilenet.default_params(), "fine_tune_blocks": 0}
     assert not mobilenet.holds_out(frozen)
+    assert mobilenet.holds_out({**frozen, "schedule": "plateau"}), "its head's early stopping watches it"
     assert mobilenet.holds_out({**frozen, "fine_tune_blocks": 4}), "fine-tuning must beat the frozen base on it"
