@@ -135,7 +135,7 @@ def compile_and_fit(
     stop_patience = int(patience if patience is not None else params.get("patience", 3))
     # A cosine schedule runs its planned epochs: its last, low-rate epochs are the ones that settle the
     # weights, and validation loss (what early stopping watches) rises there while accuracy still climbs.
-    callbacks = [] if schedule == "cosine" else [early_stopping(stop_patience, validation is not None)]
+    callbacks = [early_stopping(stop_patience, validation is not None)] if watches_validation(params) else []
     if validation is not None and stop_patience > 2 and schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
