@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow = start_mlflow(args.state_dir / "mlflow", free_port(), args.state_dir / "mlflow.log")
         tracking_uri = mlflow.url
     command = [
-        sys.executable, "-m", "services.training", "--data", str(args.data), "--search", args.search,
+        sys.executable, "-m", "services.training.cli", "--data", str(args.data), "--search", args.search,
         "--families", args.families, "--report-dir", str(args.report_dir), "--json", *extra,
     ]  # fmt: skip
     started = time.perf_counter()

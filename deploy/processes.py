@@ -17,10 +17,10 @@ import httpx
 LOOPBACK = "127.0.0.1"
 
 SERVICE_APPS = {
-    "gateway": "services.gateway.main:app",
-    "inference": "services.inference.main:app",
-    "training": "services.training.main:app",
-    "explainer": "services.explainer.main:app",
+    "gateway": "services.gateway.main:create_app",
+    "inference": "services.inference.main:create_app",
+    "training": "services.training.main:create_app",
+    "explainer": "services.explainer.main:create_app",
 }
 
 
@@ -125,7 +125,8 @@ def start_service(
     name: str, port: int, env: dict[str, str], log_path: Path, timeout: float = 60.0, health_path: str = "/healthz"
 ) -> ManagedProcess:
     """One of our FastAPI services under uvicorn, as a separate process."""
-    command = [sys.executable, "-m", "uvicorn", SERVICE_APPS[name], "--host", LOOPBACK, "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", "--factory", SERVICE_APPS[name]]
+    command += ["--host", LOOPBACK, "--port", str(port)]
     managed = _spawn(name, command, {**os.environ, **env}, log_path, f"http://{LOOPBACK}:{port}")
     wait_until_healthy(managed, health_path, timeout)
     return managed

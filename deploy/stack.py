@@ -67,7 +67,7 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") 
         families = list(MODEL_FAMILIES) if retrain else missing
         print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
         # Fixed parameters on the sample: a search on 120 images would only add minutes.
-        command = [sys.executable, "-m", "services.training", "--families", ",".join(families), "--search", search]
+        command = [sys.executable, "-m", "services.training.cli", "--families", ",".join(families), "--search", search]
         if data is not None:
             command += ["--data", str(data)]
         result = subprocess.run(command, env={**os.environ, **env}, check=False)

@@ -10,6 +10,11 @@ MODEL_FAMILIES: tuple[str, ...] = ("rf", "snn", "cnn", "mobilenetv2")
 # The header of a predict-pixels request that gives the shape (N,H,W) of the raw uint8 body.
 PIXELS_SHAPE_HEADER = "x-pixels-shape"
 REGISTERED_NAME_PREFIX = "brain-tumor-"
+# Registry aliases: `champion` is each model's default version, `best` marks a run's overall winner.
+CHAMPION_ALIAS = "champion"
+BEST_ALIAS = "best"
+# The version spec that names a model's newest version.
+LATEST_VERSION = "latest"
 
 
 def registered_name(family: str) -> str:

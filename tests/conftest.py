@@ -476,7 +476,7 @@ def model_zoo(mlflow_server: ServiceProcess, sample_arrays: SampleArrays) -> Mod
 
 def start_uvicorn(name: str, app: str, port: int, env: dict[str, str], log_dir: Path) -> ServiceProcess:
     """A service started as the stack starts it (``uvicorn <app>`` on loopback), once /healthz answers."""
-    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1", "--port", str(port)]
     return start_service(name, command, port=port, health_path="/healthz", log_dir=log_dir, env=env)
 
 
@@ -485,7 +485,7 @@ def inference_server(
     model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
 ) -> Iterator[ServiceProcess]:
     """The inference service as a real process serving the zoo, started as the stack starts it
-    (``uvicorn services.inference.main:app``).
+    (``uvicorn services.inference.main:create_app``).
 
     Debug endpoints are on, so tests can read which modules the process has loaded.
     """
@@ -496,7 +496,7 @@ def inference_server(
         BT_INFERENCE_CACHE_DIR=str(tmp_path_factory.mktemp("inference-cache")),
         BT_INFERENCE_DEBUG_ENDPOINTS="true",
     )
-    server = start_uvicorn("inference", "services.inference.main:app", port, env, service_logs)
+    server = start_uvicorn("inference", "services.inference.main:create_app", port, env, service_logs)
     yield server
     server.stop()
 
@@ -539,10 +539,10 @@ def gateway_client(inference_server: ServiceProcess, gateway_app_client: Callabl
 @pytest.fixture(scope="session")
 def explainer_server(inference_server: ServiceProcess, service_logs: Path) -> Iterator[ServiceProcess]:
     """The explainer (LIME) as a real process in front of ``inference_server``, started as the stack
-    starts it (``uvicorn services.explainer.main:app``)."""
+    starts it (``uvicorn services.explainer.main:create_app``)."""
     port = free_port()
     env = project_env(BT_EXPLAINER_PORT=str(port), BT_EXPLAINER_INFERENCE_URL=inference_server.url)
-    server = start_uvicorn("explainer", "services.explainer.main:app", port, env, service_logs)
+    server = start_uvicorn("explainer", "services.explainer.main:create_app", port, env, service_logs)
     yield server
     server.stop()
 

@@ -1,13 +1,7 @@
-"""``python -m services.explainer``: run the explainer service with uvicorn."""
+"""``python -m services.explainer``: the explainer under uvicorn, on the host and port of its settings."""
 
 from services.explainer.config import Settings
-from services.explainer.main import create_app
 from shared.service import run_service
 
-
-def main() -> None:
-    run_service(create_app, Settings())
-
-
-if __name__ == "__main__":
-    main()
+settings = Settings()
+run_service("services.explainer.main:create_app", settings.host, settings.port)

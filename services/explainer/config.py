@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.explainer.lime_core import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_SEGMENTS
+from shared.lime_explanation import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_SEGMENTS
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 

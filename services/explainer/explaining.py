@@ -10,9 +10,9 @@ import numpy as np
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
-from services.explainer.lime_core import explain, render_overlay
 from shared.errors import ErrorCode, ServiceError
 from shared.imaging import decode_grayscale, resize_gray
+from shared.lime_explanation import explain, render_overlay
 from shared.schemas import ExplanationOut, RegionOut
 
 

@@ -13,10 +13,9 @@ from fastapi import FastAPI
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
-from services.explainer.lime_core import explain
 from services.explainer.routes import api_router
 from shared.errors import install_error_handlers
-from shared.service import lazy_app
+from shared.lime_explanation import explain
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -65,6 +64,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(api_router)
     return app
-
-
-__getattr__ = lazy_app(__name__, create_app)

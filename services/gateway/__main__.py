@@ -1,13 +1,7 @@
-"""``python -m services.gateway``: run the gateway with uvicorn."""
+"""``python -m services.gateway``: the gateway under uvicorn, on the host and port of its settings."""
 
 from services.gateway.config import Settings
-from services.gateway.main import create_app
 from shared.service import run_service
 
-
-def main() -> None:
-    run_service(create_app, Settings())
-
-
-if __name__ == "__main__":
-    main()
+settings = Settings()
+run_service("services.gateway.main:create_app", settings.host, settings.port)

@@ -14,7 +14,6 @@ from services.gateway.middleware import RequestIdMiddleware
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.errors import install_error_handlers
-from shared.service import lazy_app
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -83,6 +82,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
     return app
-
-
-__getattr__ = lazy_app(__name__, create_app)

@@ -1,13 +1,7 @@
-"""``python -m services.inference``: run the inference service with uvicorn."""
+"""``python -m services.inference``: the inference under uvicorn, on the host and port of its settings."""
 
 from services.inference.config import Settings
-from services.inference.main import create_app
 from shared.service import run_service
 
-
-def main() -> None:
-    run_service(create_app, Settings())
-
-
-if __name__ == "__main__":
-    main()
+settings = Settings()
+run_service("services.inference.main:create_app", settings.host, settings.port)

@@ -8,9 +8,9 @@ import numpy as np
 from fastapi import Depends, Header, Path, Query, Request
 
 from services.inference.config import Settings
-from services.inference.model import OnnxClassifier
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
+from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import PIXELS_SHAPE_HEADER
 from shared.uploads import read_body
 

@@ -13,7 +13,6 @@ from services.inference.config import Settings
 from services.inference.registry import ModelRegistry, configure_mlflow_http
 from services.inference.routes import api_router, debug_router
 from shared.errors import install_error_handlers
-from shared.service import lazy_app
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -74,6 +73,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.debug_endpoints:
         app.include_router(debug_router)
     return app
-
-
-__getattr__ = lazy_app(__name__, create_app)

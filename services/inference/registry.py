@@ -24,9 +24,9 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 
-from services.inference.model import OnnxClassifier
 from shared.contract import ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
+from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import MODEL_FAMILIES, REGISTERED_NAME_PREFIX, ModelInfo, ModelsOut, ModelVersionInfo
 
 logger = logging.getLogger(__name__)

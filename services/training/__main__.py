@@ -1,5 +1,7 @@
-import sys
+"""``python -m services.training``: the training service under uvicorn (the CLI is ``bt-train``)."""
 
-from services.training.cli import main
+from services.training.config import TrainingSettings
+from shared.service import run_service
 
-sys.exit(main())
+settings = TrainingSettings()
+run_service("services.training.main:create_app", settings.host, settings.port)

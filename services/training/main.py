@@ -1,4 +1,4 @@
-"""Training service app: `uvicorn services.training.main:app --port 8002`."""
+"""The training service's app factory: ``uvicorn --factory services.training.main:create_app``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from services.training.config import TrainingSettings, get_settings
 from services.training.jobs import RunFunction, TrainingRunManager
 from services.training.routes import health, runs
 from shared.errors import install_error_handlers
-from shared.service import lazy_app
 
 
 def _run_pipeline(options, settings, report):  # type: ignore[no-untyped-def]
@@ -37,6 +36,3 @@ def create_app(settings: TrainingSettings | None = None, run_function: RunFuncti
     app.include_router(health.router)
     app.include_router(runs.router)
     return app
-
-
-__getattr__ = lazy_app(__name__, create_app)

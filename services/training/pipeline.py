@@ -13,7 +13,6 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from services.explainer.lime_core import log_lime_overlays, onnx_predict_fn
 from services.training import plots, tracking
 from services.training.balancing import apply_balancing
 from services.training.config import TrainingSettings
@@ -21,6 +20,7 @@ from services.training.data import PreparedData, prepare_data
 from services.training.evaluation import evaluate
 from services.training.families import ModelFamily, get_family
 from services.training.grids import candidates, search_overrides
+from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.report import write_comparison
@@ -218,7 +218,7 @@ def train_family(
                 f"arg-max agreement {parity.argmax_agreement:.4f}; the model was not registered"
             )
         # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
-        log_lime_overlays(onnx_predict_fn(model_bytes)[0], test_pixels, data.test_labels, family_name, per_class=2)
+        log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, data.test_labels, family_name, per_class=2)
         if options.register_models:
             progress.step = "registering"
             report(progress)

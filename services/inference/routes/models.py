@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.deps import ModelDep, PixelBatch, RegistryDep, SettingsDep
-from services.inference.model import OnnxClassifier
 from shared.errors import ErrorCode, ServiceError
+from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, ErrorOut, ModelsOut, PixelsPredictionOut, PredictionOut
 from shared.uploads import ImageBytes
 

@@ -94,7 +94,7 @@ def test_a_second_registry_reuses_the_download_cache(registry: ModelRegistry, mo
     cached = next((registry.cache_dir / "brain-tumor-snn").glob(f"*/{ONNX_FILENAME}"))
     before = cached.stat().st_mtime_ns
     again = ModelRegistry(model_zoo.tracking_uri, registry.cache_dir).get("snn", "1")
-    assert again.path == cached
+    assert again.source == cached
     assert cached.stat().st_mtime_ns == before
 
 

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow
-from services.inference.model import OnnxClassifier
 from services.training.config import TrainingSettings
 from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
+from shared.onnx_classifier import OnnxClassifier
 
 
 @pytest.fixture(scope="session")

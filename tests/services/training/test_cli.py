@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.training", *args],
+        [sys.executable, "-m", "services.training.cli", *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,

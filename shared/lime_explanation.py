@@ -1,10 +1,11 @@
 """LIME for the zoo's classifiers: superpixels, the explanation, its top regions and an overlay PNG.
 
 One module for both users: the explainer service (its predict function calls the inference
-service's batch endpoint, so the served ONNX session does the work) and training (its predict
-function runs the ONNX model in process, exactly the file that gets registered).
+service's batch endpoint, so the served ONNX session does the work) and training (its overlays
+run the ONNX model in process, exactly the file that gets registered; services/training/lime_overlays.py).
 
-It imports lime, and so scikit-learn: the inference service and the gateway must never import it.
+Importable only with the ``[explain]`` extra: it imports lime, and so scikit-learn, which the
+inference service and the gateway never install.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 from lime import lime_image
@@ -312,97 +312,3 @@ def render_overlay(
     buffer = io.BytesIO()
     Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-# -- predict functions and training ----------------------------------------------------------------
-
-
-def onnx_predict_fn(model_bytes: bytes) -> tuple[PredictFn, Any]:
-    """An in-process predict function over an ONNX model with its embedded contract: (fn, contract).
-
-    The same preprocessing as the inference service (``shared.imaging.to_model_input``).
-    """
-    import onnxruntime as ort
-
-    from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
-    from shared.imaging import to_model_input
-
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    contract = PreprocessingContract.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else DEFAULT_BATCH_SIZE
-
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        tensor = to_model_input(pixels, contract)
-        parts = [
-            session.run([OUTPUT_NAME], {contract.input_name: tensor[i : i + step]})[0]
-            for i in range(0, len(tensor), step)
-        ]
-        return np.concatenate(parts, axis=0)
-
-    return predict, contract
-
-
-def log_lime_overlays(
-    predict_fn: PredictFn,
-    pixels: np.ndarray,
-    labels: np.ndarray,
-    family: str,
-    per_class: int = 2,
-    *,
-    class_names: Sequence[str] | None = None,
-    num_samples: int = 200,
-    seed: int = 0,
-    time_budget_s: float = 120.0,
-    artifact_dir: str = "explanations",
-) -> int:
-    """Log LIME overlays of the first ``per_class`` test images of each class to the active MLflow run.
-
-    Files: ``explanations/<true class>_<n>_<predicted>.png`` plus ``explanations/summary.json``
-    (regions and weights). Bounded by ``num_samples`` per image and ``time_budget_s`` overall; a
-    failure is logged and tagged on the run, never raised: explanations must not block registration.
-    Returns the number of overlays logged.
-    """
-    import json
-
-    import mlflow
-
-    from shared.contract import CLASS_NAMES
-
-    names = tuple(class_names or CLASS_NAMES)
-    chosen = [
-        (class_name, n, int(index))
-        for class_index, class_name in enumerate(names)
-        for n, index in enumerate(np.flatnonzero(np.asarray(labels) == class_index)[:per_class])
-    ]
-    deadline = time.monotonic() + time_budget_s
-    summary: list[dict[str, Any]] = []
-    try:
-        for class_name, n, index in chosen:
-            if time.monotonic() > deadline:
-                logger.warning("LIME overlays for %s stopped at the %.0f s budget", family, time_budget_s)
-                mlflow.set_tag("lime_truncated", "true")
-                break
-            image = np.asarray(pixels[index], dtype=np.uint8)
-            result = explain(image, predict_fn, names, num_samples=num_samples, seed=seed)
-            name = f"{class_name}_{n}_{result.predicted_label}.png"
-            mlflow.log_image(Image.open(io.BytesIO(render_overlay(image, result))), f"{artifact_dir}/{name}")
-            summary.append(
-                {
-                    "file": name,
-                    "true_label": class_name,
-                    "predicted_label": result.predicted_label,
-                    "explained_label": result.label,
-                    "score": result.score,
-                    "regions": [asdict(region) for region in result.top_regions()],
-                }
-            )
-    except Exception as exc:  # a diagnostic must never cost the family its registration
-        logger.exception("LIME overlays for %s failed", family)
-        mlflow.set_tag("lime_error", f"{type(exc).__name__}: {exc}"[:500])
-    if summary:
-        mlflow.log_text(
-            json.dumps({"family": family, "num_samples": num_samples, "seed": seed, "images": summary}, indent=2),
-            f"{artifact_dir}/summary.json",
-        )
-    return len(summary)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.explainer.lime_core import (
+from shared.contract import CLASS_NAMES, PreprocessingContract
+from shared.lime_explanation import (
     explain,
     log_lime_overlays,
     onnx_predict_fn,
@@ -21,8 +22,7 @@ from services.explainer.lime_core import (
     segment,
     top_overlap,
 )
-from services.inference.model import OnnxClassifier
-from shared.contract import CLASS_NAMES, PreprocessingContract
+from shared.onnx_classifier import OnnxClassifier
 
 GLIOMA = CLASS_NAMES.index("glioma")
 # The square the fake model looks at: rows/columns 40..72 of a 128 px slice.

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.inference.model import OnnxClassifier
 from shared.contract import CLASS_NAMES, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from shared.imaging import decode_to_array, to_model_input
+from shared.onnx_classifier import OnnxClassifier
 
 MakeOnnx = Callable[..., tuple[bytes, Any]]
 

@@ -1,7 +1,9 @@
 """One ONNX classifier: load the session and its preprocessing contract, then classify images.
 
-The contract (image size, scaling, layout, class order) is read from the model's own metadata,
-so a model can never be fed a tensor prepared for another one.
+The one ONNX runner of the project: inference serves with it, training checks its exported files
+and draws its LIME overlays with it. The contract (image size, scaling, layout, class order) is
+read from the model's own metadata, so a model can never be fed a tensor prepared for another one.
+Needs onnxruntime (the ``[serve]`` extra).
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ class Classification:
 
 
 class OnnxClassifier:
-    """An ONNX model file with its contract; ``ready`` once ``load()`` succeeded."""
+    """An ONNX model (a file's path, or the serialised bytes) with its contract; ``ready`` once
+    ``load()`` succeeded."""
 
-    def __init__(self, name: str, version: str, path: Path, intra_op_threads: int = 0) -> None:
+    def __init__(self, name: str, version: str, source: Path | bytes, intra_op_threads: int = 0) -> None:
         self.name = name
         self.version = str(version)
-        self.path = Path(path)
+        self.source = source if isinstance(source, bytes) else Path(source)
         self.intra_op_threads = intra_op_threads
         self.ready = False
         self._session: ort.InferenceSession | None = None
@@ -72,15 +75,22 @@ class OnnxClassifier:
             # One request is one small graph run; parallelism comes from concurrent requests.
             options.inter_op_num_threads = 1
             try:
-                session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    self.source if isinstance(self.source, bytes) else str(self.source),
+                    sess_options=options,
+                    providers=["CPUExecutionProvider"],
+                )
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-                logger.exception("cannot open %s", self.path)
+                logger.exception("cannot open %s", self._where())
                 raise self._invalid("the ONNX file could not be opened.") from exc
             self._contract = self._read_contract(session)
             self._batch_limit = self._check_signature(session, self._contract)
             self._session = session
             self.ready = True
-            logger.info("loaded %s from %s (%s)", self.key, self.path, self._contract.model_dump())
+            logger.info("loaded %s from %s (%s)", self.key, self._where(), self._contract.model_dump())
+
+    def _where(self) -> str:
+        return f"{len(self.source)} bytes" if isinstance(self.source, bytes) else str(self.source)
 
     def _read_contract(self, session: ort.InferenceSession) -> PreprocessingContract:
         raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

@@ -1,0 +1,94 @@
+"""LIME overlays of a few test images, logged to the family's MLflow run at training time.
+
+They run the exported ONNX file in process (``shared.onnx_classifier``), the very file that gets
+registered. Needs the ``[explain]`` extra, which ``[train]`` includes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import mlflow
+import numpy as np
+from PIL import Image
+
+from shared.contract import CLASS_NAMES
+from shared.lime_explanation import PredictFn, explain, render_overlay
+from shared.onnx_classifier import OnnxClassifier
+
+logger = logging.getLogger(__name__)
+
+# Perturbed images per onnxruntime run; bounds the memory of one LIME batch.
+RUN_BATCH = 256
+
+
+def onnx_predict_fn(model_bytes: bytes) -> PredictFn:
+    """uint8 images (N, S, S) to probabilities, through the ONNX model and its embedded contract."""
+    classifier = OnnxClassifier("overlay", "0", model_bytes)
+    classifier.load()
+    return lambda pixels: classifier.predict_pixels(pixels, RUN_BATCH)
+
+
+def log_lime_overlays(
+    predict_fn: PredictFn,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    family: str,
+    per_class: int = 2,
+    *,
+    class_names: Sequence[str] | None = None,
+    num_samples: int = 200,
+    seed: int = 0,
+    time_budget_s: float = 120.0,
+    artifact_dir: str = "explanations",
+) -> int:
+    """Log LIME overlays of the first ``per_class`` test images of each class to the active MLflow run.
+
+    Files: ``explanations/<true class>_<n>_<predicted>.png`` plus ``explanations/summary.json``
+    (regions and weights). Bounded by ``num_samples`` per image and ``time_budget_s`` overall; a
+    failure is logged and tagged on the run, never raised: explanations must not block registration.
+    Returns the number of overlays logged.
+    """
+    names = tuple(class_names or CLASS_NAMES)
+    chosen = [
+        (class_name, n, int(index))
+        for class_index, class_name in enumerate(names)
+        for n, index in enumerate(np.flatnonzero(np.asarray(labels) == class_index)[:per_class])
+    ]
+    deadline = time.monotonic() + time_budget_s
+    summary: list[dict[str, Any]] = []
+    try:
+        for class_name, n, index in chosen:
+            if time.monotonic() > deadline:
+                logger.warning("LIME overlays for %s stopped at the %.0f s budget", family, time_budget_s)
+                mlflow.set_tag("lime_truncated", "true")
+                break
+            image = np.asarray(pixels[index], dtype=np.uint8)
+            result = explain(image, predict_fn, names, num_samples=num_samples, seed=seed)
+            name = f"{class_name}_{n}_{result.predicted_label}.png"
+            mlflow.log_image(Image.open(io.BytesIO(render_overlay(image, result))), f"{artifact_dir}/{name}")
+            summary.append(
+                {
+                    "file": name,
+                    "true_label": class_name,
+                    "predicted_label": result.predicted_label,
+                    "explained_label": result.label,
+                    "score": result.score,
+                    "regions": [asdict(region) for region in result.top_regions()],
+                }
+            )
+    except Exception as exc:  # a diagnostic must never cost the family its registration
+        logger.exception("LIME overlays for %s failed", family)
+        mlflow.set_tag("lime_error", f"{type(exc).__name__}: {exc}"[:500])
+    if summary:
+        mlflow.log_text(
+            json.dumps({"family": family, "num_samples": num_samples, "seed": seed, "images": summary}, indent=2),
+            f"{artifact_dir}/summary.json",
+        )
+    return len(summary)

@@ -1,0 +1,30 @@
+"""Query parameters that more than one service takes: model and version names, and the explanation
+parameters the gateway forwards to the explainer unchanged."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+
+from shared.schemas import CHAMPION_ALIAS, LATEST_VERSION
+
+# Names and versions end up in upstream URLs, MLflow filters and cache paths: a safe alphabet only.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+MODEL_DESCRIPTION = "Short model name: rf, snn, cnn or mobilenetv2."
+VERSION_DESCRIPTION = (
+    f"Version number, alias (e.g. {CHAMPION_ALIAS}) or `{LATEST_VERSION}`; "
+    f"default: the `{CHAMPION_ALIAS}` alias if set, else the latest version."
+)
+
+ModelQuery = Annotated[str, Query(pattern=NAME_PATTERN, description=MODEL_DESCRIPTION, examples=["cnn"])]
+VersionQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description=VERSION_DESCRIPTION)]
+
+# The explanation's parameters, the same on the gateway and on the explainer.
+LabelQuery = Annotated[
+    str | None,
+    Query(max_length=64, description="Class to explain (e.g. glioma); default: the class the model predicts."),
+]
+SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
+RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
