@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.inference.config import Settings
-from services.inference.registry import ModelRegistry, configure_mlflow_http
+from services.inference.mlflow_store import configure_mlflow_http
+from services.inference.registry import ModelRegistry
 from services.inference.routes import api_router, debug_router
 from shared.errors import install_error_handlers
 from shared.uploads import UploadSizeLimit

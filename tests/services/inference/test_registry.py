@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.inference.registry import ModelRegistry, configure_mlflow_http
+from services.inference.mlflow_store import configure_mlflow_http
+from services.inference.registry import ModelRegistry
 from shared.contract import CLASS_NAMES, ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
 

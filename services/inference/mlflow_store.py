@@ -1,0 +1,216 @@
+"""Talking to MLflow: the catalogue of registered models, version downloads and run metrics.
+
+Every MLflow or network failure becomes REGISTRY_UNAVAILABLE (503), with the cause in the log only:
+internal addresses never reach a client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.exceptions import MlflowException
+
+from services.inference.catalog import Catalog, ModelRecord, VersionRecord
+from shared.contract import ONNX_FILENAME
+from shared.errors import ErrorCode, ServiceError
+from shared.schemas import REGISTERED_NAME_PREFIX
+
+logger = logging.getLogger(__name__)
+
+_FINISHED_RUN_STATES = frozenset({"FINISHED", "FAILED", "KILLED"})
+_NAME_FILTER = f"name LIKE '{REGISTERED_NAME_PREFIX}%'"
+
+
+def configure_mlflow_http(timeout_s: float, max_retries: int) -> None:
+    """Bound MLflow's HTTP calls; its defaults retry with back-off for minutes when the server is down.
+
+    MLflow reads these from the environment on every request, so this is the only knob it offers.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _iso_millis(timestamp_ms: int | None) -> str | None:
+    if not timestamp_ms:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000.0, tz=UTC).isoformat(timespec="seconds")
+
+
+def _find_onnx(downloaded: Path) -> Path:
+    """The model file inside a downloaded artifact: the folder's model.onnx, or its only .onnx file."""
+    if downloaded.is_file():
+        return downloaded
+    direct = downloaded / ONNX_FILENAME
+    if direct.is_file():
+        return direct
+    candidates = sorted(downloaded.rglob("*.onnx"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise FileNotFoundError(f"expected {ONNX_FILENAME} in the artifact, found {[p.name for p in candidates]}")
+
+
+class MlflowStore:
+    """The MLflow server behind the registry; downloaded versions are kept under ``cache_dir``."""
+
+    def __init__(self, tracking_uri: str, cache_dir: Path, metric_prefixes: tuple[str, ...] = ()) -> None:
+        self.tracking_uri = tracking_uri
+        self.cache_dir = Path(cache_dir)
+        self.metric_prefixes = tuple(metric_prefixes)
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._lock = threading.Lock()
+        self._run_metrics: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def _guard(self, what: str, not_found: ServiceError | None = None) -> Iterator[None]:
+        """Turn MLflow and network failures into REGISTRY_UNAVAILABLE, logged with the cause.
+
+        ``not_found`` replaces MLflow's RESOURCE_DOES_NOT_EXIST, e.g. a version deleted meanwhile.
+        """
+        try:
+            yield
+        except ServiceError:
+            raise
+        except MlflowException as exc:
+            if not_found is not None and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise not_found from exc
+            raise self._unavailable(what, exc) from exc
+        except (requests.RequestException, OSError) as exc:
+            raise self._unavailable(what, exc) from exc
+
+    def _unavailable(self, what: str, exc: Exception) -> ServiceError:
+        logger.warning("MLflow at %s failed while %s: %s", self.tracking_uri, what, exc)
+        return ServiceError(
+            ErrorCode.REGISTRY_UNAVAILABLE,
+            f"The model registry (MLflow) is unavailable or failed while {what}; try again shortly.",
+        )
+
+    # -- the catalogue ---------------------------------------------------------------------------
+
+    def fetch_catalog(self) -> Catalog:
+        """Every registered model of the project with its READY versions and its aliases."""
+        with self._guard("listing registered models"):
+            registered = self._all_registered_models()
+            versions = self._ready_versions({model.name for model in registered})
+        models = {}
+        for model in registered:
+            short = model.name[len(REGISTERED_NAME_PREFIX) :]
+            aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
+            models[short] = ModelRecord(short, model.name, versions[model.name], aliases)
+        return Catalog(models)
+
+    def _all_registered_models(self) -> list:
+        registered: list = []
+        token: str | None = None
+        while True:
+            page = self._client.search_registered_models(filter_string=_NAME_FILTER, page_token=token)
+            registered.extend(page)
+            token = page.token
+            if not token:
+                return registered
+
+    def _ready_versions(self, names: set[str]) -> dict[str, dict[str, VersionRecord]]:
+        versions: dict[str, dict[str, VersionRecord]] = {name: {} for name in names}
+        token: str | None = None
+        while True:
+            page = self._client.search_model_versions(filter_string=_NAME_FILTER, page_token=token)
+            for mv in page:
+                if mv.name in versions and (mv.status or "READY") == "READY":
+                    versions[mv.name][str(mv.version)] = VersionRecord(
+                        version=str(mv.version),
+                        run_id=mv.run_id or None,
+                        source=mv.source or "",
+                        created_at=_iso_millis(mv.creation_timestamp),
+                    )
+            token = page.token
+            if not token:
+                return versions
+
+    # -- downloads -------------------------------------------------------------------------------
+
+    def cache_path(self, record: ModelRecord, version: VersionRecord) -> Path:
+        # The source and run pin the content: a reset registry can reuse version numbers.
+        digest = hashlib.sha256(f"{version.source}|{version.run_id}".encode()).hexdigest()[:12]
+        return self.cache_dir / record.registered_name / f"v{version.version}-{digest}"
+
+    def download(self, record: ModelRecord, version: VersionRecord) -> Path:
+        """The version's ONNX file in the cache, downloaded first unless it is already there."""
+        target = self.cache_path(record, version)
+        model_file = target / ONNX_FILENAME
+        if model_file.is_file():
+            return model_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            found = self._fetch_onnx(record, version, staging / "artifact")
+            ready = staging / "ready"
+            ready.mkdir()
+            os.replace(found, ready / ONNX_FILENAME)
+            try:
+                # Renaming the whole folder makes the cache entry appear complete or not at all.
+                os.replace(ready, target)
+            except OSError:
+                if not model_file.is_file():
+                    raise
+            logger.info("downloaded %s version %s into %s", record.registered_name, version.version, target)
+            return model_file
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _fetch_onnx(self, record: ModelRecord, version: VersionRecord, destination: Path) -> Path:
+        gone = ServiceError(
+            ErrorCode.VERSION_NOT_FOUND,
+            f"Model {record.short_name!r} version {version.version} was removed from the registry.",
+        )
+        with self._guard(f"downloading {record.short_name} version {version.version}", not_found=gone):
+            # Ask the registry where the version's files are, then fetch them from there: a
+            # models:/ URI would be resolved against MLflow's global default, not our server.
+            uri = self._client.get_model_version_download_uri(record.registered_name, version.version)
+            downloaded = download_artifacts(artifact_uri=uri, dst_path=str(destination), tracking_uri=self.tracking_uri)
+        try:
+            return _find_onnx(Path(downloaded))
+        except FileNotFoundError as exc:
+            raise ServiceError(
+                ErrorCode.INVALID_MODEL,
+                f"Model {record.short_name}/{version.version} cannot be served: {exc}.",
+            ) from exc
+
+    # -- run metrics -----------------------------------------------------------------------------
+
+    def run_metrics(self, run_id: str | None) -> dict[str, float]:
+        """The headline metrics (those matching ``metric_prefixes``) of the run that logged a version."""
+        if not run_id:
+            return {}
+        with self._lock:
+            cached = self._run_metrics.get(run_id)
+        if cached is not None:
+            return cached
+        with self._guard("reading run metrics"):
+            try:
+                run = self._client.get_run(run_id)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return {}  # the run was deleted; the version still serves
+                raise
+        metrics = {
+            key: float(value)
+            for key, value in sorted(run.data.metrics.items())
+            if not self.metric_prefixes or key.startswith(self.metric_prefixes)
+        }
+        if run.info.status in _FINISHED_RUN_STATES:
+            # A finished run's metrics no longer change; a running one is asked again next time.
+            with self._lock:
+                self._run_metrics[run_id] = metrics
+        return metrics
