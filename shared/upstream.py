@@ -3,6 +3,9 @@
 Errors the other service answers with keep their code, message and status (so a 404 naming the
 models that exist reaches the client unchanged); a service that cannot be reached becomes
 UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502).
+
+Readiness means the same everywhere: a service is ready when its own ``/readyz`` answers 2xx;
+``readiness()`` returns that body, or raises UPSTREAM_UNAVAILABLE saying why the service is not ready.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 REQUEST_ID_HEADER = "x-request-id"
+READINESS_PATH = "/readyz"
 # The upstream sees a neutral file name: the client's could carry a patient's name.
 FORWARDED_FILENAME = "upload"
 
@@ -82,6 +86,34 @@ def parse(response: httpx.Response, schema: type[T], service: str) -> T:
         ) from exc
 
 
+def readiness_body(response: httpx.Response, service: str) -> dict[str, Any]:
+    """The JSON object of a 2xx ``/readyz`` answer; anything else is UPSTREAM_UNAVAILABLE saying why, so
+    a caller's own readiness fails with 503 whatever the upstream answered."""
+    try:
+        raise_for_error(response, service)
+    except ServiceError as exc:
+        raise ServiceError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"The {service} service is not ready: {exc.message}",
+            {"upstream_code": exc.code.value},
+        ) from exc
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ServiceError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"The {service} service is not ready: its {READINESS_PATH} answer is not a JSON object.",
+        )
+    return body
+
+
+def _timeout_option(timeout_s: float | None) -> dict[str, float]:
+    # Omitted rather than None: httpx reads timeout=None as "wait forever".
+    return {} if timeout_s is None else {"timeout": timeout_s}
+
+
 class AsyncServiceClient:
     """Calls to one service over a shared ``httpx.AsyncClient``; every failure is a ServiceError."""
 
@@ -103,6 +135,11 @@ class AsyncServiceClient:
         raise_for_error(response, self.service)
         return parse(response, schema, self.service)
 
+    async def readiness(self, request_id: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        """The service's ``/readyz`` body, or UPSTREAM_UNAVAILABLE; ``timeout_s`` overrides the client's."""
+        response = await self.send("GET", READINESS_PATH, request_id, **_timeout_option(timeout_s))
+        return readiness_body(response, self.service)
+
 
 class ServiceClient:
     """The same over a blocking ``httpx.Client``, for callers that run in worker threads."""
@@ -123,3 +160,8 @@ class ServiceClient:
         response = self.send(method, path, request_id, **kwargs)
         raise_for_error(response, self.service)
         return parse(response, schema, self.service)
+
+    def readiness(self, request_id: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        """The service's ``/readyz`` body, or UPSTREAM_UNAVAILABLE; ``timeout_s`` overrides the client's."""
+        response = self.send("GET", READINESS_PATH, request_id, **_timeout_option(timeout_s))
+        return readiness_body(response, self.service)

@@ -1,1 +1,1 @@
-"""The public API gateway: one entry point in front of the inference (and later training) service."""
+"""The public API gateway: one entry point in front of the inference and explainer services."""

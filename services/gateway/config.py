@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -16,7 +16,6 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
-    training_url: str = Field("http://127.0.0.1:8002", description="Base URL of the training service.")
     explainer_url: str = Field("http://127.0.0.1:8003", description="Base URL of the explainer (LIME) service.")
     mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="MLflow UI, for links shown to people.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
@@ -27,7 +26,7 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to an upstream service.")
     max_connections: int = Field(32, ge=1, description="Connections kept to upstream services at most.")
 
-    @field_validator("inference_url", "training_url", "explainer_url", "mlflow_ui_url")
+    @field_validator("inference_url", "explainer_url", "mlflow_ui_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")

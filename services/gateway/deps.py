@@ -1,20 +1,15 @@
-"""FastAPI dependencies of the gateway: settings, the inference client, the request id, the upload."""
+"""FastAPI dependencies of the gateway: settings, the upstream clients, the request id."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 
 from services.gateway.config import Settings
-from services.gateway.upstream import REQUEST_ID_HEADER, ExplainerClient, InferenceClient
-
-# Model names and versions go into upstream URLs: keep them to a safe alphabet.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+from services.gateway.upstream import ExplainerClient, InferenceClient
+from shared.service import get_settings
+from shared.upstream import REQUEST_ID_HEADER
 
 
 def get_inference(request: Request) -> InferenceClient:
@@ -34,16 +29,3 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
 ExplainerDep = Annotated[ExplainerClient, Depends(get_explainer)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
-
-ModelQuery = Annotated[
-    str,
-    Query(pattern=NAME_PATTERN, description="Short model name: rf, snn, cnn or mobilenetv2.", examples=["cnn"]),
-]
-VersionQuery = Annotated[
-    str | None,
-    Query(
-        pattern=NAME_PATTERN,
-        description="Version number, alias (e.g. champion) or `latest`; "
-        "default: the `champion` alias if set, else the latest version.",
-    ),
-]

@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from services.gateway.config import Settings
@@ -14,6 +13,7 @@ from services.gateway.middleware import RequestIdMiddleware
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.errors import install_error_handlers
+from shared.service import internal_async_client
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -47,17 +47,15 @@ OPENAPI_TAGS = [
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One HTTP client per upstream service for the life of the app, so connections are reused."""
     settings: Settings = app.state.settings
-    timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
-    limits = httpx.Limits(max_connections=settings.max_connections)
-    # trust_env=False: calls between our own services must not go through a proxy from the environment.
-    explain_timeout = httpx.Timeout(settings.explain_timeout_s, connect=settings.connect_timeout_s)
     async with (
-        httpx.AsyncClient(base_url=settings.inference_url, timeout=timeout, limits=limits, trust_env=False) as http,
-        httpx.AsyncClient(
-            base_url=settings.explainer_url, timeout=explain_timeout, limits=limits, trust_env=False
+        internal_async_client(
+            settings.inference_url, settings.request_timeout_s, settings.connect_timeout_s, settings.max_connections
+        ) as inference_http,
+        internal_async_client(
+            settings.explainer_url, settings.explain_timeout_s, settings.connect_timeout_s, settings.max_connections
         ) as explainer_http,
     ):
-        app.state.inference = InferenceClient(http)
+        app.state.inference = InferenceClient(inference_http)
         app.state.explainer = ExplainerClient(explainer_http)
         logger.info(
             "gateway forwarding to inference at %s, explainer at %s", settings.inference_url, settings.explainer_url

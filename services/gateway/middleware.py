@@ -7,7 +7,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.upstream import REQUEST_ID_HEADER
+from shared.upstream import REQUEST_ID_HEADER
 
 _HEADER = REQUEST_ID_HEADER.encode()
 # A client's id is reused only if it is short and plain; anything else could poison logs.

@@ -1,27 +1,22 @@
 """The services behind the gateway: typed calls to inference and to the explainer.
 
 Errors they answer with keep their code and status; a service that cannot be reached becomes
-UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502) (see shared/upstream.py).
+UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502); readiness is
+``AsyncServiceClient.readiness`` (see shared/upstream.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from shared.errors import ErrorCode, ServiceError
+from shared.errors import ServiceError
 from shared.schemas import ExplanationOut, ModelsOut, PredictionOut
-from shared.upstream import (
-    FORWARDED_FILENAME,
-    REQUEST_ID_HEADER,
-    AsyncServiceClient,
-    UpstreamError,
-    raise_for_error,
-)
+from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
 
-__all__ = ["REQUEST_ID_HEADER", "ExplainerClient", "InferenceClient", "UpstreamError"]
+# The explainer's client waits minutes for an explanation; a readiness probe must not.
+EXPLAINER_STATUS_TIMEOUT_S = 2.0
 
 
 class InferenceClient(AsyncServiceClient):
@@ -46,20 +41,6 @@ class InferenceClient(AsyncServiceClient):
     async def list_models(self, request_id: str | None = None) -> ModelsOut:
         return await self.call(ModelsOut, "GET", "/v1/models", request_id)
 
-    async def readiness(self, request_id: str | None = None) -> dict[str, Any]:
-        """The inference service's /readyz body, or UPSTREAM_UNAVAILABLE saying why it is not ready."""
-        response = await self.send("GET", "/readyz", request_id)
-        try:
-            raise_for_error(response, self.service)
-        except ServiceError as exc:
-            raise ServiceError(
-                ErrorCode.UPSTREAM_UNAVAILABLE,
-                f"The inference service is not ready: {exc.message}",
-                {"upstream_code": exc.code.value},
-            ) from exc
-        body = response.json()
-        return body if isinstance(body, dict) else {}
-
 
 class ExplainerClient(AsyncServiceClient):
     """Calls to the explainer service (LIME), which in turn asks the inference service."""
@@ -67,11 +48,10 @@ class ExplainerClient(AsyncServiceClient):
     def __init__(self, http: httpx.AsyncClient) -> None:
         super().__init__(http, "explainer")
 
-    async def status(self, request_id: str | None = None, timeout_s: float = 2.0) -> str:
-        """'ready', or 'unavailable: <why>': explanations are optional, so this never raises, and it waits
-        `timeout_s` at most (the client's own timeout is sized for long explanations)."""
+    async def status(self, request_id: str | None = None) -> str:
+        """'ready', or 'unavailable: <why>': explanations are optional, so this never raises."""
         try:
-            raise_for_error(await self.send("GET", "/readyz", request_id, timeout=timeout_s), self.service)
+            await self.readiness(request_id, timeout_s=EXPLAINER_STATUS_TIMEOUT_S)
         except ServiceError as exc:
             return f"unavailable: {exc.message}"
         return "ready"

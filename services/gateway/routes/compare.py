@@ -9,12 +9,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import NAME_PATTERN, InferenceDep, RequestIdDep
-from services.gateway.routes.errors import error_responses
-from services.gateway.upstream import InferenceClient, UpstreamError
+from services.gateway.deps import InferenceDep, RequestIdDep
+from services.gateway.upstream import InferenceClient
 from shared.errors import ErrorCode, ServiceError
+from shared.params import NAME_PATTERN
 from shared.schemas import MODEL_FAMILIES, CompareItem, CompareOut
+from shared.service import error_responses
 from shared.uploads import ImageBytes
+from shared.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
 

@@ -6,23 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import ExplainerDep, ModelQuery, RequestIdDep, VersionQuery
-from services.gateway.routes.errors import error_responses
+from services.gateway.deps import ExplainerDep, RequestIdDep
+from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
+from shared.service import error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 
-LabelQuery = Annotated[
-    str | None,
-    Query(max_length=64, description="Class to explain (e.g. glioma); default: the class the model predicts."),
-]
-SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
+# The explainer checks the bounds from its own settings; the gateway only refuses what can never be valid.
 SamplesQuery = Annotated[
     int | None,
     Query(ge=1, description="Perturbed images to classify; default 500, bounds 50..3000 (the explainer's settings)."),
 ]
-RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""Liveness and readiness of the gateway."""
+"""Readiness of the gateway; liveness (``/healthz``) is the kit's ``health_router``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import ExplainerDep, InferenceDep, RequestIdDep
-from services.gateway.routes.errors import error_responses
+from shared.service import error_responses, health_router
 
-router = APIRouter(tags=["health"])
-
-
-class HealthOut(BaseModel):
-    status: str = "ok"
+router = APIRouter()
+router.include_router(health_router)
 
 
 class ReadyOut(BaseModel):
@@ -26,16 +23,14 @@ class ReadyOut(BaseModel):
     )
 
 
-@router.get("/healthz", response_model=HealthOut, summary="Liveness: the gateway process answers")
-async def read_health() -> HealthOut:
-    return HealthOut()
-
-
 @router.get(
     "/readyz",
     response_model=ReadyOut,
+    tags=["health"],
     summary="Readiness: the inference service is reachable and ready; says whether the explainer answers",
-    responses=error_responses(503),
+    responses=error_responses(
+        503, descriptions={503: "UPSTREAM_UNAVAILABLE: the inference service is unreachable or not ready."}
+    ),
 )
 async def read_readiness(inference: InferenceDep, explainer: ExplainerDep, request_id: RequestIdDep) -> ReadyOut:
     inference_ready, explainer_status = await asyncio.gather(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.gateway.deps import InferenceDep, RequestIdDep
-from services.gateway.routes.errors import error_responses
 from shared.schemas import ModelsOut
+from shared.service import error_responses
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.deps import InferenceDep, ModelQuery, RequestIdDep, VersionQuery
-from services.gateway.routes.errors import error_responses
+from services.gateway.deps import InferenceDep, RequestIdDep
+from shared.params import ModelQuery, VersionQuery
 from shared.schemas import PredictionOut
+from shared.service import error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["predictions"])

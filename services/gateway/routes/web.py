@@ -9,7 +9,6 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import SettingsDep
-from services.gateway.routes.errors import error_responses
 from shared.contract import CLASS_NAMES
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import MODEL_FAMILIES
@@ -42,7 +41,7 @@ async def read_index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=NO_CACHE)
 
 
-@router.get("/static/{name}", include_in_schema=False, responses=error_responses(404))
+@router.get("/static/{name}", include_in_schema=False)
 async def read_static(name: str) -> FileResponse:
     media_type = STATIC_FILES.get(name)
     if media_type is None:

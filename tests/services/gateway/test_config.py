@@ -13,19 +13,16 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.inference_url == "http://127.0.0.1:8001"
     assert settings.max_upload_bytes == 10 * 1024 * 1024
-    assert settings.request_timeout_s > 0
 
 
 def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BT_GATEWAY_INFERENCE_URL", "http://inference:8001/")
-    monkeypatch.setenv("BT_GATEWAY_TRAINING_URL", "https://training.internal")
     monkeypatch.setenv("BT_GATEWAY_MLFLOW_UI_URL", "http://mlflow:5000")
     monkeypatch.setenv("BT_GATEWAY_EXPLAINER_URL", "http://explainer:8003/")
     monkeypatch.setenv("BT_GATEWAY_REQUEST_TIMEOUT_S", "2.5")
     settings = Settings()
     assert settings.explainer_url == "http://explainer:8003"
     assert settings.inference_url == "http://inference:8001"
-    assert settings.training_url == "https://training.internal"
     assert settings.mlflow_ui_url == "http://mlflow:5000"
     assert settings.request_timeout_s == 2.5
 
@@ -39,6 +36,7 @@ def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BT_GATEWAY_PORT", "70000"),
         ("BT_GATEWAY_MAX_UPLOAD_BYTES", "0"),
         ("BT_GATEWAY_REQUEST_TIMEOUT_S", "-1"),
+        ("BT_GATEWAY_REQUEST_TIMEOUT_S", "0"),
     ],
 )
 def test_bad_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
