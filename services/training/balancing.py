@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
 Balancing = Literal["none", "rotate", "class_weight"]
 
@@ -33,9 +34,10 @@ def oversample_by_rotation(pixels: np.ndarray, labels: np.ndarray, seed: int) ->
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights, as scikit-learn's 'balanced'."""
-    classes, counts = np.unique(labels, return_counts=True)
-    return {int(c): float(len(labels) / (len(classes) * n)) for c, n in zip(classes, counts, strict=True)}
+    """Inverse-frequency weights of the classes present (scikit-learn's 'balanced')."""
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
 def apply_balancing(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -15,6 +14,7 @@ class TrainingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BT_TRAINING_", extra="ignore", populate_by_name=True)
     # Where a setting has a generic variable too (MLFLOW_TRACKING_URI), the service's own comes first.
 
+    # Where `python -m services.training` serves.
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=1, le=65535)
     tracking_uri: str = Field(
@@ -31,7 +31,3 @@ class TrainingSettings(BaseSettings):
     )
     report_dir: Path = Field(Path("reports"), description="Where the comparison report is written.")
 
-
-@lru_cache
-def get_settings() -> TrainingSettings:
-    return TrainingSettings()

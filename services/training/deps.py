@@ -8,15 +8,12 @@ from fastapi import Depends, Request
 
 from services.training.config import TrainingSettings
 from services.training.jobs import TrainingRunManager
-
-
-def get_app_settings(request: Request) -> TrainingSettings:
-    return request.app.state.settings
+from shared.service import get_settings
 
 
 def get_manager(request: Request) -> TrainingRunManager:
     return request.app.state.manager
 
 
-SettingsDep = Annotated[TrainingSettings, Depends(get_app_settings)]
+SettingsDep = Annotated[TrainingSettings, Depends(get_settings)]
 ManagerDep = Annotated[TrainingRunManager, Depends(get_manager)]

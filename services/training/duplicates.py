@@ -24,7 +24,6 @@ DEFAULT_MAX_DISTANCE = 12
 CANDIDATE_DISTANCE = 24
 MAX_RMS = 4.0
 THUMBNAIL_SIDE = 32
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
 def dhash(pixels: np.ndarray) -> np.ndarray:
@@ -36,7 +35,7 @@ def dhash(pixels: np.ndarray) -> np.ndarray:
 
 def hamming_to_rest(hashes: np.ndarray, index: int) -> np.ndarray:
     """Bit distances between hash `index` and every later hash."""
-    return _POPCOUNT[hashes[index + 1 :] ^ hashes[index]].sum(axis=1)
+    return np.bitwise_count(hashes[index + 1 :] ^ hashes[index]).sum(axis=1, dtype=np.int64)
 
 
 def thumbnail(pixels: np.ndarray) -> np.ndarray:

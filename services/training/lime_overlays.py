@@ -6,7 +6,6 @@ registered. Needs the ``[explain]`` extra, which ``[train]`` includes.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -16,10 +15,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from PIL import Image
 
+from services.training.tracking import log_bytes
 from shared.contract import CLASS_NAMES
-from shared.lime_explanation import PredictFn, explain, render_overlay
+from shared.lime_explanation import Explanation, PredictFn, explain
+from shared.lime_overlay import render_overlay
 from shared.onnx_classifier import OnnxClassifier
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,30 @@ def onnx_predict_fn(model_bytes: bytes) -> PredictFn:
     classifier = OnnxClassifier("overlay", "0", model_bytes)
     classifier.load()
     return lambda pixels: classifier.predict_pixels(pixels, RUN_BATCH)
+
+
+def _first_of_each_class(labels: np.ndarray, class_names: Sequence[str], per_class: int) -> list[tuple[str, int, int]]:
+    """(class name, n, image index) of the first ``per_class`` images of each class."""
+    return [
+        (class_name, n, int(index))
+        for class_index, class_name in enumerate(class_names)
+        for n, index in enumerate(np.flatnonzero(np.asarray(labels) == class_index)[:per_class])
+    ]
+
+
+def _log_one_overlay(
+    image: np.ndarray, explanation: Explanation, true_label: str, name: str, folder: str
+) -> dict[str, Any]:
+    """Log the overlay PNG as rendered (no decoding) and answer its entry of the summary."""
+    log_bytes(render_overlay(image, explanation).png, f"{folder}/{name}")
+    return {
+        "file": name,
+        "true_label": true_label,
+        "predicted_label": explanation.predicted_label,
+        "explained_label": explanation.label,
+        "score": explanation.score,
+        "regions": [asdict(region) for region in explanation.top_regions()],
+    }
 
 
 def log_lime_overlays(
@@ -56,15 +80,10 @@ def log_lime_overlays(
     Returns the number of overlays logged.
     """
     names = tuple(class_names or CLASS_NAMES)
-    chosen = [
-        (class_name, n, int(index))
-        for class_index, class_name in enumerate(names)
-        for n, index in enumerate(np.flatnonzero(np.asarray(labels) == class_index)[:per_class])
-    ]
     deadline = time.monotonic() + time_budget_s
     summary: list[dict[str, Any]] = []
     try:
-        for class_name, n, index in chosen:
+        for class_name, n, index in _first_of_each_class(labels, names, per_class):
             if time.monotonic() > deadline:
                 logger.warning("LIME overlays for %s stopped at the %.0f s budget", family, time_budget_s)
                 mlflow.set_tag("lime_truncated", "true")
@@ -72,17 +91,7 @@ def log_lime_overlays(
             image = np.asarray(pixels[index], dtype=np.uint8)
             result = explain(image, predict_fn, names, num_samples=num_samples, seed=seed)
             name = f"{class_name}_{n}_{result.predicted_label}.png"
-            mlflow.log_image(Image.open(io.BytesIO(render_overlay(image, result))), f"{artifact_dir}/{name}")
-            summary.append(
-                {
-                    "file": name,
-                    "true_label": class_name,
-                    "predicted_label": result.predicted_label,
-                    "explained_label": result.label,
-                    "score": result.score,
-                    "regions": [asdict(region) for region in result.top_regions()],
-                }
-            )
+            summary.append(_log_one_overlay(image, result, class_name, name, artifact_dir))
     except Exception as exc:  # a diagnostic must never cost the family its registration
         logger.exception("LIME overlays for %s failed", family)
         mlflow.set_tag("lime_error", f"{type(exc).__name__}: {exc}"[:500])

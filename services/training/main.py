@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.training.config import TrainingSettings, get_settings
+from services.training.config import TrainingSettings
 from services.training.jobs import RunFunction, TrainingRunManager
-from services.training.routes import health, runs
+from services.training.options import FamilyProgress, TrainingOptions
+from services.training.routes import runs
 from shared.errors import install_error_handlers
+from shared.service import health_router
 
 
-def _run_pipeline(options, settings, report):  # type: ignore[no-untyped-def]
+def _run_pipeline(
+    options: TrainingOptions, settings: TrainingSettings, report: Callable[[FamilyProgress], None]
+) -> list[FamilyProgress]:
     from services.training.pipeline import run_training  # TensorFlow is imported only when a run starts
 
     return run_training(options, settings, report)
@@ -22,7 +26,7 @@ def _run_pipeline(options, settings, report):  # type: ignore[no-untyped-def]
 def create_app(settings: TrainingSettings | None = None, run_function: RunFunction | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings or get_settings()
+        app.state.settings = settings or TrainingSettings()
         app.state.manager = TrainingRunManager(app.state.settings, run_function or _run_pipeline)
         yield
 
@@ -33,6 +37,6 @@ def create_app(settings: TrainingSettings | None = None, run_function: RunFuncti
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(health.router)
+    app.include_router(health_router)
     app.include_router(runs.router)
     return app

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.onnx_classifier import OnnxClassifier
 
 PARITY_MAX_ABS_DIFF = 1e-4
 
@@ -43,16 +43,16 @@ def embed_contract(proto: onnx.ModelProto, contract: PreprocessingContract, extr
     return proto.SerializeToString()
 
 
+def exported_classifier(model_bytes: bytes, intra_op_threads: int = 2) -> OnnxClassifier:
+    """The exported model (its contract embedded) loaded by the project's one ONNX runner, as inference will."""
+    classifier = OnnxClassifier("exported", "0", model_bytes, intra_op_threads)
+    classifier.load()
+    return classifier
+
+
 def onnx_probabilities(model_bytes: bytes, tensor: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    parts = [
-        session.run([OUTPUT_NAME], {input_name: tensor[i : i + batch_size]})[0]
-        for i in range(0, len(tensor), batch_size)
-    ]
-    return np.concatenate(parts).astype(np.float32)
+    """Class probabilities from an exported model (its contract embedded) for a prepared input tensor."""
+    return exported_classifier(model_bytes).predict(tensor, batch_size)
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ from services.training.evaluation import evaluate
 from services.training.families import ModelFamily, get_family
 from services.training.grids import candidates, search_overrides
 from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
-from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
+from services.training.onnx_export import check_parity, embed_contract, exported_classifier
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
 from shared.contract import CLASS_NAMES
 from shared.dataset import discover
+from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import registered_name
 
 logger = logging.getLogger(__name__)
@@ -106,17 +107,13 @@ def _refit(family: ModelFamily, data: PreparedData, params: dict[str, Any], seed
     return fitted, time.perf_counter() - started
 
 
-def _onnx_latency_ms(model_bytes: bytes, tensor: np.ndarray, images: int = 20) -> float:
+def _onnx_latency_ms(classifier: OnnxClassifier, tensor: np.ndarray, images: int = 20) -> float:
     """Single-image latency, as a client calling the service sees it (batch size 1, warm session)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    session.run(None, {name: tensor[:1]})
+    classifier.predict(tensor[:1])
     count = min(images, len(tensor))
     started = time.perf_counter()
     for i in range(count):
-        session.run(None, {name: tensor[i : i + 1]})
+        classifier.predict(tensor[i : i + 1])
     return 1000 * (time.perf_counter() - started) / max(count, 1)
 
 
@@ -142,7 +139,7 @@ def train_family(
     with mlflow.start_run(run_name=family_name) as run:
         progress.mlflow_run_id = run.info.run_id
         mlflow.set_tags({"family": family_name, "stage": "family", "search": options.search})
-        tracking.log_text("\n".join(data.test_file_names()), "split/test_files.txt")
+        mlflow.log_text("\n".join(data.test_file_names()), "split/test_files.txt")
         mlflow.log_params({"test_files_sha256": data.info["test_files_sha256"], "data_dir": data.info["data_dir"]})
         mlflow.log_metrics({k: float(v) for k, v in data.info.items() if isinstance(v, int | float)})
 
@@ -183,10 +180,10 @@ def train_family(
             frozen_metrics = evaluate(data.test_labels, frozen_probabilities, prefix="frozen_head_test_").metrics
             stage_metrics.update({k: v for k, v in frozen_metrics.items() if "macro" in k or k.endswith("accuracy")})
         mlflow.log_metrics(stage_metrics)
-        tracking.log_text(evaluation.report, "evaluation/classification_report.txt")
+        mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
         header = "\t".join(CLASS_NAMES)
         rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
-        tracking.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
+        mlflow.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
         tracking.log_bytes(plots.confusion_png(evaluation.confusion, family_name), "evaluation/confusion_matrix.png")
         tracking.log_bytes(plots.roc_png(data.test_labels, native, family_name), "evaluation/roc_curves.png")
 
@@ -198,11 +195,12 @@ def train_family(
         )
         tracking.log_onnx(model_bytes)
         tensor = family.tensor(test_pixels, contract)
-        parity = check_parity(native, onnx_probabilities(model_bytes, tensor))
+        classifier = exported_classifier(model_bytes)
+        parity = check_parity(native, classifier.predict(tensor, 64))
         metrics = {
             **evaluation.metrics,
             "train_seconds": train_seconds,
-            "onnx_ms_per_image": _onnx_latency_ms(model_bytes, tensor),
+            "onnx_ms_per_image": _onnx_latency_ms(classifier, tensor),
             "onnx_bytes": float(len(model_bytes)),
             "parity_max_abs_diff": parity.max_abs_diff,
             "parity_argmax_agreement": parity.argmax_agreement,

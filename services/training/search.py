@@ -16,15 +16,16 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedGroupKFold
 
 from services.training.balancing import apply_balancing
+from services.training.evaluation import evaluate
 from services.training.families import get_family
 from services.training.splits import split_train_test
 
 CV_FOLDS = 3
 NOT_MODEL_PARAMS = ("image_size", "scaling")  # they shape the input contract, not the model
+FOLD_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
 @dataclass
@@ -55,16 +56,9 @@ def cv_folds(labels: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np
 
 
 def fold_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    predicted = probabilities.argmax(axis=1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, labels=list(range(probabilities.shape[1])), average="macro", zero_division=0
-    )
-    return {
-        "val_accuracy": float(accuracy_score(labels, predicted)),
-        "val_precision_macro": float(precision),
-        "val_recall_macro": float(recall),
-        "val_f1_macro": float(f1),
-    }
+    """A fold's validation scores: the macro figures of `evaluate` (per-class ones would crowd the trial runs)."""
+    metrics = evaluate(labels, probabilities, prefix="val_").metrics
+    return {f"val_{name}": metrics[f"val_{name}"] for name in FOLD_METRICS}
 
 
 def run_trial(

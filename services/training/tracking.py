@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import registered_name
+from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
 
 
 def use_tracking(uri: str, experiment: str) -> str:
@@ -39,10 +39,6 @@ def log_params(params: dict[str, Any]) -> None:
 
 def _param_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
-
-
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
 
 
 def log_bytes(data: bytes, artifact_file: str) -> None:
@@ -81,7 +77,7 @@ def _test_accuracy(client: MlflowClient, run_id: str | None) -> float:
 
 
 def set_aliases(rows: list[dict[str, Any]], split_sha256: str) -> None:
-    """`champion`: each family's best version on this test split; `best`: this run's overall winner."""
+    """CHAMPION_ALIAS: each family's best version on this test split; BEST_ALIAS: this run's overall winner."""
     client = MlflowClient()
     winners: list[tuple[float, str, str]] = []
     for row in rows:
@@ -94,7 +90,7 @@ def set_aliases(rows: list[dict[str, Any]], split_sha256: str) -> None:
             if version.tags.get("test_files_sha256") == split_sha256
         ]
         champion = max(comparable, key=lambda v: (_test_accuracy(client, v.run_id), int(v.version)))
-        client.set_registered_model_alias(name, "champion", champion.version)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, champion.version)
         winners.append((float(row["metrics"]["test_accuracy"]), name, str(row["version"])))
     if not winners:
         return
@@ -102,5 +98,5 @@ def set_aliases(rows: list[dict[str, Any]], split_sha256: str) -> None:
     for _, name, _ in winners:
         if name != best_name:
             with contextlib.suppress(MlflowException):  # that model never held the alias
-                client.delete_registered_model_alias(name, "best")
-    client.set_registered_model_alias(best_name, "best", best_version)
+                client.delete_registered_model_alias(name, BEST_ALIAS)
+    client.set_registered_model_alias(best_name, BEST_ALIAS, best_version)

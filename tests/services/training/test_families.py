@@ -142,7 +142,8 @@ def test_both_forests_train_and_convert(forest: str, sample: tuple[np.ndarray, n
     fitted = family.fit(pixels[::2], labels[::2], params, contract)
     assert type(fitted.native) is FORESTS[forest]
     assert len(fitted.native.estimators_) == 10, "the forest's own parameters reach scikit-learn"
-    exported = onnx_probabilities(family.to_onnx(fitted).SerializeToString(), family.tensor(pixels[1::2], contract))
+    model_bytes = embed_contract(family.to_onnx(fitted), contract, {"family": "rf"})
+    exported = onnx_probabilities(model_bytes, family.tensor(pixels[1::2], contract))
     parity = check_parity(family.predict_native(fitted, pixels[1::2]), exported)
     assert parity.passed, parity
     with pytest.raises(ValueError, match="unknown forest"):
