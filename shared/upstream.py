@@ -11,10 +11,10 @@ Readiness means the same everywhere: a service is ready when its own ``/readyz``
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from shared.errors import ErrorCode, ServiceError
 
@@ -26,6 +26,19 @@ REQUEST_ID_HEADER = "x-request-id"
 READINESS_PATH = "/readyz"
 # The upstream sees a neutral file name: the client's could carry a patient's name.
 FORWARDED_FILENAME = "upload"
+
+
+def http_base_url(value: str) -> str:
+    """A base URL as the settings take it: trimmed, without a trailing slash, and http:// or https:// only,
+    so that a typo stops the service at start-up rather than failing every call."""
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+# A settings field holding one of our services' base URLs (or another URL the services link to).
+ServiceUrl = Annotated[str, AfterValidator(http_base_url)]
 
 
 class UpstreamError(ServiceError):

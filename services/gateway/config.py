@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.upstream import ServiceUrl
 
 
 class Settings(BaseSettings):
@@ -15,9 +16,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
-    explainer_url: str = Field("http://127.0.0.1:8003", description="Base URL of the explainer (LIME) service.")
-    mlflow_ui_url: str = Field("http://127.0.0.1:5000", description="MLflow UI, for links shown to people.")
+    inference_url: ServiceUrl = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
+    explainer_url: ServiceUrl = Field("http://127.0.0.1:8003", description="Base URL of the explainer (LIME) service.")
+    mlflow_ui_url: ServiceUrl = Field("http://127.0.0.1:5000", description="MLflow UI, for links shown to people.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one upstream answer.")
     explain_timeout_s: float = Field(
@@ -25,11 +26,3 @@ class Settings(BaseSettings):
     )
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to an upstream service.")
     max_connections: int = Field(32, ge=1, description="Connections kept to upstream services at most.")
-
-    @field_validator("inference_url", "explainer_url", "mlflow_ui_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value

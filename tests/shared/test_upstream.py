@@ -11,7 +11,7 @@ import pytest
 
 from shared.errors import ErrorCode, ServiceError
 from shared.service import internal_async_client, internal_client
-from shared.upstream import AsyncServiceClient, ServiceClient, readiness_body
+from shared.upstream import AsyncServiceClient, ServiceClient, http_base_url, readiness_body
 
 
 def _blocking_readiness(url: str) -> dict[str, Any]:
@@ -84,3 +84,11 @@ def test_a_2xx_that_is_not_a_readiness_object_is_not_ready(answer: httpx.Respons
 def test_a_readiness_object_is_returned_as_is() -> None:
     body = {"status": "ready", "models": ["rf/1"]}
     assert readiness_body(httpx.Response(200, json=body), "inference") == body
+
+
+def test_base_urls_are_trimmed_and_need_a_scheme() -> None:
+    assert http_base_url(" http://inference:8001/ ") == "http://inference:8001"
+    assert http_base_url("https://explainer.internal") == "https://explainer.internal"
+    for bad in ("inference:8001", "ftp://inference", ""):
+        with pytest.raises(ValueError, match="expected an http:// or https:// URL"):
+            http_base_url(bad)
