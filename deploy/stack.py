@@ -1,9 +1,9 @@
 """`python -m deploy.stack up|down|status`: the whole stack on 127.0.0.1.
 
 `up` starts an MLflow server (SQLite + local artifacts under the state folder), trains and registers
-the four model families on the data folder (the embedded sample by default) when the registry has
-none yet, then starts the inference, explainer, training and gateway services and prints their URLs.
-Processes keep running after the command returns; `down` stops them.
+the model families the registry lacks on the data folder (the embedded sample by default), then starts
+the inference, explainer, training and gateway services and prints their URLs; if one does not come
+up, it stops the others and says why. Processes keep running after the command returns; `down` stops them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import httpx
 
 from deploy.processes import (
     LOOPBACK,
+    PROJECT_ROOT,
     ManagedProcess,
+    loopback_url,
     port_in_use,
     start_mlflow,
     start_service,
@@ -35,7 +37,8 @@ def _ports() -> dict[str, int]:
 
 
 def _registered_families(tracking_uri: str) -> set[str]:
-    response = httpx.get(f"{tracking_uri}/api/2.0/mlflow/registered-models/search", params={"max_results": 100})
+    url = f"{tracking_uri}/api/2.0/mlflow/registered-models/search"
+    response = httpx.get(url, params={"max_results": 100}, trust_env=False)
     response.raise_for_status()
     names = {model["name"] for model in response.json().get("registered_models", [])}
     return {family for family in MODEL_FAMILIES if registered_name(family) in names}
@@ -48,58 +51,77 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") 
         print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
         return 1
     logs = state_dir / "logs"
-    print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
-    mlflow = start_mlflow(state_dir / "mlflow", ports["mlflow"], logs / "mlflow.log")
-    started: list[ManagedProcess] = [mlflow]
-    _save(state_dir, started)
-    tracking_uri = mlflow.url
-    env = {
+    started: list[ManagedProcess] = []
+    try:
+        print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
+        started.append(start_mlflow(state_dir / "mlflow", ports["mlflow"], logs / "mlflow.log"))
+        _save(state_dir, started)
+        env = _registry_env(state_dir, started[0].url)
+        _train_missing(env, data, retrain, search)
+        service_env = {**env, **_service_urls(ports), "BT_INFERENCE_CACHE_DIR": str(state_dir / "models")}
+        for name in ("inference", "explainer", "training", "gateway"):
+            started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
+            _save(state_dir, started)
+    except (RuntimeError, TimeoutError) as exc:
+        # Half a stack helps nobody and would hold the ports: stop what did start.
+        print(f"the stack did not come up: {exc}\nstopping what was started ...", flush=True)
+        down(state_dir)
+        return 1
+    _print_urls(ports, logs)
+    return 0
+
+
+def _registry_env(state_dir: Path, tracking_uri: str) -> dict[str, str]:
+    return {
         # Every name a service reads the registry from: the stack's own server wins over the shell's.
         "MLFLOW_TRACKING_URI": tracking_uri,
         "BT_TRAINING_TRACKING_URI": tracking_uri,
         "BT_INFERENCE_TRACKING_URI": tracking_uri,
+        "BT_GATEWAY_MLFLOW_UI_URL": tracking_uri,
         "BT_TRAINING_CACHE_DIR": str(state_dir / "cache"),
         "BT_TRAINING_REPORT_DIR": str(state_dir / "reports"),
     }
 
-    missing = [family for family in MODEL_FAMILIES if family not in _registered_families(tracking_uri)]
-    if retrain or missing:
-        families = list(MODEL_FAMILIES) if retrain else missing
-        print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
-        # Fixed parameters on the sample: a search on 120 images would only add minutes.
-        command = [sys.executable, "-m", "services.training.cli", "--families", ",".join(families), "--search", search]
-        if data is not None:
-            command += ["--data", str(data)]
-        result = subprocess.run(command, env={**os.environ, **env}, check=False)
-        if result.returncode != 0:
-            print("training did not register every family; the stack starts with what is registered.")
 
-    service_env = {
-        **env,
-        "BT_GATEWAY_INFERENCE_URL": f"http://{LOOPBACK}:{ports['inference']}",
-        "BT_GATEWAY_TRAINING_URL": f"http://{LOOPBACK}:{ports['training']}",
-        "BT_GATEWAY_EXPLAINER_URL": f"http://{LOOPBACK}:{ports['explainer']}",
-        "BT_EXPLAINER_INFERENCE_URL": f"http://{LOOPBACK}:{ports['inference']}",
-        "BT_GATEWAY_MLFLOW_UI_URL": tracking_uri,
-        "BT_INFERENCE_CACHE_DIR": str(state_dir / "models"),
+def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search: str) -> None:
+    """Train and register the families the registry lacks (all of them with ``retrain``)."""
+    registered = _registered_families(env["MLFLOW_TRACKING_URI"])
+    families = list(MODEL_FAMILIES) if retrain else [family for family in MODEL_FAMILIES if family not in registered]
+    if not families:
+        return
+    print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
+    # Fixed parameters on the sample: a search on 120 images would only add minutes.
+    command = [sys.executable, "-m", "services.training.cli", "--families", ",".join(families), "--search", search]
+    if data is not None:
+        command += ["--data", str(data.resolve())]
+    result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT, check=False)
+    if result.returncode != 0:
+        print("training did not register every family; the stack starts with what is registered.")
+
+
+def _service_urls(ports: dict[str, int]) -> dict[str, str]:
+    """Where each service finds the services it calls."""
+    return {
+        "BT_GATEWAY_INFERENCE_URL": loopback_url(ports["inference"]),
+        "BT_GATEWAY_EXPLAINER_URL": loopback_url(ports["explainer"]),
+        "BT_EXPLAINER_INFERENCE_URL": loopback_url(ports["inference"]),
     }
-    for name in ("inference", "explainer", "training", "gateway"):
-        started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
-        _save(state_dir, started)
-    gateway = f"http://{LOOPBACK}:{ports['gateway']}"
+
+
+def _print_urls(ports: dict[str, int], logs: Path) -> None:
+    gateway = loopback_url(ports["gateway"])
     print(
         "\nThe stack is up:\n"
         f"  web page        {gateway}/\n"
         f"  public API docs {gateway}/docs\n"
-        f"  inference       http://{LOOPBACK}:{ports['inference']}/docs\n"
-        f"  training        http://{LOOPBACK}:{ports['training']}/docs\n"
-        f"  explainer       http://{LOOPBACK}:{ports['explainer']}/docs\n"
-        f"  MLflow UI       {tracking_uri}\n"
+        f"  inference       {loopback_url(ports['inference'])}/docs\n"
+        f"  training        {loopback_url(ports['training'])}/docs\n"
+        f"  explainer       {loopback_url(ports['explainer'])}/docs\n"
+        f"  MLflow UI       {loopback_url(ports['mlflow'])}\n"
         f"  logs            {logs}\n"
         f"Try: curl -F file=@shared/sample_data/glioma/glioma_000.jpg '{gateway}/v1/predict?model=cnn'\n"
         "Stop: .venv/bin/python -m deploy.stack down"
     )
-    return 0
 
 
 def _save(state_dir: Path, processes: list[ManagedProcess]) -> None:
@@ -128,7 +150,7 @@ def status(state_dir: Path) -> int:
     for name, entry in json.loads(state_file.read_text()).items():
         path = "/health" if name == "mlflow" else "/healthz"
         try:
-            ok = httpx.get(entry["url"] + path, timeout=2.0).status_code == 200
+            ok = httpx.get(entry["url"] + path, timeout=2.0, trust_env=False).status_code == 200
         except httpx.HTTPError:
             ok = False
         healthy &= ok

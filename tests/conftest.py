@@ -1,28 +1,22 @@
-"""Fixtures shared by every test: free ports, service subprocesses, a real MLflow server and a
-registry of small real ONNX models for all four model names.
+"""Fixtures shared by the tests of more than one folder: free ports, in-process app clients, the sample
+data, small real ONNX models, a real MLflow server with a registry of such models under all four model
+names, and the inference and explainer services as real processes.
 
-Heavy imports (scikit-learn, skl2onnx, mlflow) happen inside fixtures, so tests that need none
-of this start fast.
+Processes are started with ``deploy.processes``, exactly as the stack starts them. Fixtures that only
+one service's tests use live in that folder's conftest.py (tests/services/<name>/conftest.py). Heavy
+imports (scikit-learn, skl2onnx, mlflow) happen inside fixtures, so tests that need none of this start fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -32,143 +26,35 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deploy.processes import free_port  # noqa: E402
+from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
 from shared.imaging import decode_to_array, to_model_input  # noqa: E402
-from shared.schemas import registered_name  # noqa: E402
+from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
 
 # load(image_size) -> (uint8 images (N, size, size), labels)
 SampleArrays = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
-# -- processes and ports ---------------------------------------------------------------------------
+# -- ports and in-process apps ---------------------------------------------------------------------
 
 
 @pytest.fixture
 def unused_url() -> str:
     """An http URL on loopback where nothing listens: stands for a service that is down."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-class TcpProxy:
-    """Forwards a loopback port to another one; ``close()`` then makes the target look down.
-
-    Lets a test cut a real service off mid-test (connections refused, pooled ones reset) without
-    stopping a server that other tests share.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.1)
-        self.port = int(self._server.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._server.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+    return loopback_url(free_port())
 
 
 @pytest.fixture
-def tcp_proxy() -> Iterator[Callable[[str], TcpProxy]]:
-    """``proxy(url) -> TcpProxy`` in front of a loopback service; closed at teardown."""
-    proxies: list[TcpProxy] = []
-
-    def make(url: str) -> TcpProxy:
-        proxy = TcpProxy(int(url.rsplit(":", 1)[1].split("/", 1)[0]))
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
-
-
-@dataclass
-class ServiceProcess:
-    """A server started as a subprocess in its own process group, with its log file."""
-
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """Terminate the process group (servers such as mlflow start worker children)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-
-def project_env(**overrides: str) -> dict[str, str]:
-    """The current environment with the project on PYTHONPATH, plus overrides."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(overrides)
-    return env
-
-
-@contextmanager
-def app_clients(create_app: Callable[[Any], Any], settings_type: type, **defaults: Any) -> Iterator[Callable[..., Any]]:
-    """``make(**settings) -> TestClient`` for in-process apps with their lifespan running; every client
-    made is closed at the end. ``defaults`` are settings used unless a call overrides them."""
+def app_clients() -> Iterator[Callable[[Callable[[Any], Any], Any], Any]]:
+    """``make(create_app, settings) -> TestClient`` for an in-process app with its lifespan running;
+    every client made is closed at teardown. Each service's ``<name>_app_client`` fixture builds on it."""
     from fastapi.testclient import TestClient
 
     clients: list[TestClient] = []
 
-    def make(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(settings_type(**{**defaults, **overrides})), raise_server_exceptions=False)
+    def make(create_app: Callable[[Any], Any], settings: Any) -> TestClient:
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client
@@ -176,43 +62,6 @@ def app_clients(create_app: Callable[[Any], Any], settings_type: type, **default
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-
-
-def start_service(
-    name: str,
-    command: list[str],
-    *,
-    port: int,
-    health_path: str,
-    log_dir: Path,
-    env: dict[str, str] | None = None,
-    timeout_s: float = 60.0,
-) -> ServiceProcess:
-    """Start a server and wait until ``health_path`` answers 200; fail with its log otherwise."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env or project_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    service = ServiceProcess(name, f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{name} exited with {process.returncode} during start-up:\n{service.log_tail()}")
-        try:
-            if httpx.get(service.url + health_path, timeout=2.0).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    service.stop()
-    pytest.fail(f"{name} did not answer {health_path} within {timeout_s:.0f} s:\n{service.log_tail()}")
 
 
 # -- sample data -----------------------------------------------------------------------------------
@@ -328,7 +177,8 @@ class ModelZoo:
 
     def default_version(self, model: str) -> str:
         """The ``champion`` alias when set, else the latest version (what inference should serve)."""
-        return self.aliases.get(model, {}).get("champion") or max((v.version for v in self.versions[model]), key=int)
+        latest = max((v.version for v in self.versions[model]), key=int)
+        return self.aliases.get(model, {}).get(CHAMPION_ALIAS) or latest
 
 
 def register_onnx_model(
@@ -406,38 +256,25 @@ def make_onnx(sample_arrays: SampleArrays) -> Callable[..., tuple[bytes, Any]]:
     return make
 
 
-# -- MLflow and the services -----------------------------------------------------------------------
+# -- MLflow and the services as processes --------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder for the logs of every subprocess the tests start (printed when one fails to start)."""
+    """Folder for the logs of every process the tests start (their end is in the error when one fails)."""
     return tmp_path_factory.mktemp("service-logs")
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) -> Iterator[ServiceProcess]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) -> Iterator[ManagedProcess]:
     """A real ``mlflow server`` (SQLite store, proxied artifacts) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--default-artifact-root", "mlflow-artifacts:/",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    # No job runner: it forks a handful of queue consumers that only slow a 2-core machine down.
-    env = project_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    server = start_service("mlflow", command, port=port, health_path="/health", log_dir=service_logs, env=env)
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), free_port(), service_logs / "mlflow.log")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def model_zoo(mlflow_server: ServiceProcess, sample_arrays: SampleArrays) -> ModelZoo:
+def model_zoo(mlflow_server: ManagedProcess, sample_arrays: SampleArrays) -> ModelZoo:
     """Small real models registered under all four names, with versions and aliases to resolve:
 
     - rf: versions 1 and 2 (random forests), alias champion -> 1 (so the default is not the latest)
@@ -468,126 +305,38 @@ def model_zoo(mlflow_server: ServiceProcess, sample_arrays: SampleArrays) -> Mod
             zoo.tracking_uri, model, sklearn_to_onnx(fitted, contract), metrics=metrics
         )
         zoo.versions.setdefault(model, []).append(TrainedVersion(version, fitted, contract, run_id, metrics))
-    for model, alias, version in (("rf", "champion", "1"), ("snn", "best", "1")):
+    for model, alias, version in (("rf", CHAMPION_ALIAS, "1"), ("snn", BEST_ALIAS, "1")):
         set_alias(zoo.tracking_uri, model, alias, version)
         zoo.aliases.setdefault(model, {})[alias] = version
     return zoo
 
 
-def start_uvicorn(name: str, app: str, port: int, env: dict[str, str], log_dir: Path) -> ServiceProcess:
-    """A service started as the stack starts it (``uvicorn <app>`` on loopback), once /healthz answers."""
-    command = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1", "--port", str(port)]
-    return start_service(name, command, port=port, health_path="/healthz", log_dir=log_dir, env=env)
-
-
 @pytest.fixture(scope="session")
 def inference_server(
     model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
-) -> Iterator[ServiceProcess]:
+) -> Iterator[ManagedProcess]:
     """The inference service as a real process serving the zoo, started as the stack starts it
-    (``uvicorn services.inference.main:create_app``).
+    (``uvicorn --factory services.inference.main:create_app``).
 
     Debug endpoints are on, so tests can read which modules the process has loaded.
     """
-    port = free_port()
-    env = project_env(
-        MLFLOW_TRACKING_URI=model_zoo.tracking_uri,
-        BT_INFERENCE_PORT=str(port),
-        BT_INFERENCE_CACHE_DIR=str(tmp_path_factory.mktemp("inference-cache")),
-        BT_INFERENCE_DEBUG_ENDPOINTS="true",
-    )
-    server = start_uvicorn("inference", "services.inference.main:create_app", port, env, service_logs)
+    env = {
+        "MLFLOW_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("inference-cache")),
+        "BT_INFERENCE_DEBUG_ENDPOINTS": "true",
+    }
+    server = start_service("inference", free_port(), env, service_logs / "inference.log")
     yield server
     server.stop()
 
 
-@pytest.fixture
-def inference_app_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """``make(**settings) -> TestClient`` for an in-process inference app, lifespan running.
-
-    Settings not given default to a fresh cache folder, no preload and debug endpoints off.
-    """
-    from services.inference.config import Settings
-    from services.inference.main import create_app
-
-    with app_clients(create_app, Settings, cache_dir=tmp_path / "inference-cache", preload=False) as make:
-        yield make
-
-
-@pytest.fixture
-def inference_client(model_zoo: ModelZoo, inference_app_client: Callable[..., Any]) -> Any:
-    """An in-process inference app (TestClient) serving the test zoo."""
-    return inference_app_client(tracking_uri=model_zoo.tracking_uri)
-
-
-@pytest.fixture
-def gateway_app_client() -> Iterator[Callable[..., Any]]:
-    """``make(**settings) -> TestClient`` for an in-process gateway app, lifespan running."""
-    from services.gateway.config import Settings
-    from services.gateway.main import create_app
-
-    with app_clients(create_app, Settings) as make:
-        yield make
-
-
-@pytest.fixture
-def gateway_client(inference_server: ServiceProcess, gateway_app_client: Callable[..., Any]) -> Any:
-    """An in-process gateway (TestClient) in front of the real inference process serving the zoo."""
-    return gateway_app_client(inference_url=inference_server.url)
-
-
 @pytest.fixture(scope="session")
-def explainer_server(inference_server: ServiceProcess, service_logs: Path) -> Iterator[ServiceProcess]:
+def explainer_server(inference_server: ManagedProcess, service_logs: Path) -> Iterator[ManagedProcess]:
     """The explainer (LIME) as a real process in front of ``inference_server``, started as the stack
-    starts it (``uvicorn services.explainer.main:create_app``)."""
-    port = free_port()
-    env = project_env(BT_EXPLAINER_PORT=str(port), BT_EXPLAINER_INFERENCE_URL=inference_server.url)
-    server = start_uvicorn("explainer", "services.explainer.main:create_app", port, env, service_logs)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def explainer_app_client(inference_server: ServiceProcess) -> Iterator[Callable[..., Any]]:
-    """``make(**settings) -> TestClient`` for an in-process explainer app, lifespan running; by default
-    in front of the real inference process."""
-    from services.explainer.config import Settings
-    from services.explainer.main import create_app
-
-    with app_clients(create_app, Settings, inference_url=inference_server.url) as make:
-        yield make
-
-
-@pytest.fixture
-def explainer_client(explainer_app_client: Callable[..., Any]) -> Any:
-    """An in-process explainer (TestClient) in front of the real inference process serving the zoo."""
-    return explainer_app_client()
-
-
-@pytest.fixture(scope="session")
-def gateway_server(
-    mlflow_server: ServiceProcess,
-    inference_server: ServiceProcess,
-    explainer_server: ServiceProcess,
-    service_logs: Path,
-) -> Iterator[ServiceProcess]:
-    """The gateway as a real process (``python -m services.gateway``) in front of ``inference_server``
-    and ``explainer_server``, linking to ``mlflow_server`` as its MLflow UI."""
-    port = free_port()
-    env = project_env(
-        BT_GATEWAY_PORT=str(port),
-        BT_GATEWAY_INFERENCE_URL=inference_server.url,
-        BT_GATEWAY_EXPLAINER_URL=explainer_server.url,
-        BT_GATEWAY_MLFLOW_UI_URL=mlflow_server.url,
-    )
-    server = start_service(
-        "gateway",
-        [sys.executable, "-m", "services.gateway"],
-        port=port,
-        health_path="/healthz",
-        log_dir=service_logs,
-        env=env,
-    )
+    starts it (``uvicorn --factory services.explainer.main:create_app``)."""
+    env = {"BT_EXPLAINER_INFERENCE_URL": inference_server.url}
+    server = start_service("explainer", free_port(), env, service_logs / "explainer.log")
     yield server
     server.stop()
 
@@ -600,28 +349,3 @@ def mobilenetv2_weights() -> Path:
     path = Path(os.environ.get("BT_MOBILENETV2_WEIGHTS", ROOT.parent / "shared" / "weights" / name))
     assert path.is_file(), f"MobileNetV2 weights not found at {path}; set BT_MOBILENETV2_WEIGHTS"
     return path
-
-
-@pytest.fixture
-def start_gateway(service_logs: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """``start(**BT_GATEWAY_settings) -> ServiceProcess``: one more gateway process with its own
-    settings (e.g. an inference URL where nothing listens); stopped at teardown."""
-    started: list[ServiceProcess] = []
-
-    def start(**settings: str) -> ServiceProcess:
-        port = free_port()
-        env = project_env(BT_GATEWAY_PORT=str(port), **{f"BT_GATEWAY_{k.upper()}": v for k, v in settings.items()})
-        server = start_service(
-            f"gateway-{port}",
-            [sys.executable, "-m", "services.gateway"],
-            port=port,
-            health_path="/healthz",
-            log_dir=service_logs,
-            env=env,
-        )
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
