@@ -6,11 +6,14 @@
 - ``error_responses``: OpenAPI ``responses=`` entries with the one error body.
 - ``internal_async_client`` / ``internal_client``: httpx clients for calls between our services.
 - ``DEFAULT_MAX_UPLOAD_BYTES``: the upload limit every service starts from.
+- ``service_main``: ``python -m services.<name>`` for each service.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import httpx
 from fastapi import APIRouter, Request
@@ -85,8 +88,32 @@ def internal_client(
     return httpx.Client(**_client_options(base_url, timeout_s, connect_timeout_s, max_connections))
 
 
+class _Placement(Protocol):
+    host: str
+    port: int
+
+
 def run_service(factory: str, host: str, port: int) -> None:
-    """``python -m services.<name>``: the same as ``uvicorn --factory <factory> --host H --port P``."""
+    """The same as ``uvicorn --factory <factory> --host H --port P``."""
     import uvicorn
 
     uvicorn.run(factory, factory=True, host=host, port=port)
+
+
+def service_main(
+    service: str, settings_type: Callable[[], _Placement], note: str = "", argv: Sequence[str] | None = None
+) -> None:
+    """``python -m services.<service>``: serve ``services.<service>.main:create_app`` on the host and port
+    of its settings. Arguments are refused (``--help`` excepted): settings come from the environment only,
+    so a flag that looks like a setting cannot be silently ignored."""
+    prefix = f"BT_{service.upper()}_"
+    factory = f"services.{service}.main:create_app"
+    settings_note = f"Settings come from environment variables {prefix}*, e.g. {prefix}HOST and {prefix}PORT."
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=f"Start the {service} service: the same as uvicorn --factory {factory}.",
+        epilog=f"{settings_note} {note}".strip(),
+    )
+    parser.parse_args(argv)
+    settings = settings_type()
+    run_service(factory, settings.host, settings.port)

@@ -1,7 +1,7 @@
-"""``python -m services.inference``: the inference under uvicorn, on the host and port of its settings."""
+"""``python -m services.inference``: the inference service under uvicorn, on the host and port of its settings."""
 
 from services.inference.config import Settings
-from shared.service import run_service
+from shared.service import service_main
 
-settings = Settings()
-run_service("services.inference.main:create_app", settings.host, settings.port)
+if __name__ == "__main__":
+    service_main("inference", Settings)

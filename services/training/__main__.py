@@ -1,7 +1,8 @@
-"""``python -m services.training``: the training service under uvicorn (the CLI is ``bt-train``)."""
+"""``python -m services.training``: the training service under uvicorn, on the host and port of its settings
+(the training command line is ``python -m services.training.cli``, or ``bt-train``)."""
 
 from services.training.config import TrainingSettings
-from shared.service import run_service
+from shared.service import service_main
 
-settings = TrainingSettings()
-run_service("services.training.main:create_app", settings.host, settings.port)
+if __name__ == "__main__":
+    service_main("training", TrainingSettings, note="The training command line is bt-train (services.training.cli).")

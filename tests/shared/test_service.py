@@ -21,6 +21,7 @@ from shared.service import (
     health_router,
     internal_async_client,
     internal_client,
+    service_main,
 )
 
 
@@ -140,3 +141,23 @@ def test_python_dash_m_starts_the_server_on_its_settings_port(
     finally:
         server.stop()
     assert server.process.wait(timeout=10) is not None
+
+
+def test_python_dash_m_refuses_arguments_instead_of_ignoring_them(capsys: pytest.CaptureFixture[str]) -> None:
+    def never_built() -> Any:
+        raise AssertionError("settings are not read when the command line is refused")
+
+    with pytest.raises(SystemExit) as refused:
+        service_main("training", never_built, argv=["--data", "x"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --data x" in capsys.readouterr().err
+
+
+def test_python_dash_m_help_names_the_settings_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as helped:
+        service_main("gateway", lambda: None, note="A note.", argv=["--help"])  # type: ignore[arg-type,return-value]
+    assert helped.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "BT_GATEWAY_HOST and BT_GATEWAY_PORT" in shown
+    assert "uvicorn --factory services.gateway.main:create_app" in shown
+    assert shown.endswith("A note.")
