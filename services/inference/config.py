@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):

@@ -5,22 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Request
 
 from services.inference.config import Settings
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
+from shared.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
 from shared.schemas import PIXELS_SHAPE_HEADER
+from shared.service import get_settings
 from shared.uploads import read_body
-
-# Names and versions end up in MLflow filters and cache paths: keep them to a safe alphabet.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def get_registry(request: Request) -> ModelRegistry:
@@ -30,20 +24,11 @@ def get_registry(request: Request) -> ModelRegistry:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
-ModelName = Annotated[
-    str, Path(pattern=MODEL_NAME_PATTERN, description="Short model name: rf, snn, cnn or mobilenetv2.")
-]
-VersionSpec = Annotated[
-    str | None,
-    Query(
-        pattern=VERSION_PATTERN,
-        description="Version number, alias (e.g. champion) or `latest`; "
-        "default: the `champion` alias if set, else the latest version.",
-    ),
-]
+# The model is part of the path here; the version is a query parameter as on the gateway.
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description=MODEL_DESCRIPTION)]
 
 
-def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionSpec = None) -> OnnxClassifier:
+def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionQuery = None) -> OnnxClassifier:
     """The loaded classifier, or 404 naming the models and versions that exist.
 
     A plain ``def``: FastAPI runs it in a worker thread, since a first use downloads and loads.

@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness (the kit's ``/healthz``) and readiness of the inference service."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from pydantic import BaseModel, Field
 
 from services.inference.deps import RegistryDep
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ErrorOut
+from shared.service import error_responses, health_router
 
-router = APIRouter(tags=["health"])
-
-
-class HealthOut(BaseModel):
-    status: str = "ok"
+# The kit's router carries the "health" tag; tagging this router too would list /healthz under it twice.
+router = APIRouter()
+router.include_router(health_router)
 
 
 class ReadyOut(BaseModel):
@@ -21,16 +19,15 @@ class ReadyOut(BaseModel):
     models: dict[str, bool] = Field(description="Loaded versions (name/version) and their ready flags.")
 
 
-@router.get("/healthz", response_model=HealthOut, summary="Liveness: the process answers")
-async def read_health() -> HealthOut:
-    return HealthOut()
-
-
 @router.get(
     "/readyz",
     response_model=ReadyOut,
+    tags=health_router.tags,
     summary="Readiness: default models preloaded and the MLflow registry reachable",
-    responses={503: {"model": ErrorOut, "description": "Still loading, or MLflow unreachable."}},
+    responses=error_responses(
+        503,
+        descriptions={503: "MODEL_NOT_READY: the default models are still loading; REGISTRY_UNAVAILABLE: MLflow down."},
+    ),
 )
 def read_readiness(request: Request, registry: RegistryDep) -> ReadyOut:
     # A plain def: the registry check may wait on MLflow, which must not block the event loop.

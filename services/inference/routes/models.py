@@ -11,12 +11,21 @@ from starlette.concurrency import run_in_threadpool
 from services.inference.deps import ModelDep, PixelBatch, RegistryDep, SettingsDep
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, ErrorOut, ModelsOut, PixelsPredictionOut, PredictionOut
+from shared.schemas import (
+    CHAMPION_ALIAS,
+    PIXELS_SHAPE_HEADER,
+    ContractOut,
+    ModelsOut,
+    PixelsPredictionOut,
+    PredictionOut,
+)
+from shared.service import error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-_REGISTRY_DOWN = {503: {"model": ErrorOut, "description": f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}}
+# Every route resolves a model through MLflow; none of them calls another service.
+_REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
 
 
 @router.get(
@@ -24,8 +33,8 @@ _REGISTRY_DOWN = {503: {"model": ErrorOut, "description": f"{ErrorCode.REGISTRY_
     response_model=ModelsOut,
     summary="List registered models",
     description="Every registered model with its versions (newest first), aliases, run metrics "
-    "and the version served by default (alias `champion` if set, else the latest).",
-    responses=_REGISTRY_DOWN,
+    f"and the version served by default (alias `{CHAMPION_ALIAS}` if set, else the latest).",
+    responses=error_responses(503, descriptions=_REGISTRY_DOWN),
 )
 def list_models(registry: RegistryDep) -> ModelsOut:
     return registry.list_models()
@@ -37,13 +46,7 @@ def list_models(registry: RegistryDep) -> ModelsOut:
     summary="Classify one MRI image",
     description="Upload one image as the multipart field `file`. It is decoded to grayscale and "
     "prepared exactly as the model's embedded preprocessing contract says.",
-    responses={
-        404: {"model": ErrorOut, "description": "MODEL_NOT_FOUND or VERSION_NOT_FOUND; names what exists."},
-        413: {"model": ErrorOut, "description": "FILE_TOO_LARGE."},
-        415: {"model": ErrorOut, "description": "INVALID_IMAGE: empty or not a decodable image."},
-        422: {"model": ErrorOut, "description": "INVALID_REQUEST, e.g. no `file` field."},
-        **_REGISTRY_DOWN,
-    },
+    responses=error_responses(400, 404, 413, 415, 422, 500, 503, descriptions=_REGISTRY_DOWN),
 )
 async def predict_image(classifier: ModelDep, data: ImageBytes) -> PredictionOut:
     # Decoding and the ONNX run are CPU work: keep them off the event loop.
@@ -57,16 +60,13 @@ async def predict_image(classifier: ModelDep, data: ImageBytes) -> PredictionOut
     )
 
 
-_NOT_FOUND = {404: {"model": ErrorOut, "description": "MODEL_NOT_FOUND or VERSION_NOT_FOUND; names what exists."}}
-
-
 @router.get(
     "/{model}/contract",
     response_model=ContractOut,
     summary="The preprocessing contract of a model version",
     description="Image size, scaling, layout and class order embedded in the version's ONNX file; "
     "`version` in the answer is the number the request resolved to (useful to pin an alias).",
-    responses={**_NOT_FOUND, **_REGISTRY_DOWN},
+    responses=error_responses(404, 422, 500, 503, descriptions=_REGISTRY_DOWN),
 )
 def read_contract(classifier: ModelDep) -> ContractOut:
     return ContractOut(model=classifier.name, version=classifier.version, contract=classifier.contract)
@@ -86,12 +86,18 @@ def _predict_batch(classifier: OnnxClassifier, pixels: np.ndarray, run_batch: in
     "The body is raw uint8 grayscale pixels, image after image, row by row (`application/octet-stream`), "
     f"with their shape in the `{PIXELS_SHAPE_HEADER}: N,H,W` header; H and W must equal the model's "
     "contract size (`GET /v1/models/{model}/contract`). The same onnxruntime session as `/predict` answers.",
-    responses={
-        **_NOT_FOUND,
-        413: {"model": ErrorOut, "description": "FILE_TOO_LARGE: more bytes than one batch may hold."},
-        422: {"model": ErrorOut, "description": "INVALID_REQUEST: bad shape header, size or body length."},
-        **_REGISTRY_DOWN,
-    },
+    responses=error_responses(
+        404,
+        413,
+        422,
+        500,
+        503,
+        descriptions={
+            413: "FILE_TOO_LARGE: more bytes than one batch may hold.",
+            422: "INVALID_REQUEST: bad shape header, image size or body length.",
+            **_REGISTRY_DOWN,
+        },
+    ),
 )
 async def predict_pixels(classifier: ModelDep, pixels: PixelBatch, settings: SettingsDep) -> PixelsPredictionOut:
     size = classifier.contract.image_size

@@ -160,6 +160,27 @@ def test_openapi_documents_the_routes(inference_client: Any) -> None:
     assert inference_client.get("/debug/modules").status_code == 404  # off unless configured
 
 
+def test_openapi_documents_every_error_with_the_one_error_body(inference_client: Any) -> None:
+    paths = inference_client.get("/openapi.json").json()["paths"]
+    declared = {
+        (path, method): sorted(status for status in operation["responses"] if status[0] in "45")
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+    }
+    assert declared == {
+        ("/healthz", "get"): [],
+        ("/readyz", "get"): ["503"],
+        ("/v1/models", "get"): ["503"],
+        ("/v1/models/{model}/predict", "post"): ["400", "404", "413", "415", "422", "500", "503"],
+        ("/v1/models/{model}/contract", "get"): ["404", "422", "500", "503"],
+        ("/v1/models/{model}/predict-pixels", "post"): ["404", "413", "422", "500", "503"],
+    }
+    for (path, method), statuses in declared.items():
+        for status in statuses:
+            schema = paths[path][method]["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, method, status)
+
+
 def test_loaded_model_keeps_predicting_while_mlflow_is_down(
     model_zoo: Any, inference_app_client: Any, tcp_proxy: Any, sample_images: dict[str, bytes]
 ) -> None:
