@@ -1,8 +1,9 @@
-"""LIME for the zoo's classifiers: superpixels, the explanation, its top regions and an overlay PNG.
+"""LIME for the zoo's classifiers: the explanation of one image, its top regions, and their overlap.
 
-One module for both users: the explainer service (its predict function calls the inference
+One core for both users: the explainer service (its predict function calls the inference
 service's batch endpoint, so the served ONNX session does the work) and training (its overlays
 run the ONNX model in process, exactly the file that gets registered; services/training/lime_overlays.py).
+Superpixels come from ``shared.lime_segments``, the overlay PNG from ``shared.lime_overlay``.
 
 Importable only with the ``[explain]`` extra: it imports lime, and so scikit-learn, which the
 inference service and the gateway never install.
@@ -10,66 +11,22 @@ inference service and the gateway never install.
 
 from __future__ import annotations
 
-import io
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from lime import lime_image
-from PIL import Image
-from skimage.filters import gaussian
-from skimage.segmentation import find_boundaries, slic
 
-logger = logging.getLogger(__name__)
+from shared.lime_segments import DEFAULT_NUM_SEGMENTS, background_segment, segment
 
 # uint8 grayscale images (N, S, S) at the model's contract size -> class probabilities (N, classes).
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
-DEFAULT_NUM_SAMPLES = 500
-DEFAULT_NUM_SEGMENTS = 48
 DEFAULT_NUM_REGIONS = 5
 DEFAULT_BATCH_SIZE = 256
-# SLIC on one channel scaled to [0, 1]: 0.1 follows tissue edges while keeping regions compact.
-SLIC_COMPACTNESS = 0.1
-# Pixels darker than this (after a light blur, on a 0..1 scale) are background, not tissue.
-TISSUE_THRESHOLD = 0.06
 # Hidden superpixels become black: the background of an MRI slice, so "hidden" means "no tissue here".
 HIDE_VALUE = 0
-
-
-# -- segmentation ----------------------------------------------------------------------------------
-
-
-def segment(pixels: np.ndarray, num_segments: int = DEFAULT_NUM_SEGMENTS) -> np.ndarray:
-    """Superpixels of a grayscale slice: (S, S) int labels 0..K-1, deterministic.
-
-    SLIC runs on the single grayscale channel, inside a tissue mask: the dark background (with dark
-    holes such as ventricles) is one region, so LIME's samples are spent on tissue. Falls back to
-    SLIC over the whole image when the mask is nearly empty or nearly full.
-    """
-    gray = np.asarray(pixels, dtype=np.float64)
-    if gray.ndim == 3:
-        gray = gray[..., 0]
-    gray = gray / 255.0
-    mask = gaussian(gray, sigma=1.0) > TISSUE_THRESHOLD
-    use_mask = 0.05 < mask.mean() < 0.98
-    labels = slic(
-        gray,
-        n_segments=num_segments,
-        compactness=SLIC_COMPACTNESS,
-        sigma=0.5,
-        channel_axis=None,
-        mask=mask if use_mask else None,
-        start_label=1 if use_mask else 0,
-    )
-    # lime assumes labels 0..K-1 without gaps; SLIC may skip numbers when it merges small regions.
-    _, dense = np.unique(labels, return_inverse=True)
-    return dense.reshape(labels.shape).astype(np.int32)
-
-
-# -- the explanation -------------------------------------------------------------------------------
 
 
 class _BatchedLimeImageExplainer(lime_image.LimeImageExplainer):
@@ -167,13 +124,36 @@ class Explanation:
         return regions
 
 
-def _background_segment(pixels: np.ndarray, segments: np.ndarray) -> int | None:
-    """The region that is mostly dark background (mean below the tissue threshold), if one is."""
-    means = np.bincount(segments.ravel(), weights=pixels.ravel().astype(np.float64)) / np.maximum(
-        np.bincount(segments.ravel()), 1
-    )
-    darkest = int(np.argmin(means))
-    return darkest if means[darkest] / 255.0 < TISSUE_THRESHOLD else None
+class _TimedClassifier:
+    """lime's ``classifier_fn`` around a PredictFn: grayscale uint8 batches in, checked probabilities out.
+
+    Keeps the time spent predicting and the answer for the unperturbed image (lime's sample 0).
+    """
+
+    def __init__(self, predict_fn: PredictFn, num_classes: int) -> None:
+        self.predict_fn = predict_fn
+        self.num_classes = num_classes
+        self.predict_ms = 0.0
+        self.first: np.ndarray | None = None
+
+    @property
+    def unperturbed(self) -> np.ndarray:
+        """The probabilities for the image itself: the first row of the first batch."""
+        if self.first is None:
+            raise RuntimeError("lime has not classified any image yet")
+        return self.first
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # Batches come as (N, S, S); an RGB copy (N, S, S, 3) would carry the same value thrice.
+        gray = np.ascontiguousarray(batch[..., 0] if batch.ndim == 4 else batch, dtype=np.uint8)
+        started = time.perf_counter()
+        probabilities = np.asarray(self.predict_fn(gray), dtype=np.float64)
+        self.predict_ms += (time.perf_counter() - started) * 1000.0
+        if probabilities.shape != (len(gray), self.num_classes):
+            raise ValueError(f"predict_fn returned {probabilities.shape}, expected ({len(gray)}, {self.num_classes})")
+        if self.first is None:
+            self.first = probabilities[0]
+        return probabilities
 
 
 def explain(
@@ -181,8 +161,8 @@ def explain(
     predict_fn: PredictFn,
     class_names: Sequence[str],
     *,
+    num_samples: int,
     label: int | None = None,
-    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     num_segments: int = DEFAULT_NUM_SEGMENTS,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -197,30 +177,14 @@ def explain(
         raise ValueError(f"expected one uint8 grayscale image (S, S), got {image.dtype} {image.shape}")
     if num_samples < 2:
         raise ValueError("num_samples must be at least 2")
-    timings: dict[str, float] = {"predict": 0.0}
-    first: list[np.ndarray] = []
-
-    def classifier_fn(batch: np.ndarray) -> np.ndarray:
-        # Batches come as (N, S, S); an RGB copy (N, S, S, 3) would carry the same value thrice.
-        gray = np.ascontiguousarray(batch[..., 0] if batch.ndim == 4 else batch, dtype=np.uint8)
-        started = time.perf_counter()
-        probabilities = np.asarray(predict_fn(gray), dtype=np.float64)
-        timings["predict"] += (time.perf_counter() - started) * 1000.0
-        if probabilities.shape != (len(gray), len(class_names)):
-            raise ValueError(f"predict_fn returned {probabilities.shape}, expected ({len(gray)}, {len(class_names)})")
-        if not first:
-            first.append(probabilities[0])  # sample 0 is the unperturbed image
-        return probabilities
-
+    classifier = _TimedClassifier(predict_fn, len(class_names))
     started = time.perf_counter()
     segments = segment(image, num_segments)
-    timings["segment"] = (time.perf_counter() - started) * 1000.0
-
-    explainer = _BatchedLimeImageExplainer(feature_selection="none", random_state=seed)
+    segment_ms = (time.perf_counter() - started) * 1000.0
     started = time.perf_counter()
-    explained = explainer.explain_instance(
+    explained = _BatchedLimeImageExplainer(feature_selection="none", random_state=seed).explain_instance(
         image,
-        classifier_fn,
+        classifier,
         labels=(label,) if label is not None else (0,),
         top_labels=None if label is not None else 1,
         hide_color=HIDE_VALUE,
@@ -229,23 +193,26 @@ def explain(
         batch_size=batch_size,
         segmentation_fn=lambda _: segments,
     )
-    timings["lime"] = (time.perf_counter() - started) * 1000.0 - timings["predict"]
+    lime_ms = (time.perf_counter() - started) * 1000.0 - classifier.predict_ms
     chosen = label if label is not None else int(explained.top_labels[0])
-    weights = {int(seg): float(weight) for seg, weight in explained.local_exp[chosen]}
-    local_pred = np.asarray(explained.local_pred).reshape(-1)
+    local_prediction = np.asarray(explained.local_pred).reshape(-1)
     return Explanation(
         label_index=chosen,
         class_names=tuple(class_names),
-        probabilities=first[0],
+        probabilities=classifier.unperturbed,
         segments=segments,
-        weights=weights,
+        weights={int(seg): float(weight) for seg, weight in explained.local_exp[chosen]},
         intercept=float(explained.intercept[chosen]),
         score=float(explained.score),
-        local_prediction=float(local_pred[0]) if local_pred.size else float("nan"),
+        local_prediction=float(local_prediction[0]) if local_prediction.size else float("nan"),
         num_samples=num_samples,
         seed=seed,
-        background_segment=_background_segment(image, segments),
-        timings_ms={key: round(value, 2) for key, value in timings.items()},
+        background_segment=background_segment(image, segments),
+        timings_ms={
+            "predict": round(classifier.predict_ms, 2),
+            "segment": round(segment_ms, 2),
+            "lime": round(lime_ms, 2),
+        },
     )
 
 
@@ -254,61 +221,3 @@ def top_overlap(a: Explanation, b: Explanation, count: int = DEFAULT_NUM_REGIONS
     first, second = set(a.ranked_segments()[:count]), set(b.ranked_segments()[:count])
     union = first | second
     return len(first & second) / len(union) if union else 1.0
-
-
-# -- the overlay -----------------------------------------------------------------------------------
-
-_SUPPORT_RGB = np.array([255.0, 72.0, 0.0])  # warm: the region pushes towards the explained class
-_OPPOSE_RGB = np.array([0.0, 140.0, 255.0])  # cool: the region pushes away from it
-_OUTLINE_RGB = np.array([255.0, 235.0, 0.0])
-_MAX_ALPHA = 0.65
-
-
-def _fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def render_overlay(
-    scan: np.ndarray,
-    explanation: Explanation,
-    *,
-    outline: int = DEFAULT_NUM_REGIONS,
-    max_side: int = 1024,
-) -> bytes:
-    """PNG of the grayscale scan (its own size, capped at ``max_side``) with the weights as a heat map.
-
-    Supporting regions are warm, opposing ones cool, opacity grows with the absolute weight; the
-    ``outline`` strongest supporting regions are outlined. The background region is left unpainted.
-    """
-    gray = Image.fromarray(np.asarray(scan, dtype=np.uint8))
-    width, height = _fit_within(gray.width, gray.height, max_side)
-    if (width, height) != gray.size:
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-    labels = np.asarray(
-        Image.fromarray(explanation.segments.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST),
-        dtype=np.int64,
-    )
-    weight_of = np.zeros(int(explanation.segments.max()) + 1)
-    for seg, weight in explanation.weights.items():
-        weight_of[seg] = weight
-    if explanation.background_segment is not None:
-        # Painting the whole background would hide the tissue's colours; its weight is in the regions list.
-        weight_of[explanation.background_segment] = 0.0
-    scale = float(np.abs(weight_of).max()) or 1.0
-    heat = weight_of[labels] / scale  # -1..1 per pixel
-    alpha = (_MAX_ALPHA * np.abs(heat))[..., np.newaxis]
-    color = np.where((heat >= 0)[..., np.newaxis], _SUPPORT_RGB, _OPPOSE_RGB)
-    base = np.repeat(np.asarray(gray, dtype=np.float64)[..., np.newaxis], 3, axis=2)
-    out = base * (1.0 - alpha) + color * alpha
-    strongest = [
-        s for s in explanation.ranked_segments() if explanation.weights[s] > 0 and s != explanation.background_segment
-    ][:outline]
-    if strongest:
-        edges = find_boundaries(np.where(np.isin(labels, strongest), labels, -1), mode="inner") & np.isin(
-            labels, strongest
-        )
-        out[edges] = _OUTLINE_RGB
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -1,13 +1,15 @@
-"""Settings of the explainer service, read from ``BT_EXPLAINER_*`` variables."""
+"""Settings of the explainer service, read from ``BT_EXPLAINER_*`` variables.
+
+The LIME defaults (samples, superpixels) are the settings' own: reading the settings never imports
+LIME and, with it, scikit-learn.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.lime_explanation import DEFAULT_NUM_SAMPLES, DEFAULT_NUM_SEGMENTS
-
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 
 
 class Settings(BaseSettings):
@@ -19,12 +21,10 @@ class Settings(BaseSettings):
     port: int = Field(8003, ge=1, le=65535)
     inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
-    default_num_samples: int = Field(
-        DEFAULT_NUM_SAMPLES, description="Perturbed images per explanation when the request names no number."
-    )
+    default_num_samples: int = Field(500, description="Perturbed images per explanation when a request names none.")
     min_num_samples: int = Field(50, ge=2, description="Fewest perturbed images a request may ask for.")
     max_num_samples: int = Field(3000, ge=2, description="Most perturbed images a request may ask for.")
-    num_segments: int = Field(DEFAULT_NUM_SEGMENTS, ge=4, le=400, description="Superpixels SLIC aims for on each scan.")
+    num_segments: int = Field(48, ge=4, le=400, description="Superpixels SLIC aims for on each scan.")
     predict_batch_images: int = Field(
         512, ge=1, description="Most perturbed images sent to the inference service in one request."
     )

@@ -9,14 +9,8 @@ from fastapi import Depends, Query, Request
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from shared.errors import ErrorCode, ServiceError
+from shared.service import get_settings
 from shared.upstream import REQUEST_ID_HEADER
-
-# Names and versions go into upstream URLs: keep them to a safe alphabet.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def get_inference(request: Request) -> InferenceBatchClient:

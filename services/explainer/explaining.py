@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,8 +13,9 @@ from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from shared.errors import ErrorCode, ServiceError
 from shared.imaging import decode_grayscale, resize_gray
-from shared.lime_explanation import explain, render_overlay
-from shared.schemas import ExplanationOut, RegionOut
+from shared.lime_explanation import Explanation, explain
+from shared.lime_overlay import Overlay, render_overlay
+from shared.schemas import ContractOut, ExplanationOut, RegionOut
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,19 @@ def images_per_request(settings: Settings, image_size: int) -> int:
     return max(1, min(settings.predict_batch_images, settings.predict_batch_bytes // (image_size * image_size)))
 
 
+def label_index(label: str | None, class_names: Sequence[str]) -> int | None:
+    """The index of the class a client asked to explain (None: the predicted one); 422 for an unknown name."""
+    if label is None:
+        return None
+    if label not in class_names:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"label must be one of {', '.join(class_names)}; got {label!r}.",
+            {"class_names": list(class_names)},
+        )
+    return list(class_names).index(label)
+
+
 def explain_upload(
     data: bytes,
     request: ExplainRequest,
@@ -46,40 +61,41 @@ def explain_upload(
     # Resolve the version once: an alias that moves mid-explanation must not mix two models' answers.
     resolved = inference.contract(request.model, request.version, request_id)
     contract = resolved.contract
-    label_index = None
-    if request.label is not None:
-        if request.label not in contract.class_names:
-            raise ServiceError(
-                ErrorCode.INVALID_REQUEST,
-                f"label must be one of {', '.join(contract.class_names)}; got {request.label!r}.",
-                {"class_names": list(contract.class_names)},
-            )
-        label_index = contract.class_names.index(request.label)
-    pixels = resize_gray(scan, contract.image_size)
+    chosen = label_index(request.label, contract.class_names)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return inference.predict_pixels(resolved.model, resolved.version, batch, request_id)
 
     result = explain(
-        pixels,
+        resize_gray(scan, contract.image_size),
         predict,
         contract.class_names,
-        label=label_index,
+        label=chosen,
         num_samples=request.num_samples,
         seed=request.seed,
         num_segments=settings.num_segments,
         batch_size=images_per_request(settings, contract.image_size),
     )
     rendering = time.perf_counter()
-    png = render_overlay(np.asarray(scan), result, outline=request.num_regions, max_side=settings.overlay_max_side)
+    overlay = render_overlay(np.asarray(scan), result, outline=request.num_regions, max_side=settings.overlay_max_side)
     timings = {**result.timings_ms, "render": round((time.perf_counter() - rendering) * 1000.0, 2)}
-    width, height = _png_size(png)
+    return _answer(resolved, request, result, overlay, timings, latency_ms=(time.perf_counter() - started) * 1000.0)
+
+
+def _answer(
+    resolved: ContractOut,
+    request: ExplainRequest,
+    result: Explanation,
+    overlay: Overlay,
+    timings: dict[str, float],
+    latency_ms: float,
+) -> ExplanationOut:
     return ExplanationOut(
         model=resolved.model,
         version=resolved.version,
         label=result.label,
         predicted_label=result.predicted_label,
-        probabilities={name: float(p) for name, p in zip(contract.class_names, result.probabilities, strict=True)},
+        probabilities={name: float(p) for name, p in zip(result.class_names, result.probabilities, strict=True)},
         seed=request.seed,
         num_samples=request.num_samples,
         num_segments=int(result.segments.max()) + 1,
@@ -87,14 +103,9 @@ def explain_upload(
         score=result.score,
         intercept=result.intercept,
         local_prediction=result.local_prediction,
-        overlay_png=base64.b64encode(png).decode("ascii"),
-        overlay_width=width,
-        overlay_height=height,
-        latency_ms=round((time.perf_counter() - started) * 1000.0, 2),
+        overlay_png=base64.b64encode(overlay.png).decode("ascii"),
+        overlay_width=overlay.width,
+        overlay_height=overlay.height,
+        latency_ms=round(latency_ms, 2),
         timings_ms=timings,
     )
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    # Width and height are the first two fields of the IHDR chunk, right after the signature.
-    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 import numpy as np
 from fastapi import FastAPI
 
@@ -16,6 +15,7 @@ from services.explainer.inference import InferenceBatchClient
 from services.explainer.routes import api_router
 from shared.errors import install_error_handlers
 from shared.lime_explanation import explain
+from shared.service import internal_client
 from shared.uploads import UploadSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,7 @@ def _warm_up() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """One HTTP client to the inference service for the life of the app; a turn-taking semaphore."""
     settings: Settings = app.state.settings
-    timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
-    # trust_env=False: calls between our own services must not go through a proxy from the environment.
-    with httpx.Client(base_url=settings.inference_url, timeout=timeout, trust_env=False) as http:
+    with internal_client(settings.inference_url, settings.request_timeout_s, settings.connect_timeout_s) as http:
         app.state.inference = InferenceBatchClient(http)
         app.state.turns = asyncio.Semaphore(settings.max_concurrent)
         await asyncio.to_thread(_warm_up)

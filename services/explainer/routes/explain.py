@@ -3,45 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.explainer.deps import (
-    NAME_PATTERN,
-    InferenceDep,
-    NumSamples,
-    RequestIdDep,
-    SettingsDep,
-)
+from services.explainer.deps import InferenceDep, NumSamples, RequestIdDep, SettingsDep
 from services.explainer.explaining import ExplainRequest, explain_upload
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ErrorOut, ExplanationOut
+from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.schemas import ExplanationOut
+from shared.service import error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 
-ModelQuery = Annotated[
-    str, Query(pattern=NAME_PATTERN, description="Short model name: rf, snn, cnn or mobilenetv2.", examples=["cnn"])
-]
-VersionQuery = Annotated[
-    str | None,
-    Query(pattern=NAME_PATTERN, description="Version number or alias; default: the version /predict serves."),
-]
-LabelQuery = Annotated[
-    str | None,
-    Query(max_length=64, description="Class to explain (e.g. glioma); default: the class the model predicts."),
-]
-SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
-RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
-
-_ERRORS: dict[int | str, dict] = {
-    404: {"model": ErrorOut, "description": "MODEL_NOT_FOUND or VERSION_NOT_FOUND, from the inference service."},
-    413: {"model": ErrorOut, "description": "FILE_TOO_LARGE."},
-    415: {"model": ErrorOut, "description": "INVALID_IMAGE: empty or not a decodable image."},
-    422: {"model": ErrorOut, "description": "INVALID_REQUEST: e.g. num_samples out of bounds, unknown label."},
-    503: {"model": ErrorOut, "description": "UPSTREAM_UNAVAILABLE (inference down) or EXPLAINER_BUSY."},
+# What this route's errors mean here; 404 and 500 are the inference service's, passed on as they came.
+_MEANINGS = {
+    404: "MODEL_NOT_FOUND or VERSION_NOT_FOUND, from the inference service.",
+    422: "INVALID_REQUEST: e.g. num_samples out of bounds, unknown label, no multipart `file` field.",
+    500: "INVALID_MODEL, from the inference service: the registered model file cannot be served.",
+    503: "UPSTREAM_UNAVAILABLE (inference down) or EXPLAINER_BUSY.",
 }
 
 
@@ -54,7 +35,7 @@ _ERRORS: dict[int | str, dict] = {
     "classified by the model, and a weighted linear model says how much each region pushes towards the class "
     "(`label`, default: the predicted one). Answers the strongest regions with their weights and an overlay "
     "PNG (base64) of the heat map over the scan. The same `seed` gives the same answer.",
-    responses=_ERRORS,
+    responses=error_responses(400, 404, 413, 415, 422, 500, 502, 503, descriptions=_MEANINGS),
 )
 async def explain_image(
     request: Request,

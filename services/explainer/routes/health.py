@@ -1,40 +1,23 @@
-"""Liveness and readiness of the explainer."""
+"""Liveness (the kit's ``/healthz``) and readiness of the explainer."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from services.explainer.deps import InferenceDep, RequestIdDep
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ErrorOut
-from shared.upstream import raise_for_error
+from shared.service import HealthOut, error_responses, health_router
 
 router = APIRouter(tags=["health"])
-
-
-class HealthOut(BaseModel):
-    status: str = "ok"
-
-
-@router.get("/healthz", response_model=HealthOut, summary="Liveness: the process answers")
-async def read_health() -> HealthOut:
-    return HealthOut()
+router.include_router(health_router)
 
 
 @router.get(
     "/readyz",
     response_model=HealthOut,
-    summary="Readiness: the inference service answers",
-    responses={503: {"model": ErrorOut, "description": "UPSTREAM_UNAVAILABLE: the inference service is down."}},
+    summary="Readiness: the inference service is reachable and ready",
+    responses=error_responses(503, descriptions={503: "UPSTREAM_UNAVAILABLE: the inference service is not ready."}),
 )
 def read_readiness(inference: InferenceDep, request_id: RequestIdDep) -> HealthOut:
     # A plain def: the blocking client waits in a worker thread, not on the event loop.
-    response = inference.send("GET", "/healthz", request_id)
-    try:
-        raise_for_error(response, inference.service)
-    except ServiceError as exc:
-        raise ServiceError(
-            ErrorCode.UPSTREAM_UNAVAILABLE, f"The inference service is not healthy: {exc.message}"
-        ) from exc
+    inference.readiness(request_id)
     return HealthOut(status="ready")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from services.explainer.config import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults() -> None:
@@ -13,6 +19,17 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8003)
     assert settings.inference_url == "http://127.0.0.1:8001"
     assert (settings.min_num_samples, settings.default_num_samples, settings.max_num_samples) == (50, 500, 3000)
+    assert settings.num_segments == 48
+
+
+def test_reading_the_settings_imports_no_lime() -> None:
+    # The LIME defaults are the settings' own, so the settings never pull in lime and scikit-learn.
+    probe = (
+        "import sys, services.explainer.config; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lime', 'sklearn', 'skimage'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

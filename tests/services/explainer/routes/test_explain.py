@@ -192,11 +192,6 @@ def test_busy_explainer_is_503_after_the_queue_timeout(
     assert _explain(client, sample_images["glioma"], model="rf", **FAST).status_code == 200
 
 
-def test_health_and_readiness(explainer_client: Any) -> None:
-    assert explainer_client.get("/healthz").json() == {"status": "ok"}
-    assert explainer_client.get("/readyz").json() == {"status": "ready"}
-
-
 def test_the_request_id_reaches_the_error_body(explainer_client: Any, sample_images: dict[str, bytes]) -> None:
     response = explainer_client.post(
         "/v1/explain",
@@ -212,3 +207,11 @@ def test_weights_change_with_the_image(explainer_client: Any, sample_images: dic
     two = _explain(explainer_client, sample_images["notumor"], model="rf", **FAST).json()
     assert one["overlay_png"] != two["overlay_png"]
     assert np.isfinite([r["weight"] for r in one["regions"] + two["regions"]]).all()
+
+
+def test_unparsable_multipart_body_is_400(explainer_client: Any) -> None:
+    # A multipart body without a boundary cannot be parsed at all.
+    response = explainer_client.post(
+        "/v1/explain", params={"model": "rf"}, content=b"file=a.jpg", headers={"content-type": "multipart/form-data"}
+    )
+    error_body(response, 400, "INVALID_REQUEST")
