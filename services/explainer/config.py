@@ -6,10 +6,11 @@ LIME and, with it, scikit-learn.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.upstream import ServiceUrl
 
 
 class Settings(BaseSettings):
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8003, ge=1, le=65535)
-    inference_url: str = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
+    inference_url: ServiceUrl = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     default_num_samples: int = Field(500, description="Perturbed images per explanation when a request names none.")
     min_num_samples: int = Field(50, ge=2, description="Fewest perturbed images a request may ask for.")
@@ -38,14 +39,6 @@ class Settings(BaseSettings):
     overlay_max_side: int = Field(1024, ge=32, le=4096, description="Longest side of the overlay PNG.")
     request_timeout_s: float = Field(60.0, gt=0, description="Longest wait for one answer of the inference service.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to the inference service.")
-
-    @field_validator("inference_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-        return value
 
     @model_validator(mode="after")
     def _sample_bounds(self) -> Settings:
