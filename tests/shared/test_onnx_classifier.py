@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,50 @@ def test_classify_matches_the_original_estimator(
     assert classifier.contract == contract  # read back from the model's metadata
     assert classifier.key == "snn/7"
     for image in sample_images.values():
+        started = time.perf_counter()
         result = classifier.classify(image)
+        wall_ms = (time.perf_counter() - started) * 1000.0
         pixels = decode_to_array(image, image_size)
         expected = estimator.predict_proba(to_model_input(pixels, _flat(image_size)))[0]
         got = np.array([result.probabilities[name] for name in CLASS_NAMES])
         np.testing.assert_allclose(got, expected, atol=1e-5)
         assert result.label == CLASS_NAMES[int(np.argmax(expected))]
         assert list(result.probabilities) == list(CLASS_NAMES)
-        assert result.latency_ms >= 0
+        assert 0 < result.latency_ms <= wall_ms + 0.001  # milliseconds, rounded to the microsecond
+
+
+def test_bytes_and_a_path_load_the_same_model(
+    tmp_path: Path,
+    make_onnx: MakeOnnx,
+    sample_images: dict[str, bytes],
+    sample_arrays: Callable[[int], tuple[np.ndarray, np.ndarray]],
+) -> None:
+    contract = PreprocessingContract(layout="nhwc", scaling="unit", image_size=24)
+    data, estimator = make_onnx(contract)
+    from_bytes = OnnxClassifier("cnn", "2", data)
+    from_path = OnnxClassifier("cnn", "2", _write(tmp_path, data))
+    from_bytes.load()
+    from_path.load()
+
+    assert from_bytes.ready
+    assert from_bytes.source == data
+    assert from_path.source == tmp_path / "model.onnx"
+    assert from_bytes.contract == from_path.contract == contract
+    pixels, _ = sample_arrays(24)
+    expected = estimator.predict_proba(to_model_input(pixels[:12], _flat(24)))
+    np.testing.assert_allclose(from_bytes.predict_pixels(pixels[:12]), expected, atol=1e-5)
+    np.testing.assert_array_equal(from_bytes.predict_pixels(pixels[:12]), from_path.predict_pixels(pixels[:12]))
+    image = sample_images["meningioma"]
+    assert from_bytes.classify(image).probabilities == from_path.classify(image).probabilities
+
+
+def test_bytes_that_are_not_onnx_are_refused_without_echo() -> None:
+    classifier = OnnxClassifier("rf", "1", b"PATIENT Jane Doe; not an onnx graph")
+    with pytest.raises(ServiceError) as caught:
+        classifier.load()
+    assert caught.value.code is ErrorCode.INVALID_MODEL
+    assert "Jane" not in caught.value.message
+    assert not classifier.ready
 
 
 def test_preprocess_shape_follows_the_contract(tmp_path: Path, make_onnx: MakeOnnx, sample_images) -> None:
