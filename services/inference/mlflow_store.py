@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
@@ -111,8 +112,8 @@ class MlflowStore:
             models[short] = ModelRecord(short, model.name, versions[model.name], aliases)
         return Catalog(models)
 
-    def _all_registered_models(self) -> list:
-        registered: list = []
+    def _all_registered_models(self) -> list[RegisteredModel]:
+        registered: list[RegisteredModel] = []
         token: str | None = None
         while True:
             page = self._client.search_registered_models(filter_string=_NAME_FILTER, page_token=token)
