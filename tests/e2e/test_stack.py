@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from deploy.processes import free_port
+from deploy.stack import DEFAULT_PORTS
 from shared.contract import CLASS_NAMES
 from shared.dataset import SAMPLE_DATA_DIR
 
@@ -29,15 +30,22 @@ FAMILIES = ("rf", "snn", "cnn", "mobilenetv2")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, mobilenetv2_weights: Path) -> Iterator[dict[str, str]]:
-    state = tmp_path_factory.mktemp("stack")
-    ports = {name: free_port() for name in ("gateway", "inference", "training", "explainer", "mlflow")}
-    env = {
+def stack_env(tmp_path_factory: pytest.TempPathFactory, mobilenetv2_weights: Path) -> dict[str, str]:
+    """The environment of the stack commands: free ports for every process and a fresh state folder."""
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    return {
         **os.environ,
         **{f"BT_{name.upper()}_PORT": str(port) for name, port in ports.items()},
-        "BT_STATE_DIR": str(state),
+        "BT_STATE_DIR": str(tmp_path_factory.mktemp("stack")),
         "BT_MOBILENETV2_WEIGHTS": str(mobilenetv2_weights),
     }
+
+
+@pytest.fixture(scope="module")
+def stack(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    env = stack_env
+    state = Path(env["BT_STATE_DIR"])
+    ports = {name: int(env[f"BT_{name.upper()}_PORT"]) for name in DEFAULT_PORTS}
     up = subprocess.run(
         [sys.executable, "-m", "deploy.stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
@@ -49,6 +57,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mobilenetv2_weights: Path) -
         subprocess.run([sys.executable, "-m", "deploy.stack", "down"], cwd=ROOT, env=env, timeout=60)
         processes = json.loads((state / "stack.json").read_text()) if (state / "stack.json").exists() else {}
         assert not processes, "stack.json is removed by down"
+
+
+def test_status_reports_every_process_up(stack: dict[str, str], stack_env: dict[str, str]) -> None:
+    status = subprocess.run(
+        [sys.executable, "-m", "deploy.stack", "status"], cwd=ROOT, env=stack_env, capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stdout
+    lines = status.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(stack)
+    assert all(line.split()[1] == "up" for line in lines), status.stdout
+
+
+def test_services_with_upstreams_are_ready(stack: dict[str, str]) -> None:
+    # Ready means the same everywhere: what the service needs to answer is reachable and ready.
+    for name in ("inference", "explainer", "gateway"):
+        deadline = time.monotonic() + 60
+        response = httpx.get(f"{stack[name]}/readyz", timeout=10)
+        while response.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            response = httpx.get(f"{stack[name]}/readyz", timeout=10)
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["status"] == "ready", (name, response.text)
 
 
 def sample_file(class_name: str) -> Path:
