@@ -24,7 +24,6 @@ from benchmarks.markdown import command_line, write_section
 from services.training.cli import parse_override
 from services.training.data import prepare_data
 from services.training.families import get_family
-from services.training.report import FAMILY_TITLES
 from services.training.splits import split_train_test
 
 # What docs/benchmarks.md shows: the command with no variants reruns these.
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {name} | {changed} | {accuracy:.4f} | {training} | {minutes:.1f} |")
         print(rows[-1], flush=True)
     command = command_line("benchmarks.family_variants", argv)
-    body = f"""## {FAMILY_TITLES[args.family]} variants (`{command}`)
+    body = f"""## {family.title} variants (`{command}`)
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()});
 one run per row. Trained on {len(fit_idx)} training images, scored on a duplicate-aware validation slice of

@@ -6,7 +6,16 @@ from pydantic import BaseModel, Field
 
 from shared.contract import PreprocessingContract
 
-MODEL_FAMILIES: tuple[str, ...] = ("rf", "snn", "cnn", "mobilenetv2")
+# Every model family: its short name -> the class that trains it ("module:Class"). A string, imported only by
+# training (services.training.families.family_class), so that shared/ imports no service and a forest run never
+# imports TensorFlow. Adding a family is one module in services/training/families/ and one line here.
+FAMILY_CLASSES: dict[str, str] = {
+    "rf": "services.training.families.random_forest:RandomForestFamily",
+    "snn": "services.training.families.snn:ShallowNetFamily",
+    "cnn": "services.training.families.cnn:SmallCnnFamily",
+    "mobilenetv2": "services.training.families.mobilenetv2:MobileNetV2Family",
+}
+MODEL_FAMILIES: tuple[str, ...] = tuple(FAMILY_CLASSES)
 # The header of a predict-pixels request that gives the shape (N,H,W) of the raw uint8 body.
 PIXELS_SHAPE_HEADER = "x-pixels-shape"
 REGISTERED_NAME_PREFIX = "brain-tumor-"

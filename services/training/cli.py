@@ -1,6 +1,6 @@
 """Command line: train in the foreground with a progress display.
 
-python -m services.training --data PATH [--families rf,cnn] [--search quick] [--max-trials N]
+bt-train (or python -m services.training.cli) --data PATH [--families rf,cnn] [--search quick] [--max-trials N]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from shared.schemas import MODEL_FAMILIES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m services.training", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bt-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="image folder (default: BT_TRAINING_DATA_DIR or the embedded sample)")
-    parser.add_argument("--families", default=",".join(MODEL_FAMILIES), help="comma-separated: rf,snn,cnn,mobilenetv2")
+    families = ",".join(MODEL_FAMILIES)
+    parser.add_argument("--families", default=families, help=f"comma-separated, some of {families}")
     parser.add_argument("--search", choices=["none", "quick", "seed"], default="quick")
     parser.add_argument("--max-trials", type=int)
     parser.add_argument("--image-size", type=int, help="input size for every family (default: each family's own)")

@@ -41,13 +41,9 @@ def early_stopping(patience: int, has_validation: bool) -> Any:
     )
 
 
-# AdamW's decay when a model's parameters do not set `weight_decay`.
-DEFAULT_ADAMW_WEIGHT_DECAY = 1e-4
-
-
 def make_optimizer(name: str, learning_rate: Any, weight_decay: float | None = None) -> Any:
     """`learning_rate` is a number or a Keras schedule. `weight_decay` is decoupled (Keras multiplies it by
-    the current learning rate at each step); None means none, except AdamW's default."""
+    the current learning rate at each step); None means none, for every optimizer."""
     import keras
 
     optimizers = {
@@ -60,7 +56,9 @@ def make_optimizer(name: str, learning_rate: Any, weight_decay: float | None = N
     if key not in optimizers:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(optimizers)}")
     if weight_decay is None and key == "adamw":
-        weight_decay = DEFAULT_ADAMW_WEIGHT_DECAY
+        # Keras's AdamW needs a number. Not its own 0.004: a family that wants decay says how much (the CNN's
+        # defaults do), and the 1e-4 this code once defaulted to shrank weights by 1e-7 a step, as good as 0.
+        weight_decay = 0.0
     if weight_decay is not None and weight_decay < 0:
         raise ValueError(f"weight_decay must be 0 or positive, got {weight_decay}")
     return optimizers[key](learning_rate=learning_rate, weight_decay=weight_decay)
@@ -98,7 +96,6 @@ def compile_and_fit(
     optimizer: str | None = None,
     learning_rate: float | None = None,
     epochs: int | None = None,
-    patience: int | None = None,
 ) -> dict[str, list[float]]:
     """The one training loop of every Keras model here, with cross-entropy and one of two schedules:
     `plateau` (the default) halves the learning rate when validation loss stalls and stops early, restoring
@@ -107,15 +104,9 @@ def compile_and_fit(
     import keras
 
     batch_size, n_epochs = int(params["batch_size"]), int(epochs or params["epochs"])
-    rate = learning_rate or params["learning_rate"]
     schedule = params.get("schedule", "plateau")
-    if schedule == "cosine":
-        # Decays to zero over the planned epochs: no plateau detection needed, and the last epochs
-        # at a small rate are the ones that settle the weights.
-        steps = max(int(np.ceil(len(inputs) / batch_size)) * n_epochs, 1)
-        rate = keras.optimizers.schedules.CosineDecay(rate, steps)
-    elif schedule != "plateau":
-        raise ValueError(f"unknown schedule {schedule!r}; expected plateau or cosine")
+    steps = max(int(np.ceil(len(inputs) / batch_size)) * n_epochs, 1)
+    rate = learning_rate_schedule(learning_rate or params["learning_rate"], schedule, steps)
     mixup_alpha = float(params.get("mixup_alpha", 0.0))
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be 0 (off) or positive, got {mixup_alpha}")
@@ -132,14 +123,7 @@ def compile_and_fit(
         loss=loss,
         metrics=metrics,
     )
-    stop_patience = int(patience if patience is not None else params.get("patience", 3))
-    # A cosine schedule runs its planned epochs: its last, low-rate epochs are the ones that settle the
-    # weights, and validation loss (what early stopping watches) rises there while accuracy still climbs.
-    callbacks = [early_stopping(stop_patience, validation is not None)] if watches_validation(params) else []
-    if validation is not None and stop_patience > 2 and schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
-        )
+    callbacks = training_callbacks(params, validation is not None)
     if mixup_alpha > 0:
         batches = mixup_batches(
             inputs, labels, n_classes, batch_size, mixup_alpha, int(params.get("seed", 0)), params.get("class_weight")
@@ -152,6 +136,36 @@ def compile_and_fit(
         data = {"x": inputs, "y": labels, "batch_size": batch_size, "class_weight": params.get("class_weight")}
     history = model.fit(**data, validation_data=validation, epochs=n_epochs, callbacks=callbacks, verbose=0)
     return history_dict(history)
+
+
+def learning_rate_schedule(rate: float, schedule: str, steps: int) -> Any:
+    """The optimizer's learning rate: the number itself (`plateau`), or a cosine decay to zero over `steps`."""
+    import keras
+
+    if schedule == "cosine":
+        # Decays to zero over the planned epochs: no plateau detection needed, and the last epochs
+        # at a small rate are the ones that settle the weights.
+        return keras.optimizers.schedules.CosineDecay(rate, steps)
+    if schedule != "plateau":
+        raise ValueError(f"unknown schedule {schedule!r}; expected plateau or cosine")
+    return rate
+
+
+def training_callbacks(params: dict[str, Any], has_validation: bool) -> list[Any]:
+    """Early stopping and learning-rate halving on a plateau of validation loss; none under a cosine schedule."""
+    import keras
+
+    if not watches_validation(params):
+        # A cosine schedule runs its planned epochs: its last, low-rate epochs are the ones that settle the
+        # weights, and validation loss (what early stopping watches) rises there while accuracy still climbs.
+        return []
+    stop_patience = int(params.get("patience", 3))
+    callbacks = [early_stopping(stop_patience, has_validation)]
+    if has_validation and stop_patience > 2:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(stop_patience // 2, 1))
+        )
+    return callbacks
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:

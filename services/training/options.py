@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from shared.schemas import MODEL_FAMILIES
 
-Family = Literal["rf", "snn", "cnn", "mobilenetv2"]
+if TYPE_CHECKING:
+    Family = str
+else:  # the names of shared.schemas.FAMILY_CLASSES, listed as an enum in the API's JSON schema
+    Family = Literal[MODEL_FAMILIES]
 SearchMode = Literal["none", "quick", "seed"]
 IMAGE_SIZE_LIMITS = (16, 512)
 EPOCH_LIMITS = (1, 500)

@@ -17,11 +17,11 @@ from services.training import plots, tracking
 from services.training.balancing import apply_balancing
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
-from services.training.evaluation import evaluate
-from services.training.families import ModelFamily, get_family
+from services.training.evaluation import Evaluation, evaluate
+from services.training.families import FittedModel, ModelFamily, get_family
 from services.training.grids import candidates, search_overrides
 from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
-from services.training.onnx_export import check_parity, embed_contract, exported_classifier
+from services.training.onnx_export import ParityReport, check_parity, embed_contract, exported_classifier
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
@@ -45,23 +45,16 @@ def _search(
     base: dict[str, Any],
 ) -> tuple[dict[str, Any], list[TrialOutcome]]:
     """Grid search with 3-fold CV; returns the winning parameters (at full refit cost) and every outcome."""
-    overrides = search_overrides(family_name, options.search)
-    grid = candidates(family_name, options.search, options.max_trials)
+    overrides = search_overrides(family, options.search)
+    grid = candidates(family, options.search, options.max_trials)
     trials = [{**base, **overrides, **choice} for choice in grid]
-
-    def inputs_for(params: dict[str, Any]) -> np.ndarray:
-        pixels = data.train(int(params["image_size"]))
-        if family_name == "mobilenetv2" and int(params.get("fine_tune_blocks", 0)) == 0:
-            return family.features(pixels, family.contract(int(params["image_size"])))  # type: ignore[attr-defined]
-        return pixels
-
     outcomes = run_search(
         family_name,
         trials,
-        inputs_for,
+        lambda params: family.search_inputs(data.train(int(params["image_size"])), params),
         data.train_labels,
         data.train_groups,
-        settings.mobilenetv2_weights,
+        settings,
         options.seed,
         backend=options.backend,
         scheduler=options.scheduler,
@@ -73,23 +66,48 @@ def _search(
     return {**base, **chosen}, outcomes
 
 
+def _search_and_log(
+    family_name: str,
+    family: ModelFamily,
+    data: PreparedData,
+    options: TrainingOptions,
+    settings: TrainingSettings,
+    base: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """Search, log every trial as a child run; returns the parameters to refit with, the winner's CV
+    metrics and the search's seconds."""
+    started = time.perf_counter()
+    params, outcomes = _search(family_name, family, data, options, settings, base)
+    params.update(options.overrides)
+    search_seconds = time.perf_counter() - started
+    _log_trials(family_name, outcomes)
+    cv_metrics = {f"cv_{key}": value for key, value in best_outcome(outcomes).mean_metrics.items()}
+    mlflow.log_metrics({**cv_metrics, "search_seconds": search_seconds, "search_trials": len(outcomes)})
+    return params, cv_metrics, search_seconds
+
+
+def _log_curves(history: dict[str, list[float]]) -> None:
+    for metric, values in history.items():
+        for epoch, value in enumerate(values):
+            mlflow.log_metric(f"curve_{metric}", value, step=epoch)
+
+
 def _log_trials(family_name: str, outcomes: list[TrialOutcome]) -> None:
     for index, outcome in enumerate(outcomes):
         with mlflow.start_run(run_name=f"{family_name}-trial-{index:03d}", nested=True):
-            mlflow.set_tags({"family": family_name, "stage": "trial", "failed": str(outcome.error is not None)})
+            tags = {"family": family_name, "stage": "trial", "failed": str(outcome.error is not None)}
+            mlflow.set_tags({**tags, "worker": outcome.worker})
             tracking.log_params(outcome.params)
             metrics = {"trial_seconds": outcome.seconds, **outcome.mean_metrics}
             for fold, fold_metrics in enumerate(outcome.fold_metrics):
                 metrics.update({f"fold{fold}_{key}": value for key, value in fold_metrics.items()})
             mlflow.log_metrics(metrics)
-            for key, values in outcome.curves.items():
-                for epoch, value in enumerate(values):
-                    mlflow.log_metric(f"curve_{key}", value, step=epoch)
+            _log_curves(outcome.curves)
             if outcome.error:
                 mlflow.set_tag("error", outcome.error[:500])
 
 
-def _refit(family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int) -> tuple[Any, float]:
+def _refit(family: ModelFamily, data: PreparedData, params: dict[str, Any], seed: int) -> tuple[FittedModel, float]:
     """Fit on the whole training part, less a held-out slice only if the family watches one."""
     size = int(params["image_size"])
     model_params = {key: value for key, value in params.items() if key not in NOT_MODEL_PARAMS}
@@ -107,6 +125,42 @@ def _refit(family: ModelFamily, data: PreparedData, params: dict[str, Any], seed
     return fitted, time.perf_counter() - started
 
 
+def _log_evaluation(family_name: str, evaluation: Evaluation, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """The test split's classification report, confusion matrix and ROC curves, as run artifacts."""
+    mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
+    header = "\t".join(CLASS_NAMES)
+    rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
+    mlflow.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
+    tracking.log_bytes(plots.confusion_png(evaluation.confusion, family_name), "evaluation/confusion_matrix.png")
+    tracking.log_bytes(plots.roc_png(labels, probabilities, family_name), "evaluation/roc_curves.png")
+
+
+def _evaluate(
+    family_name: str, family: ModelFamily, fitted: FittedModel, test_pixels: np.ndarray, test_labels: np.ndarray
+) -> tuple[np.ndarray, Evaluation, dict[str, float]]:
+    """Test-split probabilities, their evaluation and the family's stage figures, all logged to the run."""
+    native = family.predict_native(fitted, test_pixels)
+    evaluation = evaluate(test_labels, native)
+    stage_metrics = family.stage_metrics(fitted, test_pixels, test_labels)
+    mlflow.log_metrics(stage_metrics)
+    _log_evaluation(family_name, evaluation, test_labels, native)
+    return native, evaluation, stage_metrics
+
+
+def _progress_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What a run's progress shows: every figure but the per-class ones."""
+    per_class = ("test_precision_", "test_recall_", "test_f1_")
+    return {k: v for k, v in metrics.items() if not k.startswith(per_class) or k.endswith("macro")}
+
+
+def _require_parity(family_name: str, parity: ParityReport) -> None:
+    if not parity.passed:
+        raise RuntimeError(
+            f"ONNX parity check failed for {family_name}: max abs diff {parity.max_abs_diff:.2e}, "
+            f"arg-max agreement {parity.argmax_agreement:.4f}; the model was not registered"
+        )
+
+
 def _onnx_latency_ms(classifier: OnnxClassifier, tensor: np.ndarray, images: int = 20) -> float:
     """Single-image latency, as a client calling the service sees it (batch size 1, warm session)."""
     classifier.predict(tensor[:1])
@@ -115,6 +169,55 @@ def _onnx_latency_ms(classifier: OnnxClassifier, tensor: np.ndarray, images: int
     for i in range(count):
         classifier.predict(tensor[i : i + 1])
     return 1000 * (time.perf_counter() - started) / max(count, 1)
+
+
+def _export(
+    family_name: str, family: ModelFamily, fitted: FittedModel, test_pixels: np.ndarray, native: np.ndarray, run_id: str
+) -> tuple[bytes, ParityReport, dict[str, float]]:
+    """Convert to ONNX with the contract embedded, log the file, and compare it with the native model."""
+    provenance = {"family": family_name, "mlflow_run_id": run_id}
+    model_bytes = embed_contract(family.to_onnx(fitted), fitted.contract, provenance)
+    tracking.log_onnx(model_bytes)
+    tensor = family.tensor(test_pixels, fitted.contract)
+    classifier = exported_classifier(model_bytes)
+    parity = check_parity(native, classifier.predict(tensor, 64))
+    metrics = {
+        "onnx_ms_per_image": _onnx_latency_ms(classifier, tensor),
+        "onnx_bytes": float(len(model_bytes)),
+        "parity_max_abs_diff": parity.max_abs_diff,
+        "parity_argmax_agreement": parity.argmax_agreement,
+    }
+    return model_bytes, parity, metrics
+
+
+def _register(family_name: str, run_id: str, data: PreparedData, params: dict[str, Any], test_accuracy: float) -> str:
+    """A new version of the family's registered model from the run's ONNX folder."""
+    return tracking.register_version(
+        registered_name(family_name),
+        run_id,
+        description=f"{family_name}: test accuracy {test_accuracy:.4f}",
+        tags={
+            "family": family_name,
+            "image_size": str(params["image_size"]),
+            "test_files_sha256": data.info["test_files_sha256"],
+        },
+    )
+
+
+def _base_params(family: ModelFamily, options: TrainingOptions) -> dict[str, Any]:
+    """The family's defaults with what the run asks for on top."""
+    base = {**family.default_params(), "balancing": "none", "seed": options.seed}
+    if options.image_size is not None:
+        base["image_size"] = options.image_size
+    if options.epochs is not None and "epochs" in base:
+        base["epochs"] = options.epochs
+    return {**base, **options.overrides}
+
+
+def _log_data(data: PreparedData) -> None:
+    mlflow.log_text("\n".join(data.test_file_names()), "split/test_files.txt")
+    mlflow.log_params({"test_files_sha256": data.info["test_files_sha256"], "data_dir": data.info["data_dir"]})
+    mlflow.log_metrics({k: float(v) for k, v in data.info.items() if isinstance(v, int | float)})
 
 
 def train_family(
@@ -126,124 +229,52 @@ def train_family(
     progress: FamilyProgress,
 ) -> dict[str, Any]:
     """Search, refit, evaluate, convert, check, log and register one family. Returns its report row."""
-    progress.state, progress.step = FamilyState.RUNNING, "starting"
-    report(progress)
-    family = get_family(family_name, settings.mobilenetv2_weights)
-    base = {**family.default_params(), "balancing": "none", "seed": options.seed}
-    if options.image_size is not None:
-        base["image_size"] = options.image_size
-    if options.epochs is not None and "epochs" in base:
-        base["epochs"] = options.epochs
-    base.update(options.overrides)
 
+    def step(name: str) -> None:
+        progress.step = name
+        report(progress)
+
+    progress.state = FamilyState.RUNNING
+    step("starting")
+    family = get_family(family_name, settings)
+    params, cv_metrics, search_seconds = _base_params(family, options), {}, 0.0
     with mlflow.start_run(run_name=family_name) as run:
         progress.mlflow_run_id = run.info.run_id
         mlflow.set_tags({"family": family_name, "stage": "family", "search": options.search})
-        mlflow.log_text("\n".join(data.test_file_names()), "split/test_files.txt")
-        mlflow.log_params({"test_files_sha256": data.info["test_files_sha256"], "data_dir": data.info["data_dir"]})
-        mlflow.log_metrics({k: float(v) for k, v in data.info.items() if isinstance(v, int | float)})
-
-        search_seconds, cv_metrics = 0.0, {}
-        params = base
+        _log_data(data)
         if options.search != "none":
-            progress.step = "searching (3-fold CV)"
-            report(progress)
-            started = time.perf_counter()
-            params, outcomes = _search(family_name, family, data, options, settings, base)
-            params.update(options.overrides)
-            search_seconds = time.perf_counter() - started
-            _log_trials(family_name, outcomes)
-            winner = best_outcome(outcomes)
-            cv_metrics = {f"cv_{key}": value for key, value in winner.mean_metrics.items()}
-            mlflow.log_metrics({**cv_metrics, "search_seconds": search_seconds, "search_trials": len(outcomes)})
+            step("searching (3-fold CV)")
+            params, cv_metrics, search_seconds = _search_and_log(family_name, family, data, options, settings, params)
         tracking.log_params(params)
 
-        progress.step = "refitting on all training data"
-        report(progress)
+        step("refitting on all training data")
         fitted, train_seconds = _refit(family, data, params, options.seed)
-        for metric, values in fitted.history.items():
-            for epoch, value in enumerate(values):
-                mlflow.log_metric(f"curve_{metric}", value, step=epoch)
+        _log_curves(fitted.history)
 
-        progress.step = "evaluating on the test split"
-        report(progress)
-        size = int(params["image_size"])
-        test_pixels = data.test(size)
-        native = family.predict_native(fitted, test_pixels)
-        evaluation = evaluate(data.test_labels, native)
-        stage_metrics = {k: float(v) for k, v in fitted.extras.items() if isinstance(v, int | float)}
-        baseline = fitted.extras.get("frozen_model")
-        if baseline is not None:  # what fine-tuning bought: the same head before the top blocks moved
-            from services.training import keras_runtime
+        step("evaluating on the test split")
+        test_pixels = data.test(int(params["image_size"]))
+        native, evaluation, stage_metrics = _evaluate(family_name, family, fitted, test_pixels, data.test_labels)
 
-            frozen_probabilities = keras_runtime.predict_batches(baseline, family.tensor(test_pixels, fitted.contract))
-            frozen_metrics = evaluate(data.test_labels, frozen_probabilities, prefix="frozen_head_test_").metrics
-            stage_metrics.update({k: v for k, v in frozen_metrics.items() if "macro" in k or k.endswith("accuracy")})
-        mlflow.log_metrics(stage_metrics)
-        mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
-        header = "\t".join(CLASS_NAMES)
-        rows = "\n".join("\t".join(map(str, row)) for row in evaluation.confusion)
-        mlflow.log_text(f"{header}\n{rows}\n", "evaluation/confusion_matrix.tsv")
-        tracking.log_bytes(plots.confusion_png(evaluation.confusion, family_name), "evaluation/confusion_matrix.png")
-        tracking.log_bytes(plots.roc_png(data.test_labels, native, family_name), "evaluation/roc_curves.png")
-
-        progress.step = "converting to ONNX"
-        report(progress)
-        contract = fitted.contract
-        model_bytes = embed_contract(
-            family.to_onnx(fitted), contract, {"family": family_name, "mlflow_run_id": run.info.run_id}
-        )
-        tracking.log_onnx(model_bytes)
-        tensor = family.tensor(test_pixels, contract)
-        classifier = exported_classifier(model_bytes)
-        parity = check_parity(native, classifier.predict(tensor, 64))
-        metrics = {
-            **evaluation.metrics,
-            "train_seconds": train_seconds,
-            "onnx_ms_per_image": _onnx_latency_ms(classifier, tensor),
-            "onnx_bytes": float(len(model_bytes)),
-            "parity_max_abs_diff": parity.max_abs_diff,
-            "parity_argmax_agreement": parity.argmax_agreement,
-        }
+        step("converting to ONNX")
+        model_bytes, parity, export_metrics = _export(family_name, family, fitted, test_pixels, native, run.info.run_id)
+        metrics = {**evaluation.metrics, "train_seconds": train_seconds, **export_metrics}
         mlflow.log_metrics(metrics)
-        per_class = ("test_precision_", "test_recall_", "test_f1_")
-        progress.metrics = {
-            k: v for k, v in {**metrics, **cv_metrics}.items() if not k.startswith(per_class) or k.endswith("macro")
-        }
-        if not parity.passed:
-            raise RuntimeError(
-                f"ONNX parity check failed for {family_name}: max abs diff {parity.max_abs_diff:.2e}, "
-                f"arg-max agreement {parity.argmax_agreement:.4f}; the model was not registered"
-            )
+        progress.metrics = _progress_metrics({**metrics, **cv_metrics})
+        _require_parity(family_name, parity)
         # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
         log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, data.test_labels, family_name, per_class=2)
         if options.register_models:
-            progress.step = "registering"
-            report(progress)
+            step("registering")
             progress.registered_name = registered_name(family_name)
-            progress.registered_version = tracking.register_version(
-                progress.registered_name,
-                run.info.run_id,
-                description=f"{family_name}: test accuracy {evaluation.metrics['test_accuracy']:.4f}",
-                tags={
-                    "family": family_name,
-                    "image_size": str(size),
-                    "test_files_sha256": data.info["test_files_sha256"],
-                },
-            )
-    progress.state, progress.step = FamilyState.DONE, "done"
-    report(progress)
+            accuracy = evaluation.metrics["test_accuracy"]
+            progress.registered_version = _register(family_name, run.info.run_id, data, params, accuracy)
+    progress.state = FamilyState.DONE
+    step("done")
     return {
-        "family": family_name,
-        "version": progress.registered_version,
-        "run_id": run.info.run_id,
-        "params": params,
-        "metrics": metrics,
-        "cv": cv_metrics,
-        "stages": stage_metrics,
-        "search_seconds": search_seconds,
-        "train_seconds": train_seconds,
-    }
+        "family": family_name, "version": progress.registered_version, "run_id": run.info.run_id, "params": params,
+        "metrics": metrics, "cv": cv_metrics, "stages": stage_metrics,
+        "search_seconds": search_seconds, "train_seconds": train_seconds,
+    }  # fmt: skip
 
 
 def run_training(
@@ -259,7 +290,7 @@ def run_training(
     results: list[FamilyProgress] = []
     rows: list[dict[str, Any]] = []
     for family_name in options.families:
-        progress = FamilyProgress(family=family_name)  # type: ignore[arg-type]
+        progress = FamilyProgress(family=family_name)
         try:
             rows.append(train_family(family_name, data, options, settings, callback, progress))
         except Exception as exc:  # one family's failure is reported, the others still train

@@ -11,30 +11,28 @@ from typing import Any
 import mlflow
 
 from services.training import plots
+from services.training.families import family_class
 from services.training.options import TrainingOptions
 
 logger = logging.getLogger(__name__)
 
-# What the original student study reported (its split leaked rotated copies of test images).
-STUDY_ACCURACY = {"rf": 0.92, "cnn": 0.952}
-FAMILY_TITLES = {
-    "rf": "Random Forest",
-    "snn": "Shallow dense network",
-    "cnn": "Small CNN",
-    "mobilenetv2": "MobileNetV2",
-}
+
+
+def _study_accuracy(family_name: str) -> float | None:
+    """What the original student study reported for the family (its split leaked rotated copies of test images)."""
+    return family_class(family_name).study_accuracy
 
 
 def _title(row: dict[str, Any]) -> str:
     """The family's title, with the kind of forest when the search chose extra trees over a random forest."""
-    title = FAMILY_TITLES.get(row["family"], row["family"])
+    title = family_class(row["family"]).title
     forest = str(row.get("params", {}).get("forest", "")).replace("_", " ")
     return f"{title} ({forest})" if forest and forest != title.lower() else title
 
 
 def _row_line(row: dict[str, Any]) -> str:
     m = row["metrics"]
-    study = STUDY_ACCURACY.get(row["family"])
+    study = _study_accuracy(row["family"])
     cv = row["cv"].get("cv_mean_val_accuracy")
     cells = [
         _title(row),
@@ -85,7 +83,7 @@ def comparison_markdown(
     params = "\n".join(f"- **{row['family']}**: `{json.dumps(row['params'], sort_keys=True)}`" for row in rows)
     return f"""# Model comparison
 
-Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training --search {options.search}` on
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training.cli --search {options.search}` on
 `{info["data_dir"]}` (whole run {seconds / 60:.1f} minutes).
 
 {header}
@@ -128,7 +126,7 @@ def write_comparison(
             "family": row["family"],
             "accuracy": row["metrics"]["test_accuracy"],
             "f1_macro": row["metrics"]["test_f1_macro"],
-            "study_accuracy": STUDY_ACCURACY.get(row["family"], ""),
+            "study_accuracy": _study_accuracy(row["family"]) or "",
         }
         for row in rows
     ]

@@ -7,11 +7,12 @@ Each trial returns its per-fold metrics; the parent process logs them to MLflow.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import joblib
@@ -19,6 +20,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from services.training.balancing import apply_balancing
+from services.training.config import TrainingSettings
 from services.training.evaluation import evaluate
 from services.training.families import get_family
 from services.training.splits import split_train_test
@@ -35,6 +37,7 @@ class TrialOutcome:
     seconds: float
     curves: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
+    worker: str = ""  # where the trial ran (`running_on`)
 
     @property
     def mean_metrics(self) -> dict[str, float]:
@@ -68,17 +71,16 @@ def run_trial(
     labels: np.ndarray,
     groups: np.ndarray,
     folds: list[tuple[np.ndarray, np.ndarray]],
-    weights: Path | None,
+    settings: TrainingSettings | None,
     seed: int,
 ) -> TrialOutcome:
-    """Fit and score one parameter set on every fold. `inputs` are uint8 images, or for a frozen
-    MobileNetV2 the precomputed pooled features of the same images."""
+    """Fit and score one parameter set on every fold. `inputs` are what the family's `search_inputs` made of
+    the images (the images themselves, or features shared by every trial)."""
     started = time.perf_counter()
-    family = get_family(family_name, weights)
-    size = int(params.get("image_size", 128))
+    family = get_family(family_name, settings)
+    contract = family.contract(int(params.get("image_size", 128)), params.get("scaling"))
     model_params = {k: v for k, v in params.items() if k not in NOT_MODEL_PARAMS}
     model_params.setdefault("seed", seed)
-    on_features = family_name == "mobilenetv2" and inputs.ndim == 2
     fold_metrics: list[dict[str, float]] = []
     curves: dict[str, list[float]] = {}
     try:
@@ -87,28 +89,25 @@ def run_trial(
             if family.holds_out(model_params):  # a slice of the fold's own training part
                 inner_fit, inner_stop = split_train_test(labels[train_idx], groups[train_idx], 0.1, seed + fold)
                 fit_idx, stop_idx = train_idx[inner_fit], train_idx[inner_stop]
-            if on_features:
-                fit_inputs, fit_labels, fit_params = apply_balancing(
-                    inputs[fit_idx], labels[fit_idx], model_params, seed
-                )
-                stop = None if stop_idx is None else (inputs[stop_idx], labels[stop_idx])
-                head, history = family.fit_head(fit_inputs, fit_labels, fit_params, stop)  # type: ignore[attr-defined]
-                probabilities = np.asarray(head.predict(inputs[val_idx], verbose=0))
-            else:
-                contract = family.contract(size, params.get("scaling"))
-                fit_pixels, fit_labels, fit_params = apply_balancing(
-                    inputs[fit_idx], labels[fit_idx], model_params, seed
-                )
-                stop = None if stop_idx is None else (inputs[stop_idx], labels[stop_idx])
-                fitted = family.fit(fit_pixels, fit_labels, fit_params, contract, stop)
-                probabilities = family.predict_native(fitted, inputs[val_idx])
-                history = fitted.history
-            fold_metrics.append(fold_scores(labels[val_idx], probabilities))
+            fit_inputs, fit_labels, fit_params = apply_balancing(inputs[fit_idx], labels[fit_idx], model_params, seed)
+            stop = None if stop_idx is None else (inputs[stop_idx], labels[stop_idx])
+            fitted = family.fit_search_inputs(fit_inputs, fit_labels, fit_params, contract, stop)
+            fold_metrics.append(fold_scores(labels[val_idx], family.predict_search_inputs(fitted, inputs[val_idx])))
             if fold == 0:
-                curves = history
+                curves = fitted.history
     except Exception as exc:  # a bad combination is reported as a failed trial, the search goes on
-        return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves, f"{type(exc).__name__}: {exc}")
-    return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves)
+        error = f"{type(exc).__name__}: {exc}"
+        return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves, error, running_on())
+    return TrialOutcome(params, fold_metrics, time.perf_counter() - started, curves, worker=running_on())
+
+
+def running_on() -> str:
+    """Where this code runs: the Dask worker's address on a cluster, else this process ('pid 1234')."""
+    distributed = sys.modules.get("distributed")  # a Dask worker has imported it; nothing else needs to
+    if distributed is not None:
+        with suppress(ValueError):  # not inside a Dask task
+            return str(distributed.get_worker().address)
+    return f"pid {os.getpid()}"
 
 
 def joblib_backend(backend: str, scheduler: str | None, jobs: int) -> AbstractContextManager[Any]:
@@ -145,7 +144,7 @@ def run_search(
     inputs_for: Callable[[dict[str, Any]], np.ndarray],
     labels: np.ndarray,
     groups: np.ndarray,
-    weights: Path | None,
+    settings: TrainingSettings | None,
     seed: int,
     backend: str = "local",
     scheduler: str | None = None,
@@ -154,7 +153,7 @@ def run_search(
     """Run every trial on the same folds; returns outcomes in trial order."""
     folds = cv_folds(labels, groups, seed)
     calls = [
-        joblib.delayed(run_trial)(family_name, params, inputs_for(params), labels, groups, folds, weights, seed)
+        joblib.delayed(run_trial)(family_name, params, inputs_for(params), labels, groups, folds, settings, seed)
         for params in trials
     ]
     with joblib_backend(backend, scheduler, jobs):

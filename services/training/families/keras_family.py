@@ -1,4 +1,5 @@
-"""Common training loop for the Keras families (SNN, CNN): compile, early stopping, export."""
+"""What the Keras families share: the training loop's parameters, prediction and the ONNX export
+(`KerasModelFamily`), and for networks built whole and trained end to end, the fit (`KerasFamily`)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,30 @@ from services.training.onnx_export import keep_only_output
 from shared.contract import OUTPUT_NAME, PreprocessingContract
 
 
-class KerasFamily(ModelFamily):
+class KerasModelFamily(ModelFamily):
+    """A family whose native model is one Keras model taking the contract's tensor."""
+
     loop_params = keras_runtime.TRAINING_LOOP_PARAMS
+    predict_batch_size = 64  # images per forward pass: bounds the memory of a large input
+
+    def holds_out(self, params: dict[str, Any]) -> bool:
+        return keras_runtime.watches_validation(params)
+
+    def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
+        return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract), self.predict_batch_size)
+
+    def to_onnx(self, model: FittedModel) -> onnx.ModelProto:
+        contract = model.contract
+        proto = keras_runtime.keras_to_onnx(model.native, contract.input_shape(), contract.input_name)
+        return keep_only_output(proto, proto.graph.output[0].name, OUTPUT_NAME)
+
+
+class KerasFamily(KerasModelFamily):
+    """A network built by `build` and trained end to end by the shared loop (SNN, CNN)."""
 
     @abstractmethod
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """An uncompiled Keras model whose last layer is named 'probabilities'."""
-
-    def holds_out(self, params: dict[str, Any]) -> bool:
-        return keras_runtime.watches_validation(params)
 
     def fit(
         self,
@@ -41,11 +57,3 @@ class KerasFamily(ModelFamily):
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """The model to predict with and export, built around the trained one (by default, itself)."""
         return trained
-
-    def predict_native(self, model: FittedModel, pixels: np.ndarray) -> np.ndarray:
-        return keras_runtime.predict_batches(model.native, self.tensor(pixels, model.contract))
-
-    def to_onnx(self, model: FittedModel) -> onnx.ModelProto:
-        contract = model.contract
-        proto = keras_runtime.keras_to_onnx(model.native, contract.input_shape(), contract.input_name)
-        return keep_only_output(proto, proto.graph.output[0].name, OUTPUT_NAME)

@@ -2,8 +2,7 @@
 
 Two kinds of forest (`forest`): the study's `random_forest` (bootstrap samples, best threshold per candidate
 pixel) and `extra_trees` (extremely randomised trees: every tree sees every example and each candidate
-pixel gets a random threshold). On these pixels the second is the more accurate and the faster to fit
-(docs/benchmarks.md, Random Forest variants).
+pixel gets a random threshold), the default. Why the defaults are what they are: docs/model-families.md.
 """
 
 from __future__ import annotations
@@ -30,20 +29,37 @@ SET_BY_THE_FAMILY = frozenset({"random_state", "n_jobs"})
 
 
 class RandomForestFamily(ModelFamily):
-    name = "rf"
+    title = "Random Forest"
     layout = "flat"
-    # Each image divided by its own brightest pixel: the scanner's gain removed (worth 0.5-1 point in earlier
-    # 3-fold CVs on the full data); the study's grid pins `scaling=unit`.
+    # Each image divided by its own brightest pixel, which removes the scanner's gain: a forest's thresholds
+    # are on raw intensities, which would otherwise differ between scanners. The study's grid pins `unit`.
     scaling = "image_max"
+    study_accuracy = 0.92
+    seed_grid = {
+        # The study's forest on plain pixels, whatever this project's defaults are.
+        "forest": ["random_forest"],
+        "augment": ["none"],
+        "scaling": ["unit"],
+        "n_estimators": list(range(10, 201, 20)),
+        "max_depth": [None, 10, 20, 30],
+        "min_samples_split": [2, 5, 10],
+        "max_features": ["sqrt", "log2"],
+    }
+    quick_grid = [
+        # The study's forest at its best split size, against extra trees with two.
+        {"forest": ["random_forest"], "max_features": [0.1]},
+        {"forest": ["extra_trees"], "max_features": [0.1, 0.3]},
+    ]
+    # A third of the trees ranks the candidates at a third of the cost; the refit grows all of them.
+    quick_search_overrides = {"n_estimators": 100}
 
     def default_params(self) -> dict[str, Any]:
         return {
             "image_size": 32,
-            # Mirrored copies of the training images: worth 0.5-1 point in earlier 3-fold CVs on the full data.
+            # A slice mirrored left-right is still a slice of the same class: twice the examples for free.
             "augment": "flip",
-            # Extra trees with 300 trees and 30% of the pixels per split: ahead of the study's random forest
-            # by 1-2.5 points on two validation slices of the full data (docs/benchmarks.md); the quick search
-            # compares both at 100 trees, the refit grows 300.
+            # Random thresholds suit noisy pixel features better than the best split of each: more accurate
+            # than the study's forest and faster to fit (docs/model-families.md).
             "forest": "extra_trees",
             "n_estimators": 300,
             "max_depth": None,
@@ -65,7 +81,7 @@ class RandomForestFamily(ModelFamily):
         n_jobs: int = 2,
     ) -> FittedModel:
         augment = params.get("augment", "none")
-        if augment == "flip":  # a mirrored slice is a slice of the same class: twice the examples
+        if augment == "flip":
             pixels, labels = np.concatenate([pixels, pixels[:, :, ::-1]]), np.concatenate([labels, labels])
         elif augment != "none":
             raise ValueError(f"unknown augment {augment!r}; expected none or flip")

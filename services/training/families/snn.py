@@ -9,8 +9,22 @@ from shared.contract import OUTPUT_NAME, PreprocessingContract
 
 
 class ShallowNetFamily(KerasFamily):
-    name = "snn"
+    title = "Shallow dense network"
     layout = "flat"
+    seed_grid = {
+        "units": [128, 256, 512],
+        "dropout": [0.3, 0.5],
+        "activation": ["relu", "tanh"],
+        "optimizer": ["adam", "sgd"],
+        "batch_size": [32, 64],
+        "epochs": [20],
+    }
+    quick_grid = {
+        "units": [512],
+        "dropout": [0.3],
+        "balancing": ["none", "rotate", "class_weight"],
+    }
+    quick_search_overrides = {"epochs": 20, "patience": 4}
 
     def default_params(self) -> dict[str, Any]:
         return {

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from services.training.deps import ManagerDep, SettingsDep
+from services.training.families import get_family
 from services.training.jobs import TrainingRun
 from services.training.options import TrainingOptions
-from services.training.weights import resolve_weights
 from shared.dataset import discover
 
 router = APIRouter(prefix="/v1/training-runs", tags=["training"])
@@ -18,8 +18,8 @@ def start_training_run(options: TrainingOptions, settings: SettingsDep, manager:
     """Start training the chosen families on a folder this server can read. One run at a time (409)."""
     data_dir = options.data_dir or settings.data_dir
     discover(data_dir)  # 422 before any work starts when the folder is missing or empty
-    if "mobilenetv2" in options.families:
-        resolve_weights(settings.mobilenetv2_weights)
+    for name in options.families:  # 422 when a family lacks what it needs (MobileNetV2's weights file)
+        get_family(name, settings).check_available()
     return manager.start(options.model_copy(update={"data_dir": data_dir}))
 
 

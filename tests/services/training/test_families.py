@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from services.training.config import TrainingSettings
 from services.training.families import get_family
 from services.training.families.random_forest import FORESTS
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
@@ -28,7 +29,7 @@ def test_family_trains_converts_and_agrees(
     family_name: str, sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
 ) -> None:
     pixels, labels = sample
-    family = get_family(family_name, mobilenetv2_weights)
+    family = get_family(family_name, TrainingSettings(mobilenetv2_weights=mobilenetv2_weights))
     contract = family.contract(IMAGE_SIZE)
     params = {**family.default_params(), "seed": 1}
     if "epochs" in params:
@@ -51,7 +52,7 @@ def test_family_trains_converts_and_agrees(
 
 
 def test_mobilenetv2_takes_raw_pixels_and_scales_inside(mobilenetv2_weights: Path) -> None:
-    contract = get_family("mobilenetv2", mobilenetv2_weights).contract(IMAGE_SIZE)
+    contract = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=mobilenetv2_weights)).contract(IMAGE_SIZE)
     assert contract.scaling == "raw" and contract.layout == "nhwc"
     assert get_family("rf").contract(IMAGE_SIZE).layout == "flat"
 
@@ -61,7 +62,7 @@ def test_mobilenetv2_frozen_and_fine_tuned(
     blocks: int, sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
 ) -> None:
     pixels, labels = sample
-    family = get_family("mobilenetv2", mobilenetv2_weights)
+    family = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=mobilenetv2_weights))
     params = {**family.default_params(), "fine_tune_blocks": blocks, "epochs": 2, "fine_tune_epochs": 2}
     fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE), validation=(pixels[:20], labels[:20]))
     assert ("frozen_model" in fitted.extras) == (blocks > 0)
@@ -79,7 +80,7 @@ def test_mobilenetv2_frozen_and_fine_tuned(
 def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
     from shared.errors import ServiceError
 
-    family = get_family("mobilenetv2", tmp_path / "absent.h5")
+    family = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=tmp_path / "absent.h5"))
     pixels, labels = sample
     with pytest.raises(ServiceError, match="BT_MOBILENETV2_WEIGHTS"):
         family.fit(pixels, labels, family.default_params(), family.contract(IMAGE_SIZE))

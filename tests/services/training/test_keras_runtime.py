@@ -92,7 +92,7 @@ def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights() -> None:
         keras_runtime.seed_everything(0)
         model = _tiny_model()
         keras_runtime.compile_and_fit(model, inputs, labels, None, {**params, "weight_decay": decay})
-        expected = keras_runtime.DEFAULT_ADAMW_WEIGHT_DECAY if decay is None else decay
+        expected = 0.0 if decay is None else decay  # no weight_decay: no decay, AdamW included
         assert model.optimizer.weight_decay == pytest.approx(expected)
         norms[decay] = float(np.linalg.norm(model.layers[-1].get_weights()[0]))
     assert norms[5.0] < 0.9 * norms[None], "a strong decay pulls the weights towards zero"

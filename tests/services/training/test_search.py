@@ -3,6 +3,7 @@ the comparison report, balancing inside folds only, and trials on a real Dask cl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from mlflow import MlflowClient
 
 from services.training.balancing import apply_balancing, oversample_by_rotation
 from services.training.config import TrainingSettings
-from services.training.grids import QUICK_GRIDS, candidates
+from services.training.families import get_family
+from services.training.families.random_forest import RandomForestFamily
+from services.training.grids import candidates
 from services.training.options import FamilyState, TrainingOptions
 from services.training.pipeline import run_training
 from services.training.search import best_outcome, cv_folds, run_search
@@ -22,18 +25,18 @@ from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
 def test_seed_grids_are_the_studys() -> None:
-    rf = candidates("rf", "seed")
+    rf = candidates(get_family("rf"), "seed")
     assert len(rf) == 10 * 4 * 3 * 2
     assert sorted({t["n_estimators"] for t in rf}) == list(range(10, 201, 20))
     study_forest = {(t["forest"], t["augment"], t["scaling"]) for t in rf}
     assert study_forest == {("random_forest", "none", "unit")}, "the study's forest, whatever the defaults are"
-    cnn = candidates("cnn", "seed")
+    cnn = candidates(get_family("cnn"), "seed")
     assert len(cnn) == 3 * 3 * 3 * 2 * 2 * 2
     assert {t["optimizer"] for t in cnn} == {"adam", "sgd", "rmsprop"}
     # The study's recipe, whatever this project's defaults add (flips, mixup, mirror averaging, weight decay).
     recipe = {(t["augment"], t["mixup_alpha"], t["test_time_flip"], t["weight_decay"]) for t in cnn}
     assert recipe == {("none", 0.0, False, 0.0)}
-    assert len(candidates("cnn", "seed", max_trials=2)) == 2
+    assert len(candidates(get_family("cnn"), "seed", max_trials=2)) == 2
 
 
 def test_rotation_oversampling_balances_only_what_it_is_given() -> None:
@@ -101,9 +104,11 @@ def test_search_runs_on_a_dask_cluster() -> None:
             scheduler=cluster.scheduler_address,
         )
         with distributed.Client(cluster) as client:
-            assert client.run(lambda: True), "workers answered"
+            workers = set(client.scheduler_info()["workers"])
     local = run_search("rf", trials, lambda params: pixels, labels, groups, None, 0)
     assert [o.params for o in outcomes] == trials
+    assert len(workers) == 2 and {o.worker for o in outcomes} <= workers, "every trial ran on a cluster worker"
+    assert {o.worker for o in local} == {f"pid {os.getpid()}"}, "without a cluster, in this process"
     for remote, here in zip(outcomes, local, strict=True):
         assert remote.error is None and len(remote.fold_metrics) == 3
         assert remote.fold_metrics == here.fold_metrics, "same folds, same seeds: same scores on the cluster"
@@ -118,7 +123,6 @@ def test_cv_folds_keep_groups_together() -> None:
 
 def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Path) -> None:
     from services.training.data import prepare_data
-    from services.training.families import get_family
     from services.training.pipeline import _search
 
     data = prepare_data(SAMPLE_DATA_DIR, 0.2, 0, tmp_path)
@@ -136,12 +140,11 @@ def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Pat
 
 def test_refit_takes_the_winning_sub_grid_own_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from services.training.data import prepare_data
-    from services.training.families import get_family
     from services.training.pipeline import _search
 
     # Sub-grids with different keys; forests of stumps lose, so the second sub-grid wins.
     grid = [{"forest": ["random_forest"], "max_depth": [1]}, {"forest": ["extra_trees"], "min_samples_split": [3]}]
-    monkeypatch.setitem(QUICK_GRIDS, "rf", grid)
+    monkeypatch.setattr(RandomForestFamily, "quick_grid", grid)
     data = prepare_data(SAMPLE_DATA_DIR, 0.2, 0, tmp_path)
     family = get_family("rf")
     base = {**family.default_params(), "balancing": "none", "seed": 0}
