@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Query
 
-from shared.schemas import CHAMPION_ALIAS, LATEST_VERSION
+from shared.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES
 
 # Names and versions end up in upstream URLs, MLflow filters and cache paths: a safe alphabet only.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
-MODEL_DESCRIPTION = "Short model name: rf, snn, cnn or mobilenetv2."
+MODEL_DESCRIPTION = f"Short model name: {', '.join(MODEL_FAMILIES)}."
 VERSION_DESCRIPTION = (
     f"Version number, alias (e.g. {CHAMPION_ALIAS}) or `{LATEST_VERSION}`; "
     f"default: the `{CHAMPION_ALIAS}` alias if set, else the latest version."

@@ -6,6 +6,8 @@
 - ``error_responses``: OpenAPI ``responses=`` entries with the one error body.
 - ``internal_async_client`` / ``internal_client``: httpx clients for calls between our services.
 - ``DEFAULT_MAX_UPLOAD_BYTES``: the upload limit every service starts from.
+- ``build_app``: the FastAPI app every ``create_app`` starts from (settings, errors, upload limit).
+- ``get_request_id``: the caller's ``x-request-id``, passed on to upstream calls.
 - ``service_main``: ``python -m services.<name>`` for each service.
 """
 
@@ -13,13 +15,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel
+from starlette.types import Lifespan
 
+from shared.errors import install_error_handlers
 from shared.schemas import ErrorOut
+from shared.uploads import UploadSizeLimit
+from shared.upstream import REQUEST_ID_HEADER
+
+API_VERSION = "0.1.0"
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
@@ -40,6 +48,36 @@ def get_settings(request: Request) -> Any:
     return request.app.state.settings
 
 
+def get_request_id(request: Request) -> str | None:
+    """The request id the caller sent (the gateway's middleware always sets one), for upstream logs."""
+    return request.headers.get(REQUEST_ID_HEADER)
+
+
+RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+
+
+def build_app(
+    title: str,
+    description: str,
+    settings: Any,
+    lifespan: Lifespan[FastAPI] | None = None,
+    *,
+    max_upload_bytes: int | None = None,
+    upload_limit_exempt: tuple[str, ...] = (),
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    """A service's app with its settings on ``app.state``, the one error body, and the upload limit
+    (when the service takes uploads); the service adds its middleware and routers."""
+    app = FastAPI(
+        title=title, description=description, version=API_VERSION, lifespan=lifespan, openapi_tags=openapi_tags
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    if max_upload_bytes is not None:
+        app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
+    return app
+
+
 # What each status means when a route answers it; a route may say more with `descriptions`.
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "INVALID_REQUEST: the multipart body could not be parsed.",
@@ -51,7 +89,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "INVALID_REQUEST: e.g. no multipart `file` field, or a malformed or out-of-bounds parameter.",
     500: "INVALID_MODEL: the registered model file cannot be served.",
     502: "UPSTREAM_ERROR: an upstream service answered something unexpected.",
-    503: "UPSTREAM_UNAVAILABLE, REGISTRY_UNAVAILABLE (MLflow down), MODEL_NOT_READY or EXPLAINER_BUSY.",
+    503: "A dependency is not available now, e.g. UPSTREAM_UNAVAILABLE or REGISTRY_UNAVAILABLE (MLflow down).",
 }
 
 

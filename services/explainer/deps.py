@@ -10,20 +10,15 @@ from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from shared.errors import ErrorCode, ServiceError
 from shared.service import get_settings
-from shared.upstream import REQUEST_ID_HEADER
 
 
 def get_inference(request: Request) -> InferenceBatchClient:
     return request.app.state.inference
 
 
-def get_request_id(request: Request) -> str | None:
-    return request.headers.get(REQUEST_ID_HEADER)
-
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceBatchClient, Depends(get_inference)]
-RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 
 
 def get_num_samples(

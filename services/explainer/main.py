@@ -13,10 +13,8 @@ from fastapi import FastAPI
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from services.explainer.routes import api_router
-from shared.errors import install_error_handlers
 from shared.lime_explanation import explain
-from shared.service import internal_client
-from shared.uploads import UploadSizeLimit
+from shared.service import build_app, internal_client
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +49,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
-    app = FastAPI(
-        title="Brain tumour MRI - explainer service",
-        description=DESCRIPTION,
-        version="0.1.0",
-        lifespan=lifespan,
+    app = build_app(
+        "Brain tumour MRI - explainer service",
+        DESCRIPTION,
+        settings,
+        lifespan,
+        max_upload_bytes=settings.max_upload_bytes,
     )
-    app.state.settings = settings
-    install_error_handlers(app)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(api_router)
     return app

@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from services.gateway.config import Settings
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.service import get_settings
-from shared.upstream import REQUEST_ID_HEADER
 
 
 def get_inference(request: Request) -> InferenceClient:
@@ -20,12 +19,7 @@ def get_explainer(request: Request) -> ExplainerClient:
     return request.app.state.explainer
 
 
-def get_request_id(request: Request) -> str:
-    # RequestIdMiddleware guarantees the header, so upstream logs and our errors share the id.
-    return request.headers.get(REQUEST_ID_HEADER, "")
-
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
 ExplainerDep = Annotated[ExplainerClient, Depends(get_explainer)]
-RequestIdDep = Annotated[str, Depends(get_request_id)]

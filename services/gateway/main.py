@@ -12,9 +12,7 @@ from services.gateway.config import Settings
 from services.gateway.middleware import RequestIdMiddleware
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
-from shared.errors import install_error_handlers
-from shared.service import internal_async_client
-from shared.uploads import UploadSizeLimit
+from shared.service import build_app, internal_async_client
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +64,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
-    app = FastAPI(
-        title="Brain tumour MRI classifier - API",
-        description=DESCRIPTION,
-        version="0.1.0",
+    app = build_app(
+        "Brain tumour MRI classifier - API",
+        DESCRIPTION,
+        settings,
+        lifespan,
+        max_upload_bytes=settings.max_upload_bytes,
         openapi_tags=OPENAPI_TAGS,
-        lifespan=lifespan,
     )
-    app.state.settings = settings
-    install_error_handlers(app)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     # Added last, so it runs first: even the size limit's 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)

@@ -13,8 +13,7 @@ from services.inference.config import Settings
 from services.inference.mlflow_store import configure_mlflow_http
 from services.inference.registry import ModelRegistry
 from services.inference.routes import api_router, debug_router
-from shared.errors import install_error_handlers
-from shared.uploads import UploadSizeLimit
+from shared.service import build_app
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +59,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
-    app = FastAPI(
-        title="Brain tumour MRI - inference service",
-        description=DESCRIPTION,
-        version="0.1.0",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    install_error_handlers(app)
     # predict-pixels bodies are bounded by their own, larger limit (max_pixel_batch_bytes).
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes, exempt_suffixes=("/predict-pixels",))
+    app = build_app(
+        "Brain tumour MRI - inference service",
+        DESCRIPTION,
+        settings,
+        lifespan,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_limit_exempt=("/predict-pixels",),
+    )
     app.include_router(api_router)
     if settings.debug_endpoints:
         app.include_router(debug_router)

@@ -11,8 +11,7 @@ from services.training.config import TrainingSettings
 from services.training.jobs import RunFunction, TrainingRunManager
 from services.training.options import FamilyProgress, TrainingOptions
 from services.training.routes import runs
-from shared.errors import install_error_handlers
-from shared.service import health_router
+from shared.service import build_app, health_router
 
 
 def _run_pipeline(
@@ -24,19 +23,20 @@ def _run_pipeline(
 
 
 def create_app(settings: TrainingSettings | None = None, run_function: RunFunction | None = None) -> FastAPI:
+    """Build the app; settings come from the environment unless given."""
+    settings = settings or TrainingSettings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings or TrainingSettings()
         app.state.manager = TrainingRunManager(app.state.settings, run_function or _run_pipeline)
         yield
 
-    app = FastAPI(
-        title="Brain tumour zoo - training service",
-        description="Trains the four model families, converts them to ONNX and registers them in MLflow.",
-        version="0.1.0",
-        lifespan=lifespan,
+    app = build_app(
+        "Brain tumour zoo - training service",
+        "Trains the four model families, converts them to ONNX and registers them in MLflow.",
+        settings,
+        lifespan,
     )
-    install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(runs.router)
     return app

@@ -7,12 +7,12 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from services.explainer.deps import InferenceDep, NumSamples, RequestIdDep, SettingsDep
+from services.explainer.deps import InferenceDep, NumSamples, SettingsDep
 from services.explainer.explaining import ExplainRequest, explain_upload
 from shared.errors import ErrorCode, ServiceError
 from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
-from shared.service import error_responses
+from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.explainer.deps import InferenceDep, RequestIdDep
-from shared.service import HealthOut, error_responses, health_router
+from services.explainer.deps import InferenceDep
+from shared.service import HealthOut, RequestIdDep, error_responses, health_router
 
-router = APIRouter(tags=["health"])
+router = APIRouter()
 router.include_router(health_router)
 
 
 @router.get(
     "/readyz",
     response_model=HealthOut,
+    tags=["health"],
     summary="Readiness: the inference service is reachable and ready",
     responses=error_responses(503, descriptions={503: "UPSTREAM_UNAVAILABLE: the inference service is not ready."}),
 )

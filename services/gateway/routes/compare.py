@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import InferenceDep, RequestIdDep
+from services.gateway.deps import InferenceDep
 from services.gateway.upstream import InferenceClient
 from shared.errors import ErrorCode, ServiceError
 from shared.params import NAME_PATTERN
 from shared.schemas import MODEL_FAMILIES, CompareItem, CompareOut
-from shared.service import error_responses
+from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 from shared.upstream import UpstreamError
 

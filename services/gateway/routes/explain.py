@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import ExplainerDep, RequestIdDep
+from services.gateway.deps import ExplainerDep
 from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
-from shared.service import error_responses
+from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])

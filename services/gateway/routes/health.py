@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from services.gateway.deps import ExplainerDep, InferenceDep, RequestIdDep
-from shared.service import error_responses, health_router
+from services.gateway.deps import ExplainerDep, InferenceDep
+from shared.service import RequestIdDep, error_responses, health_router
 
 router = APIRouter()
 router.include_router(health_router)

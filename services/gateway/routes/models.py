@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.deps import InferenceDep, RequestIdDep
+from services.gateway.deps import InferenceDep
 from shared.schemas import ModelsOut
-from shared.service import error_responses
+from shared.service import RequestIdDep, error_responses
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

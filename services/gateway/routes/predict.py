@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.deps import InferenceDep, RequestIdDep
+from services.gateway.deps import InferenceDep
 from shared.params import ModelQuery, VersionQuery
 from shared.schemas import PredictionOut
-from shared.service import error_responses
+from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
