@@ -1,4 +1,4 @@
-"""The command line: `python -m services.training` in a real subprocess."""
+"""The command line: `python -m services.training.cli` (bt-train) in a real subprocess."""
 
 from __future__ import annotations
 
