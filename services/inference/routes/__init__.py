@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.inference.routes import debug, health, models
+from services.inference.routes import compare, debug, health, models, oip
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
+api_router.include_router(compare.router)
+api_router.include_router(oip.router)
 
 debug_router = debug.router
 
