@@ -59,14 +59,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
-    # predict-pixels bodies are bounded by their own, larger limit (max_pixel_batch_bytes).
+    # Tensor bodies (predict-pixels, the Open Inference Protocol's infer) are bounded by their own, larger
+    # limit (max_pixel_batch_bytes), read by their handlers.
     app = build_app(
         "Brain tumour MRI - inference service",
         DESCRIPTION,
         settings,
         lifespan,
         max_upload_bytes=settings.max_upload_bytes,
-        upload_limit_exempt=("/predict-pixels",),
+        upload_limit_exempt=("/predict-pixels", "/infer"),
     )
     app.include_router(api_router)
     if settings.debug_endpoints:
