@@ -6,7 +6,8 @@
 - ``error_responses``: OpenAPI ``responses=`` entries with the one error body.
 - ``internal_async_client`` / ``internal_client``: httpx clients for calls between our services.
 - ``DEFAULT_MAX_UPLOAD_BYTES``: the upload limit every service starts from.
-- ``build_app``: the FastAPI app every ``create_app`` starts from (settings, errors, upload limit).
+- ``build_app``: the FastAPI app every ``create_app`` starts from (settings, errors, upload limit,
+  ``GET /metrics`` and the per-route request series of ``shared.metrics``).
 - ``get_request_id``: the caller's ``x-request-id``, passed on to upstream calls.
 - ``service_main``: ``python -m services.<name>`` for each service.
 """
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 from starlette.types import Lifespan
 
 from shared.errors import install_error_handlers
+from shared.metrics import install_metrics
 from shared.schemas import ErrorOut
 from shared.uploads import UploadSizeLimit
 from shared.upstream import REQUEST_ID_HEADER
@@ -66,8 +68,8 @@ def build_app(
     upload_limit_exempt: tuple[str, ...] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """A service's app with its settings on ``app.state``, the one error body, and the upload limit
-    (when the service takes uploads); the service adds its middleware and routers."""
+    """A service's app with its settings on ``app.state``, the one error body, the upload limit
+    (when the service takes uploads) and Prometheus metrics; the service adds its middleware and routers."""
     app = FastAPI(
         title=title, description=description, version=API_VERSION, lifespan=lifespan, openapi_tags=openapi_tags
     )
@@ -75,6 +77,7 @@ def build_app(
     install_error_handlers(app)
     if max_upload_bytes is not None:
         app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
+    install_metrics(app)
     return app
 
 

@@ -2,7 +2,8 @@
 
 Keyed by ``name/version``. Each version's ONNX file is downloaded once into the cache folder
 (``mlflow_store``) and opened once; every request for that version shares the one onnxruntime
-session. Which version a request means is the catalogue's rule (``catalog``).
+session. Each load and each failed load is counted (``MODEL_LOADS``, by model and version).
+Which version a request means is the catalogue's rule (``catalog``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from pathlib import Path
 
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
+from services.inference.metrics import MODEL_LOADS
 from services.inference.mlflow_store import MlflowStore
 from shared.errors import ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -87,14 +89,26 @@ class ModelRegistry:
         if classifier is not None and classifier.ready:
             return classifier
         with self._key_lock(key):
-            with self._lock:
-                classifier = self._classifiers.get(key)
+            return self._load(key, record, version_record)
+
+    def _load(self, key: str, record: ModelRecord, version_record: VersionRecord) -> OnnxClassifier:
+        """Download and open one version (under its key lock), counting each real load and each failure."""
+        with self._lock:
+            classifier = self._classifiers.get(key)
+        if classifier is not None and classifier.ready:  # loaded while this request waited for the lock
+            return classifier
+        model, version = record.short_name, version_record.version
+        try:
             if classifier is None:
                 path = self.store.download(record, version_record)
-                classifier = OnnxClassifier(record.short_name, version_record.version, path, self.intra_op_threads)
+                classifier = OnnxClassifier(model, version, path, self.intra_op_threads)
                 with self._lock:
                     self._classifiers[key] = classifier
             classifier.load()
+        except Exception:
+            MODEL_LOADS.labels(model, version, "failed").inc()
+            raise
+        MODEL_LOADS.labels(model, version, "ok").inc()
         return classifier
 
     def loaded(self) -> dict[str, bool]:

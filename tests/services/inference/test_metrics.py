@@ -1,0 +1,82 @@
+"""The inference service's ``/metrics``: per-route request series and model loads by model, version and
+outcome, scraped from the running service (and from an in-process app for a load that fails)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.contract import ONNX_FILENAME
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+REQUESTS = "bt_http_requests_total"
+SECONDS_COUNT = "bt_http_request_duration_seconds_count"
+LOADS = "bt_inference_model_loads_total"
+PREDICT_ROUTE = "/v1/models/{model}/predict"
+
+
+def parse(text: str) -> Samples:
+    """``(sample name, labels) -> value`` of a Prometheus text exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(client: Any) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return parse(response.text)
+
+
+def predict(client: Any, model: str, version: str, image: bytes) -> Any:
+    return client.post(
+        f"/v1/models/{model}/predict", params={"version": version}, files={"file": ("scan.jpg", image, "image/jpeg")}
+    )
+
+
+def test_a_predict_moves_its_route_series_and_the_version_is_loaded_once(
+    inference_server: Any, sample_images: dict[str, bytes]
+) -> None:
+    with httpx.Client(base_url=inference_server.url, timeout=60, trust_env=False) as client:
+        before = scrape(client)
+        for _ in range(2):
+            assert predict(client, "rf", "2", sample_images["glioma"]).status_code == 200
+        after = scrape(client)
+
+    ok = {"method": "POST", "route": PREDICT_ROUTE, "status": "200"}
+    assert value(after, REQUESTS, **ok) - value(before, REQUESTS, **ok) == 2
+    assert value(after, SECONDS_COUNT, **ok) - value(before, SECONDS_COUNT, **ok) == 2
+    # Loaded by the first request (or earlier by another test), never again by the next ones.
+    assert value(after, LOADS, model="rf", version="2", outcome="ok") == 1
+    assert value(after, LOADS, model="rf", version="2", outcome="failed") == 0
+    assert not any(name == REQUESTS and ("route", "/v1/models/rf/predict") in labels for name, labels in after)
+
+
+def test_a_version_that_cannot_be_loaded_is_counted_as_a_failed_load(
+    model_zoo: Any, inference_app_client: Any, sample_images: dict[str, bytes]
+) -> None:
+    client = inference_app_client(tracking_uri=model_zoo.tracking_uri)
+    registry = client.app.state.registry
+    # A cache entry that is not an ONNX model: what a damaged disk or a bad registration gives.
+    model_file = registry.store.cache_path(*registry.resolve("cnn", "1")) / ONNX_FILENAME
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(b"not an onnx model")
+
+    before = scrape(client)
+    response = predict(client, "cnn", "1", sample_images["glioma"])
+    after = scrape(client)
+
+    assert response.status_code == 500 and response.json()["error"]["code"] == "INVALID_MODEL"
+    failed = {"model": "cnn", "version": "1", "outcome": "failed"}
+    assert value(after, LOADS, **failed) - value(before, LOADS, **failed) == 1
+    errors = {"method": "POST", "route": PREDICT_ROUTE, "status": "500"}
+    assert value(after, REQUESTS, **errors) - value(before, REQUESTS, **errors) == 1
