@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from shared.contract import PreprocessingContract
+from shared.errors import ServiceError
 
 # Every model family: its short name -> the class that trains it ("module:Class"). A string, imported only by
 # training (services.training.families.family_class), so that shared/ imports no service and a forest run never
@@ -24,6 +25,8 @@ CHAMPION_ALIAS = "champion"
 BEST_ALIAS = "best"
 # The version spec that names a model's newest version.
 LATEST_VERSION = "latest"
+# Most files in one predict-batch request to the inference service; the gateway splits longer batches.
+PREDICT_BATCH_MAX_FILES = 64
 
 
 def registered_name(family: str) -> str:
@@ -58,17 +61,56 @@ class ModelsOut(BaseModel):
     models: list[ModelInfo]
 
 
+class ItemError(BaseModel):
+    """One item's failure inside an answer that holds several (a comparison, a batch): the error body's
+    code and message, the status the item alone would have had, no request id (the answer has one)."""
+
+    code: str = Field(description="Symbolic error code, e.g. INVALID_IMAGE (shared/errors.py ErrorCode).")
+    message: str = Field(description="What was expected and what was received; never echoes an upload.")
+    status: int = Field(description="The HTTP status this failure would have on its own, e.g. 415.")
+    details: dict | None = None
+
+    @classmethod
+    def from_error(cls, error: ServiceError) -> ItemError:
+        return cls(code=error.code.value, message=error.message, status=error.status, details=error.details or None)
+
+
 class CompareItem(BaseModel):
     model: str
     ok: bool
     result: PredictionOut | None = None
-    error: dict | None = None
+    error: dict | None = Field(None, description="When the model failed: code, message, status (and details).")
+
+    @classmethod
+    def failed(cls, model: str, error: ServiceError) -> CompareItem:
+        return cls(model=model, ok=False, error=ItemError.from_error(error).model_dump(exclude_none=True))
 
 
 class CompareOut(BaseModel):
     results: list[CompareItem]
     agree: bool = Field(description="True when every model that answered gave the same label.")
     labels: dict[str, str]
+
+    @classmethod
+    def from_items(cls, items: list[CompareItem]) -> CompareOut:
+        """The answer for these items: `labels` of the models that answered, `agree` if they gave one label."""
+        labels = {item.model: item.result.label for item in items if item.ok and item.result is not None}
+        return cls(results=items, agree=len(set(labels.values())) == 1, labels=labels)
+
+
+class BatchItem(BaseModel):
+    """The answer for one file of a batch: a prediction, or that file's own error."""
+
+    index: int = Field(description="Position of the file in the request, from 0.")
+    ok: bool
+    result: PredictionOut | None = None
+    error: ItemError | None = None
+
+
+class BatchPredictionOut(BaseModel):
+    """One answer per file, in the order the files were sent; a bad file does not fail the others."""
+
+    results: list[BatchItem]
 
 
 class ContractOut(BaseModel):

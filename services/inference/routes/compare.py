@@ -1,7 +1,196 @@
-"""One image, several models: decoded once per contract size, every named model run on it."""
+"""Answers that hold several items, each with its own error: one image with several models (``/v1/compare``)
+and several images with one model (``/v1/models/{model}/predict-batch``).
+
+A comparison decodes its image once and resizes it once per contract size, however many models run on it; a
+batch decodes each file once and runs all of them through the model together (``pixel_run_batch`` at a time).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Query, UploadFile
+from pydantic import StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from services.inference.deps import ModelDep, RegistryDep, SettingsDep
+from services.inference.registry import ModelRegistry
+from shared import imaging
+from shared.errors import ErrorCode, ServiceError
+from shared.onnx_classifier import OnnxClassifier
+from shared.params import NAME_PATTERN
+from shared.schemas import (
+    PREDICT_BATCH_MAX_FILES,
+    BatchItem,
+    BatchPredictionOut,
+    CompareItem,
+    CompareOut,
+    ItemError,
+    PredictionOut,
+)
+from shared.service import error_responses
+from shared.uploads import ImageBytes, read_upload
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+MAX_COMPARE_MODELS = 16
+_REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
+
+ModelsQuery = Annotated[
+    list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
+    Query(
+        min_length=1,
+        max_length=MAX_COMPARE_MODELS,
+        description=f"A model name, repeated for each model (at most {MAX_COMPARE_MODELS}): `models=rf&models=cnn`.",
+    ),
+]
+BatchFiles = Annotated[
+    list[UploadFile],
+    File(description=f"The images, one `files` part each (at most {PREDICT_BATCH_MAX_FILES})."),
+]
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _prediction(classifier: OnnxClassifier, probabilities: np.ndarray, latency_ms: float) -> PredictionOut:
+    label, by_class = classifier.postprocess(probabilities)
+    return PredictionOut(
+        model=classifier.name,
+        version=classifier.version,
+        label=label,
+        probabilities=by_class,
+        latency_ms=round(latency_ms, 3),
+    )
+
+
+def _internal(what: str) -> ServiceError:
+    # One item's surprise must not cost the others their answers; the log has the stack trace.
+    logger.exception("%s failed unexpectedly", what)
+    return ServiceError(ErrorCode.INTERNAL, "Internal error; see the inference service log.")
+
+
+def _load(registry: ModelRegistry, name: str) -> OnnxClassifier | ServiceError:
+    try:
+        return registry.get(name)
+    except ServiceError as exc:
+        return exc
+    except Exception:
+        return _internal(f"loading {name}")
+
+
+def _run_on_pixels(
+    name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[int, np.ndarray], decode_ms: float
+) -> CompareItem:
+    """One model's answer for the image already decoded at each size; any failure is the item's own error."""
+    if isinstance(loaded, ServiceError):
+        return CompareItem.failed(name, loaded)
+    started = time.perf_counter()
+    try:
+        contract = loaded.contract
+        probabilities = loaded.predict(imaging.to_model_input(pixels[contract.image_size], contract))[0]
+        result = _prediction(loaded, probabilities, decode_ms + _elapsed_ms(started))
+    except ServiceError as exc:
+        return CompareItem.failed(name, exc)
+    except Exception:
+        return CompareItem.failed(name, _internal(f"comparing with {name}"))
+    return CompareItem(model=name, ok=True, result=result)
+
+
+def compare_image(registry: ModelRegistry, data: bytes, names: list[str]) -> CompareOut:
+    """Every named model's default version on one image, decoded once (one 415 if it is not an image).
+
+    Models are resolved first: when none can answer, the image is not even decoded and every item says why.
+    """
+    loaded = {name: _load(registry, name) for name in names}
+    sizes = {item.contract.image_size for item in loaded.values() if isinstance(item, OnnxClassifier)}
+    started = time.perf_counter()
+    pixels: dict[int, np.ndarray] = {}
+    if sizes:
+        gray = imaging.decode_grayscale(data)
+        pixels = {size: imaging.resize_gray(gray, size) for size in sizes}
+    # Each answer's latency counts the shared decoding once, as a single predict would.
+    decode_ms = _elapsed_ms(started)
+    return CompareOut.from_items([_run_on_pixels(name, item, pixels, decode_ms) for name, item in loaded.items()])
+
+
+@router.post(
+    "/compare",
+    response_model=CompareOut,
+    summary="Classify one MRI image with several models",
+    description="Upload one image as the multipart field `file` and name the models with repeated `models` "
+    "parameters. The image is decoded once and resized once per contract size; every model's default version "
+    "(alias `champion` if set, else the latest) runs on it. A model that cannot answer (unknown, no version, "
+    "cannot be loaded) gets its own `error` entry (code, message, status) while the others answer; a file that "
+    "is not an image is one 415 for the request.",
+    responses=error_responses(400, 413, 415, 422),
+)
+async def compare_models(registry: RegistryDep, data: ImageBytes, models: ModelsQuery) -> CompareOut:
+    names = list(dict.fromkeys(models))
+    # Loading a model, decoding and the ONNX runs are blocking work: keep them off the event loop.
+    return await run_in_threadpool(compare_image, registry, data, names)
+
+
+def _preprocess(classifier: OnnxClassifier, data: bytes | ServiceError) -> tuple[np.ndarray | ServiceError, float]:
+    if isinstance(data, ServiceError):
+        return data, 0.0
+    started = time.perf_counter()
+    try:
+        return classifier.preprocess(data), _elapsed_ms(started)
+    except ServiceError as exc:
+        return exc, 0.0
+
+
+def classify_files(classifier: OnnxClassifier, files: list[bytes | ServiceError], run_batch: int) -> BatchPredictionOut:
+    """Each file decoded on its own (a bad one is its own error), then all good ones through the model together.
+
+    An answer's latency is its own decoding plus the one run that all good files of the request shared.
+    """
+    prepared = [_preprocess(classifier, data) for data in files]
+    good = [tensor for tensor, _ in prepared if isinstance(tensor, np.ndarray)]
+    started = time.perf_counter()
+    rows = iter(classifier.predict(np.concatenate(good), max_batch=run_batch) if good else [])
+    run_ms = _elapsed_ms(started)
+    results = [
+        BatchItem(index=index, ok=False, error=ItemError.from_error(tensor))
+        if isinstance(tensor, ServiceError)
+        else BatchItem(index=index, ok=True, result=_prediction(classifier, next(rows), decode_ms + run_ms))
+        for index, (tensor, decode_ms) in enumerate(prepared)
+    ]
+    return BatchPredictionOut(results=results)
+
+
+async def _read_file(file: UploadFile, max_bytes: int) -> bytes | ServiceError:
+    try:
+        return await read_upload(file, max_bytes)
+    except ServiceError as exc:
+        return exc
+    finally:
+        await file.close()
+
+
+@router.post(
+    "/models/{model}/predict-batch",
+    response_model=BatchPredictionOut,
+    summary="Classify several MRI images with one model",
+    description=f"Upload up to {PREDICT_BATCH_MAX_FILES} images as repeated multipart fields `files`; choose the "
+    "version with `version` (number or alias; default: the default version). Answers one entry per file, in "
+    "order: a prediction, or that file's own error (e.g. INVALID_IMAGE, 415) while the others answer. The good "
+    "files run through the model together. The whole body is bounded by the service's upload limit.",
+    responses=error_responses(400, 404, 413, 422, 500, 503, descriptions=_REGISTRY_DOWN),
+)
+async def predict_batch(classifier: ModelDep, settings: SettingsDep, files: BatchFiles) -> BatchPredictionOut:
+    if len(files) > PREDICT_BATCH_MAX_FILES:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"At most {PREDICT_BATCH_MAX_FILES} files are accepted in one batch; got {len(files)}: send fewer.",
+            {"max_files": PREDICT_BATCH_MAX_FILES},
+        )
+    data = [await _read_file(file, settings.max_upload_bytes) for file in files]
+    return await run_in_threadpool(classify_files, classifier, data, settings.pixel_run_batch)
