@@ -1,14 +1,19 @@
-"""Training runs started over HTTP: one at a time, in a background thread, with live progress."""
+"""Training runs started over HTTP: one at a time, in a background thread, with live progress.
+
+Prometheus series: runs started, runs finished by final state, and run duration by final state.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
 from services.training.config import TrainingSettings
@@ -35,6 +40,21 @@ class TrainingRun(BaseModel):
     families: dict[str, FamilyProgress]
     error: str | None = None
 
+
+# Started and finished are separate series so that summing the finished ones over state counts each run once.
+RUNS_STARTED = Counter("bt_training_runs_started", "Training runs started.")
+RUNS_FINISHED = Counter("bt_training_runs_finished", "Training runs ended, by final state.", ["state"])
+# From a quick test run (seconds) to a full grid search of the four families (hours).
+RUN_SECONDS = Histogram(
+    "bt_training_run_duration_seconds",
+    "Time from a run's start to its end, by final state.",
+    ["state"],
+    buckets=(1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 43200),
+)
+for _final in (RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED):
+    # Present at zero from the start, so a rate or increase over the first run is right.
+    RUNS_FINISHED.labels(_final.value)
+    RUN_SECONDS.labels(_final.value)
 
 RunFunction = Callable[[TrainingOptions, TrainingSettings, Callable[[FamilyProgress], None]], list[FamilyProgress]]
 
@@ -68,6 +88,7 @@ class TrainingRunManager:
             self._runs[run.id] = run
             self._thread = threading.Thread(target=self._execute, args=(run,), name=f"training-{run.id}", daemon=True)
             self._thread.start()
+            RUNS_STARTED.inc()
             return run.model_copy(deep=True)
 
     def _execute(self, run: TrainingRun) -> None:
@@ -77,6 +98,7 @@ class TrainingRunManager:
 
         with self._lock:
             run.state = RunState.RUNNING
+        started = time.monotonic()
         try:
             results = self._run_function(run.options, self._settings, report)
             states = {result.state for result in results}
@@ -91,6 +113,9 @@ class TrainingRunManager:
         except Exception as exc:  # reported on the run, never lost in a thread
             logger.exception("training run %s failed", run.id)
             final, error = RunState.FAILED, f"{type(exc).__name__}: {exc}"
+        # Counted before the state changes, so whoever sees the run ended also sees it in the series.
+        RUNS_FINISHED.labels(final.value).inc()
+        RUN_SECONDS.labels(final.value).observe(time.monotonic() - started)
         with self._lock:
             run.state, run.error, run.finished_at = final, error, datetime.now(UTC)
 
