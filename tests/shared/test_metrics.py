@@ -3,6 +3,7 @@ per-route request series, scraped from a real app and parsed with prometheus-cli
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -115,3 +116,15 @@ def test_metrics_answer_the_prometheus_text_format_and_stay_out_of_the_api_schem
     assert response.headers["content-type"].startswith("text/plain")
     assert "# TYPE bt_http_requests_total counter" in response.text
     assert "/metrics" not in client.app.openapi()["paths"]
+
+
+@pytest.mark.parametrize("service", ["gateway", "inference", "explainer", "training"])
+def test_every_service_serves_its_request_series(service: str) -> None:
+    create_app = importlib.import_module(f"services.{service}.main").create_app
+    # No lifespan: /healthz and /metrics need none of the upstreams the services connect to at start.
+    service_client = TestClient(create_app())
+    before = scrape(service_client)
+    assert service_client.get("/healthz").status_code == 200
+    after = scrape(service_client)
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    assert value(after, REQUESTS, **labels) - value(before, REQUESTS, **labels) == 1
