@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -181,6 +180,11 @@ class ModelZoo:
         return self.aliases.get(model, {}).get(CHAMPION_ALIAS) or latest
 
 
+# How register_onnx_model stores a version: "mlflow-model" as training does today (an MLflow Model with the
+# onnx flavor, registered from the logged model); "bare-onnx" as it did before (the run's onnx/ folder).
+RegistryLayout = Literal["mlflow-model", "bare-onnx"]
+
+
 def register_onnx_model(
     tracking_uri: str,
     model: str,
@@ -188,37 +192,54 @@ def register_onnx_model(
     *,
     metrics: dict[str, float] | None = None,
     experiment: str = "tests",
+    layout: RegistryLayout = "mlflow-model",
+    registered_as: str | None = None,
 ) -> tuple[str, str]:
-    """Log ``onnx/model.onnx`` in a new run and register it as a version of brain-tumor-<model>.
+    """Register ``onnx_bytes`` (its contract embedded) as a new version of brain-tumor-<model>, or of
+    ``registered_as`` when given, from a new run that also holds the plain ``onnx/model.onnx``.
 
-    Registered exactly as the storage contract says (source = the run's ``onnx/`` folder).
-    Returns (version, run_id).
+    The default layout is training's own (``services.training.tracking``); ``layout="bare-onnx"`` registers the
+    run's ``onnx/`` folder, as versions made before MLflow Models were. Returns (version, run_id).
     """
+    import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
+    from services.training import tracking
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name=f"{model}-test")
-    run_id = run.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ONNX_FILENAME
-        path.write_bytes(onnx_bytes)
-        client.log_artifact(run_id, str(path), artifact_path=ONNX_ARTIFACT_DIR)
-    for key, value in (metrics or {}).items():
-        client.log_metric(run_id, key, value)
-    client.set_terminated(run_id)
-    name = registered_name(model)
+    name = registered_as or registered_name(model)
+    # MLflow's fluent API (log_model) works on the process-wide tracking URI: point it here, then put it back.
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model}-test") as run:
+            if metrics:
+                mlflow.log_metrics(metrics)
+            tracking.log_onnx(onnx_bytes)
+            if layout == "bare-onnx":
+                version = _register_bare_onnx_folder(client, name, run.info.run_id)
+            else:
+                logged = tracking.log_onnx_model(onnx_bytes, name=model)
+                version = tracking.register_version(name, logged, onnx_bytes, description=f"{model} (tests)", tags={})
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    return version, run.info.run_id
+
+
+def _register_bare_onnx_folder(client: Any, name: str, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    from shared.contract import ONNX_ARTIFACT_DIR
+
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{ONNX_ARTIFACT_DIR}", run_id=run_id)
-    return str(version.version), run_id
+    source = f"{client.get_run(run_id).info.artifact_uri}/{ONNX_ARTIFACT_DIR}"
+    return str(client.create_model_version(name, source=source, run_id=run_id).version)
 
 
 def set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:

@@ -1,5 +1,8 @@
 """Talking to MLflow: the catalogue of registered models, version downloads and run metrics.
 
+A version is an MLflow Model folder (onnx flavor) or, registered before that, a bare folder with model.onnx;
+either way only the ONNX file is kept and served.
+
 Every MLflow or network failure becomes REGISTRY_UNAVAILABLE (503), with the cause in the log only:
 internal addresses never reach a client.
 """
@@ -18,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
+import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import RegisteredModel
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 _FINISHED_RUN_STATES = frozenset({"FINISHED", "FAILED", "KILLED"})
 _NAME_FILTER = f"name LIKE '{REGISTERED_NAME_PREFIX}%'"
+_MLMODEL_FILENAME = "MLmodel"
+_ONNX_FLAVOR = "onnx"
 
 
 def configure_mlflow_http(timeout_s: float, max_retries: int) -> None:
@@ -51,9 +57,15 @@ def _iso_millis(timestamp_ms: int | None) -> str | None:
 
 
 def _find_onnx(downloaded: Path) -> Path:
-    """The model file inside a downloaded artifact: the folder's model.onnx, or its only .onnx file."""
+    """The model file inside a downloaded artifact.
+
+    An MLflow Model folder (what training registers) names it in its MLmodel file; a version registered
+    in the older layout is a bare folder: its model.onnx, or its only .onnx file.
+    """
     if downloaded.is_file():
         return downloaded
+    if (downloaded / _MLMODEL_FILENAME).is_file():
+        return _onnx_of_mlflow_model(downloaded)
     direct = downloaded / ONNX_FILENAME
     if direct.is_file():
         return direct
@@ -61,6 +73,24 @@ def _find_onnx(downloaded: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     raise FileNotFoundError(f"expected {ONNX_FILENAME} in the artifact, found {[p.name for p in candidates]}")
+
+
+def _onnx_of_mlflow_model(folder: Path) -> Path:
+    """The file of an MLflow Model's onnx flavor, read from its MLmodel (no MLflow flavor code is imported:
+    inference runs the file with its own onnxruntime session)."""
+    try:
+        description = yaml.safe_load((folder / _MLMODEL_FILENAME).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise FileNotFoundError(f"its {_MLMODEL_FILENAME} file is not valid YAML") from exc
+    flavors = description.get("flavors") if isinstance(description, dict) else None
+    flavors = flavors if isinstance(flavors, dict) else {}
+    data = (flavors.get(_ONNX_FLAVOR) or {}).get("data")
+    if not isinstance(data, str):
+        raise FileNotFoundError(f"the MLflow Model has no {_ONNX_FLAVOR} flavor (its flavors: {sorted(flavors)})")
+    path = (folder / data).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise FileNotFoundError(f"the MLflow Model's {_ONNX_FLAVOR} file {data!r} is not in the artifact")
+    return path
 
 
 class MlflowStore:

@@ -43,6 +43,14 @@ def embed_contract(proto: onnx.ModelProto, contract: PreprocessingContract, extr
     return proto.SerializeToString()
 
 
+def embedded_contract(proto: onnx.ModelProto) -> PreprocessingContract:
+    """The preprocessing contract written into the ONNX file (what inference will read back)."""
+    raw = next((prop.value for prop in proto.metadata_props if prop.key == METADATA_KEY), None)
+    if raw is None:
+        raise ValueError(f"the ONNX model has no {METADATA_KEY!r} metadata (the preprocessing contract)")
+    return PreprocessingContract.from_json(raw)
+
+
 def exported_classifier(model_bytes: bytes, intra_op_threads: int = 2) -> OnnxClassifier:
     """The exported model (its contract embedded) loaded by the project's one ONNX runner, as inference will."""
     classifier = OnnxClassifier("exported", "0", model_bytes, intra_op_threads)

@@ -1,6 +1,6 @@
 """One training run: data folder -> cached arrays -> split -> per family: search (3-fold CV),
-refit, test evaluation, ONNX, parity check, MLflow parent run and registered version -> aliases
-and the comparison report."""
+refit, test evaluation, ONNX, parity check, MLflow parent run, MLflow Model (onnx flavor) and
+registered version -> aliases and the comparison report."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.models.model import ModelInfo
 
 from services.training import plots, tracking
 from services.training.balancing import apply_balancing
@@ -174,7 +175,10 @@ def _onnx_latency_ms(classifier: OnnxClassifier, tensor: np.ndarray, images: int
 def _export(
     family_name: str, family: ModelFamily, fitted: FittedModel, test_pixels: np.ndarray, native: np.ndarray, run_id: str
 ) -> tuple[bytes, ParityReport, dict[str, float]]:
-    """Convert to ONNX with the contract embedded, log the file, and compare it with the native model."""
+    """Convert to ONNX with the contract embedded, log the file, and compare it with the native model.
+
+    The run keeps this plain copy (``onnx/model.onnx``) even when the parity check fails, to look into why.
+    """
     provenance = {"family": family_name, "mlflow_run_id": run_id}
     model_bytes = embed_contract(family.to_onnx(fitted), fitted.contract, provenance)
     tracking.log_onnx(model_bytes)
@@ -190,12 +194,15 @@ def _export(
     return model_bytes, parity, metrics
 
 
-def _register(family_name: str, run_id: str, data: PreparedData, params: dict[str, Any], test_accuracy: float) -> str:
-    """A new version of the family's registered model from the run's ONNX folder."""
+def _register(
+    family_name: str, model: ModelInfo, model_bytes: bytes, data: PreparedData, params: dict[str, Any], accuracy: float
+) -> str:
+    """A new version of the family's registered model from its logged MLflow Model."""
     return tracking.register_version(
         registered_name(family_name),
-        run_id,
-        description=f"{family_name}: test accuracy {test_accuracy:.4f}",
+        model,
+        model_bytes,
+        description=f"{family_name}: test accuracy {accuracy:.4f}",
         tags={
             "family": family_name,
             "image_size": str(params["image_size"]),
@@ -261,13 +268,15 @@ def train_family(
         mlflow.log_metrics(metrics)
         progress.metrics = _progress_metrics({**metrics, **cv_metrics})
         _require_parity(family_name, parity)
+        # What MLflow users load and serve (pyfunc, `mlflow models serve`): the very file that passed parity.
+        logged_model = tracking.log_onnx_model(model_bytes, name=family_name)
         # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
         log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, data.test_labels, family_name, per_class=2)
         if options.register_models:
             step("registering")
             progress.registered_name = registered_name(family_name)
             accuracy = evaluation.metrics["test_accuracy"]
-            progress.registered_version = _register(family_name, run.info.run_id, data, params, accuracy)
+            progress.registered_version = _register(family_name, logged_model, model_bytes, data, params, accuracy)
     progress.state = FamilyState.DONE
     step("done")
     return {

@@ -1,8 +1,9 @@
-"""MLflow: logging a family's run, its ONNX file, and registering it as a new model version."""
+"""MLflow: logging a family's run, its ONNX file as an MLflow Model, and registering that as a new model version."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -10,12 +11,25 @@ from typing import Any
 
 import httpx
 import mlflow
+import mlflow.onnx
+import numpy as np
+import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.types import Schema, TensorSpec
 
-from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
+from services.training.onnx_export import embedded_contract
+from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, OUTPUT_NAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
+
+# Where the contract sits in the MLflow Model's metadata (MLmodel), for MLflow users; inference reads the copy
+# inside the ONNX file.
+MODEL_METADATA_CONTRACT_KEY = "preprocessing_contract"
+# Model-version tag holding the sha256 of the ONNX file, so a download can be checked against what was registered.
+ONNX_SHA256_TAG = "onnx_sha256"
 
 
 def use_tracking(uri: str, experiment: str) -> str:
@@ -51,21 +65,67 @@ def log_bytes(data: bytes, artifact_file: str) -> None:
 
 
 def log_onnx(model_bytes: bytes) -> None:
+    """The run's plain copy of the ONNX file (``onnx/model.onnx``), logged before the parity check decides."""
     log_bytes(model_bytes, f"{ONNX_ARTIFACT_DIR}/{ONNX_FILENAME}")
 
 
-def register_version(registered_name: str, run_id: str, description: str, tags: dict[str, str]) -> str:
-    """Register the run's ONNX folder as a new version of registered_name; returns the version."""
+def onnx_sha256(model_bytes: bytes) -> str:
+    return hashlib.sha256(model_bytes).hexdigest()
+
+
+def model_signature(contract: PreprocessingContract) -> ModelSignature:
+    """The contract's input tensor (float32, -1 for the batch) and the probabilities output (-1, classes)."""
+    input_shape = tuple(-1 if dim is None else dim for dim in contract.input_shape())
+    float32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(float32, input_shape, contract.input_name)]),
+        outputs=Schema([TensorSpec(float32, (-1, len(contract.class_names)), OUTPUT_NAME)]),
+    )
+
+
+def log_onnx_model(model_bytes: bytes, name: str) -> ModelInfo:
+    """Log the ONNX file as an MLflow Model (onnx flavor, loadable by pyfunc) of the active run.
+
+    The signature and the MLmodel metadata come from the contract embedded in the file; the input example
+    is a blank image's tensor (never a patient's). The model.onnx inside is byte for byte ``model_bytes``.
+    """
+    proto = onnx.load_from_string(model_bytes)
+    # MLflow writes the file by serialising the proto again: it must come out as the bytes that were checked.
+    if proto.SerializeToString() != model_bytes:
+        raise ValueError("the ONNX model does not serialise back to the same bytes; refusing to log a different file")
+    contract = embedded_contract(proto)
+    return mlflow.onnx.log_model(
+        proto,
+        name=name,
+        signature=model_signature(contract),
+        input_example=np.zeros((1, *contract.input_shape()[1:]), dtype=np.float32),
+        metadata={MODEL_METADATA_CONTRACT_KEY: contract.model_dump(mode="json")},
+        # Pinned from this environment: inferring them would load the model again in a subprocess.
+        pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+        onnx_execution_providers=["CPUExecutionProvider"],
+        # One self-contained file, the one inference loads and the parity check ran on.
+        save_as_external_data=False,
+    )
+
+
+def register_version(
+    registered_name: str, model: ModelInfo, model_bytes: bytes, description: str, tags: dict[str, str]
+) -> str:
+    """Register a logged MLflow Model as a new version of registered_name, tagged with its ONNX file's
+    sha256; returns the version."""
     client = MlflowClient()
     try:
         client.create_registered_model(registered_name)
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    run = client.get_run(run_id)
-    source = f"{run.info.artifact_uri}/{ONNX_ARTIFACT_DIR}"
     version = client.create_model_version(
-        registered_name, source=source, run_id=run_id, description=description, tags=tags
+        registered_name,
+        source=model.model_uri,
+        run_id=model.run_id,
+        description=description,
+        tags={**tags, ONNX_SHA256_TAG: onnx_sha256(model_bytes)},
+        model_id=model.model_id,
     )
     return str(version.version)
 

@@ -1,4 +1,5 @@
-"""MlflowStore against a real MLflow server: the catalogue, downloads into the cache, run metrics, failures."""
+"""MlflowStore against a real MLflow server: the catalogue, downloads into the cache (MLflow Models and
+versions registered in the older bare-folder layout), run metrics, failures."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
-from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
+from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import REGISTERED_NAME_PREFIX
+from tests.conftest import register_onnx_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +52,8 @@ def test_catalog_mirrors_the_registry(model_zoo: Any, tmp_path: Path) -> None:
         assert record.registered_name == f"{REGISTERED_NAME_PREFIX}{name}"
         assert record.aliases == model_zoo.aliases.get(name, {})
         assert {number: v.run_id for number, v in record.versions.items()} == {t.version: t.run_id for t in trained}
-        assert all(v.source.endswith(f"/{ONNX_ARTIFACT_DIR}") and v.created_at for v in record.versions.values())
+        # The zoo registers as training does: each version is a logged MLflow Model, not a run's folder.
+        assert all(v.source.startswith("models:/m-") and v.created_at for v in record.versions.values())
 
 
 def test_download_lands_once_in_the_cache(model_zoo: Any, tmp_path: Path) -> None:
@@ -100,6 +103,39 @@ def test_an_artifact_without_one_onnx_file_is_invalid_model(
     assert caught.value.code is ErrorCode.INVALID_MODEL
     assert f"expected {ONNX_FILENAME} in the artifact, found {found}" in caught.value.message
     assert not list((tmp_path / name).iterdir())  # the staging folder is gone
+
+
+def test_an_mlflow_model_without_the_onnx_flavor_is_invalid_model(model_zoo: Any, tmp_path: Path) -> None:
+    mlmodel = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n  sklearn:\n    pickled_model: m.pkl\n"
+    files = {"MLmodel": mlmodel, "model.onnx": b"1"}
+    record, version = _register_files(model_zoo.tracking_uri, "store-test-sklearn", files)
+    with pytest.raises(ServiceError) as caught:
+        MlflowStore(model_zoo.tracking_uri, tmp_path).download(record, version)
+    assert caught.value.code is ErrorCode.INVALID_MODEL
+    assert "has no onnx flavor (its flavors: ['python_function', 'sklearn'])" in caught.value.message
+
+
+def _catalogued(tracking_uri: str, registered_name: str, version: str) -> tuple[ModelRecord, VersionRecord]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = client.get_model_version(registered_name, version)
+    record = VersionRecord(version, found.run_id, found.source, None)
+    return ModelRecord("layouts", registered_name, {version: record}, {}), record
+
+
+def test_both_layouts_download_the_registered_file(model_zoo: Any, make_onnx: Any, tmp_path: Path) -> None:
+    onnx_bytes, _ = make_onnx(PreprocessingContract(layout="flat", scaling="unit", image_size=16))
+    name = "store-test-layouts"
+    old, _ = register_onnx_model(model_zoo.tracking_uri, "old", onnx_bytes, layout="bare-onnx", registered_as=name)
+    new, _ = register_onnx_model(model_zoo.tracking_uri, "new", onnx_bytes, registered_as=name)
+    store = MlflowStore(model_zoo.tracking_uri, tmp_path)
+    sources = {}
+    for version in (old, new):
+        record, version_record = _catalogued(model_zoo.tracking_uri, name, version)
+        assert store.download(record, version_record).read_bytes() == onnx_bytes
+        sources[version] = version_record.source
+    assert sources[old].endswith(f"/{ONNX_ARTIFACT_DIR}") and sources[new].startswith("models:/m-")
 
 
 def test_run_metrics_are_the_headline_ones(model_zoo: Any, tmp_path: Path) -> None:
