@@ -1,7 +1,9 @@
 """One error type for all services, with symbolic codes mapped to HTTP status in one table.
 
-The JSON body is always ``{"error": {"code": ..., "message": ..., "request_id": ...}}``.
-Messages never echo an upload or a stack trace.
+The JSON body is always ``{"error": {"code": ..., "message": ..., "request_id": ...}}``, except under
+``OIP_PATH_PREFIX``: the Open Inference Protocol (KServe V2) routes answer its own shape, ``{"error": "<message>"}``,
+with the status of ``OIP_STATUS`` where the protocol's clients expect another one. Messages never echo an upload
+or a stack trace.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
+# The Open Inference Protocol's routes, and the statuses where it differs from HTTP_STATUS: a bad request is
+# 400 there (the protocol's "typically 400"), whatever the reason.
+OIP_PATH_PREFIX = "/v2"
+OIP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_IMAGE: 400,
+    ErrorCode.INVALID_REQUEST: 400,
+}
+
+
 class ServiceError(Exception):
     """An error a client can act on: a code, a message and optional structured details."""
 
@@ -75,6 +86,11 @@ class ServiceError(Exception):
     def status(self) -> int:
         return HTTP_STATUS[self.code]
 
+    @property
+    def oip_status(self) -> int:
+        """The status on an Open Inference Protocol route."""
+        return OIP_STATUS.get(self.code, self.status)
+
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code.value, "message": self.message, "request_id": request_id}
         if self.details:
@@ -86,9 +102,19 @@ def _request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
-def error_response(request: Request, error: ServiceError) -> JSONResponse:
+def is_oip_path(path: str) -> bool:
+    """Whether a request path belongs to the Open Inference Protocol's routes."""
+    return path == OIP_PATH_PREFIX or path.startswith(OIP_PATH_PREFIX + "/")
+
+
+def error_response(request: Request, error: ServiceError, status: int | None = None) -> JSONResponse:
+    """The error's response, in the protocol's shape on its routes; ``status`` overrides the table's."""
     request_id = _request_id(request)
-    return JSONResponse(error.body(request_id), status_code=error.status, headers={"x-request-id": request_id})
+    headers = {"x-request-id": request_id}
+    if is_oip_path(request.url.path):
+        # tritonclient and KServe's clients read "error" as a string.
+        return JSONResponse({"error": error.message}, status_code=status or error.oip_status, headers=headers)
+    return JSONResponse(error.body(request_id), status_code=status or error.status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,10 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
             exc.status_code, ErrorCode.INVALID_REQUEST
         )
-        error = ServiceError(code, str(exc.detail))
-        response = error_response(request, error)
-        response.status_code = exc.status_code
-        return response
+        return error_response(request, ServiceError(code, str(exc.detail)), exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,206 @@
-"""The Open Inference Protocol (KServe V2) over REST: health, metadata and infer under ``/v2``."""
+"""The Open Inference Protocol (KServe V2) over REST: health, metadata and infer under ``/v2``.
+
+What tritonclient, KServe's and MLServer's clients call. Models are the short names (``cnn``); a version
+is a number or an alias, and without one the default version answers (as on ``/v1``). Errors have the
+protocol's body ``{"error": "<message>"}`` (shared.errors maps them on these paths).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from services.inference.config import Settings
+from services.inference.deps import ModelName, RegistryDep, SettingsDep
+from services.inference.oip_schemas import (
+    BINARY_HEADER,
+    IMAGE_INPUT_NAME,
+    PROBABILITIES_OUTPUT,
+    InferResponse,
+    LiveOut,
+    MetadataTensor,
+    ModelMetadataOut,
+    ModelReadyOut,
+    ReadyOut,
+    ServerMetadataOut,
+    infer_request_body,
+    oip_error_responses,
+)
+from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
+from services.inference.registry import ModelRegistry
+from shared.errors import ErrorCode, ServiceError
+from shared.onnx_classifier import OnnxClassifier
+from shared.params import NAME_PATTERN
+from shared.uploads import read_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+VersionPath = Annotated[str, Path(pattern=NAME_PATTERN, description="Version number or alias (e.g. champion, latest).")]
+
+_MODEL_ERRORS = oip_error_responses(400, 404, 500, 503)
+
+
+@router.get("/health/live", response_model=LiveOut, summary="Server live", responses=oip_error_responses())
+async def read_server_live() -> LiveOut:
+    return LiveOut()
+
+
+@router.get(
+    "/health/ready",
+    response_model=ReadyOut,
+    summary="Server ready: default models preloaded and the MLflow registry reachable",
+    responses=oip_error_responses(503),
+)
+def read_server_ready(request: Request, registry: RegistryDep) -> ReadyOut:
+    # A plain def: the registry check may wait on MLflow, which must not block the event loop.
+    if not request.app.state.preload_done.is_set():
+        raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
+    registry.ping()
+    return ReadyOut()
+
+
+@router.get("", response_model=ServerMetadataOut, summary="Server metadata", responses=oip_error_responses())
+async def read_server_metadata() -> ServerMetadataOut:
+    return ServerMetadataOut()
+
+
+def _metadata(registry: ModelRegistry, model: str, version: str | None) -> ModelMetadataOut:
+    classifier = registry.get(model, version)
+    record, _ = registry.resolve(model, version)
+    contract = classifier.contract
+    return ModelMetadataOut(
+        name=classifier.name,
+        versions=record.version_numbers(),
+        inputs=[
+            MetadataTensor(
+                name=contract.input_name,
+                datatype="FP32",
+                shape=[-1 if d is None else d for d in contract.input_shape()],
+            ),
+            MetadataTensor(name=IMAGE_INPUT_NAME, datatype="BYTES", shape=[-1]),
+        ],
+        outputs=[MetadataTensor(name=PROBABILITIES_OUTPUT, datatype="FP32", shape=[-1, len(contract.class_names)])],
+    )
+
+
+_METADATA = {
+    "response_model": ModelMetadataOut,
+    "summary": "Model metadata: the inputs (the model's tensor, or image files) and the output",
+    "responses": _MODEL_ERRORS,
+}
+
+
+@router.get("/models/{model}", **_METADATA)
+def read_model_metadata(registry: RegistryDep, model: ModelName) -> ModelMetadataOut:
+    return _metadata(registry, model, None)
+
+
+@router.get("/models/{model}/versions/{version}", **_METADATA)
+def read_model_version_metadata(registry: RegistryDep, model: ModelName, version: VersionPath) -> ModelMetadataOut:
+    return _metadata(registry, model, version)
+
+
+def _ready(registry: ModelRegistry, model: str, version: str | None) -> ModelReadyOut:
+    # Only reports: a version nobody asked for yet is loaded by its first metadata or infer request.
+    record, version_record = registry.resolve(model, version)
+    key = f"{record.short_name}/{version_record.version}"
+    if not registry.loaded().get(key, False):
+        raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {key} is not loaded yet.")
+    return ModelReadyOut(name=record.short_name)
+
+
+_READY = {
+    "response_model": ModelReadyOut,
+    "summary": "Model ready: the version is loaded (503 until its first use or the preload loads it)",
+    "responses": oip_error_responses(400, 404, 503),
+}
+
+
+@router.get("/models/{model}/ready", **_READY)
+def read_model_ready(registry: RegistryDep, model: ModelName) -> ModelReadyOut:
+    return _ready(registry, model, None)
+
+
+@router.get("/models/{model}/versions/{version}/ready", **_READY)
+def read_model_version_ready(registry: RegistryDep, model: ModelName, version: VersionPath) -> ModelReadyOut:
+    return _ready(registry, model, version)
+
+
+def _predict(classifier: OnnxClassifier, model_input: np.ndarray | list[bytes], run_batch: int) -> np.ndarray:
+    """Probabilities for a tensor, or for image files decoded ``run_batch`` at a time (bounded memory)."""
+    if isinstance(model_input, np.ndarray):
+        return classifier.predict(model_input, max_batch=run_batch)
+    parts = []
+    for start in range(0, len(model_input), run_batch):
+        tensors = []
+        for index, data in enumerate(model_input[start : start + run_batch], start):
+            try:
+                tensors.append(classifier.preprocess(data))
+            except ServiceError as exc:
+                raise ServiceError(exc.code, f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}") from exc
+        parts.append(classifier.predict(np.concatenate(tensors), max_batch=run_batch))
+    return np.concatenate(parts)
+
+
+async def _infer(
+    request: Request, registry: ModelRegistry, settings: Settings, model: str, version: str | None
+) -> Response:
+    if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
+    classifier = await run_in_threadpool(registry.get, model, version)
+    body = await read_body(request, settings.max_pixel_batch_bytes)
+    infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
+    contract = classifier.contract
+    if len(infer_request.inputs) != 1:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"Send one input: {contract.input_name!r} (the model's FP32 tensor) or {IMAGE_INPUT_NAME!r} (image "
+            f"files as BYTES); got {len(infer_request.inputs)}.",
+        )
+    tensor, raw = infer_request.inputs[0], segments[0]
+    limits = InferLimits(settings.max_pixel_batch_images, settings.max_upload_bytes)
+    model_input: np.ndarray | list[bytes]
+    if tensor.name == contract.input_name:
+        model_input = tensor_input(tensor, raw, contract, classifier.key, limits)
+    elif tensor.name == IMAGE_INPUT_NAME:
+        model_input = image_input(tensor, raw, limits)
+    else:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"Model {classifier.key} has no input {tensor.name!r}; its inputs are {contract.input_name!r} "
+            f"(FP32) and {IMAGE_INPUT_NAME!r} (BYTES).",
+        )
+    probabilities = await run_in_threadpool(_predict, classifier, model_input, settings.pixel_run_batch)
+    return infer_response(infer_request, classifier.name, classifier.version, contract.class_names, probabilities)
+
+
+_INFER = {
+    "response_model": InferResponse,
+    "summary": "Infer: the probabilities for a batch given as the model's tensor or as image files",
+    "description": f"One input: the model's FP32 tensor (name and shape in the model's metadata) or "
+    f"`{IMAGE_INPUT_NAME}`, image files as BYTES (base64 strings in JSON). The output `{PROBABILITIES_OUTPUT}` "
+    "is FP32 [N, classes] in the contract's class order (also in the output's `class_names` parameter). "
+    f"The binary tensor extension is supported (`{BINARY_HEADER}`, `binary_data_size`, `binary_data`, "
+    "`binary_data_output`).",
+    "responses": {
+        200: {"content": {"application/octet-stream": {}}, "description": "JSON, or JSON then binary data."},
+        **oip_error_responses(400, 404, 413, 500, 503),
+    },
+    "openapi_extra": infer_request_body(),
+}
+
+
+@router.post("/models/{model}/infer", **_INFER)
+async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, model: ModelName) -> Response:
+    return await _infer(request, registry, settings, model, None)
+
+
+@router.post("/models/{model}/versions/{version}/infer", **_INFER)
+async def infer_version(
+    request: Request, registry: RegistryDep, settings: SettingsDep, model: ModelName, version: VersionPath
+) -> Response:
+    return await _infer(request, registry, settings, model, version)
