@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from shared.imaging import decode_to_array, to_model_input
 
 logger = logging.getLogger(__name__)
 
+# Called after every onnxruntime run with (images in the run, seconds it took).
+RunObserver = Callable[[int, float], None]
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -36,13 +40,26 @@ class Classification:
 
 class OnnxClassifier:
     """An ONNX model (a file's path, or the serialised bytes) with its contract; ``ready`` once
-    ``load()`` succeeded."""
+    ``load()`` succeeded.
 
-    def __init__(self, name: str, version: str, source: Path | bytes, intra_op_threads: int = 0) -> None:
+    ``on_run``, when set, hears of every onnxruntime run (images, seconds): a service records its
+    metrics there without this runner knowing about them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        source: Path | bytes,
+        intra_op_threads: int = 0,
+        *,
+        on_run: RunObserver | None = None,
+    ) -> None:
         self.name = name
         self.version = str(version)
         self.source = source if isinstance(source, bytes) else Path(source)
         self.intra_op_threads = intra_op_threads
+        self.on_run = on_run
         self.ready = False
         self._session: ort.InferenceSession | None = None
         self._contract: PreprocessingContract | None = None
@@ -141,14 +158,24 @@ class OnnxClassifier:
         size the graph may have), which bounds the memory a large batch needs.
         """
         session = self._require_session()
-        name = self.contract.input_name
         step = min(self._batch_limit or len(tensor) or 1, max_batch or len(tensor) or 1)
-        parts = [
-            session.run([OUTPUT_NAME], {name: tensor[start : start + step]})[0] for start in range(0, len(tensor), step)
-        ]
+        parts = [self._run(session, tensor[start : start + step]) for start in range(0, len(tensor), step)]
         if not parts:
             return np.empty((0, len(self.contract.class_names)), dtype=np.float32)
         return np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
+
+    def _run(self, session: ort.InferenceSession, tensor: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        # onnxruntime raises its own untyped errors. Callers refuse tensors that do not fit the contract before
+        # they get here, so what is left is the model's failure.
+        try:
+            probabilities = session.run([OUTPUT_NAME], {self.contract.input_name: tensor})[0]
+        except Exception as exc:
+            logger.exception("onnxruntime failed on %s for a tensor of shape %s", self.key, tensor.shape)
+            raise self._invalid(f"onnxruntime failed on a batch of {len(tensor)}.") from exc
+        if self.on_run is not None:
+            self.on_run(len(tensor), time.perf_counter() - started)
+        return np.asarray(probabilities)
 
     def postprocess(self, probabilities: np.ndarray) -> tuple[str, dict[str, float]]:
         """One row of probabilities to the winning label and a class -> probability mapping."""

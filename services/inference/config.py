@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
@@ -36,7 +37,29 @@ class Settings(BaseSettings):
     pixel_run_batch: int = Field(
         64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."
     )
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime choose.")
+    batching: bool = Field(
+        True,
+        description="Coalesce concurrent single-image predictions for one model version into one onnxruntime run.",
+    )
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a request waits, counted from its arrival, for others to join its batch; "
+        "requests that queued during the previous run go at once.",
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="Most images in one batched onnxruntime run.")
+    max_queue: int = Field(
+        512,
+        ge=1,
+        description="Most images waiting for one model version's batches; beyond it requests get 503 MODEL_NOT_READY.",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime intra-op threads per session; 0 sizes them against the runs that go in parallel: "
+        "with batching one run per model at a time, so every CPU; without it one run per request, so 1 each.",
+    )
     catalog_ttl_s: float = Field(
         5.0,
         ge=0,
@@ -71,3 +94,16 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("MLFLOW_TRACKING_URI must name the MLflow server, e.g. http://127.0.0.1:5000")
         return value.rstrip("/")
+
+    def session_threads(self) -> int:
+        """Intra-op threads each onnxruntime session gets (see ``intra_op_threads``)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return usable_cpus() if self.batching else 1
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

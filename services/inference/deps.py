@@ -7,6 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Header, Path, Request
 
+from services.inference.batching import Predictor, observe_runs
 from services.inference.config import Settings
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
@@ -21,8 +22,14 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+# Runs a model for a route: batched with concurrent requests when the settings say so.
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 # The model is part of the path here; the version is a query parameter as on the gateway.
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description=MODEL_DESCRIPTION)]
@@ -32,8 +39,9 @@ def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionQu
     """The loaded classifier, or 404 naming the models and versions that exist.
 
     A plain ``def``: FastAPI runs it in a worker thread, since a first use downloads and loads.
+    Its onnxruntime runs are recorded in the metrics, whichever route uses it.
     """
-    return registry.get(model, version)
+    return observe_runs(registry.get(model, version))
 
 
 ModelDep = Annotated[OnnxClassifier, Depends(get_model_or_404)]

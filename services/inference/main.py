@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.inference.batching import Predictor
 from services.inference.config import Settings
 from services.inference.mlflow_store import configure_mlflow_http
 from services.inference.registry import ModelRegistry
@@ -36,24 +37,38 @@ def _preload(registry: ModelRegistry, done: threading.Event) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the registry and start loading the default versions without delaying start-up."""
+    """Create the registry and the predictor, and start loading the default versions without delaying start-up."""
     settings: Settings = app.state.settings
     configure_mlflow_http(settings.mlflow_timeout_s, settings.mlflow_max_retries)
     registry = ModelRegistry(
         settings.tracking_uri,
         settings.cache_dir,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.session_threads(),
         catalog_ttl_s=settings.catalog_ttl_s,
         metric_prefixes=settings.metric_prefixes,
     )
     app.state.registry = registry
+    app.state.predictor = predictor = Predictor(
+        batching=settings.batching,
+        window_s=settings.batch_window_ms / 1000.0,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+    )
     app.state.preload_done = done = threading.Event()
     if settings.preload:
         threading.Thread(target=_preload, args=(registry, done), name="preload", daemon=True).start()
     else:
         done.set()
-    logger.info("inference service using MLflow at %s", settings.tracking_uri)
-    yield
+    logger.info(
+        "inference service using MLflow at %s; batching %s, %d onnxruntime threads per session",
+        settings.tracking_uri,
+        f"on (window {settings.batch_window_ms} ms, at most {settings.max_batch})" if settings.batching else "off",
+        settings.session_threads(),
+    )
+    try:
+        yield
+    finally:
+        await predictor.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -183,3 +183,28 @@ def test_undecodable_upload_is_invalid_image(tmp_path: Path, make_onnx: MakeOnnx
         with pytest.raises(ServiceError) as caught:
             classifier.classify(data)
         assert caught.value.code is ErrorCode.INVALID_IMAGE
+
+
+def test_every_onnxruntime_run_is_reported_to_the_observer(
+    tmp_path: Path, make_onnx: MakeOnnx, sample_arrays: Callable[[int], tuple[np.ndarray, np.ndarray]]
+) -> None:
+    runs: list[tuple[int, float]] = []
+    classifier = OnnxClassifier(
+        "rf", "1", _write(tmp_path, make_onnx(_flat(16))[0]), on_run=lambda n, s: runs.append((n, s))
+    )
+    classifier.load()
+    pixels, _ = sample_arrays(16)
+
+    classifier.predict_pixels(pixels[:10], max_batch=4)
+
+    assert [images for images, _ in runs] == [4, 4, 2]
+    assert all(seconds > 0 for _, seconds in runs)
+
+
+def test_a_failing_run_names_the_model_not_the_input(tmp_path: Path, make_onnx: MakeOnnx) -> None:
+    classifier = OnnxClassifier("rf", "4", _write(tmp_path, make_onnx(_flat(16))[0]))
+    classifier.load()
+    with pytest.raises(ServiceError) as caught:
+        classifier.predict(np.zeros((2, 3), dtype=np.float32))  # a tensor no caller should have let through
+    assert caught.value.code is ErrorCode.INVALID_MODEL
+    assert caught.value.message == "Model rf/4 cannot be served: onnxruntime failed on a batch of 2."

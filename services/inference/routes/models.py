@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import ModelDep, PixelBatch, RegistryDep, SettingsDep
+from services.inference.deps import ModelDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import (
@@ -48,15 +48,16 @@ def list_models(registry: RegistryDep) -> ModelsOut:
     "prepared exactly as the model's embedded preprocessing contract says.",
     responses=error_responses(400, 404, 413, 415, 422, 500, 503, descriptions=_REGISTRY_DOWN),
 )
-async def predict_image(classifier: ModelDep, data: ImageBytes) -> PredictionOut:
-    # Decoding and the ONNX run are CPU work: keep them off the event loop.
-    result = await run_in_threadpool(classifier.classify, data)
+async def predict_image(classifier: ModelDep, data: ImageBytes, predictor: PredictorDep) -> PredictionOut:
+    started = time.perf_counter()
+    # Decoding and the run happen in worker threads; the run may be shared with concurrent requests.
+    label, probabilities = classifier.postprocess((await predictor.classify(classifier, data))[0])
     return PredictionOut(
         model=classifier.name,
         version=classifier.version,
-        label=result.label,
-        probabilities=result.probabilities,
-        latency_ms=result.latency_ms,
+        label=label,
+        probabilities=probabilities,
+        latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
     )
 
 
