@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     explainer_url: ServiceUrl = Field("http://127.0.0.1:8003", description="Base URL of the explainer (LIME) service.")
     mlflow_ui_url: ServiceUrl = Field("http://127.0.0.1:5000", description="MLflow UI, for links shown to people.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
+    # At most 1000: Starlette's multipart parser refuses more parts than that before any handler runs.
+    max_batch_files: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="Most files in one /v1/predict/batch request; its body may hold this many times max_upload_bytes.",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one upstream answer.")
     explain_timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for an explanation (the explainer may queue requests)."

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.gateway.batch import BATCH_PATH_SUFFIX
 from services.gateway.config import Settings
-from services.gateway.middleware import RequestIdMiddleware
+from services.gateway.middleware import BatchBodyLimit, RequestIdMiddleware
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.service import build_app, internal_async_client
@@ -26,6 +27,7 @@ fine-tuned MobileNetV2 (`mobilenetv2`).
 Models are versioned in MLflow; name a version by number or alias, or get the default
 (alias `champion` if set, else the latest).
 
+`/v1/predict/batch` classifies several files with one model, one answer (or error) per file.
 `/v1/explain` explains one model's answer with LIME (top regions and a heat-map overlay); the web
 page at `/` compares the four models side by side.
 
@@ -70,9 +72,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         lifespan,
         max_upload_bytes=settings.max_upload_bytes,
+        upload_limit_exempt=(BATCH_PATH_SUFFIX,),
         openapi_tags=OPENAPI_TAGS,
     )
-    # Added last, so it runs first: even the size limit's 413 carries the request id.
+    app.add_middleware(
+        BatchBodyLimit,
+        path_suffix=BATCH_PATH_SUFFIX,
+        max_files=settings.max_batch_files,
+        max_file_bytes=settings.max_upload_bytes,
+    )
+    # Added last, so it runs first: even the size limits' 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
     return app

@@ -1,12 +1,16 @@
-"""Request ids: every request gets one (the client's ``x-request-id`` or a new one), echoed back."""
+"""Request ids: every request gets one (the client's ``x-request-id`` or a new one), echoed back; and the
+bound on a batch's body, which holds several files and so is exempt from the one-file upload limit."""
 
 from __future__ import annotations
 
 import re
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.errors import ErrorCode, ServiceError, error_response
+from shared.uploads import MULTIPART_OVERHEAD_BYTES
 from shared.upstream import REQUEST_ID_HEADER
 
 _HEADER = REQUEST_ID_HEADER.encode()
@@ -36,3 +40,31 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class BatchBodyLimit:
+    """ASGI middleware: 413 for a request to a path ending in ``path_suffix`` whose Content-Length exceeds
+    ``max_files`` files of ``max_file_bytes`` each plus multipart overhead, before the body is spooled."""
+
+    def __init__(self, app: ASGIApp, path_suffix: str, max_files: int, max_file_bytes: int) -> None:
+        self.app = app
+        self.path_suffix = path_suffix
+        self.max_files = max_files
+        self.max_file_bytes = max_file_bytes
+        self.max_bytes = max_files * max_file_bytes + MULTIPART_OVERHEAD_BYTES
+
+    def _too_large(self) -> ServiceError:
+        return ServiceError(
+            ErrorCode.FILE_TOO_LARGE,
+            f"The batch is too large: at most {self.max_files} files of at most {self.max_file_bytes} bytes each "
+            f"({self.max_bytes} bytes in all, with the multipart framing) are accepted; send fewer or smaller files.",
+            {"max_bytes": self.max_bytes, "max_files": self.max_files, "max_file_bytes": self.max_file_bytes},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).endswith(self.path_suffix):
+            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await error_response(Request(scope), self._too_large())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

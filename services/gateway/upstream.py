@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import ServiceError
-from shared.schemas import ExplanationOut, ModelsOut, PredictionOut
+from shared.schemas import BatchPredictionOut, CompareOut, ExplanationOut, ModelsOut, PredictionOut
 from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
 
 # The explainer's client waits minutes for an explanation; a readiness probe must not.
@@ -36,6 +36,30 @@ class InferenceClient(AsyncServiceClient):
             request_id,
             params={"version": version} if version else None,
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
+        )
+
+    async def compare(self, models: list[str], image: bytes, request_id: str | None = None) -> CompareOut:
+        """One image with several models' default versions, sent once; each model answers or has its error."""
+        return await self.call(
+            CompareOut,
+            "POST",
+            "/v1/compare",
+            request_id,
+            params=[("models", model) for model in models],
+            files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
+        )
+
+    async def predict_batch(
+        self, model: str, version: str | None, images: list[bytes], request_id: str | None = None
+    ) -> BatchPredictionOut:
+        """Several images with one model in one call; each image answers or has its error, in order."""
+        return await self.call(
+            BatchPredictionOut,
+            "POST",
+            f"/v1/models/{quote(model, safe='')}/predict-batch",
+            request_id,
+            params={"version": version} if version else None,
+            files=[("files", (FORWARDED_FILENAME, image, "application/octet-stream")) for image in images],
         )
 
     async def list_models(self, request_id: str | None = None) -> ModelsOut:

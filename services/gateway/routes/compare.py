@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from services.gateway.deps import InferenceDep
-from services.gateway.upstream import InferenceClient
 from shared.errors import ErrorCode, ServiceError
 from shared.params import NAME_PATTERN
-from shared.schemas import MODEL_FAMILIES, CompareItem, CompareOut
+from shared.schemas import MODEL_FAMILIES, CompareOut, ItemError
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 from shared.upstream import UpstreamError
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -51,23 +46,19 @@ def parse_models(models: str | None) -> list[str]:
     return unique
 
 
-def _error_entry(error: ServiceError) -> dict[str, Any]:
-    entry: dict[str, Any] = {"code": error.code.value, "message": error.message, "status": error.status}
-    if error.details:
-        entry["details"] = error.details
-    return entry
-
-
-async def _predict_one(inference: InferenceClient, model: str, image: bytes, request_id: str) -> CompareItem:
+def raise_if_all_failed_alike(answer: CompareOut) -> None:
+    """When no model answered and all failed with one code (e.g. every name unknown), that error for the request."""
+    if answer.labels:
+        return
+    errors = [item.error or {} for item in answer.results]
+    if len({error.get("code") for error in errors}) != 1:
+        return
     try:
-        result = await inference.predict(model, None, image, request_id)
-    except ServiceError as exc:
-        return CompareItem(model=model, ok=False, error=_error_entry(exc))
-    except Exception:  # one model's surprise must not cost the others their answers
-        logger.exception("compare: %s failed unexpectedly", model)
-        internal = ServiceError(ErrorCode.INTERNAL, "Internal error; see the gateway log.")
-        return CompareItem(model=model, ok=False, error=_error_entry(internal))
-    return CompareItem(model=model, ok=True, result=result)
+        first = ItemError.model_validate(errors[0])
+        code = ErrorCode(first.code)
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        raise ServiceError(ErrorCode.UPSTREAM_ERROR, "The inference service answered with an unexpected body.") from exc
+    raise UpstreamError(code, first.message, first.details, first.status)
 
 
 @router.post(
@@ -75,21 +66,16 @@ async def _predict_one(inference: InferenceClient, model: str, image: bytes, req
     response_model=CompareOut,
     summary="Classify one MRI image with several models side by side",
     description="Upload one image as the multipart field `file`. Every model named in `models` "
-    "(default: all four) classifies it concurrently with its default version. A model that fails "
-    "gets its own `error` entry (code, message, status) while the others still answer; `agree` "
-    "is true when at least one model answered and all that answered gave the same label. When "
-    "every model fails for the same reason (e.g. the file is not an image), that error is returned.",
-    responses=error_responses(404, 413, 415, 422, 503),
+    "(default: all four) classifies it with its default version; the image is sent to the inference service "
+    "once and decoded there once. A model that fails gets its own `error` entry (code, message, status) while "
+    "the others still answer; `agree` is true when at least one model answered and all that answered gave the "
+    "same label. A file that is not an image is one 415; when every model fails for the same reason (e.g. none "
+    "of the names exists), that error is returned.",
+    responses=error_responses(404, 413, 415, 422, 502, 503),
 )
 async def compare_models(
     inference: InferenceDep, image: ImageBytes, request_id: RequestIdDep, models: ModelsQuery = None
 ) -> CompareOut:
-    names = parse_models(models)
-    items = await asyncio.gather(*(_predict_one(inference, name, image, request_id) for name in names))
-    labels = {item.model: item.result.label for item in items if item.ok and item.result is not None}
-    if not labels:
-        errors = [item.error or {} for item in items]
-        if len({error.get("code") for error in errors}) == 1:
-            first = errors[0]
-            raise UpstreamError(ErrorCode(first["code"]), first["message"], first.get("details"), first["status"])
-    return CompareOut(results=list(items), agree=len(set(labels.values())) == 1, labels=labels)
+    answer = await inference.compare(parse_models(models), image, request_id)
+    raise_if_all_failed_alike(answer)
+    return answer

@@ -1,12 +1,13 @@
-"""Classifying one image with one model."""
+"""Classifying images with one model: one file, or a batch of files with one answer each."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.deps import InferenceDep
+from services.gateway.batch import BatchFiles, predict_files
+from services.gateway.deps import InferenceDep, SettingsDep
 from shared.params import ModelQuery, VersionQuery
-from shared.schemas import PredictionOut
+from shared.schemas import BatchPredictionOut, PredictionOut
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 
@@ -30,3 +31,37 @@ async def predict_image(
     version: VersionQuery = None,
 ) -> PredictionOut:
     return await inference.predict(model, version, image, request_id)
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictionOut,
+    summary="Classify several MRI images with one model",
+    description="Upload the images as repeated multipart fields `files` (at most `max_batch_files`, 32 by "
+    "default, each within the upload limit); choose the model with `model` and optionally a `version`. Answers "
+    "one entry per file, in the order sent: `result` as `/v1/predict` answers it, or that file's own `error` "
+    "(code, message, status; e.g. INVALID_IMAGE 415, FILE_TOO_LARGE 413) while the other files still answer. "
+    "An unknown model or version fails the whole request (404).",
+    responses=error_responses(
+        400,
+        404,
+        413,
+        422,
+        502,
+        503,
+        descriptions={
+            400: "INVALID_REQUEST: the multipart body could not be parsed (or holds more than 1000 parts).",
+            413: "FILE_TOO_LARGE: the body is larger than max_batch_files files at the upload limit.",
+            422: "INVALID_REQUEST: no `files` field, more files than max_batch_files, or a malformed parameter.",
+        },
+    ),
+)
+async def predict_batch(
+    inference: InferenceDep,
+    files: BatchFiles,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+    model: ModelQuery,
+    version: VersionQuery = None,
+) -> BatchPredictionOut:
+    return await predict_files(inference, model, version, files, settings.max_upload_bytes, request_id)

@@ -1,14 +1,17 @@
-"""POST /v1/compare: several models side by side, one failing model does not sink the rest."""
+"""POST /v1/compare: several models side by side, one failing model does not sink the rest; the image goes to
+the inference service once."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.routes.compare import parse_models
 from shared.errors import ServiceError
-from shared.schemas import CompareOut
+from shared.schemas import CompareOut, PredictionOut
 
 
 def _compare(client: Any, data: bytes, **params: str) -> Any:
@@ -26,6 +29,41 @@ def test_compare_defaults_to_all_four(gateway_client: Any, model_zoo: Any, sampl
         assert item.result.version == model_zoo.default_version(item.model)
     assert out.labels == {item.model: item.result.label for item in out.results if item.result}
     assert out.agree == (len(set(out.labels.values())) == 1)
+
+
+def _inference_calls(inference_url: str) -> dict[str, float]:
+    """Requests the inference process has answered so far, by route template (its Prometheus series)."""
+    text = httpx.get(f"{inference_url}/metrics", timeout=10.0).text
+    calls: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "bt_http_requests_total":
+                route = sample.labels["route"]
+                calls[route] = calls.get(route, 0.0) + sample.value
+    return calls
+
+
+def test_compare_equals_one_predict_per_model(gateway_client: Any, sample_images: dict[str, bytes]) -> None:
+    image = sample_images["meningioma"]
+    out = CompareOut.model_validate(_compare(gateway_client, image).json())
+    for item in out.results:
+        assert item.result is not None
+        single = gateway_client.post("/v1/predict", params={"model": item.model}, files={"file": ("a.jpg", image)})
+        expected = PredictionOut.model_validate(single.json())
+        assert (item.result.version, item.result.label) == (expected.version, expected.label)
+        assert item.result.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_compare_sends_the_image_to_inference_once(
+    gateway_client: Any, inference_server: Any, sample_images: dict[str, bytes]
+) -> None:
+    before = _inference_calls(inference_server.url)
+    response = _compare(gateway_client, sample_images["notumor"])
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 4
+    after = _inference_calls(inference_server.url)
+    moved = {route: after[route] - before.get(route, 0.0) for route in after if after[route] != before.get(route)}
+    assert moved == {"/v1/compare": 1.0}
 
 
 def test_compare_with_one_model_missing(gateway_client: Any, sample_images: dict[str, bytes]) -> None:
@@ -55,6 +93,13 @@ def test_compare_non_image_is_415(gateway_client: Any) -> None:
     assert response.status_code == 415, response.text
     assert response.json()["error"]["code"] == "INVALID_IMAGE"
     assert "sensible" not in response.text
+
+
+def test_compare_non_image_is_415_even_beside_an_unknown_model(gateway_client: Any) -> None:
+    # The image is decoded once for every model: a file that is not one fails the request, not each model.
+    response = _compare(gateway_client, b"not an image", models="rf,resnet50")
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["code"] == "INVALID_IMAGE"
 
 
 def test_compare_only_unknown_models_is_404(gateway_client: Any, sample_images: dict[str, bytes]) -> None:
