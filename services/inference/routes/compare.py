@@ -2,11 +2,13 @@
 and several images with one model (``/v1/models/{model}/predict-batch``).
 
 A comparison decodes its image once and resizes it once per contract size, however many models run on it; a
-batch decodes each file once and runs all of them through the model together (``pixel_run_batch`` at a time).
+batch decodes each file once and runs all of them through the model together. Runs go through the predictor,
+as single predictions do, so they share the batching and the onnxruntime thread budget (``batching``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Annotated
@@ -16,7 +18,8 @@ from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import ModelDep, RegistryDep, SettingsDep
+from services.inference.batching import Predictor
+from services.inference.deps import ModelDep, PredictorDep, RegistryDep, SettingsDep
 from services.inference.registry import ModelRegistry
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
@@ -85,26 +88,25 @@ def _load(registry: ModelRegistry, name: str) -> OnnxClassifier | ServiceError:
         return _internal(f"loading {name}")
 
 
-def _run_on_pixels(
-    name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[int, np.ndarray], decode_ms: float
-) -> CompareItem:
-    """One model's answer for the image already decoded at each size; any failure is the item's own error."""
+# A model that can run: its classifier and the image as its tensor; or why it cannot.
+Prepared = tuple[OnnxClassifier, np.ndarray] | ServiceError
+
+
+def _model_input(name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[int, np.ndarray]) -> Prepared:
     if isinstance(loaded, ServiceError):
-        return CompareItem.failed(name, loaded)
-    started = time.perf_counter()
+        return loaded
     try:
         contract = loaded.contract
-        probabilities = loaded.predict(imaging.to_model_input(pixels[contract.image_size], contract))[0]
-        result = _prediction(loaded, probabilities, decode_ms + _elapsed_ms(started))
+        return loaded, imaging.to_model_input(pixels[contract.image_size], contract)
     except ServiceError as exc:
-        return CompareItem.failed(name, exc)
+        return exc
     except Exception:
-        return CompareItem.failed(name, _internal(f"comparing with {name}"))
-    return CompareItem(model=name, ok=True, result=result)
+        return _internal(f"preparing the image for {name}")
 
 
-def compare_image(registry: ModelRegistry, data: bytes, names: list[str]) -> CompareOut:
-    """Every named model's default version on one image, decoded once (one 415 if it is not an image).
+def prepare_comparison(registry: ModelRegistry, data: bytes, names: list[str]) -> tuple[dict[str, Prepared], float]:
+    """Each named model's default version with the image as its tensor, decoded once (one 415 if it is not an
+    image), and the milliseconds the decoding took.
 
     Models are resolved first: when none can answer, the image is not even decoded and every item says why.
     """
@@ -115,9 +117,25 @@ def compare_image(registry: ModelRegistry, data: bytes, names: list[str]) -> Com
     if sizes:
         gray = imaging.decode_grayscale(data)
         pixels = {size: imaging.resize_gray(gray, size) for size in sizes}
-    # Each answer's latency counts the shared decoding once, as a single predict would.
     decode_ms = _elapsed_ms(started)
-    return CompareOut.from_items([_run_on_pixels(name, item, pixels, decode_ms) for name, item in loaded.items()])
+    return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms
+
+
+async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms: float) -> CompareItem:
+    """One model's answer; any failure is the item's own error."""
+    if isinstance(prepared, ServiceError):
+        return CompareItem.failed(name, prepared)
+    classifier, tensor = prepared
+    started = time.perf_counter()
+    try:
+        probabilities = (await predictor.predict(classifier, tensor))[0]
+        # Each answer's latency counts the shared decoding once, as a single predict would.
+        result = _prediction(classifier, probabilities, decode_ms + _elapsed_ms(started))
+    except ServiceError as exc:
+        return CompareItem.failed(name, exc)
+    except Exception:
+        return CompareItem.failed(name, _internal(f"comparing with {name}"))
+    return CompareItem(model=name, ok=True, result=result)
 
 
 @router.post(
@@ -126,15 +144,20 @@ def compare_image(registry: ModelRegistry, data: bytes, names: list[str]) -> Com
     summary="Classify one MRI image with several models",
     description="Upload one image as the multipart field `file` and name the models with repeated `models` "
     "parameters. The image is decoded once and resized once per contract size; every model's default version "
-    "(alias `champion` if set, else the latest) runs on it. A model that cannot answer (unknown, no version, "
+    "(alias `champion` if set, else the latest) runs on it, the models concurrently, each run shared with "
+    "concurrent requests for that model when batching is on. A model that cannot answer (unknown, no version, "
     "cannot be loaded) gets its own `error` entry (code, message, status) while the others answer; a file that "
     "is not an image is one 415 for the request.",
     responses=error_responses(400, 413, 415, 422),
 )
-async def compare_models(registry: RegistryDep, data: ImageBytes, models: ModelsQuery) -> CompareOut:
+async def compare_models(
+    registry: RegistryDep, predictor: PredictorDep, data: ImageBytes, models: ModelsQuery
+) -> CompareOut:
     names = list(dict.fromkeys(models))
-    # Loading a model, decoding and the ONNX runs are blocking work: keep them off the event loop.
-    return await run_in_threadpool(compare_image, registry, data, names)
+    # Loading a model and decoding are blocking work: keep them off the event loop.
+    prepared, decode_ms = await run_in_threadpool(prepare_comparison, registry, data, names)
+    items = await asyncio.gather(*(_answer(predictor, name, item, decode_ms) for name, item in prepared.items()))
+    return CompareOut.from_items(list(items))
 
 
 def _preprocess(classifier: OnnxClassifier, data: bytes | ServiceError) -> tuple[np.ndarray | ServiceError, float]:
@@ -147,15 +170,23 @@ def _preprocess(classifier: OnnxClassifier, data: bytes | ServiceError) -> tuple
         return exc, 0.0
 
 
-def classify_files(classifier: OnnxClassifier, files: list[bytes | ServiceError], run_batch: int) -> BatchPredictionOut:
+def _preprocess_all(
+    classifier: OnnxClassifier, files: list[bytes | ServiceError]
+) -> list[tuple[np.ndarray | ServiceError, float]]:
+    return [_preprocess(classifier, data) for data in files]
+
+
+async def classify_files(
+    predictor: Predictor, classifier: OnnxClassifier, files: list[bytes | ServiceError]
+) -> BatchPredictionOut:
     """Each file decoded on its own (a bad one is its own error), then all good ones through the model together.
 
     An answer's latency is its own decoding plus the one run that all good files of the request shared.
     """
-    prepared = [_preprocess(classifier, data) for data in files]
+    prepared = await run_in_threadpool(_preprocess_all, classifier, files)
     good = [tensor for tensor, _ in prepared if isinstance(tensor, np.ndarray)]
     started = time.perf_counter()
-    rows = iter(classifier.predict(np.concatenate(good), max_batch=run_batch) if good else [])
+    rows = iter(await predictor.predict(classifier, np.concatenate(good)) if good else [])
     run_ms = _elapsed_ms(started)
     results = [
         BatchItem(index=index, ok=False, error=ItemError.from_error(tensor))
@@ -185,7 +216,9 @@ async def _read_file(file: UploadFile, max_bytes: int) -> bytes | ServiceError:
     "files run through the model together. The whole body is bounded by the service's upload limit.",
     responses=error_responses(400, 404, 413, 422, 500, 503, descriptions=_REGISTRY_DOWN),
 )
-async def predict_batch(classifier: ModelDep, settings: SettingsDep, files: BatchFiles) -> BatchPredictionOut:
+async def predict_batch(
+    classifier: ModelDep, predictor: PredictorDep, settings: SettingsDep, files: BatchFiles
+) -> BatchPredictionOut:
     if len(files) > PREDICT_BATCH_MAX_FILES:
         raise ServiceError(
             ErrorCode.INVALID_REQUEST,
@@ -193,4 +226,4 @@ async def predict_batch(classifier: ModelDep, settings: SettingsDep, files: Batc
             {"max_files": PREDICT_BATCH_MAX_FILES},
         )
     data = [await _read_file(file, settings.max_upload_bytes) for file in files]
-    return await run_in_threadpool(classify_files, classifier, data, settings.pixel_run_batch)
+    return await classify_files(predictor, classifier, data)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from shared import imaging
 from shared.schemas import PREDICT_BATCH_MAX_FILES, BatchPredictionOut, CompareOut, PredictionOut
@@ -74,6 +75,24 @@ def test_compare_decodes_the_image_once(
     assert count_decodes[0] == len(FAMILIES) + 1
 
 
+def _runs(model: str, version: str) -> tuple[float, float]:
+    """(onnxruntime runs, images in them) recorded so far for a model version in this process."""
+    labels = {"model": model, "version": version}
+    count = REGISTRY.get_sample_value("bt_inference_batch_size_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value("bt_inference_batch_size_sum", labels) or 0.0
+
+
+def test_compare_runs_are_recorded_one_per_model(
+    inference_client: Any, model_zoo: Any, sample_images: dict[str, bytes]
+) -> None:
+    versions = {model: model_zoo.default_version(model) for model in FAMILIES}
+    before = {model: _runs(model, version) for model, version in versions.items()}
+    assert _compare(inference_client, sample_images["glioma"], FAMILIES).status_code == 200
+    for model, version in versions.items():
+        runs, images = _runs(model, version)
+        assert (runs - before[model][0], images - before[model][1]) == (1.0, 1.0), model
+
+
 def test_a_model_that_cannot_answer_is_its_own_entry(inference_client: Any, sample_images) -> None:
     response = _compare(inference_client, sample_images["glioma"], ["rf", "resnet50", "cnn", "rf"])
     assert response.status_code == 200, response.text
@@ -127,6 +146,14 @@ def test_batch_with_bad_files_among_good_ones(inference_client: Any, sample_imag
     for index in (1, 3):
         error = out.results[index].error
         assert error is not None and (error.code, error.status) == ("INVALID_IMAGE", 415)
+
+
+def test_batch_is_one_run(inference_client: Any, sample_images: dict[str, bytes]) -> None:
+    before = _runs("mobilenetv2", "1")
+    response = _batch(inference_client, "mobilenetv2", [sample_images["glioma"], b"", sample_images["notumor"]])
+    assert response.status_code == 200, response.text
+    runs, images = _runs("mobilenetv2", "1")
+    assert (runs - before[0], images - before[1]) == (1.0, 2.0)  # the two images, the bad file left out
 
 
 def test_batch_names_the_version_it_resolved(inference_client: Any, sample_images: dict[str, bytes]) -> None:
