@@ -27,6 +27,8 @@ BEST_ALIAS = "best"
 LATEST_VERSION = "latest"
 # Most files in one predict-batch request to the inference service; the gateway splits longer batches.
 PREDICT_BATCH_MAX_FILES = 64
+# Most models in one comparison, on the gateway and on the inference service alike.
+COMPARE_MAX_MODELS = 16
 
 
 def registered_name(family: str) -> str:

@@ -10,14 +10,13 @@ from fastapi import APIRouter, Query
 from services.gateway.deps import InferenceDep
 from shared.errors import ErrorCode, ServiceError
 from shared.params import NAME_PATTERN
-from shared.schemas import MODEL_FAMILIES, CompareOut, ItemError
+from shared.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 from shared.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
-MAX_MODELS = 16
 _NAME = re.compile(NAME_PATTERN)
 
 ModelsQuery = Annotated[
@@ -37,10 +36,10 @@ def parse_models(models: str | None) -> list[str]:
         return list(MODEL_FAMILIES)
     unique = list(dict.fromkeys(names))
     bad = [name for name in unique if not _NAME.match(name)]
-    if bad or len(unique) > MAX_MODELS:
+    if bad or len(unique) > COMPARE_MAX_MODELS:
         raise ServiceError(
             ErrorCode.INVALID_REQUEST,
-            f"`models` must list at most {MAX_MODELS} model names separated by commas, e.g. rf,cnn; "
+            f"`models` must list at most {COMPARE_MAX_MODELS} model names separated by commas, e.g. rf,cnn; "
             f"{len(bad)} name(s) are not valid model names.",
         )
     return unique

@@ -26,6 +26,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.params import NAME_PATTERN
 from shared.schemas import (
+    COMPARE_MAX_MODELS,
     PREDICT_BATCH_MAX_FILES,
     BatchItem,
     BatchPredictionOut,
@@ -41,15 +42,14 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
-MAX_COMPARE_MODELS = 16
 _REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
 
 ModelsQuery = Annotated[
     list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
     Query(
         min_length=1,
-        max_length=MAX_COMPARE_MODELS,
-        description=f"A model name, repeated for each model (at most {MAX_COMPARE_MODELS}): `models=rf&models=cnn`.",
+        max_length=COMPARE_MAX_MODELS,
+        description=f"A model name, repeated for each model (at most {COMPARE_MAX_MODELS}): `models=rf&models=cnn`.",
     ),
 ]
 BatchFiles = Annotated[
