@@ -14,12 +14,14 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from services.inference.batching import Predictor
 from services.inference.config import Settings
-from services.inference.deps import ModelName, RegistryDep, SettingsDep
+from services.inference.deps import ModelName, PredictorDep, RegistryDep, SettingsDep
 from services.inference.oip_schemas import (
     BINARY_HEADER,
     IMAGE_INPUT_NAME,
     PROBABILITIES_OUTPUT,
+    InferRequest,
     InferResponse,
     LiveOut,
     MetadataTensor,
@@ -130,30 +132,38 @@ def read_model_version_ready(registry: RegistryDep, model: ModelName, version: V
     return _ready(registry, model, version)
 
 
-def _predict(classifier: OnnxClassifier, model_input: np.ndarray | list[bytes], run_batch: int) -> np.ndarray:
-    """Probabilities for a tensor, or for image files decoded ``run_batch`` at a time (bounded memory)."""
-    if isinstance(model_input, np.ndarray):
-        return classifier.predict(model_input, max_batch=run_batch)
+def _decode(classifier: OnnxClassifier, files: list[bytes], first_index: int) -> np.ndarray:
+    tensors = []
+    for index, data in enumerate(files, first_index):
+        try:
+            tensors.append(classifier.preprocess(data))
+        except ServiceError as exc:
+            raise ServiceError(exc.code, f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}") from exc
+    return np.concatenate(tensors)
+
+
+async def _predict(
+    predictor: Predictor, classifier: OnnxClassifier, model_input: np.ndarray | list[bytes], run_batch: int
+) -> np.ndarray:
+    """Probabilities for a tensor, or for image files decoded ``run_batch`` at a time (bounded memory).
+
+    Each part runs through the predictor, as ``/v1`` predictions do: shared with concurrent requests when
+    batching is on, and recorded in the metrics.
+    """
     parts = []
     for start in range(0, len(model_input), run_batch):
-        tensors = []
-        for index, data in enumerate(model_input[start : start + run_batch], start):
-            try:
-                tensors.append(classifier.preprocess(data))
-            except ServiceError as exc:
-                raise ServiceError(exc.code, f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}") from exc
-        parts.append(classifier.predict(np.concatenate(tensors), max_batch=run_batch))
+        if isinstance(model_input, np.ndarray):
+            tensor = model_input[start : start + run_batch]
+        else:
+            tensor = await run_in_threadpool(_decode, classifier, model_input[start : start + run_batch], start)
+        parts.append(await predictor.predict(classifier, tensor))
     return np.concatenate(parts)
 
 
-async def _infer(
-    request: Request, registry: ModelRegistry, settings: Settings, model: str, version: str | None
-) -> Response:
-    if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-        raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
-    classifier = await run_in_threadpool(registry.get, model, version)
-    body = await read_body(request, settings.max_pixel_batch_bytes)
-    infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
+def _model_input(
+    infer_request: InferRequest, segments: list[bytes | None], classifier: OnnxClassifier, settings: Settings
+) -> np.ndarray | list[bytes]:
+    """The request's one input: the model's tensor, or the image files."""
     contract = classifier.contract
     if len(infer_request.inputs) != 1:
         raise ServiceError(
@@ -163,19 +173,29 @@ async def _infer(
         )
     tensor, raw = infer_request.inputs[0], segments[0]
     limits = InferLimits(settings.max_pixel_batch_images, settings.max_upload_bytes)
-    model_input: np.ndarray | list[bytes]
     if tensor.name == contract.input_name:
-        model_input = tensor_input(tensor, raw, contract, classifier.key, limits)
-    elif tensor.name == IMAGE_INPUT_NAME:
-        model_input = image_input(tensor, raw, limits)
-    else:
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"Model {classifier.key} has no input {tensor.name!r}; its inputs are {contract.input_name!r} "
-            f"(FP32) and {IMAGE_INPUT_NAME!r} (BYTES).",
-        )
-    probabilities = await run_in_threadpool(_predict, classifier, model_input, settings.pixel_run_batch)
-    return infer_response(infer_request, classifier.name, classifier.version, contract.class_names, probabilities)
+        return tensor_input(tensor, raw, contract, classifier.key, limits)
+    if tensor.name == IMAGE_INPUT_NAME:
+        return image_input(tensor, raw, limits)
+    raise ServiceError(
+        ErrorCode.INVALID_REQUEST,
+        f"Model {classifier.key} has no input {tensor.name!r}; its inputs are {contract.input_name!r} "
+        f"(FP32) and {IMAGE_INPUT_NAME!r} (BYTES).",
+    )
+
+
+async def _infer(
+    request: Request, registry: ModelRegistry, predictor: Predictor, settings: Settings, model: str, version: str | None
+) -> Response:
+    if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
+    classifier = await run_in_threadpool(registry.get, model, version)
+    body = await read_body(request, settings.max_pixel_batch_bytes)
+    infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
+    model_input = _model_input(infer_request, segments, classifier, settings)
+    probabilities = await _predict(predictor, classifier, model_input, settings.pixel_run_batch)
+    class_names = classifier.contract.class_names
+    return infer_response(infer_request, classifier.name, classifier.version, class_names, probabilities)
 
 
 _INFER = {
@@ -195,12 +215,19 @@ _INFER = {
 
 
 @router.post("/models/{model}/infer", **_INFER)
-async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, model: ModelName) -> Response:
-    return await _infer(request, registry, settings, model, None)
+async def infer(
+    request: Request, registry: RegistryDep, predictor: PredictorDep, settings: SettingsDep, model: ModelName
+) -> Response:
+    return await _infer(request, registry, predictor, settings, model, None)
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER)
 async def infer_version(
-    request: Request, registry: RegistryDep, settings: SettingsDep, model: ModelName, version: VersionPath
+    request: Request,
+    registry: RegistryDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    model: ModelName,
+    version: VersionPath,
 ) -> Response:
-    return await _infer(request, registry, settings, model, version)
+    return await _infer(request, registry, predictor, settings, model, version)

@@ -272,6 +272,24 @@ def test_binary_sizes_must_add_up_to_the_body(inference_client: Any) -> None:
     )
 
 
+def _runs_of(model: str, version: str) -> tuple[float, float]:
+    """(runs, images) recorded for a model version in the process's batch-size series."""
+    from prometheus_client import REGISTRY
+
+    labels = {"model": model, "version": version}
+    count = REGISTRY.get_sample_value("bt_inference_batch_size_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value("bt_inference_batch_size_sum", labels) or 0.0
+
+
+def test_a_batch_of_files_is_one_recorded_run(inference_client: Any, sample_images: dict[str, bytes]) -> None:
+    files = [base64.b64encode(sample_images[name]).decode() for name in ("glioma", "notumor", "pituitary")]
+    runs, images = _runs_of("mobilenetv2", "1")
+    image = {"name": "image", "shape": [3], "datatype": "BYTES", "data": files}
+    response = inference_client.post("/v2/models/mobilenetv2/infer", json={"inputs": [image]})
+    assert response.status_code == 200, response.text
+    assert _runs_of("mobilenetv2", "1") == (runs + 1, images + 3)
+
+
 def test_infer_bodies_are_bounded_by_the_tensor_limit(inference_app_client: Any, model_zoo: Any) -> None:
     client = inference_app_client(tracking_uri=model_zoo.tracking_uri, max_pixel_batch_bytes=5_000)
     tensor = {"name": "input", "shape": [1, 32, 32, 1], "datatype": "FP32", "data": [0.123456] * 1024}
