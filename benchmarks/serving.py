@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,9 +181,15 @@ class Loads:
         self.latency = (40, 5.0) if quick else (300, 15.0)  # (requests at most, seconds at most)
         self.throughput = (400, 4.0) if quick else (6000, 12.0)
 
-    def point(self, url: str, body: tuple[Path, str], concurrency: int) -> dict[str, Any]:
+    def point(
+        self, url: str, body: tuple[Path, str], concurrency: int, inference_url: str | None = None
+    ) -> dict[str, Any]:
         requests, seconds = self.latency if concurrency == 1 else self.throughput
+        before = model_series(inference_url) if inference_url else None
         result = measure(LoadSpec(url, body[0], body[1], concurrency, requests, seconds))
+        if before is not None and inference_url:
+            sent = result["requests"] + result["warmup_requests"]  # the histograms saw the warm-up too
+            result["inside"] = inside_inference(before, model_series(inference_url), sent)
         print(
             f"  {url} c{concurrency}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
             f"{result['rps']:.0f}/s, errors {result['errors'] or 0}",
@@ -190,8 +197,51 @@ class Loads:
         )
         return result
 
-    def row(self, name: str, url: str, body: tuple[Path, str], levels: tuple[int, ...] = (1, 8, 32)) -> dict[str, Any]:
-        return {"name": name, "url": url, **{f"c{level}": self.point(url, body, level) for level in levels}}
+    def row(
+        self,
+        name: str,
+        url: str,
+        body: tuple[Path, str],
+        levels: tuple[int, ...] = (1, 8, 32),
+        inference_url: str | None = None,
+    ) -> dict[str, Any]:
+        points = {f"c{level}": self.point(url, body, level, inference_url) for level in levels}
+        return {"name": name, "url": url, **points}
+
+
+SERIES = ("bt_inference_onnx_run_seconds", "bt_inference_batch_size", "bt_inference_queue_wait_seconds")
+
+
+def model_series(inference_url: str) -> dict[str, float]:
+    """Sums and counts of inference's own histograms for the CNN (all versions), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{inference_url}/metrics", trust_env=False, timeout=10)
+    totals: dict[str, float] = {}
+    if response.status_code != 200:  # a service without /metrics: the row goes without its inside view
+        return totals
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            base = sample.name.removesuffix("_sum").removesuffix("_count")
+            if base in SERIES and sample.labels.get("model") == MODEL and sample.name != base:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def inside_inference(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float | None]:
+    """What inference's histograms saw during one load point: runs per request, mean batch, run and wait."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    runs = delta("bt_inference_onnx_run_seconds_count")
+    waits = delta("bt_inference_queue_wait_seconds_count")
+    return {
+        "runs_per_request": runs / requests if requests else None,
+        "mean_batch": delta("bt_inference_batch_size_sum") / runs if runs else None,
+        "mean_run_ms": 1000 * delta("bt_inference_onnx_run_seconds_sum") / runs if runs else None,
+        "mean_wait_ms": 1000 * delta("bt_inference_queue_wait_seconds_sum") / waits if waits else None,
+    }
 
 
 def _answers(url: str, body: tuple[Path, str]) -> str | None:
@@ -222,14 +272,16 @@ def serve_ours(stack: Stack, env: dict[str, str], loads: Loads, work: Path, resu
         )
     results["rss_loaded"] = rss_mb(inference.process.pid)
     rows = results["http"] = []
-    rows.append(loads.row("inference `/v1/models/cnn/predict` (image)", f"{inference.url}/v1/models/{MODEL}/predict",
-                          bodies.multipart))  # fmt: skip
+    predict_url = f"{inference.url}/v1/models/{MODEL}/predict"
+    rows.append(loads.row("inference `/v1/models/cnn/predict` (image)", predict_url, bodies.multipart,
+                          inference_url=inference.url))  # fmt: skip
     oip_url = f"{inference.url}/v2/models/{MODEL}/infer"
     results["oip_note"] = _answers(oip_url, bodies.oip)
     if results["oip_note"] is None:
-        rows.append(loads.row("inference OIP `/v2/models/cnn/infer` (FP32 JSON)", oip_url, bodies.oip))
+        rows.append(loads.row("inference OIP `/v2/models/cnn/infer` (FP32 JSON)", oip_url, bodies.oip,
+                              inference_url=inference.url))  # fmt: skip
     rows.append(loads.row("gateway `/v1/predict?model=cnn` (image)", f"{gateway.url}/v1/predict?model={MODEL}",
-                          bodies.multipart))  # fmt: skip
+                          bodies.multipart, inference_url=inference.url))  # fmt: skip
     rows.append(loads.row("gateway `/v1/compare` (four models)", f"{gateway.url}/v1/compare", bodies.multipart, (1,)))
     results["rss_after_load"] = rss_mb(inference.process.pid)
     results["profile"] = profile(stack, [gateway, inference], f"{gateway.url}/v1/predict?model={MODEL}", bodies, loads)
@@ -245,7 +297,8 @@ def profile(
     py_spy = find_py_spy(stack.state_dir / "mlserver-venv" / "bin")
     if py_spy is None:
         return None
-    seconds = loads.throughput[1]
+    # Longer than the load (the generator starts and warms up first); stopped with SIGINT once it is done.
+    seconds = loads.throughput[1] + 60
     recorders = {
         process.name: (start_recording(py_spy, process.process.pid, seconds, stack.state_dir / f"{process.name}.spy"))
         for process in targets
@@ -253,8 +306,9 @@ def profile(
     loads.point(url, bodies.multipart, 8)
     summary = {}
     for name, recorder in recorders.items():
+        recorder.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far and exits
         try:
-            recorder.wait(timeout=seconds + 30)
+            recorder.wait(timeout=30)
         except subprocess.TimeoutExpired:
             recorder.kill()
         summary[name] = summarise(stack.state_dir / f"{name}.spy")
@@ -273,7 +327,8 @@ def batching(stack: Stack, env: dict[str, str], loads: Loads, bodies: Bodies, re
     for value in ("true", "false"):
         inference = start_inference(stack, env, {"BT_INFERENCE_BATCHING": value}, f"batching-{value}")
         url = f"{inference.url}/v1/models/{MODEL}/predict"
-        rows.append(loads.row(f"inference `/v1/models/cnn/predict`, batching {value}", url, bodies.multipart))
+        name = f"inference `/v1/models/cnn/predict`, batching {value}"
+        rows.append(loads.row(name, url, bodies.multipart, inference_url=inference.url))
         stack.stop(inference)
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 from deploy.processes import LOOPBACK, ManagedProcess, free_port, loopback_url, start_process
 
 # py-spy (the profiler, a standalone binary) rides along: it imports nothing from either environment.
+# uvloop 0.22 and later raise in asyncio.get_event_loop() where MLServer 1.7.1's worker processes call it.
 MLSERVER_PACKAGES = [
-    "mlserver==1.7.1", "mlserver-mlflow==1.7.1", "onnxruntime==1.31.1", "onnx==1.23.2", "py-spy==0.4.3",
+    "mlserver==1.7.1", "mlserver-mlflow==1.7.1", "uvloop==0.21.0", "onnxruntime==1.31.1", "onnx==1.23.2",
+    "py-spy==0.4.3",
 ]  # fmt: skip
 MLFLOW_SERVE_TIMEOUT_S = 180.0
 
@@ -82,7 +84,9 @@ def start_mlflow_serve(model_uri: str, tracking_uri: str, logs: Path) -> Managed
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
         "--host", LOOPBACK, "--port", str(port),
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # MLflow starts its scoring server as `uvicorn` from PATH: ours, beside this interpreter.
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
     return start_process(
         "mlflow-serve", command, env, logs / "mlflow-serve.log", loopback_url(port), "/ping", MLFLOW_SERVE_TIMEOUT_S
     )

@@ -79,6 +79,7 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
         "p50_ms": float(np.percentile(latencies_ms, 50)) if len(latencies_ms) else None,
         "p99_ms": float(np.percentile(latencies_ms, 99)) if len(latencies_ms) else None,
         "errors": out["errors"],
+        "warmup_requests": len(warm["latencies"]),
         "warmup_errors": warm["errors"],
         "client_cpu_s": round(cpu, 3),
     }

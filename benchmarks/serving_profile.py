@@ -26,37 +26,61 @@ def start_recording(py_spy: str, pid: int, seconds: float, output: Path) -> subp
     """Sample ``pid`` (and its threads) for ``seconds`` into collapsed stacks (one `a;b;c count` a line)."""
     command = [
         py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
-        "--format", "raw", "--output", str(output), "--nonblocking",
+        "--format", "raw", "--output", str(output), "--nonblocking", "--idle",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _label(frame: str) -> str:
+    """``function (package/file.py)``: the package a frame comes from, not its whole path."""
     match = FRAME.match(frame.strip())
     if match is None:
-        return frame.strip()[:80]
-    file = match["file"]
-    # Name the package a frame comes from, not the whole path: site-packages/<pkg>/..., else the file.
-    parts = Path(file).parts
+        return frame.strip()
+    parts = Path(match["file"]).parts
     if "site-packages" in parts:
-        package = parts[parts.index("site-packages") + 1 :]
-        where = "/".join(package[:2])
-    else:
-        where = "/".join(parts[-2:])
-    return f"{match['function']} ({where})"
+        parts = parts[parts.index("site-packages") + 1 :]
+    return f"{match['function']} ({'/'.join(parts[-3:])})"
 
 
-def summarise(collapsed: Path, top: int = 8) -> tuple[int, list[tuple[str, float]]]:
-    """Samples in total and the ``top`` frames by self time (the innermost frame of each sample), as shares."""
+def category(frames: list[str]) -> str | None:
+    """What a sampled stack is doing: the category of its innermost frame that has one (a wrapper such as a
+    middleware must not claim what runs inside it); None for a thread that is only waiting for work."""
+    if frames[-1].split(" (")[0].rsplit(".", 1)[-1] in IDLE_LEAVES:
+        return "waiting for a batch" if any("batching.py" in frame for frame in frames) else None
+    for frame in reversed(frames):
+        for name, needles in CATEGORIES:
+            if any(needle in frame for needle in needles):
+                return name
+    return "other Python"
+
+
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("onnxruntime run", ("onnxruntime/",)),
+    ("image decoding and preprocessing", ("PIL/", "shared/imaging.py", "imaging.py")),
+    ("waiting for a batch", ("batching.py",)),
+    ("multipart parsing", ("multipart/",)),
+    ("JSON and tensor (de)coding", ("json/", "oip_tensors.py", "oip_schemas.py", "orjson")),
+    ("calling inference (httpx, httpcore)", ("httpx/", "httpcore/")),
+    ("MLflow registry (catalogue refresh)", ("mlflow/", "urllib3/", "requests/")),
+    ("Prometheus metrics", ("prometheus_client/", "shared/metrics.py", "inference/metrics.py")),
+    ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic/", "pydantic_core")),
+    ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/")),
+]
+# Innermost frames of threads with nothing to do: the event loop's select, idle pool workers.
+IDLE_LEAVES = {"select", "wait", "poll", "get", "accept", "_worker", "sleep", "acquire"}
+
+
+def summarise(collapsed: Path) -> tuple[int, list[tuple[str, float]]]:
+    """Busy samples (idle threads left out) and the share of them spent in each category, largest first."""
     counts: Counter[str] = Counter()
-    total = 0
     if not collapsed.exists():
         return 0, []
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
-        counts[_label(frames[-1])] += int(count)
-        total += int(count)
-    return total, [(label, count / total) for label, count in counts.most_common(top)] if total else []
+        name = category([_label(frame) for frame in stack.split(";")])
+        if name is not None:
+            counts[name] += int(count)
+    total = sum(counts.values())
+    return total, [(name, count / total) for name, count in counts.most_common()] if total else []
