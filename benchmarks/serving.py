@@ -48,8 +48,9 @@ WEIGHTS = PROJECT_ROOT.parent / "shared" / "weights" / WEIGHTS_FILE
 class Stack:
     """The processes this run started, stopped in reverse order whatever happens."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, mlserver_venv: Path) -> None:
         self.state_dir = state_dir
+        self.mlserver_venv = mlserver_venv
         self.logs = state_dir / "logs"
         self.processes: list[ManagedProcess] = []
 
@@ -178,8 +179,8 @@ class Loads:
     """The load points of one run: concurrency 1 for latency, 8 and 32 for throughput, all bounded."""
 
     def __init__(self, quick: bool) -> None:
-        self.latency = (40, 5.0) if quick else (300, 15.0)  # (requests at most, seconds at most)
-        self.throughput = (400, 4.0) if quick else (6000, 12.0)
+        self.latency = (40, 5.0) if quick else (200, 10.0)  # (requests at most, seconds at most)
+        self.throughput = (400, 4.0) if quick else (6000, 10.0)
 
     def point(
         self, url: str, body: tuple[Path, str], concurrency: int, inference_url: str | None = None
@@ -294,7 +295,7 @@ def profile(
     stack: Stack, targets: list[ManagedProcess], url: str, bodies: Bodies, loads: Loads
 ) -> dict[str, Any] | None:
     """py-spy on the gateway and inference while the gateway takes load at concurrency 8."""
-    py_spy = find_py_spy(stack.state_dir / "mlserver-venv" / "bin")
+    py_spy = find_py_spy(stack.mlserver_venv / "bin")
     if py_spy is None:
         return None
     # Longer than the load (the generator starts and warms up first); stopped with SIGINT once it is done.
@@ -353,7 +354,7 @@ def external(
     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         results["mlflow_serve_note"] = str(exc)[:300]
     try:
-        bin_dir = mlserver_venv(stack.state_dir)
+        bin_dir = mlserver_venv(stack.mlserver_venv)
         model_dir = local_model_copy(tracking, model_uri, scratch)
         server = stack.add(start_mlserver(bin_dir, model_dir, MODEL, scratch, stack.logs))
         url = f"{server.url}/v2/models/{MODEL}/infer"
@@ -374,11 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-external", action="store_true", help="no mlflow models serve, no MLServer")
     parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--state-dir", type=Path, default=Path("var/serving-bench"))
+    parser.add_argument(
+        "--mlserver-venv", type=Path, default=Path("var/serving-bench/mlserver-venv"), help="built when missing"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md")
     args = parser.parse_args(argv)
-    stack = Stack(args.state_dir.resolve())
+    stack = Stack(args.state_dir.resolve(), args.mlserver_venv.resolve())
     loads = Loads(args.quick)
-    results: dict[str, Any] = {"load_before": os.getloadavg()}
+    results: dict[str, Any] = {"load_before": os.getloadavg(), "loads": (loads.latency, loads.throughput)}
     started = time.perf_counter()
     try:
         mlflow = stack.add(start_mlflow(stack.state_dir / "mlflow", free_port(), stack.logs / "mlflow.log"))

@@ -92,9 +92,8 @@ def start_mlflow_serve(model_uri: str, tracking_uri: str, logs: Path) -> Managed
     )
 
 
-def mlserver_venv(state_dir: Path) -> Path:
+def mlserver_venv(venv: Path) -> Path:
     """The MLServer virtual environment's bin folder, built with pip when missing."""
-    venv = state_dir / "mlserver-venv"
     binary = venv / "bin" / "mlserver"
     if not binary.exists():
         print(f"building MLServer's own virtual environment in {venv} (pip, a few minutes) ...", flush=True)

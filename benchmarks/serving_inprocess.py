@@ -72,7 +72,7 @@ def measure_family(name: str, raw: list[bytes], labels: np.ndarray, quick: bool)
     fit_seconds = time.perf_counter() - started
     classifier = exported_classifier(embed_contract(family.to_onnx(fitted), contract, {"family": name}), 0)
     one, batch = family.tensor(images[:1], contract), family.tensor(images[np.arange(BATCH) % len(images)], contract)
-    repeats, seconds = (30, 2.0) if quick else (200, 6.0)
+    repeats, seconds = (30, 2.0) if quick else (100, 4.0)
     row: dict[str, Any] = {"family": name, "image_size": size, "fit_seconds": round(fit_seconds, 1)}
     native = fitted.native
     if hasattr(native, "predict_proba"):

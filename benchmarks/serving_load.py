@@ -55,7 +55,11 @@ async def _worker(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, deadli
 
 async def run(spec: LoadSpec) -> dict[str, Any]:
     body = spec.body.read_bytes()
-    limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
+    # Expire idle connections well before the servers' keep-alive timeouts (uvicorn: 5 s), so that a connection
+    # left idle between the warm-up and the run is never reused just as the server closes it.
+    limits = httpx.Limits(
+        max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency, keepalive_expiry=2.0
+    )
     timeout = httpx.Timeout(60.0, connect=5.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         # Open every connection and warm the path (first-use loading) before the clock starts.

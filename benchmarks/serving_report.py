@@ -176,6 +176,7 @@ def _versions(versions: dict[str, str]) -> str:
 
 def render(results: dict[str, Any], command: str, quick: bool) -> str:
     load = results["load_before"], results["load_after"]
+    latency, throughput = results["loads"]
     lines = [
         "## Serving (`python -m benchmarks.serving`)",
         "",
@@ -194,9 +195,10 @@ def render(results: dict[str, Any], command: str, quick: bool) -> str:
         "### Over HTTP on loopback",
         "",
         "A separate process generates the load (httpx, asyncio, one kept-alive connection per concurrent client, "
-        "warmed up first); c1: up to 300 requests or 15 s, c8 and c32: up to 6000 requests or 12 s "
-        "(--quick: 40 / 5 s and 400 / 4 s). Inference and the gateway run with their default settings, one uvicorn "
-        "worker each; the other servers with their defaults.",
+        f"warmed up first); c1: up to {latency[0]} requests or {latency[1]:.0f} s, c8 and c32: up to "
+        f"{throughput[0]} requests or {throughput[1]:.0f} s. Inference and the gateway run with their default "
+        "settings, one uvicorn worker each; the other servers with their defaults. non-200 counts answers "
+        "other than 200 and transport errors.",
         "",
         *http_table(results.get("http", []) + results.get("batching", []) + results.get("external", [])),
         "",
