@@ -46,7 +46,19 @@ def list_models(registry: RegistryDep) -> ModelsOut:
     summary="Classify one MRI image",
     description="Upload one image as the multipart field `file`. It is decoded to grayscale and "
     "prepared exactly as the model's embedded preprocessing contract says.",
-    responses=error_responses(400, 404, 413, 415, 422, 500, 503, descriptions=_REGISTRY_DOWN),
+    responses=error_responses(
+        400,
+        404,
+        413,
+        415,
+        422,
+        500,
+        503,
+        descriptions={
+            503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable; {ErrorCode.MODEL_NOT_READY}: the model "
+            "is not loaded yet, or (with batching) too many requests are waiting for it.",
+        },
+    ),
 )
 async def predict_image(classifier: ModelDep, data: ImageBytes, predictor: PredictorDep) -> PredictionOut:
     started = time.perf_counter()
