@@ -283,7 +283,8 @@ def serve_ours(stack: Stack, env: dict[str, str], loads: Loads, work: Path, resu
                               inference_url=inference.url))  # fmt: skip
     rows.append(loads.row("gateway `/v1/predict?model=cnn` (image)", f"{gateway.url}/v1/predict?model={MODEL}",
                           bodies.multipart, inference_url=inference.url))  # fmt: skip
-    rows.append(loads.row("gateway `/v1/compare` (four models)", f"{gateway.url}/v1/compare", bodies.multipart, (1,)))
+    rows.append(loads.row("gateway `/v1/compare` (four models)", f"{gateway.url}/v1/compare", bodies.multipart, (1,),
+                          inference_url=inference.url))  # fmt: skip
     results["rss_after_load"] = rss_mb(inference.process.pid)
     results["profile"] = profile(stack, [gateway, inference], f"{gateway.url}/v1/predict?model={MODEL}", bodies, loads)
     results["bodies"] = bodies
@@ -400,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = os.getloadavg()
     results["minutes"] = (time.perf_counter() - started) / 60
     body = render(results, command_line("benchmarks.serving", argv), args.quick)
+    kept = {key: value for key, value in results.items() if key != "bodies"}
+    (stack.state_dir / "results.json").write_text(json.dumps(kept, indent=1, default=str))
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

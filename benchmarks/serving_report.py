@@ -90,7 +90,15 @@ def decomposition(results: dict[str, Any]) -> list[str]:
         return []
     run, classify = cnn["ort_1_ms"], cnn["ort_classify_ms"]
     served, whole = inference["c1"]["p50_ms"], gateway["c1"]["p50_ms"]
-    return [
+    families = [row for row in results.get("in_process", []) if "ort_1_ms" in row]
+    each = ", ".join(f"{row['family']} {row['ort_1_ms']:.1f}" for row in families)
+    compare = [
+        "`/v1/compare` at concurrency 1 cannot be faster than its models' own runs unless they run side by side: "
+        f"the {len(families)} onnxruntime runs alone, one image each, one after the other, take "
+        f"{sum(row['ort_1_ms'] for row in families):.1f} ms in-process ({each}), before any decoding.",
+        "",
+    ]
+    return compare + [
         f"Where the gateway's p50 at concurrency 1 ({whole:.1f} ms) goes, by differences of medians of this run: "
         f"onnxruntime run in-process {run:.1f} ms; decoding and the contract's preprocessing {classify - run:.1f} ms "
         f"(file bytes to probabilities in-process: {classify:.1f} ms); inference's HTTP, multipart and framework "

@@ -55,9 +55,10 @@ class PreprocessingContract(BaseModel):
         return (batch, self.image_size, self.image_size, 1)
 
 
-# How a trained model is stored in MLflow: the run's artifact folder ONNX_ARTIFACT_DIR holds
-# ONNX_FILENAME; the registered version's source is that folder. The ONNX graph has one input
-# (contract.input_name) and an output named OUTPUT_NAME with class probabilities (N, len(class_names)).
+# How a trained model is stored in MLflow: each registered version is an MLflow Model (onnx flavor) whose
+# file is ONNX_FILENAME; the run also keeps a plain copy under ONNX_ARTIFACT_DIR, and versions registered
+# before MLflow Models were that bare folder. The ONNX graph has one input (contract.input_name) and an
+# output named OUTPUT_NAME with class probabilities (N, len(class_names)).
 ONNX_ARTIFACT_DIR = "onnx"
 ONNX_FILENAME = "model.onnx"
 OUTPUT_NAME = "probabilities"
