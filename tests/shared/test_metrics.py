@@ -9,32 +9,18 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.errors import ErrorCode, ServiceError
 from shared.metrics import UNMATCHED_ROUTE
 from shared.service import build_app
+from tests.prometheus_samples import Samples, scrape, value
 
 REQUESTS = "bt_http_requests_total"
 SECONDS_COUNT = "bt_http_request_duration_seconds_count"
 
 
-def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``(sample name, labels) -> value`` of every sample ``/metrics`` answers."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def routes_seen(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[str]:
+def routes_seen(samples: Samples) -> set[str]:
     return {dict(labels)["route"] for name, labels in samples if name == REQUESTS}
 
 

@@ -6,35 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.contract import ONNX_FILENAME
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.prometheus_samples import scrape, value
 
 REQUESTS = "bt_http_requests_total"
 SECONDS_COUNT = "bt_http_request_duration_seconds_count"
 LOADS = "bt_inference_model_loads_total"
 PREDICT_ROUTE = "/v1/models/{model}/predict"
 
-
-def parse(text: str) -> Samples:
-    """``(sample name, labels) -> value`` of a Prometheus text exposition."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def scrape(client: Any) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    return parse(response.text)
 
 
 def predict(client: Any, model: str, version: str, image: bytes) -> Any:

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.training.config import TrainingSettings
 from services.training.main import create_app
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from tests.prometheus_samples import Samples, scrape
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 Report = Callable[[FamilyProgress], None]
 
 STARTED = "bt_training_runs_started_total"
@@ -26,15 +25,6 @@ SECONDS_COUNT = "bt_training_run_duration_seconds_count"
 SECONDS_SUM = "bt_training_run_duration_seconds_sum"
 RUN_SECONDS = 0.3
 
-
-def scrape(client: TestClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
