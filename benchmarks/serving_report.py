@@ -170,8 +170,8 @@ def profile_lines(profile: dict[str, Any] | None) -> list[str]:
     if not profile:
         return ["No profile: py-spy was not found (it is installed with MLServer's environment)."]
     lines = ["Where the time goes under load (py-spy, 250 samples/s of every thread, while the gateway takes "
-             "concurrency 8; a sample counts for the innermost frame that names a part; threads only waiting for "
-             "work left out):", ""]  # fmt: skip
+             "concurrency 8; a sample counts for the innermost frame that names a part; threads idle waiting for "
+             "work left out, threads blocked on a socket, such as a call to MLflow, counted):", ""]  # fmt: skip
     for name, (total, top) in profile.items():
         shares = "; ".join(f"{label} {share:.0%}" for label, share in top if share >= 0.01)
         lines.append(f"- {name} ({total} busy samples): {shares}")
