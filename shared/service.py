@@ -30,6 +30,8 @@ from shared.uploads import UploadSizeLimit
 from shared.upstream import REQUEST_ID_HEADER
 
 API_VERSION = "0.1.0"
+# Idle seconds an internal connection is kept for reuse: below uvicorn's 5 s keep-alive timeout.
+INTERNAL_KEEPALIVE_S = 4.0
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
@@ -105,7 +107,10 @@ def error_responses(*statuses: int, descriptions: dict[int, str] | None = None) 
 def _client_options(
     base_url: str, timeout_s: float, connect_timeout_s: float, max_connections: int | None
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=max_connections) if max_connections else httpx.Limits()
+    # uvicorn closes a keep-alive connection after 5 s idle; a client that keeps it as long may send on a
+    # connection the server is closing (seen as a 503 under load), so idle ones are dropped sooner.
+    # 100 is httpx's own default bound.
+    limits = httpx.Limits(max_connections=max_connections or 100, keepalive_expiry=INTERNAL_KEEPALIVE_S)
     return {
         "base_url": base_url,
         "timeout": httpx.Timeout(timeout_s, connect=connect_timeout_s),

@@ -38,6 +38,7 @@ class ModelRegistry:
         self.intra_op_threads = intra_op_threads
         self.catalog_ttl_s = catalog_ttl_s
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._classifiers: dict[str, OnnxClassifier] = {}
         self._key_locks: dict[str, threading.Lock] = {}
@@ -57,6 +58,24 @@ class ModelRegistry:
             current = self._catalog
         if current is not None and current.age_s() < max_age:
             return current
+        # One refresh at a time: while it runs, other requests keep the snapshot they have instead of
+        # each asking MLflow again (under load they did, and waited on it).
+        if current is not None and allow_stale and max_age_s is None:
+            if not self._refresh_lock.acquire(blocking=False):
+                return current
+        else:
+            self._refresh_lock.acquire()
+        try:
+            return self._refresh(current, max_age, allow_stale)
+        finally:
+            self._refresh_lock.release()
+
+    def _refresh(self, current: Catalog | None, max_age: float, allow_stale: bool) -> Catalog:
+        with self._lock:
+            latest = self._catalog
+        if latest is not None and latest is not current and latest.age_s() < max_age:
+            return latest  # refreshed by another request while this one waited for its turn
+        current = latest or current
         try:
             fresh = self.store.fetch_catalog()
         except ServiceError:

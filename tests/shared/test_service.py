@@ -101,6 +101,8 @@ def test_internal_client_ignores_the_environment_and_has_the_timeouts(monkeypatc
         assert str(client.base_url) == "http://127.0.0.1:9"
         assert client.timeout == httpx.Timeout(7.5, connect=1.5)
         assert client._transport._pool._max_connections == 3  # type: ignore[attr-defined]
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request.
+        assert client._transport._pool._keepalive_expiry < 5.0  # type: ignore[attr-defined]
         assert client._mounts == {}
 
 

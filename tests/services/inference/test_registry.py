@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,27 @@ def test_loaded_versions_keep_answering_while_mlflow_is_down(
         with pytest.raises(ServiceError) as caught:
             call()
         assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE
+
+
+def test_an_expired_catalogue_is_refreshed_by_one_request_while_the_others_keep_the_snapshot(
+    model_zoo: Any, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(model_zoo.tracking_uri, tmp_path, catalog_ttl_s=0.2)
+    fetch = registry.store.fetch_catalog
+    fetches: list[float] = []
+
+    def counted_fetch() -> Any:
+        fetches.append(0.0)
+        return fetch()
+
+    registry.store.fetch_catalog = counted_fetch  # type: ignore[method-assign]
+    first = registry.catalog()
+    time.sleep(0.3)  # the snapshot is now older than its TTL
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        snapshots = list(pool.map(lambda _: registry.catalog(), range(16)))
+    assert 2 <= len(fetches) <= 3, fetches  # the first fill, then one refresh (a second only if it came late)
+    assert all(snapshot.models.keys() == first.models.keys() for snapshot in snapshots)
+    # A forced look (a name the snapshot does not know) still asks MLflow itself.
+    before = len(fetches)
+    registry.catalog(max_age_s=0)
+    assert len(fetches) == before + 1
