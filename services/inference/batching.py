@@ -20,28 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.metrics import BATCH_SIZE, ONNX_RUN_SECONDS, QUEUE_WAIT_SECONDS
+from services.inference.metrics import QUEUE_WAIT_SECONDS
 from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier, RunObserver
-
-
-def run_recorder(classifier: OnnxClassifier) -> RunObserver:
-    """An ``on_run`` observer that records a classifier's runs in the inference metrics."""
-    seconds = ONNX_RUN_SECONDS.labels(classifier.name, classifier.version)
-    sizes = BATCH_SIZE.labels(classifier.name, classifier.version)
-
-    def record(images: int, elapsed_s: float) -> None:
-        seconds.observe(elapsed_s)
-        sizes.observe(images)
-
-    return record
-
-
-def observe_runs(classifier: OnnxClassifier) -> OnnxClassifier:
-    """Make sure the classifier's onnxruntime runs are recorded in the metrics (idempotent)."""
-    if classifier.on_run is None:
-        classifier.on_run = run_recorder(classifier)
-    return classifier
+from shared.onnx_classifier import OnnxClassifier
 
 
 def check_tensor(classifier: OnnxClassifier, tensor: np.ndarray) -> None:
@@ -68,7 +49,7 @@ class Batcher:
     """Coalesces the tensors of concurrent requests for one classifier into shared runs."""
 
     def __init__(self, classifier: OnnxClassifier, *, window_s: float, max_batch: int, max_queue: int) -> None:
-        self.classifier = observe_runs(classifier)
+        self.classifier = classifier
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -197,7 +178,7 @@ class Predictor:
     def _run_alone(self, classifier: OnnxClassifier, tensor: np.ndarray, submitted: float) -> np.ndarray:
         # Without batching, the wait is the one for a free worker thread.
         QUEUE_WAIT_SECONDS.labels(classifier.name, classifier.version).observe(time.perf_counter() - submitted)
-        return observe_runs(classifier).predict(tensor)
+        return classifier.predict(tensor)
 
     def _classify_alone(self, classifier: OnnxClassifier, data: bytes, submitted: float) -> np.ndarray:
         return self._run_alone(classifier, classifier.preprocess(data), submitted)

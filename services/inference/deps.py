@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Header, Path, Request
 
-from services.inference.batching import Predictor, observe_runs
+from services.inference.batching import Predictor
 from services.inference.config import Settings
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
@@ -41,7 +41,7 @@ def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionQu
     A plain ``def``: FastAPI runs it in a worker thread, since a first use downloads and loads.
     Its onnxruntime runs are recorded in the metrics, whichever route uses it.
     """
-    return observe_runs(registry.get(model, version))
+    return registry.get(model, version)
 
 
 ModelDep = Annotated[OnnxClassifier, Depends(get_model_or_404)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from shared.onnx_classifier import RunObserver
+
 # Sub-millisecond to a few seconds: one CNN image takes about 2 ms, a large batch can take seconds.
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -33,3 +35,15 @@ MODEL_LOADS = Counter(
     "Model versions loaded, by outcome (ok, failed).",
     ["model", "version", "outcome"],
 )
+
+
+def run_recorder(model: str, version: str) -> RunObserver:
+    """An ``OnnxClassifier`` ``on_run`` observer that records one version's runs (series looked up once)."""
+    seconds = ONNX_RUN_SECONDS.labels(model, version)
+    sizes = BATCH_SIZE.labels(model, version)
+
+    def record(images: int, elapsed_s: float) -> None:
+        seconds.observe(elapsed_s)
+        sizes.observe(images)
+
+    return record

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
-from services.inference.metrics import MODEL_LOADS
+from services.inference.metrics import MODEL_LOADS, run_recorder
 from services.inference.mlflow_store import MlflowStore
 from shared.errors import ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -120,7 +120,9 @@ class ModelRegistry:
         try:
             if classifier is None:
                 path = self.store.download(record, version_record)
-                classifier = OnnxClassifier(model, version, path, self.intra_op_threads)
+                # Every onnxruntime run of this version, whichever route asks for it, is recorded.
+                recorder = run_recorder(model, version)
+                classifier = OnnxClassifier(model, version, path, self.intra_op_threads, on_run=recorder)
                 with self._lock:
                     self._classifiers[key] = classifier
             classifier.load()

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.inference.batching import Batcher, Predictor
 from services.inference.config import Settings, usable_cpus
+from services.inference.metrics import run_recorder
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -32,7 +33,8 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def _loaded(make_onnx: MakeOnnx, contract: PreprocessingContract = FLAT16, version: str = "1") -> OnnxClassifier:
-    classifier = OnnxClassifier("snn", version, make_onnx(contract)[0])
+    # As the registry builds it: its runs are recorded in the inference metrics.
+    classifier = OnnxClassifier("snn", version, make_onnx(contract)[0], on_run=run_recorder("snn", version))
     classifier.load()
     return classifier
 
