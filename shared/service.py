@@ -1,6 +1,6 @@
 """The service kit: what every service's app shares, so each keeps only what differs.
 
-- ``health_router``: ``GET /healthz`` (liveness: the process answers). Each service adds its own
+- ``health_router``: ``GET /healthz`` (liveness: the process answers), added by ``build_app``. Each service adds its own
   ``/readyz`` (readiness: what it needs to answer, including its upstream services, is ready).
 - ``get_settings``: the settings object the app was built with (``app.state.settings``).
 - ``error_responses``: OpenAPI ``responses=`` entries with the one error body.
@@ -77,6 +77,7 @@ def build_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.include_router(health_router)
     if max_upload_bytes is not None:
         app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
     install_metrics(app)
@@ -139,13 +140,6 @@ class _Placement(Protocol):
     port: int
 
 
-def run_service(factory: str, host: str, port: int) -> None:
-    """The same as ``uvicorn --factory <factory> --host H --port P``."""
-    import uvicorn
-
-    uvicorn.run(factory, factory=True, host=host, port=port)
-
-
 def service_main(
     service: str, settings_type: Callable[[], _Placement], note: str = "", argv: Sequence[str] | None = None
 ) -> None:
@@ -161,5 +155,11 @@ def service_main(
         epilog=f"{settings_note} {note}".strip(),
     )
     parser.parse_args(argv)
+    import importlib
+
+    import uvicorn
+
     settings = settings_type()
-    run_service(factory, settings.host, settings.port)
+    # The app is built on the settings its host and port came from: the environment is read once.
+    app = importlib.import_module(f"services.{service}.main").create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port)

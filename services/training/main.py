@@ -11,7 +11,7 @@ from services.training.config import TrainingSettings
 from services.training.jobs import RunFunction, TrainingRunManager
 from services.training.options import FamilyProgress, TrainingOptions
 from services.training.routes import runs
-from shared.service import build_app, health_router
+from shared.service import build_app
 
 
 def _run_pipeline(
@@ -37,6 +37,5 @@ def create_app(settings: TrainingSettings | None = None, run_function: RunFuncti
         settings,
         lifespan,
     )
-    app.include_router(health_router)
     app.include_router(runs.router)
     return app

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.explainer.deps import InferenceDep
-from shared.service import HealthOut, RequestIdDep, error_responses, health_router
+from shared.service import HealthOut, RequestIdDep, error_responses
 
 router = APIRouter()
-router.include_router(health_router)
 
 
 @router.get(

@@ -1,4 +1,4 @@
-"""Readiness of the gateway; liveness (``/healthz``) is the kit's ``health_router``."""
+"""Readiness of the gateway; liveness (``/healthz``) comes with ``shared.service.build_app``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import ExplainerDep, InferenceDep
-from shared.service import RequestIdDep, error_responses, health_router
+from shared.service import RequestIdDep, error_responses
 
 router = APIRouter()
-router.include_router(health_router)
 
 
 class ReadyOut(BaseModel):

@@ -11,7 +11,6 @@ from shared.service import error_responses, health_router
 
 # The kit's router carries the "health" tag; tagging this router too would list /healthz under it twice.
 router = APIRouter()
-router.include_router(health_router)
 
 
 class ReadyOut(BaseModel):
