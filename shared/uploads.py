@@ -50,6 +50,26 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
     return data
 
 
+async def read_uploads(files: list[UploadFile], max_files: int, max_bytes: int) -> list[bytes | ServiceError]:
+    """Each file's bytes, or its own FILE_TOO_LARGE (one oversize file does not fail the others); more
+    than ``max_files`` files is INVALID_REQUEST before any is read."""
+    if len(files) > max_files:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            f"At most {max_files} files are accepted in one batch; got {len(files)}: send fewer.",
+            {"max_files": max_files},
+        )
+    read: list[bytes | ServiceError] = []
+    for file in files:
+        try:
+            read.append(await read_upload(file, max_bytes))
+        except ServiceError as exc:
+            read.append(exc)
+        finally:
+            await file.close()
+    return read
+
+
 class UploadSizeLimit:
     """ASGI middleware: 413 for a request whose Content-Length exceeds the limit plus multipart overhead.
 

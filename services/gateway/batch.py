@@ -12,19 +12,10 @@ from services.gateway.deps import SettingsDep
 from services.gateway.upstream import InferenceClient
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import PREDICT_BATCH_MAX_FILES, BatchItem, BatchPredictionOut, ItemError
-from shared.uploads import read_upload
+from shared.uploads import read_uploads
 
 # The batch route's path ends so: its body holds several files, so the one-file upload limit exempts it.
 BATCH_PATH_SUFFIX = "/predict/batch"
-
-
-async def _read_one(file: UploadFile, max_bytes: int) -> bytes | ServiceError:
-    try:
-        return await read_upload(file, max_bytes)
-    except ServiceError as exc:  # an oversize file is that file's own error
-        return exc
-    finally:
-        await file.close()
 
 
 async def read_batch_files(
@@ -32,13 +23,7 @@ async def read_batch_files(
     files: Annotated[list[UploadFile], File(description="The images, one multipart `files` part each.")],
 ) -> list[bytes | ServiceError]:
     """Each file's bytes, or its own FILE_TOO_LARGE; more files than ``max_batch_files`` is a 422."""
-    if len(files) > settings.max_batch_files:
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"At most {settings.max_batch_files} files are accepted in one batch; got {len(files)}: send fewer.",
-            {"max_files": settings.max_batch_files},
-        )
-    return [await _read_one(file, settings.max_upload_bytes) for file in files]
+    return await read_uploads(files, settings.max_batch_files, settings.max_upload_bytes)
 
 
 BatchFiles = Annotated[list[bytes | ServiceError], Depends(read_batch_files)]

@@ -36,7 +36,7 @@ from shared.schemas import (
     PredictionOut,
 )
 from shared.service import error_responses
-from shared.uploads import ImageBytes, read_upload
+from shared.uploads import ImageBytes, read_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -197,15 +197,6 @@ async def classify_files(
     return BatchPredictionOut(results=results)
 
 
-async def _read_file(file: UploadFile, max_bytes: int) -> bytes | ServiceError:
-    try:
-        return await read_upload(file, max_bytes)
-    except ServiceError as exc:
-        return exc
-    finally:
-        await file.close()
-
-
 @router.post(
     "/models/{model}/predict-batch",
     response_model=BatchPredictionOut,
@@ -219,11 +210,5 @@ async def _read_file(file: UploadFile, max_bytes: int) -> bytes | ServiceError:
 async def predict_batch(
     classifier: ModelDep, predictor: PredictorDep, settings: SettingsDep, files: BatchFiles
 ) -> BatchPredictionOut:
-    if len(files) > PREDICT_BATCH_MAX_FILES:
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"At most {PREDICT_BATCH_MAX_FILES} files are accepted in one batch; got {len(files)}: send fewer.",
-            {"max_files": PREDICT_BATCH_MAX_FILES},
-        )
-    data = [await _read_file(file, settings.max_upload_bytes) for file in files]
+    data = await read_uploads(files, PREDICT_BATCH_MAX_FILES, settings.max_upload_bytes)
     return await classify_files(predictor, classifier, data)
