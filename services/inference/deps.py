@@ -22,6 +22,15 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def require_ready(request: Request) -> None:
+    """MODEL_NOT_READY while the default models preload, REGISTRY_UNAVAILABLE unless MLflow answers: the
+    one readiness rule, for ``/readyz`` and the Open Inference Protocol's server-ready. It may wait on
+    MLflow: routes that use it are plain ``def``s, so the wait is in a worker thread."""
+    if not request.app.state.preload_done.is_set():
+        raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
+    get_registry(request).ping()
+
+
 def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from services.inference.deps import RegistryDep
-from shared.errors import ErrorCode, ServiceError
+from services.inference.deps import RegistryDep, require_ready
 from shared.service import error_responses, health_router
 
 # The kit's router carries the "health" tag; tagging this router too would list /healthz under it twice.
@@ -29,8 +28,5 @@ class ReadyOut(BaseModel):
     ),
 )
 def read_readiness(request: Request, registry: RegistryDep) -> ReadyOut:
-    # A plain def: the registry check may wait on MLflow, which must not block the event loop.
-    if not request.app.state.preload_done.is_set():
-        raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
-    registry.ping()
+    require_ready(request)  # a plain def: the check may wait on MLflow, off the event loop
     return ReadyOut(models=registry.loaded())

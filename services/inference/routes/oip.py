@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.inference.batching import Predictor
 from services.inference.config import Settings
-from services.inference.deps import ModelName, PredictorDep, RegistryDep, SettingsDep
+from services.inference.deps import ModelName, PredictorDep, RegistryDep, SettingsDep, require_ready
 from services.inference.oip_schemas import (
     BINARY_HEADER,
     IMAGE_INPUT_NAME,
@@ -57,11 +57,8 @@ async def read_server_live() -> LiveOut:
     summary="Server ready: default models preloaded and the MLflow registry reachable",
     responses=oip_error_responses(503),
 )
-def read_server_ready(request: Request, registry: RegistryDep) -> ReadyOut:
-    # A plain def: the registry check may wait on MLflow, which must not block the event loop.
-    if not request.app.state.preload_done.is_set():
-        raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
-    registry.ping()
+def read_server_ready(request: Request) -> ReadyOut:
+    require_ready(request)
     return ReadyOut()
 
 
