@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (virtual environment, the project with [dev],
-# Debian's Chromium for the browser test) and runs the whole suite.
+# Debian's packages below) and runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BT_EXTRAS=dev . deploy/bootstrap.sh
-# The browser test drives Debian's Chromium through Playwright; no browser build is ever downloaded.
-# Installed once (CI runs as root); a no-op when it is already there.
-if [ ! -x /usr/bin/chromium ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "installing Debian's chromium for the browser test ..."
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
+# Debian's packages the tests run for real: Chromium (the browser test, driven by Playwright; no browser build
+# is ever downloaded), nginx (the proxy in front of the services), PostgreSQL (MLflow's backend store) and
+# docker-compose (which parses the compose file; no Docker engine runs here). Installed once; no-ops after.
+BT_SYSTEM_PACKAGES="/usr/bin/chromium:chromium /usr/sbin/nginx:nginx docker-compose:docker-compose
+  /usr/lib/postgresql/15/bin/initdb:postgresql" . deploy/system-packages.sh
 .venv/bin/python -m ruff check .
 set +e
 .venv/bin/python -m pytest "$@"

@@ -40,6 +40,15 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     INTERNAL = "INTERNAL"
+    # Added for the reliability, security and clinical-input work: one code per reason a client can act on.
+    UNAUTHORIZED = "UNAUTHORIZED"
+    AUTH_DISABLED = "AUTH_DISABLED"
+    LENGTH_REQUIRED = "LENGTH_REQUIRED"
+    SERVER_BUSY = "SERVER_BUSY"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    INVALID_HOST = "INVALID_HOST"
+    NOT_A_BRAIN_MRI = "NOT_A_BRAIN_MRI"
+    UNSUPPORTED_DICOM = "UNSUPPORTED_DICOM"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -61,7 +70,18 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.AUTH_DISABLED: 403,
+    ErrorCode.LENGTH_REQUIRED: 411,
+    ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.UPSTREAM_TIMEOUT: 503,
+    ErrorCode.INVALID_HOST: 400,
+    ErrorCode.NOT_A_BRAIN_MRI: 422,
+    ErrorCode.UNSUPPORTED_DICOM: 415,
 }
+
+# Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).
+DEFAULT_RETRY_AFTER_S = 5
 
 
 # The Open Inference Protocol's routes, and the statuses where it differs from HTTP_STATUS: a bad request is
@@ -76,11 +96,21 @@ OIP_STATUS: dict[ErrorCode, int] = {
 class ServiceError(Exception):
     """An error a client can act on: a code, a message and optional structured details."""
 
-    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.details = details or {}
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
 
     @property
     def status(self) -> int:
@@ -110,11 +140,15 @@ def is_oip_path(path: str) -> bool:
 def error_response(request: Request, error: ServiceError, status: int | None = None) -> JSONResponse:
     """The error's response, in the protocol's shape on its routes; ``status`` overrides the table's."""
     request_id = _request_id(request)
-    headers = {"x-request-id": request_id}
-    if is_oip_path(request.url.path):
+    oip = is_oip_path(request.url.path)
+    status = status or (error.oip_status if oip else error.status)
+    headers = {**error.headers, "x-request-id": request_id}
+    if status == 503:
+        headers["retry-after"] = str(error.retry_after_s or DEFAULT_RETRY_AFTER_S)
+    if oip:
         # tritonclient and KServe's clients read "error" as a string.
-        return JSONResponse({"error": error.message}, status_code=status or error.oip_status, headers=headers)
-    return JSONResponse(error.body(request_id), status_code=status or error.status, headers=headers)
+        return JSONResponse({"error": error.message}, status_code=status, headers=headers)
+    return JSONResponse(error.body(request_id), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
