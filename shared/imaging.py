@@ -11,16 +11,25 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.contract import PreprocessingContract
+from shared.dicom import decode_dicom, is_dicom
 from shared.errors import ErrorCode, ServiceError
 
 # Guard against decompression bombs well below Pillow's default (about 179 Mpx).
 MAX_PIXELS = 50_000_000
 
 
-def decode_grayscale(data: bytes) -> Image.Image:
-    """Decode image bytes to one 8-bit grayscale channel, EXIF orientation applied."""
+def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
+    """Decode image bytes to one 8-bit grayscale channel, EXIF orientation applied.
+
+    A DICOM file goes through its own display pipeline (shared/dicom.py); ``frame`` picks one frame of a
+    multi-frame DICOM file (0-based). Other formats are one frame: only ``frame`` 0 (or none) fits them.
+    """
     if not data:
         raise ServiceError(ErrorCode.INVALID_IMAGE, "The uploaded file is empty.")
+    if is_dicom(data):
+        return decode_dicom(data, frame, MAX_PIXELS)
+    if frame:
+        raise ServiceError(ErrorCode.INVALID_REQUEST, "`frame` applies to DICOM files only; this image has one frame.")
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_PIXELS:
@@ -64,9 +73,9 @@ def resize_gray(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def decode_to_array(data: bytes, size: int) -> np.ndarray:
-    """Bytes to a (size, size) uint8 grayscale array."""
-    return resize_gray(decode_grayscale(data), size)
+def decode_to_array(data: bytes, size: int, frame: int | None = None) -> np.ndarray:
+    """Bytes to a (size, size) uint8 grayscale array (``frame``: see ``decode_grayscale``)."""
+    return resize_gray(decode_grayscale(data, frame), size)
 
 
 def to_model_input(pixels: np.ndarray, contract: PreprocessingContract) -> np.ndarray:

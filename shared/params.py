@@ -28,3 +28,14 @@ LabelQuery = Annotated[
 ]
 SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
 RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
+
+# One frame of a multi-frame DICOM upload, on every route that takes an image.
+FrameQuery = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=2**31 - 1,
+        description="For a multi-frame DICOM file: the 0-based index of the frame to classify (required when the "
+        "file holds more than one frame). Other images have one frame: leave it out (or 0).",
+    ),
+]
