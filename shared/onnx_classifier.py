@@ -149,10 +149,11 @@ class OnnxClassifier:
             raise self._not_ready()
         return self._session
 
-    def preprocess(self, data: bytes) -> np.ndarray:
-        """Image file bytes to the (1, ...) float32 tensor the contract describes."""
+    def preprocess(self, data: bytes, frame: int | None = None) -> np.ndarray:
+        """Image file bytes to the (1, ...) float32 tensor the contract describes (``frame``: one frame of a
+        multi-frame DICOM file)."""
         contract = self.contract
-        return to_model_input(decode_to_array(data, contract.image_size), contract)
+        return to_model_input(decode_to_array(data, contract.image_size, frame), contract)
 
     def predict(self, tensor: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         """Model input tensor (N, ...) to class probabilities (N, classes) as float32.

@@ -24,7 +24,7 @@ from services.inference.registry import ModelRegistry
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
-from shared.params import NAME_PATTERN
+from shared.params import NAME_PATTERN, FrameQuery
 from shared.schemas import (
     COMPARE_MAX_MODELS,
     PREDICT_BATCH_MAX_FILES,
@@ -104,7 +104,9 @@ def _model_input(name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[
         return _internal(f"preparing the image for {name}")
 
 
-def prepare_comparison(registry: ModelRegistry, data: bytes, names: list[str]) -> tuple[dict[str, Prepared], float]:
+def prepare_comparison(
+    registry: ModelRegistry, data: bytes, names: list[str], frame: int | None = None
+) -> tuple[dict[str, Prepared], float]:
     """Each named model's default version with the image as its tensor, decoded once (one 415 if it is not an
     image), and the milliseconds the decoding took.
 
@@ -115,7 +117,7 @@ def prepare_comparison(registry: ModelRegistry, data: bytes, names: list[str]) -
     started = time.perf_counter()
     pixels: dict[int, np.ndarray] = {}
     if sizes:
-        gray = imaging.decode_grayscale(data)
+        gray = imaging.decode_grayscale(data, frame)
         pixels = {size: imaging.resize_gray(gray, size) for size in sizes}
     decode_ms = _elapsed_ms(started)
     return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms
@@ -151,39 +153,41 @@ async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms
     responses=error_responses(400, 413, 415, 422),
 )
 async def compare_models(
-    registry: RegistryDep, predictor: PredictorDep, data: ImageBytes, models: ModelsQuery
+    registry: RegistryDep, predictor: PredictorDep, data: ImageBytes, models: ModelsQuery, frame: FrameQuery = None
 ) -> CompareOut:
     names = list(dict.fromkeys(models))
     # Loading a model and decoding are blocking work: keep them off the event loop.
-    prepared, decode_ms = await run_in_threadpool(prepare_comparison, registry, data, names)
+    prepared, decode_ms = await run_in_threadpool(prepare_comparison, registry, data, names, frame)
     items = await asyncio.gather(*(_answer(predictor, name, item, decode_ms) for name, item in prepared.items()))
     return CompareOut.from_items(list(items))
 
 
-def _preprocess(classifier: OnnxClassifier, data: bytes | ServiceError) -> tuple[np.ndarray | ServiceError, float]:
+def _preprocess(
+    classifier: OnnxClassifier, data: bytes | ServiceError, frame: int | None = None
+) -> tuple[np.ndarray | ServiceError, float]:
     if isinstance(data, ServiceError):
         return data, 0.0
     started = time.perf_counter()
     try:
-        return classifier.preprocess(data), _elapsed_ms(started)
+        return classifier.preprocess(data, frame), _elapsed_ms(started)
     except ServiceError as exc:
         return exc, 0.0
 
 
 def _preprocess_all(
-    classifier: OnnxClassifier, files: list[bytes | ServiceError]
+    classifier: OnnxClassifier, files: list[bytes | ServiceError], frame: int | None = None
 ) -> list[tuple[np.ndarray | ServiceError, float]]:
-    return [_preprocess(classifier, data) for data in files]
+    return [_preprocess(classifier, data, frame) for data in files]
 
 
 async def classify_files(
-    predictor: Predictor, classifier: OnnxClassifier, files: list[bytes | ServiceError]
+    predictor: Predictor, classifier: OnnxClassifier, files: list[bytes | ServiceError], frame: int | None = None
 ) -> BatchPredictionOut:
     """Each file decoded on its own (a bad one is its own error), then all good ones through the model together.
 
     An answer's latency is its own decoding plus the one run that all good files of the request shared.
     """
-    prepared = await run_in_threadpool(_preprocess_all, classifier, files)
+    prepared = await run_in_threadpool(_preprocess_all, classifier, files, frame)
     good = [tensor for tensor, _ in prepared if isinstance(tensor, np.ndarray)]
     started = time.perf_counter()
     rows = iter(await predictor.predict(classifier, np.concatenate(good)) if good else [])
@@ -208,7 +212,7 @@ async def classify_files(
     responses=error_responses(400, 404, 413, 422, 500, 503, descriptions=_REGISTRY_DOWN),
 )
 async def predict_batch(
-    classifier: ModelDep, predictor: PredictorDep, settings: SettingsDep, files: BatchFiles
+    classifier: ModelDep, predictor: PredictorDep, settings: SettingsDep, files: BatchFiles, frame: FrameQuery = None
 ) -> BatchPredictionOut:
     data = await read_uploads(files, PREDICT_BATCH_MAX_FILES, settings.max_upload_bytes)
-    return await classify_files(predictor, classifier, data)
+    return await classify_files(predictor, classifier, data, frame)

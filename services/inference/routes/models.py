@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from services.inference.deps import ModelDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
+from shared.params import FrameQuery
 from shared.schemas import (
     CHAMPION_ALIAS,
     PIXELS_SHAPE_HEADER,
@@ -60,10 +61,12 @@ def list_models(registry: RegistryDep) -> ModelsOut:
         },
     ),
 )
-async def predict_image(classifier: ModelDep, data: ImageBytes, predictor: PredictorDep) -> PredictionOut:
+async def predict_image(
+    classifier: ModelDep, data: ImageBytes, predictor: PredictorDep, frame: FrameQuery = None
+) -> PredictionOut:
     started = time.perf_counter()
     # Decoding and the run happen in worker threads; the run may be shared with concurrent requests.
-    label, probabilities = classifier.postprocess((await predictor.classify(classifier, data))[0])
+    label, probabilities = classifier.postprocess((await predictor.classify(classifier, data, frame))[0])
     return PredictionOut(
         model=classifier.name,
         version=classifier.version,
