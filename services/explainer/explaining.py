@@ -28,6 +28,8 @@ class ExplainRequest:
     seed: int
     num_samples: int
     num_regions: int
+    # One frame of a multi-frame DICOM upload (0-based); None for every other image.
+    frame: int | None = None
 
 
 def images_per_request(settings: Settings, image_size: int) -> int:
@@ -57,7 +59,7 @@ def explain_upload(
 ) -> ExplanationOut:
     """The explanation of ``request.model``'s answer for the uploaded image (blocking; run it in a thread)."""
     started = time.perf_counter()
-    scan = decode_grayscale(data)
+    scan = decode_grayscale(data, request.frame)
     # Resolve the version once: an alias that moves mid-explanation must not mix two models' answers.
     resolved = inference.contract(request.model, request.version, request_id)
     contract = resolved.contract

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from services.explainer.deps import InferenceDep, NumSamples, SettingsDep
 from services.explainer.explaining import ExplainRequest, explain_upload
 from shared.errors import ErrorCode, ServiceError
-from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
@@ -49,6 +49,7 @@ async def explain_image(
     label: LabelQuery = None,
     seed: SeedQuery = 0,
     num_regions: RegionsQuery = 5,
+    frame: FrameQuery = None,
 ) -> ExplanationOut:
     turns: asyncio.Semaphore = request.app.state.turns
     try:
@@ -59,7 +60,7 @@ async def explain_image(
             f"Every explanation slot stayed busy for {settings.queue_timeout_s:.0f} s; try again shortly.",
         ) from exc
     try:
-        asked = ExplainRequest(model, version, label, seed, num_samples, num_regions)
+        asked = ExplainRequest(model, version, label, seed, num_samples, num_regions, frame)
         # LIME and the overlay are CPU work and the inference calls block: keep them off the event loop.
         return await run_in_threadpool(explain_upload, image, asked, inference, settings, request_id)
     finally:
