@@ -2,7 +2,8 @@
 
 Errors the other service answers with keep their code, message and status (so a 404 naming the
 models that exist reaches the client unchanged); a service that cannot be reached becomes
-UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502).
+UPSTREAM_UNAVAILABLE (503), one that does not answer in time UPSTREAM_TIMEOUT (503), an answer that makes no
+sense UPSTREAM_ERROR (502).
 
 Readiness means the same everywhere: a service is ready when its own ``/readyz`` answers 2xx;
 ``readiness()`` returns that body, or raises UPSTREAM_UNAVAILABLE saying why the service is not ready.
@@ -61,13 +62,41 @@ def request_headers(request_id: str | None, extra: dict[str, str] | None = None)
     return headers
 
 
-def transport_failure(service: str, method: str, path: str, exc: httpx.HTTPError) -> ServiceError:
-    """UPSTREAM_UNAVAILABLE for a timeout or a connection that failed."""
-    if isinstance(exc, httpx.TimeoutException):
+# Failures where the request may not have reached the service, or its connection broke before an answer: for
+# an idempotent call, trying again (on another replica) is safe. A timeout is not one: the service is there but
+# slow, and a second try would double the wait and the load.
+CONNECTION_FAILURES: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+
+def is_connection_failure(exc: httpx.HTTPError) -> bool:
+    """Whether ``exc`` is a refused, reset or dropped connection (see CONNECTION_FAILURES)."""
+    return isinstance(exc, CONNECTION_FAILURES)
+
+
+def transport_failure(
+    service: str, method: str, path: str, exc: httpx.HTTPError, retry_after_s: int | None = None
+) -> ServiceError:
+    """UPSTREAM_TIMEOUT when the service took too long to answer, UPSTREAM_UNAVAILABLE when it could not be
+    reached; both 503 with ``Retry-After`` (``retry_after_s``, else the default)."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         logger.warning("%s %s %s timed out: %r", service, method, path, exc)
-        return ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"The {service} service did not answer in time; try again.")
+        return ServiceError(
+            ErrorCode.UPSTREAM_TIMEOUT,
+            f"The {service} service did not answer in time; try again.",
+            retry_after_s=retry_after_s,
+        )
     logger.warning("%s service unreachable for %s %s: %r", service, method, path, exc)
-    return ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"The {service} service is unavailable; try again shortly.")
+    return ServiceError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        f"The {service} service is unavailable; try again shortly.",
+        retry_after_s=retry_after_s,
+    )
 
 
 def raise_for_error(response: httpx.Response, service: str) -> None:

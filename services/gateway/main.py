@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 
+import httpx
 from fastapi import FastAPI
 
 from services.gateway.batch import BATCH_PATH_SUFFIX
 from services.gateway.config import Settings
 from services.gateway.middleware import BatchBodyLimit, RequestIdMiddleware
+from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.service import build_app, internal_async_client
@@ -45,22 +48,43 @@ OPENAPI_TAGS = [
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One HTTP client per upstream service for the life of the app, so connections are reused."""
+    """One HTTP client per inference replica and one for the explainer for the life of the app, so
+    connections are reused; the replicas are checked once before the first request, then in the background."""
     settings: Settings = app.state.settings
-    async with (
-        internal_async_client(
-            settings.inference_url, settings.request_timeout_s, settings.connect_timeout_s, settings.max_connections
-        ) as inference_http,
-        internal_async_client(
-            settings.explainer_url, settings.explain_timeout_s, settings.connect_timeout_s, settings.max_connections
-        ) as explainer_http,
-    ):
-        app.state.inference = InferenceClient(inference_http)
+    async with AsyncExitStack() as clients:
+        replicas = [
+            Replica(url, await clients.enter_async_context(_client(url, settings.request_timeout_s, settings)))
+            for url in settings.inference_urls
+        ]
+        explainer_http = await clients.enter_async_context(
+            _client(settings.explainer_url, settings.explain_timeout_s, settings)
+        )
+        pool = ReplicaPool(
+            replicas,
+            "inference",
+            settings.connect_timeout_s,
+            settings.health_check_interval_s,
+            settings.health_check_timeout_s,
+        )
+        await pool.check_all()
+        app.state.inference = InferenceClient(pool, settings.predict_timeout_s, settings.request_timeout_s)
         app.state.explainer = ExplainerClient(explainer_http)
         logger.info(
-            "gateway forwarding to inference at %s, explainer at %s", settings.inference_url, settings.explainer_url
+            "gateway forwarding to inference at %s, explainer at %s",
+            ", ".join(settings.inference_urls),
+            settings.explainer_url,
         )
-        yield
+        watcher = asyncio.create_task(pool.watch(), name="inference-replica-checks")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+
+
+def _client(base_url: str, timeout_s: float, settings: Settings) -> httpx.AsyncClient:
+    return internal_async_client(base_url, timeout_s, settings.connect_timeout_s, settings.max_connections)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,16 +1,18 @@
-"""The services behind the gateway: typed calls to inference and to the explainer.
+"""The services behind the gateway: typed calls to inference (one or several replicas) and to the explainer.
 
 Errors they answer with keep their code and status; a service that cannot be reached becomes
-UPSTREAM_UNAVAILABLE (503), an answer that makes no sense UPSTREAM_ERROR (502); readiness is
-``AsyncServiceClient.readiness`` (see shared/upstream.py).
+UPSTREAM_UNAVAILABLE (503), one too slow UPSTREAM_TIMEOUT (503), an answer that makes no sense UPSTREAM_ERROR
+(502). Inference calls go through a ``ReplicaPool`` (replicas.py); the explainer is one service with one URL.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from services.gateway.replicas import ReplicaPool
 from shared.errors import ServiceError
 from shared.schemas import BatchPredictionOut, CompareOut, ExplanationOut, ModelsOut, PredictionOut
 from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
@@ -19,32 +21,37 @@ from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
 EXPLAINER_STATUS_TIMEOUT_S = 2.0
 
 
-class InferenceClient(AsyncServiceClient):
-    """Calls to the inference service over one shared ``httpx.AsyncClient``."""
+class InferenceClient:
+    """Calls to the inference replicas: predictions and the model list wait at most ``predict_timeout_s``, a
+    batch that long per file, up to ``batch_timeout_s``."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        super().__init__(http, "inference")
+    def __init__(self, pool: ReplicaPool, predict_timeout_s: float, batch_timeout_s: float) -> None:
+        self.pool = pool
+        self.predict_timeout_s = predict_timeout_s
+        self.batch_timeout_s = batch_timeout_s
 
     async def predict(
         self, model: str, version: str | None, image: bytes, request_id: str | None = None
     ) -> PredictionOut:
         """Classify one image with one model (version number, alias, or the default)."""
-        return await self.call(
+        return await self.pool.call(
             PredictionOut,
             "POST",
             f"/v1/models/{quote(model, safe='')}/predict",
             request_id,
+            timeout_s=self.predict_timeout_s,
             params={"version": version} if version else None,
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
         )
 
     async def compare(self, models: list[str], image: bytes, request_id: str | None = None) -> CompareOut:
         """One image with several models' default versions, sent once; each model answers or has its error."""
-        return await self.call(
+        return await self.pool.call(
             CompareOut,
             "POST",
             "/v1/compare",
             request_id,
+            timeout_s=self.predict_timeout_s,
             params=[("models", model) for model in models],
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
         )
@@ -53,17 +60,22 @@ class InferenceClient(AsyncServiceClient):
         self, model: str, version: str | None, images: list[bytes], request_id: str | None = None
     ) -> BatchPredictionOut:
         """Several images with one model in one call; each image answers or has its error, in order."""
-        return await self.call(
+        return await self.pool.call(
             BatchPredictionOut,
             "POST",
             f"/v1/models/{quote(model, safe='')}/predict-batch",
             request_id,
+            timeout_s=min(self.batch_timeout_s, self.predict_timeout_s * max(1, len(images))),
             params={"version": version} if version else None,
             files=[("files", (FORWARDED_FILENAME, image, "application/octet-stream")) for image in images],
         )
 
     async def list_models(self, request_id: str | None = None) -> ModelsOut:
-        return await self.call(ModelsOut, "GET", "/v1/models", request_id)
+        return await self.pool.call(ModelsOut, "GET", "/v1/models", request_id, timeout_s=self.predict_timeout_s)
+
+    def readiness(self) -> dict[str, Any]:
+        """The ``/readyz`` body of a replica that is up (from the background checks), or UPSTREAM_UNAVAILABLE."""
+        return self.pool.readiness()
 
 
 class ExplainerClient(AsyncServiceClient):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import ExplainerDep, InferenceDep
+from services.gateway.replicas import ReplicaStatus
 from shared.service import RequestIdDep, error_responses
 
 router = APIRouter()
@@ -16,7 +16,8 @@ router = APIRouter()
 
 class ReadyOut(BaseModel):
     status: str = "ready"
-    inference: dict[str, Any] = Field(description="The inference service's own readiness answer.")
+    inference: dict[str, Any] = Field(description="The readiness answer of the first inference replica that is up.")
+    replicas: list[ReplicaStatus] = Field(description="Every inference replica, up or down, as the gateway sees it.")
     explainer: str = Field(
         description="'ready', or 'unavailable: <why>'. Only /v1/explain needs it, so it does not fail readiness."
     )
@@ -26,13 +27,15 @@ class ReadyOut(BaseModel):
     "/readyz",
     response_model=ReadyOut,
     tags=["health"],
-    summary="Readiness: the inference service is reachable and ready; says whether the explainer answers",
+    summary="Readiness: at least one inference replica is ready; says which are, and whether the explainer answers",
+    description="Ready (200) while at least one inference replica passed its last readiness check; the replicas' "
+    "states come from the gateway's background checks (every `health_check_interval_s`) and from the calls "
+    "it forwards, so this answer costs no call to inference.",
     responses=error_responses(
-        503, descriptions={503: "UPSTREAM_UNAVAILABLE: the inference service is unreachable or not ready."}
+        503, descriptions={503: "UPSTREAM_UNAVAILABLE: no inference replica is reachable and ready."}
     ),
 )
 async def read_readiness(inference: InferenceDep, explainer: ExplainerDep, request_id: RequestIdDep) -> ReadyOut:
-    inference_ready, explainer_status = await asyncio.gather(
-        inference.readiness(request_id), explainer.status(request_id)
-    )
-    return ReadyOut(inference=inference_ready, explainer=explainer_status)
+    inference_ready = inference.readiness()
+    explainer_status = await explainer.status(request_id)
+    return ReadyOut(inference=inference_ready, replicas=inference.pool.statuses(), explainer=explainer_status)

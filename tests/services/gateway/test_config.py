@@ -43,3 +43,29 @@ def test_bad_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, variab
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_one_inference_url_is_one_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_GATEWAY_INFERENCE_URL", "http://inference:8001/")
+    assert Settings().inference_urls == ["http://inference:8001"]
+
+
+def test_inference_urls_are_comma_separated_and_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_GATEWAY_INFERENCE_URL", "http://ignored:8001")
+    monkeypatch.setenv("BT_GATEWAY_INFERENCE_URLS", " http://a:8001/, http://b:8011 ,")
+    assert Settings().inference_urls == ["http://a:8001", "http://b:8011"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BT_GATEWAY_INFERENCE_URLS", "http://a:8001,b:8011"),
+        ("BT_GATEWAY_INFERENCE_URLS", "http://a:8001,http://a:8001/"),
+        ("BT_GATEWAY_PREDICT_TIMEOUT_S", "0"),
+        ("BT_GATEWAY_HEALTH_CHECK_INTERVAL_S", "0"),
+    ],
+)
+def test_bad_replica_settings_are_refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()
