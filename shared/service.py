@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.types import Lifespan
 
 from shared.errors import install_error_handlers
+from shared.hosts import install_host_checks
 from shared.metrics import install_metrics
 from shared.schemas import ErrorOut
 from shared.uploads import UploadSizeLimit
@@ -71,7 +72,8 @@ def build_app(
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
     """A service's app with its settings on ``app.state``, the one error body, the upload limit
-    (when the service takes uploads) and Prometheus metrics; the service adds its middleware and routers."""
+    (when the service takes uploads), Prometheus metrics, trusted hosts and CORS (``shared.hosts``, from the
+    settings' ``allowed_hosts`` and ``cors_origins``); the service adds its middleware and routers."""
     app = FastAPI(
         title=title, description=description, version=API_VERSION, lifespan=lifespan, openapi_tags=openapi_tags
     )
@@ -81,6 +83,8 @@ def build_app(
     if max_upload_bytes is not None:
         app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
     install_metrics(app)
+    # Last, so it wraps the middleware above: a request for a Host not allowed is refused before any work.
+    install_host_checks(app, settings)
     return app
 
 

@@ -31,6 +31,9 @@ from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
 from shared.imaging import decode_to_array, to_model_input  # noqa: E402
 from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
 
+# The base URL of in-process TestClients: a Host the services accept by default (their allowed hosts are loopback).
+LOOPBACK_BASE_URL = "http://127.0.0.1"
+
 # load(image_size) -> (uint8 images (N, size, size), labels)
 SampleArrays = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
@@ -53,7 +56,8 @@ def app_clients() -> Iterator[Callable[[Callable[[Any], Any], Any], Any]]:
     clients: list[TestClient] = []
 
     def make(create_app: Callable[[Any], Any], settings: Any) -> TestClient:
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        # Loopback, as the services are reached: their trusted-host check refuses TestClient's "testserver".
+        client = TestClient(create_app(settings), raise_server_exceptions=False, base_url=LOOPBACK_BASE_URL)
         client.__enter__()
         clients.append(client)
         return client

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.hosts import HostSettings
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.upstream import ServiceUrl
 
 
-class Settings(BaseSettings):
+class Settings(HostSettings, BaseSettings):
     """Everything the explainer can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_EXPLAINER_", extra="ignore")

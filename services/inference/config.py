@@ -8,10 +8,11 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.hosts import HostSettings
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 
 
-class Settings(BaseSettings):
+class Settings(HostSettings, BaseSettings):
     """Everything the inference service can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_INFERENCE_", populate_by_name=True, extra="ignore")

@@ -1,16 +1,25 @@
-"""Training service settings (env prefix BT_TRAINING_, plus MLFLOW_TRACKING_URI)."""
+"""Training service settings (env prefix BT_TRAINING_, plus MLFLOW_TRACKING_URI).
+
+MLflow credentials are not settings here: MLflow's client reads MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD from the environment itself.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.dataset import SAMPLE_DATA_DIR
+from shared.hosts import HostSettings
+
+# Where the stack keeps data for training (under its state folder, BT_STATE_DIR, var/ by default).
+STATE_DATA_DIR = Path("var/data")
 
 
-class TrainingSettings(BaseSettings):
+class TrainingSettings(HostSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BT_TRAINING_", extra="ignore", populate_by_name=True)
     # Where a setting has a generic variable too (MLFLOW_TRACKING_URI), the service's own comes first.
 
@@ -30,4 +39,23 @@ class TrainingSettings(BaseSettings):
         description="ImageNet MobileNetV2 no-top weights (.h5); falls back to Keras's cache folder.",
     )
     report_dir: Path = Field(Path("reports"), description="Where the comparison report is written.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that POST /v1/training-runs requires. Unset: starting runs over HTTP is disabled "
+        "(403). The stack command generates one (var/secrets/api-token).",
+    )
+    # NoDecode: a plain comma-separated list of folders, not JSON.
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [SAMPLE_DATA_DIR, STATE_DATA_DIR],
+        min_length=1,
+        description="The only folders (with their subfolders) a request's data_dir may name, comma-separated. "
+        "Default: the embedded sample and var/data. Any other path gets one answer, whether or not it exists.",
+    )
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
 

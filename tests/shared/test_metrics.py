@@ -42,7 +42,7 @@ def client() -> Any:
     async def boom() -> None:
         raise RuntimeError("unexpected")
 
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -108,7 +108,7 @@ def test_metrics_answer_the_prometheus_text_format_and_stay_out_of_the_api_schem
 def test_every_service_serves_its_request_series(service: str) -> None:
     create_app = importlib.import_module(f"services.{service}.main").create_app
     # No lifespan: /healthz and /metrics need none of the upstreams the services connect to at start.
-    service_client = TestClient(create_app())
+    service_client = TestClient(create_app(), base_url="http://127.0.0.1")  # a Host the services trust
     before = scrape(service_client)
     assert service_client.get("/healthz").status_code == 200
     after = scrape(service_client)

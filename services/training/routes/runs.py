@@ -1,22 +1,60 @@
-"""POST/GET /v1/training-runs: start a run and follow it."""
+"""POST/GET /v1/training-runs: start a run and follow it.
+
+Starting a run changes what is served (it registers new versions), so it takes the service's bearer token
+(``BT_TRAINING_API_TOKEN``) and a data folder under the configured roots (``BT_TRAINING_DATA_ROOTS``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, status
 
 from services.training.deps import ManagerDep, SettingsDep
 from services.training.families import get_family
 from services.training.jobs import TrainingRun
 from services.training.options import TrainingOptions
+from shared.auth import AUTH_RESPONSES, BearerToken
 from shared.dataset import discover
+from shared.errors import ErrorCode, ServiceError
+
+API_TOKEN_SETTING = "BT_TRAINING_API_TOKEN"
+DATA_ROOTS_SETTING = "BT_TRAINING_DATA_ROOTS"
 
 router = APIRouter(prefix="/v1/training-runs", tags=["training"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingRun)
+def within_data_roots(data_dir: Path, roots: list[Path]) -> Path:
+    """``data_dir`` resolved (symbolic links followed), if it lies under one of ``roots``; else INVALID_DATA_FOLDER.
+
+    The refusal is the same whether the path exists or not, so a caller cannot map the server's folders.
+    """
+    refusal = ServiceError(
+        ErrorCode.INVALID_DATA_FOLDER,
+        f"data_dir must be a folder under one of the data roots the service is configured with ({DATA_ROOTS_SETTING}).",
+    )
+    try:
+        resolved = data_dir.expanduser().resolve()
+        allowed = [root.expanduser().resolve() for root in roots]
+    except (RuntimeError, OSError) as exc:  # an unknown ~user, a symbolic link loop
+        raise refusal from exc
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        raise refusal
+    return resolved
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TrainingRun,
+    dependencies=[Depends(BearerToken(API_TOKEN_SETTING))],
+    responses={**AUTH_RESPONSES},
+)
 def start_training_run(options: TrainingOptions, settings: SettingsDep, manager: ManagerDep) -> TrainingRun:
-    """Start training the chosen families on a folder this server can read. One run at a time (409)."""
-    data_dir = options.data_dir or settings.data_dir
+    """Start training the chosen families on a folder under the service's data roots. One run at a time (409).
+    Needs ``Authorization: Bearer <BT_TRAINING_API_TOKEN>``."""
+    # The service's own default folder is the operator's choice; a folder a client names must be under a root.
+    data_dir = within_data_roots(options.data_dir, settings.data_roots) if options.data_dir else settings.data_dir
     discover(data_dir)  # 422 before any work starts when the folder is missing or empty
     for name in options.families:  # 422 when a family lacks what it needs (MobileNetV2's weights file)
         get_family(name, settings).check_available()

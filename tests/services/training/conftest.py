@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from deploy.processes import ManagedProcess, free_port, start_mlflow
 from services.training.config import TrainingSettings
 from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
+from shared.dataset import SAMPLE_DATA_DIR
 from shared.onnx_classifier import OnnxClassifier
 
 
@@ -33,6 +34,9 @@ def training_settings(
         mobilenetv2_weights=mobilenetv2_weights,
         experiment="tests",
         report_dir=tmp_path_factory.getbasetemp() / "reports",
+        api_token="training-tests-token",
+        # The tests' own folders (under pytest's base temp) may be named as data_dir, as the sample may.
+        data_roots=[SAMPLE_DATA_DIR, tmp_path_factory.getbasetemp()],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +13,13 @@ from fastapi.testclient import TestClient
 from services.training.config import TrainingSettings
 from services.training.main import create_app
 from services.training.options import FamilyProgress, TrainingOptions
+
+
+def authorized(settings: TrainingSettings) -> dict[str, Any]:
+    """TestClient options: a Host the service trusts (loopback) and the service's bearer token."""
+    assert settings.api_token is not None
+    token = settings.api_token.get_secret_value()
+    return {"base_url": "http://127.0.0.1", "headers": {"Authorization": f"Bearer {token}"}}
 
 
 def wait_for_end(client: TestClient, run_id: str, timeout: float = 180.0) -> dict:
@@ -25,7 +33,7 @@ def wait_for_end(client: TestClient, run_id: str, timeout: float = 180.0) -> dic
 
 
 def test_run_is_started_and_followed_over_http(training_settings: TrainingSettings) -> None:
-    with TestClient(create_app(training_settings)) as client:
+    with TestClient(create_app(training_settings), **authorized(training_settings)) as client:
         response = client.post("/v1/training-runs", json={"families": ["rf"], "image_size": 32, "data_dir": None})
         assert response.status_code == 202, response.text
         run_id = response.json()["id"]
@@ -44,7 +52,7 @@ def test_second_run_while_one_is_active_gets_409(training_settings: TrainingSett
         release.wait(30)
         return []
 
-    with TestClient(create_app(training_settings, run_function=slow_run)) as client:
+    with TestClient(create_app(training_settings, run_function=slow_run), **authorized(training_settings)) as client:
         first = client.post("/v1/training-runs", json={"families": ["rf"]})
         assert first.status_code == 202
         second = client.post("/v1/training-runs", json={"families": ["rf"]})
@@ -74,7 +82,7 @@ def test_second_run_while_one_is_active_gets_409(training_settings: TrainingSett
     ],
 )
 def test_bad_requests_get_422_before_any_work(training_settings: TrainingSettings, payload: dict, code: str) -> None:
-    with TestClient(create_app(training_settings)) as client:
+    with TestClient(create_app(training_settings), **authorized(training_settings)) as client:
         response = client.post("/v1/training-runs", json=payload)
         assert response.status_code == 422
         assert response.json()["error"]["code"] == code
@@ -84,7 +92,7 @@ def test_bad_requests_get_422_before_any_work(training_settings: TrainingSetting
 def test_empty_folder_and_missing_weights_are_422(training_settings: TrainingSettings, tmp_path: Path) -> None:
     (tmp_path / "glioma").mkdir()
     no_weights = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "none.h5"})
-    with TestClient(create_app(no_weights)) as client:
+    with TestClient(create_app(no_weights), **authorized(no_weights)) as client:
         empty = client.post("/v1/training-runs", json={"data_dir": str(tmp_path)})
         assert empty.status_code == 422 and "no class folders" in empty.json()["error"]["message"]
         weights = client.post("/v1/training-runs", json={"families": ["mobilenetv2"]})
@@ -92,6 +100,6 @@ def test_empty_folder_and_missing_weights_are_422(training_settings: TrainingSet
 
 
 def test_unknown_run_is_404(training_settings: TrainingSettings) -> None:
-    with TestClient(create_app(training_settings)) as client:
+    with TestClient(create_app(training_settings), **authorized(training_settings)) as client:
         response = client.get("/v1/training-runs/nope")
         assert response.status_code == 404 and response.json()["error"]["code"] == "RUN_NOT_FOUND"

@@ -54,9 +54,13 @@ def run_ending(outcome: str) -> Callable[[TrainingOptions, TrainingSettings, Rep
 
 
 def test_runs_are_counted_by_final_state_and_timed(tmp_path: Path, unused_url: str) -> None:
-    settings = TrainingSettings(tracking_uri=unused_url, cache_dir=tmp_path / "cache", report_dir=tmp_path / "reports")
+    settings = TrainingSettings(
+        tracking_uri=unused_url, cache_dir=tmp_path / "cache", report_dir=tmp_path / "reports", api_token="metrics-test"
+    )
     for outcome in ("succeeded", "partial", "failed"):
-        with TestClient(create_app(settings, run_function=run_ending(outcome))) as client:
+        app = create_app(settings, run_function=run_ending(outcome))
+        auth = {"Authorization": "Bearer metrics-test"}
+        with TestClient(app, base_url="http://127.0.0.1", headers=auth) as client:
             before = scrape(client)
             assert run_to_the_end(client) == outcome
             after = scrape(client)
