@@ -50,8 +50,10 @@ async def predict_files(
     files: list[bytes | ServiceError],
     max_call_bytes: int,
     request_id: str | None = None,
+    frame: int | None = None,
 ) -> BatchPredictionOut:
-    """One answer per file, in order; the files already refused keep their error and are not sent."""
+    """One answer per file, in order; the files already refused keep their error and are not sent. ``frame``
+    (one frame of a multi-frame DICOM file) applies to every file."""
     items = {
         index: BatchItem(index=index, ok=False, error=ItemError.from_error(data))
         for index, data in enumerate(files)
@@ -60,7 +62,7 @@ async def predict_files(
     sendable = [(index, data) for index, data in enumerate(files) if not isinstance(data, ServiceError)]
     groups = [[sendable[at] for at in group] for group in plan_calls([len(d) for _, d in sendable], max_call_bytes)]
     answers = await asyncio.gather(
-        *(inference.predict_batch(model, version, [data for _, data in group], request_id) for group in groups)
+        *(inference.predict_batch(model, version, [data for _, data in group], request_id, frame) for group in groups)
     )
     for group, answer in zip(groups, answers, strict=True):
         if len(answer.results) != len(group):

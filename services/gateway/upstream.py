@@ -21,6 +21,12 @@ from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
 EXPLAINER_STATUS_TIMEOUT_S = 2.0
 
 
+def _query(version: str | None, frame: int | None) -> dict[str, str | int] | None:
+    """The optional query parameters that were given: a version (number or alias), a DICOM frame."""
+    given = {"version": version, "frame": frame}
+    return {key: value for key, value in given.items() if value is not None} or None
+
+
 class InferenceClient:
     """Calls to the inference replicas: predictions and the model list wait at most ``predict_timeout_s``, a
     batch that long per file, up to ``batch_timeout_s``."""
@@ -31,20 +37,22 @@ class InferenceClient:
         self.batch_timeout_s = batch_timeout_s
 
     async def predict(
-        self, model: str, version: str | None, image: bytes, request_id: str | None = None
+        self, model: str, version: str | None, image: bytes, request_id: str | None = None, frame: int | None = None
     ) -> PredictionOut:
-        """Classify one image with one model (version number, alias, or the default)."""
+        """Classify one image with one model (version number, alias, or the default; ``frame`` of a DICOM file)."""
         return await self.pool.call(
             PredictionOut,
             "POST",
             f"/v1/models/{quote(model, safe='')}/predict",
             request_id,
             timeout_s=self.predict_timeout_s,
-            params={"version": version} if version else None,
+            params=_query(version, frame),
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
         )
 
-    async def compare(self, models: list[str], image: bytes, request_id: str | None = None) -> CompareOut:
+    async def compare(
+        self, models: list[str], image: bytes, request_id: str | None = None, frame: int | None = None
+    ) -> CompareOut:
         """One image with several models' default versions, sent once; each model answers or has its error."""
         return await self.pool.call(
             CompareOut,
@@ -52,12 +60,17 @@ class InferenceClient:
             "/v1/compare",
             request_id,
             timeout_s=self.predict_timeout_s,
-            params=[("models", model) for model in models],
+            params=[("models", model) for model in models] + list((_query(None, frame) or {}).items()),
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
         )
 
     async def predict_batch(
-        self, model: str, version: str | None, images: list[bytes], request_id: str | None = None
+        self,
+        model: str,
+        version: str | None,
+        images: list[bytes],
+        request_id: str | None = None,
+        frame: int | None = None,
     ) -> BatchPredictionOut:
         """Several images with one model in one call; each image answers or has its error, in order."""
         return await self.pool.call(
@@ -66,7 +79,7 @@ class InferenceClient:
             f"/v1/models/{quote(model, safe='')}/predict-batch",
             request_id,
             timeout_s=min(self.batch_timeout_s, self.predict_timeout_s * max(1, len(images))),
-            params={"version": version} if version else None,
+            params=_query(version, frame),
             files=[("files", (FORWARDED_FILENAME, image, "application/octet-stream")) for image in images],
         )
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from services.gateway.deps import InferenceDep
 from shared.errors import ErrorCode, ServiceError
-from shared.params import NAME_PATTERN
+from shared.params import NAME_PATTERN, FrameQuery
 from shared.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
@@ -73,8 +73,12 @@ def raise_if_all_failed_alike(answer: CompareOut) -> None:
     responses=error_responses(404, 413, 415, 422, 502, 503),
 )
 async def compare_models(
-    inference: InferenceDep, image: ImageBytes, request_id: RequestIdDep, models: ModelsQuery = None
+    inference: InferenceDep,
+    image: ImageBytes,
+    request_id: RequestIdDep,
+    models: ModelsQuery = None,
+    frame: FrameQuery = None,
 ) -> CompareOut:
-    answer = await inference.compare(parse_models(models), image, request_id)
+    answer = await inference.compare(parse_models(models), image, request_id, frame)
     raise_if_all_failed_alike(answer)
     return answer

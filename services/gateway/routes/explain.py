@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.gateway.deps import ExplainerDep
-from shared.params import LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
@@ -43,8 +43,9 @@ async def explain_image(
     seed: SeedQuery = 0,
     num_samples: SamplesQuery = None,
     num_regions: RegionsQuery = 5,
+    frame: FrameQuery = None,
 ) -> ExplanationOut:
-    given = {"model": model, "version": version, "label": label, "num_samples": num_samples}
+    given = {"model": model, "version": version, "label": label, "num_samples": num_samples, "frame": frame}
     params: dict[str, str | int] = {key: value for key, value in given.items() if value is not None}
     params.update(seed=seed, num_regions=num_regions)
     return await explainer.explain(image, params, request_id)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from services.gateway.batch import BatchFiles, predict_files
 from services.gateway.deps import InferenceDep, SettingsDep
-from shared.params import ModelQuery, VersionQuery
+from shared.params import FrameQuery, ModelQuery, VersionQuery
 from shared.schemas import BatchPredictionOut, PredictionOut
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
@@ -29,8 +29,9 @@ async def predict_image(
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
+    frame: FrameQuery = None,
 ) -> PredictionOut:
-    return await inference.predict(model, version, image, request_id)
+    return await inference.predict(model, version, image, request_id, frame)
 
 
 @router.post(
@@ -63,5 +64,6 @@ async def predict_batch(
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
+    frame: FrameQuery = None,
 ) -> BatchPredictionOut:
-    return await predict_files(inference, model, version, files, settings.max_upload_bytes, request_id)
+    return await predict_files(inference, model, version, files, settings.max_upload_bytes, request_id, frame)
