@@ -288,8 +288,13 @@
     const preview = byId("preview");
     const image = byId("preview-image");
     if (image.src) URL.revokeObjectURL(image.src);
-    image.src = URL.createObjectURL(file);
-    byId("preview-caption").textContent = (file.name || "scan") + " · " + (file.size / 1024).toFixed(1) + " KiB";
+    // Browsers cannot show a DICOM file: the services decode it (an explanation's overlay shows the slice).
+    const dicom = /\.(dcm|dicom)$/i.test(file.name || "") || file.type === "application/dicom";
+    image.hidden = dicom;
+    if (dicom) image.removeAttribute("src");
+    else image.src = URL.createObjectURL(file);
+    byId("preview-caption").textContent =
+      (file.name || "scan") + " · " + (file.size / 1024).toFixed(1) + " KiB" + (dicom ? " · DICOM, no preview" : "");
     preview.hidden = false;
     await Promise.all(state.models.map((model) => predictOne(model, run)));
     if (run === state.run) {
