@@ -1,0 +1,159 @@
+"""nginx in front of a real gateway, with the configuration the launcher uses (deploy/nginx/*.template):
+requests pass through with their request id, slow clients are cut off, oversized bodies get the project's 413.
+
+The client timeouts are set short here (2 s) so a cut-off shows in seconds; everything else is as deployed.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.nginx import (
+    NginxSettings,
+    ProxiedService,
+    largest_body_bytes,
+    nginx_binary,
+    proxied_services,
+    render,
+    start_nginx,
+)
+from deploy.processes import ManagedProcess, free_port, loopback_url, start_service
+from services.gateway.config import Settings as GatewaySettings
+
+CLIENT_TIMEOUT_S = 2.0
+# Small limits make "too large" cheap to send: a batch of 2 files of 100 kB, as the gateway is started with.
+GATEWAY_LIMITS = {"BT_GATEWAY_MAX_UPLOAD_BYTES": "100000", "BT_GATEWAY_MAX_BATCH_FILES": "2"}
+
+
+@dataclass
+class Proxy:
+    nginx: ManagedProcess
+    gateway: ManagedProcess
+    state_dir: Path
+    services: list[ProxiedService]
+
+    def url(self, name: str) -> str:
+        return loopback_url(next(s.public_port for s in self.services if s.name == name))
+
+    def access_log(self) -> str:
+        return (self.state_dir / "access.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    inference_server: ManagedProcess, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+) -> Iterator[Proxy]:
+    """A real gateway (over the zoo's inference) behind nginx; nginx's "explainer" port leads nowhere."""
+    assert nginx_binary(NginxSettings()), "nginx is not installed: deploy/test.sh installs Debian's package"
+    gateway_env = {**GATEWAY_LIMITS, "BT_GATEWAY_INFERENCE_URL": inference_server.url}
+    gateway = start_service("gateway", free_port(), gateway_env, service_logs / "gateway-nginx.log")
+    gateway_settings = GatewaySettings(max_upload_bytes=100_000, max_batch_files=2)
+    services = proxied_services(
+        {"gateway": free_port(), "explainer": free_port()},
+        {"gateway": (int(gateway.url.rsplit(":", 1)[1]),), "explainer": (free_port(),)},
+        {"gateway": gateway_settings},
+    )
+    settings = NginxSettings(client_header_timeout_s=CLIENT_TIMEOUT_S, client_body_timeout_s=CLIENT_TIMEOUT_S)
+    state_dir = tmp_path_factory.mktemp("nginx")
+    nginx = start_nginx(services, state_dir, service_logs / "nginx.log", settings)
+    yield Proxy(nginx, gateway, state_dir, services)
+    nginx.stop()
+    gateway.stop()
+
+
+def test_the_body_limit_is_derived_from_the_gateway_settings() -> None:
+    settings = GatewaySettings(max_upload_bytes=100_000, max_batch_files=2)
+    services = proxied_services({"gateway": 1}, {"gateway": (2,)}, {"gateway": settings})
+    # A batch of max_batch_files files at the upload limit, plus the multipart framing, is the largest body.
+    assert services[0].max_body_bytes == largest_body_bytes("gateway", settings) > 2 * 100_000
+    text = render(services, Path("/state"), NginxSettings(client_header_timeout_s=1.5))
+    assert f"client_max_body_size {services[0].max_body_bytes};" in text
+    assert "client_header_timeout 1500ms;" in text
+    assert "{{" not in text
+
+
+def test_a_prediction_passes_through_nginx_with_its_request_id(proxy: Proxy, sample_images: dict[str, bytes]) -> None:
+    files = {"file": ("scan.jpg", sample_images["glioma"], "image/jpeg")}
+    response = httpx.post(
+        f"{proxy.url('gateway')}/v1/predict",
+        params={"model": "rf"},
+        files=files,
+        headers={"x-request-id": "nginx-test-1"},
+        trust_env=False,
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] in {"glioma", "meningioma", "notumor", "pituitary"}
+    assert response.headers["x-request-id"] == "nginx-test-1"
+
+    # Without one, nginx makes the id, the gateway answers with it and nginx's access log records it.
+    response = httpx.get(f"{proxy.url('gateway')}/readyz", trust_env=False, timeout=30)
+    made = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert f"id={made}" in proxy.access_log()
+
+
+def _seconds_until_closed(port: int, data: bytes, give_up_s: float = 20.0) -> tuple[float, bytes]:
+    """Send ``data`` and stop sending; how long until the server closes, and what it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up_s) as sock:
+        start = time.monotonic()
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        return time.monotonic() - start, received
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"POST /v1/predict?model=rf HTTP/1.1\r\nHost: 127.0.0.1\r\n", id="half-the-headers"),
+        pytest.param(
+            b"POST /v1/predict?model=rf HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+            b"boundary=x\r\nContent-Length: 5000\r\n\r\n",
+            id="content-length-and-no-body",
+        ),
+    ],
+)
+def test_a_slow_client_is_cut_off_within_the_timeout(proxy: Proxy, data: bytes) -> None:
+    port = next(s.public_port for s in proxy.services if s.name == "gateway")
+    # A socket timeout (no close within 20 s) fails the test with socket.timeout.
+    elapsed, answer = _seconds_until_closed(port, data)
+    assert CLIENT_TIMEOUT_S - 0.5 <= elapsed <= CLIENT_TIMEOUT_S + 5, elapsed
+    # Whatever nginx says on the way out (nothing, or a 408), the request never reached the gateway.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_gets_413_in_the_error_shape(proxy: Proxy, chunked: bool) -> None:
+    limit = next(s.max_body_bytes for s in proxy.services if s.name == "gateway")
+    body = b"x" * (limit + 1)
+    content: bytes | Iterator[bytes] = iter([body[: limit // 2], body[limit // 2 :]]) if chunked else body
+    response = httpx.post(
+        f"{proxy.url('gateway')}/v1/predict/batch",
+        params={"model": "rf"},
+        content=content,
+        headers={"content-type": "multipart/form-data; boundary=x", "x-request-id": "too-big-1"},
+        trust_env=False,
+        timeout=30,
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "FILE_TOO_LARGE"
+    assert str(limit) in error["message"]
+    assert error["request_id"] == "too-big-1"
+
+
+def test_a_service_that_is_down_gets_503_with_retry_after(proxy: Proxy) -> None:
+    response = httpx.get(f"{proxy.url('explainer')}/readyz", trust_env=False, timeout=30)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    assert int(response.headers["retry-after"]) > 0
