@@ -135,7 +135,9 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 def _render_service(service: ProxiedService) -> str:
-    servers = "\n".join(f"        server {LOOPBACK}:{port} max_fails=1 fail_timeout=5s;" for port in service.upstream_ports)
+    servers = "\n".join(
+        f"        server {LOOPBACK}:{port} max_fails=1 fail_timeout=5s;" for port in service.upstream_ports
+    )
     retry_on = "error timeout non_idempotent" if service.interchangeable_replicas else "off"
     values = {
         "name": service.name,
@@ -223,5 +225,6 @@ def start_nginx(
     config = write_config(services, state_dir, settings)
     check_config(binary, state_dir, config)
     url = loopback_url(services[0].public_port)
-    return start_process("nginx", nginx_command(binary, state_dir, config), dict(os.environ), log_path, url,
-                         health_path, timeout)
+    return start_process(
+        "nginx", nginx_command(binary, state_dir, config), dict(os.environ), log_path, url, health_path, timeout
+    )
