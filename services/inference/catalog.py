@@ -7,7 +7,8 @@ the latest snapshot, and everything here is tested without a server.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES
@@ -21,6 +22,9 @@ class VersionRecord:
     run_id: str | None
     source: str
     created_at: str | None
+    # The sha256 of the version's ONNX file, tagged at registration (``onnx_sha256``); None for versions
+    # registered before training tagged it.
+    onnx_sha256: str | None = None
 
 
 def _version_sort_key(version: str) -> tuple[int, str]:
@@ -77,10 +81,40 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class Catalog:
-    """A snapshot of the registry's models, taken at ``fetched_at`` (monotonic seconds)."""
+    """A snapshot of the registry's models, taken at ``fetched_at`` (monotonic seconds).
+
+    ``from_disk``: read back from the copy saved beside the model cache (MLflow was not asked yet).
+    """
 
     models: dict[str, ModelRecord]
     fetched_at: float = field(default_factory=time.monotonic)
+    from_disk: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot as plain JSON data (what ``from_json`` reads back)."""
+        return {
+            "models": {
+                name: {
+                    "registered_name": record.registered_name,
+                    "aliases": dict(record.aliases),
+                    "versions": [asdict(version) for version in record.versions.values()],
+                }
+                for name, record in self.models.items()
+            }
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Catalog:
+        """A snapshot saved by ``to_json``, marked as read from disk and as old as can be (refreshed first)."""
+        models = {}
+        for name, entry in data["models"].items():
+            versions = {str(v["version"]): VersionRecord(**v) for v in entry["versions"]}
+            models[name] = ModelRecord(name, entry["registered_name"], versions, dict(entry["aliases"]))
+        return cls(models, fetched_at=float("-inf"), from_disk=True)
+
+    def defaults(self) -> list[str]:
+        """Names of the models that have a default version (a model registered without versions has none)."""
+        return [name for name in self.names() if self.models[name].default_version() is not None]
 
     def names(self) -> list[str]:
         """Short names, the known families first."""

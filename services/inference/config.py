@@ -69,6 +69,13 @@ class Settings(HostSettings, BaseSettings):
         description="Seconds the list of versions and aliases is reused before asking MLflow again.",
     )
     mlflow_timeout_s: float = Field(10.0, gt=0, description="Timeout of one request to MLflow.")
+    registry_retry_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="After MLflow failed, the least seconds between two tries (one background probe); "
+        "meanwhile requests are served from the last catalogue and the verified cache without calling it.",
+    )
     mlflow_max_retries: int = Field(
         0, ge=0, le=10, description="Retries of a failed MLflow request; MLflow's own default waits minutes."
     )

@@ -22,13 +22,15 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def require_ready(request: Request) -> None:
-    """MODEL_NOT_READY while the default models preload, REGISTRY_UNAVAILABLE unless MLflow answers: the
-    one readiness rule, for ``/readyz`` and the Open Inference Protocol's server-ready. It may wait on
-    MLflow: routes that use it are plain ``def``s, so the wait is in a worker thread."""
+def require_ready(request: Request) -> str:
+    """The one readiness rule, for ``/readyz`` and the Open Inference Protocol's server-ready: MODEL_NOT_READY
+    while the default models preload or while one of them cannot be loaded, REGISTRY_UNAVAILABLE when there
+    is no catalogue at all. Ready while MLflow is down if the last catalogue and its verified files serve;
+    returns the registry's state (``reachable`` or ``unreachable since <time>``). It may load a model or
+    ask MLflow: routes that use it are plain ``def``s, so the wait is in a worker thread."""
     if not request.app.state.preload_done.is_set():
         raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
-    get_registry(request).ping()
+    return get_registry(request).readiness()
 
 
 def get_predictor(request: Request) -> Predictor:

@@ -46,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         intra_op_threads=settings.session_threads(),
         catalog_ttl_s=settings.catalog_ttl_s,
         metric_prefixes=settings.metric_prefixes,
+        registry_retry_s=settings.registry_retry_s,
     )
     app.state.registry = registry
     app.state.predictor = predictor = Predictor(

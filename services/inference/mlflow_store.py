@@ -4,7 +4,11 @@ A version is an MLflow Model folder (onnx flavor) or, registered before that, a 
 either way only the ONNX file is kept and served.
 
 Every MLflow or network failure becomes REGISTRY_UNAVAILABLE (503), with the cause in the log only:
-internal addresses never reach a client.
+internal addresses never reach a client. A circuit breaker (``circuit``) remembers the failure: until a
+probe gets through again, calls fail at once instead of waiting for MLflow's timeout.
+
+Each downloaded file is checked against the sha256 the registry holds for it before it lands in the
+cache, and each cached file again before it is served (``model_store``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
+from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
+from services.inference.circuit import CircuitBreaker
 from shared.contract import ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import REGISTERED_NAME_PREFIX
@@ -38,6 +44,8 @@ _FINISHED_RUN_STATES = frozenset({"FINISHED", "FAILED", "KILLED"})
 _NAME_FILTER = f"name LIKE '{REGISTERED_NAME_PREFIX}%'"
 _MLMODEL_FILENAME = "MLmodel"
 _ONNX_FLAVOR = "onnx"
+# The model-version tag training writes (services.training.tracking.ONNX_SHA256_TAG; no service imports another).
+ONNX_SHA256_TAG = "onnx_sha256"
 
 
 def configure_mlflow_http(timeout_s: float, max_retries: int) -> None:
@@ -96,30 +104,53 @@ def _onnx_of_mlflow_model(folder: Path) -> Path:
 class MlflowStore:
     """The MLflow server behind the registry; downloaded versions are kept under ``cache_dir``."""
 
-    def __init__(self, tracking_uri: str, cache_dir: Path, metric_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        cache_dir: Path,
+        metric_prefixes: tuple[str, ...] = (),
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.cache_dir = Path(cache_dir)
         self.metric_prefixes = tuple(metric_prefixes)
+        self.breaker = breaker or CircuitBreaker(retry_interval_s=5.0)
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._lock = threading.Lock()
         self._run_metrics: dict[str, dict[str, float]] = {}
 
     @contextmanager
-    def _guard(self, what: str, not_found: ServiceError | None = None) -> Iterator[None]:
-        """Turn MLflow and network failures into REGISTRY_UNAVAILABLE, logged with the cause.
+    def _guard(self, what: str, not_found: ServiceError | None = None, *, probe: bool = False) -> Iterator[None]:
+        """Turn MLflow and network failures into REGISTRY_UNAVAILABLE, logged with the cause, and tell the
+        circuit breaker how the call went.
 
-        ``not_found`` replaces MLflow's RESOURCE_DOES_NOT_EXIST, e.g. a version deleted meanwhile.
+        While the breaker is open the call is not made at all (fast REGISTRY_UNAVAILABLE), unless it is a
+        ``probe`` the caller claimed with ``breaker.try_probe()``. ``not_found`` replaces MLflow's
+        RESOURCE_DOES_NOT_EXIST, e.g. a version deleted meanwhile.
         """
+        if not probe and not self.breaker.allow():
+            raise self._short_circuited(what)
         try:
             yield
         except ServiceError:
+            self.breaker.success()  # raised by our own checks after MLflow answered
             raise
         except MlflowException as exc:
-            if not_found is not None and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise not_found from exc
+            if exc.get_http_status_code() < 500:  # MLflow answered, with a refusal: it is up
+                self.breaker.success()
+                if not_found is not None and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    raise not_found from exc
+            else:
+                self.breaker.failure()
             raise self._unavailable(what, exc) from exc
         except (requests.RequestException, OSError) as exc:
+            self.breaker.failure()
             raise self._unavailable(what, exc) from exc
+        except BaseException:
+            self.breaker.failure()  # a probe must never leave the breaker waiting for its outcome
+            raise
+        else:
+            self.breaker.success()
 
     def _unavailable(self, what: str, exc: Exception) -> ServiceError:
         logger.warning("MLflow at %s failed while %s: %s", self.tracking_uri, what, exc)
@@ -128,11 +159,22 @@ class MlflowStore:
             f"The model registry (MLflow) is unavailable or failed while {what}; try again shortly.",
         )
 
+    def _short_circuited(self, what: str) -> ServiceError:
+        return ServiceError(
+            ErrorCode.REGISTRY_UNAVAILABLE,
+            f"The model registry (MLflow) is unavailable or failed while {what} "
+            f"({self.breaker.describe()}); try again shortly.",
+            retry_after_s=max(1, round(self.breaker.retry_interval_s)),
+        )
+
     # -- the catalogue ---------------------------------------------------------------------------
 
-    def fetch_catalog(self) -> Catalog:
-        """Every registered model of the project with its READY versions and its aliases."""
-        with self._guard("listing registered models"):
+    def fetch_catalog(self, *, probe: bool = False) -> Catalog:
+        """Every registered model of the project with its READY versions and its aliases.
+
+        ``probe``: the caller holds the breaker's probe (see ``_guard``).
+        """
+        with self._guard("listing registered models", probe=probe):
             registered = self._all_registered_models()
             versions = self._ready_versions({model.name for model in registered})
         models = {}
@@ -164,6 +206,7 @@ class MlflowStore:
                         run_id=mv.run_id or None,
                         source=mv.source or "",
                         created_at=_iso_millis(mv.creation_timestamp),
+                        onnx_sha256=(mv.tags or {}).get(ONNX_SHA256_TAG) or None,
                     )
             token = page.token
             if not token:
@@ -177,11 +220,18 @@ class MlflowStore:
         return self.cache_dir / record.registered_name / f"v{version.version}-{digest}"
 
     def download(self, record: ModelRecord, version: VersionRecord) -> Path:
-        """The version's ONNX file in the cache, downloaded first unless it is already there."""
+        """The version's verified ONNX file in the cache, downloaded first unless a valid copy is there.
+
+        A cached copy that fails its sha256 check is deleted and downloaded again; a download that fails
+        it is INVALID_MODEL and never reaches the cache.
+        """
         target = self.cache_path(record, version)
         model_file = target / ONNX_FILENAME
-        if model_file.is_file():
-            return model_file
+        label = f"{record.short_name}/{version.version}"
+        if model_file.is_file() or target.exists():
+            if model_store.cached_file_is_valid(model_file, version.onnx_sha256, label):
+                return model_file
+            shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         try:
@@ -189,6 +239,7 @@ class MlflowStore:
             ready = staging / "ready"
             ready.mkdir()
             os.replace(found, ready / ONNX_FILENAME)
+            self._verify_download(ready, version, label)
             try:
                 # Renaming the whole folder makes the cache entry appear complete or not at all.
                 os.replace(ready, target)
@@ -199,6 +250,29 @@ class MlflowStore:
             return model_file
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _verify_download(folder: Path, version: VersionRecord, label: str) -> None:
+        """Check a fresh download against the registry's sha256 and record it beside the file.
+
+        A version registered without the tag (before training wrote it) is trusted on this first download,
+        with a warning; its sha256 is recorded so that every later load is held to it.
+        """
+        actual = model_store.file_sha256(folder / ONNX_FILENAME)
+        if version.onnx_sha256 is None:
+            logger.warning(
+                "%s has no %s tag: its file (sha256 %s) is trusted as downloaded", label, ONNX_SHA256_TAG, actual
+            )
+            model_store.record_verified(folder, actual, model_store.TRUSTED_ON_DOWNLOAD)
+            return
+        if actual != version.onnx_sha256:
+            logger.error("download of %s has sha256 %s, registered %s: discarded", label, actual, version.onnx_sha256)
+            raise ServiceError(
+                ErrorCode.INVALID_MODEL,
+                f"Model {label} cannot be served: the file downloaded from the registry does not match the "
+                "sha256 recorded when it was registered.",
+            )
+        model_store.record_verified(folder, actual, model_store.FROM_REGISTRY)
 
     def _fetch_onnx(self, record: ModelRecord, version: VersionRecord, destination: Path) -> Path:
         gone = ServiceError(

@@ -1,21 +1,29 @@
 """The model registry: MLflow names, versions and aliases to loaded ``OnnxClassifier`` objects.
 
 Keyed by ``name/version``. Each version's ONNX file is downloaded once into the cache folder
-(``mlflow_store``) and opened once; every request for that version shares the one onnxruntime
-session. Each load and each failed load is counted (``MODEL_LOADS``, by model and version).
+(``mlflow_store``), checked against its sha256 and opened once; every request for that version shares the
+one onnxruntime session. Each load and each failed load is counted (``MODEL_LOADS``, by model and version).
 Which version a request means is the catalogue's rule (``catalog``).
+
+MLflow being down or hung never holds a request that the registry can answer from what it has: an expired
+catalogue is refreshed in the background while requests keep the snapshot, the last catalogue is kept on
+disk for a restart (``model_store``), and a circuit breaker (``circuit``) stops calls to MLflow after a
+failure until a background probe, at most every ``registry_retry_s``, gets through again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
+from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
+from services.inference.circuit import CircuitBreaker
 from services.inference.metrics import MODEL_LOADS, run_recorder
 from services.inference.mlflow_store import MlflowStore
-from shared.errors import ServiceError
+from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import ModelInfo, ModelsOut, ModelVersionInfo
 
@@ -33,15 +41,22 @@ class ModelRegistry:
         intra_op_threads: int = 0,
         catalog_ttl_s: float = 5.0,
         metric_prefixes: tuple[str, ...] = (),
+        registry_retry_s: float = 5.0,
     ) -> None:
-        self.store = MlflowStore(tracking_uri, cache_dir, metric_prefixes)
+        self.breaker = CircuitBreaker(registry_retry_s)
+        self.store = MlflowStore(tracking_uri, cache_dir, metric_prefixes, self.breaker)
         self.intra_op_threads = intra_op_threads
         self.catalog_ttl_s = catalog_ttl_s
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._catalog: Catalog | None = None
+        self._refreshing = False  # a background refresh is running
+        # The catalogue MLflow last answered, kept on disk: until MLflow answers, it is what is served.
+        self._catalog: Catalog | None = model_store.load_catalog(self.cache_dir)
         self._classifiers: dict[str, OnnxClassifier] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        # name/version -> (monotonic time, error) of its last failed load, replayed for registry_retry_s
+        # instead of downloading a bad file again on every request.
+        self._load_failures: dict[str, tuple[float, ServiceError]] = {}
 
     @property
     def cache_dir(self) -> Path:
@@ -50,42 +65,69 @@ class ModelRegistry:
     def catalog(self, max_age_s: float | None = None, *, allow_stale: bool = True) -> Catalog:
         """The registry snapshot, refreshed when older than ``max_age_s`` (default: the TTL).
 
-        When MLflow cannot be reached and ``allow_stale`` is set, the last snapshot is used so
-        that versions already known keep answering; without any snapshot it is a 503.
+        An expired snapshot is returned at once while one background refresh asks MLflow (so no request
+        waits on a slow or hung MLflow), and so is any snapshot while MLflow is unreachable. MLflow is asked
+        in the request only when the snapshot was only read from disk, when ``max_age_s`` or
+        ``allow_stale=False`` asks for its answer, or when there is no snapshot at all (then a 503 if it fails).
         """
         max_age = self.catalog_ttl_s if max_age_s is None else max_age_s
         with self._lock:
             current = self._catalog
-        if current is not None and current.age_s() < max_age:
+        if current is not None and not current.from_disk and current.age_s() < max_age:
             return current
-        # One refresh at a time: while it runs, other requests keep the snapshot they have instead of
-        # each asking MLflow again (under load they did, and waited on it).
-        if current is not None and allow_stale and max_age_s is None:
-            if not self._refresh_lock.acquire(blocking=False):
+        if current is not None and allow_stale:
+            background = max_age_s is None and not current.from_disk
+            if background or self.breaker.is_open:
+                self._refresh_in_background()
                 return current
-        else:
-            self._refresh_lock.acquire()
-        try:
-            return self._refresh(current, max_age, allow_stale)
-        finally:
-            self._refresh_lock.release()
+        return self._refresh_now(current, max_age, allow_stale)
 
-    def _refresh(self, current: Catalog | None, max_age: float, allow_stale: bool) -> Catalog:
+    def _refresh_now(self, current: Catalog | None, max_age: float, allow_stale: bool) -> Catalog:
+        """Ask MLflow in this request, one at a time; while it is unreachable only the due probe does."""
+        with self._refresh_lock:
+            with self._lock:
+                latest = self._catalog
+            if latest is not None and latest is not current and not latest.from_disk and latest.age_s() < max_age:
+                return latest  # refreshed by another request while this one waited for its turn
+            try:
+                fresh = self.store.fetch_catalog(probe=self.breaker.try_probe())
+            except ServiceError:
+                if allow_stale and latest is not None:
+                    logger.warning("MLflow unreachable; serving the last registry snapshot")
+                    return latest
+                raise
+            self._install(fresh)
+            return fresh
+
+    def _refresh_in_background(self) -> None:
+        """Start one refresh thread unless one runs or, MLflow being down, the last try is too recent."""
         with self._lock:
-            latest = self._catalog
-        if latest is not None and latest is not current and latest.age_s() < max_age:
-            return latest  # refreshed by another request while this one waited for its turn
-        current = latest or current
+            if self._refreshing:
+                return
+            self._refreshing = True
+        if not self.breaker.try_probe():
+            with self._lock:
+                self._refreshing = False
+            return
+        threading.Thread(target=self._refresh_background, name="catalog-refresh", daemon=True).start()
+
+    def _refresh_background(self) -> None:
         try:
-            fresh = self.store.fetch_catalog()
-        except ServiceError:
-            if allow_stale and current is not None:
-                logger.warning("MLflow unreachable; using the registry snapshot from %.0f s ago", current.age_s())
-                return current
-            raise
+            self._install(self.store.fetch_catalog(probe=True))
+        except ServiceError as exc:
+            logger.warning("catalogue refresh failed, serving the last snapshot: %s", exc.message)
+        except Exception:  # a background thread has nobody to raise to
+            logger.exception("catalogue refresh failed")
+        finally:
+            with self._lock:
+                self._refreshing = False
+
+    def _install(self, fresh: Catalog) -> None:
+        """Make ``fresh`` the snapshot, and keep it on disk when it differs from the last one."""
         with self._lock:
-            self._catalog = fresh
-        return fresh
+            previous, self._catalog = self._catalog, fresh
+        if previous is None or previous.to_json() != fresh.to_json():
+            model_store.save_catalog(self.cache_dir, fresh)
 
     def resolve(self, model: str, version: str | None = None) -> tuple[ModelRecord, VersionRecord]:
         """Find a model and version, or raise MODEL_NOT_FOUND / VERSION_NOT_FOUND naming what exists."""
@@ -111,36 +153,51 @@ class ModelRegistry:
             return self._load(key, record, version_record)
 
     def _load(self, key: str, record: ModelRecord, version_record: VersionRecord) -> OnnxClassifier:
-        """Download and open one version (under its key lock), counting each real load and each failure."""
+        """Download, verify and open one version (under its key lock), counting each real load and each failure.
+
+        The file is checked against its sha256 right before onnxruntime opens it (``MlflowStore.download``).
+        A failed load is remembered for ``registry_retry_s`` and its error replayed meanwhile.
+        """
         with self._lock:
             classifier = self._classifiers.get(key)
+            failed = self._load_failures.get(key)
         if classifier is not None and classifier.ready:  # loaded while this request waited for the lock
             return classifier
+        if failed is not None and time.monotonic() - failed[0] < self.breaker.retry_interval_s:
+            raise failed[1]
         model, version = record.short_name, version_record.version
         try:
-            if classifier is None:
-                path = self.store.download(record, version_record)
-                # Every onnxruntime run of this version, whichever route asks for it, is recorded.
-                recorder = run_recorder(model, version)
-                classifier = OnnxClassifier(model, version, path, self.intra_op_threads, on_run=recorder)
-                with self._lock:
-                    self._classifiers[key] = classifier
+            path = self.store.download(record, version_record)
+            # Every onnxruntime run of this version, whichever route asks for it, is recorded.
+            classifier = OnnxClassifier(
+                model, version, path, self.intra_op_threads, on_run=run_recorder(model, version)
+            )
             classifier.load()
-        except Exception:
+        except Exception as exc:
             MODEL_LOADS.labels(model, version, "failed").inc()
+            # An unreachable registry is the breaker's to remember; anything else (a file that fails its
+            # check, a model onnxruntime refuses) would fail the same way again at once.
+            if isinstance(exc, ServiceError) and exc.code is not ErrorCode.REGISTRY_UNAVAILABLE:
+                with self._lock:
+                    self._load_failures[key] = (time.monotonic(), exc)
             raise
+        with self._lock:
+            self._classifiers[key] = classifier
+            self._load_failures.pop(key, None)
         MODEL_LOADS.labels(model, version, "ok").inc()
         return classifier
 
     def loaded(self) -> dict[str, bool]:
-        """``name/version`` -> ready flag of every classifier created so far."""
+        """``name/version`` -> ready flag of every version loaded so far (False: its last load failed)."""
         with self._lock:
-            return {key: classifier.ready for key, classifier in sorted(self._classifiers.items())}
+            states = {key: False for key in self._load_failures}
+            states.update({key: classifier.ready for key, classifier in self._classifiers.items()})
+        return dict(sorted(states.items()))
 
     def preload_defaults(self) -> None:
         """Load the default version of every registered model; failures are logged, not raised."""
         try:
-            names = self.catalog().names()
+            names = self.catalog().defaults()
         except ServiceError as exc:
             logger.warning("preload skipped: %s", exc.message)
             return
@@ -151,9 +208,21 @@ class ModelRegistry:
                 logger.warning("preload of %s failed: %s", name, exc.message)
 
     def list_models(self) -> ModelsOut:
-        """Every registered model with versions (newest first), aliases, metrics and default version."""
-        catalog = self.catalog(max_age_s=0, allow_stale=False)
+        """Every registered model with versions (newest first), aliases, metrics and default version.
+
+        MLflow's current answer when it answers; while it is unreachable, the last catalogue, with the
+        metrics of the runs read before (the others are left out).
+        """
+        catalog = self.catalog(max_age_s=0)
         return ModelsOut(models=[self._describe(catalog.models[name]) for name in catalog.names()])
+
+    def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        try:
+            return self.store.run_metrics(run_id)
+        except ServiceError as exc:
+            if exc.code is not ErrorCode.REGISTRY_UNAVAILABLE:
+                raise
+            return {}
 
     def _describe(self, record: ModelRecord) -> ModelInfo:
         aliases = record.aliases_by_version()
@@ -163,7 +232,7 @@ class ModelRegistry:
                 aliases=aliases.get(number, []),
                 run_id=record.versions[number].run_id,
                 created_at=record.versions[number].created_at,
-                metrics=self.store.run_metrics(record.versions[number].run_id),
+                metrics=self._run_metrics(record.versions[number].run_id),
             )
             for number in record.version_numbers()
         ]
@@ -177,3 +246,27 @@ class ModelRegistry:
     def ping(self) -> None:
         """Raise REGISTRY_UNAVAILABLE unless MLflow answers now (or answered within the TTL)."""
         self.catalog(allow_stale=False)
+
+    def readiness(self) -> str:
+        """The registry's state (``reachable`` or ``unreachable since <time>``) once the default version of
+        every model is loaded; otherwise MODEL_NOT_READY naming those that cannot be, or REGISTRY_UNAVAILABLE
+        when there is no catalogue at all (MLflow never answered and none was kept on disk).
+
+        Never waits on a hung MLflow once it is known to be unreachable: what is loaded answers at once,
+        and what is not is loaded now or fails fast.
+        """
+        catalog = self.catalog()
+        failures = {}
+        for name in catalog.defaults():
+            try:
+                self.get(name)
+            except ServiceError as exc:
+                failures[name] = exc.message
+        if failures:
+            listing = "; ".join(f"{name}: {message}" for name, message in failures.items())
+            raise ServiceError(
+                ErrorCode.MODEL_NOT_READY,
+                f"The default version of {', '.join(failures)} cannot be loaded. {listing}",
+                {"models": sorted(failures)},
+            )
+        return self.breaker.describe()

@@ -15,18 +15,26 @@ router = APIRouter()
 class ReadyOut(BaseModel):
     status: str = "ready"
     models: dict[str, bool] = Field(description="Loaded versions (name/version) and their ready flags.")
+    registry: str = Field(
+        "reachable",
+        description='"reachable", or "unreachable since <ISO time>" while MLflow is down and the last catalogue '
+        "and the verified cached files are served.",
+    )
 
 
 @router.get(
     "/readyz",
     response_model=ReadyOut,
     tags=health_router.tags,
-    summary="Readiness: default models preloaded and the MLflow registry reachable",
+    summary="Readiness: the default version of every model loaded (from MLflow or the verified cache)",
     responses=error_responses(
         503,
-        descriptions={503: "MODEL_NOT_READY: the default models are still loading; REGISTRY_UNAVAILABLE: MLflow down."},
+        descriptions={
+            503: "MODEL_NOT_READY: the default models are still loading, or one cannot be loaded; "
+            "REGISTRY_UNAVAILABLE: MLflow down and no catalogue kept from before."
+        },
     ),
 )
 def read_readiness(request: Request, registry: RegistryDep) -> ReadyOut:
-    require_ready(request)  # a plain def: the check may wait on MLflow, off the event loop
-    return ReadyOut(models=registry.loaded())
+    state = require_ready(request)  # a plain def: the check may load a model, off the event loop
+    return ReadyOut(models=registry.loaded(), registry=state)

@@ -1,0 +1,114 @@
+"""The verified local store: ONNX files checked against their sha256 before every load, and the last catalogue.
+
+Each cached version folder holds ``model.onnx`` and ``verified.json`` (the sha256 the file was checked
+against and where that value came from). The expected sha256 is the registry's ``onnx_sha256`` tag, written
+by training; versions registered before that tag existed are trusted on their first download and their
+sha256 recorded here, with a warning (``TRUSTED_ON_DOWNLOAD``): later loads are held to that record.
+A file that does not match is never opened.
+
+The catalogue MLflow last answered is kept in ``catalog.json`` in the cache folder, so that a restart while
+MLflow is down still knows the versions and aliases it served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from services.inference.catalog import Catalog
+
+logger = logging.getLogger(__name__)
+
+VERIFIED_FILENAME = "verified.json"
+CATALOG_FILENAME = "catalog.json"
+# Where an expected sha256 came from.
+FROM_REGISTRY = "registry tag onnx_sha256"
+TRUSTED_ON_DOWNLOAD = "trusted on first download (version registered without onnx_sha256)"
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """Write then rename: a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def recorded_sha256(folder: Path) -> str | None:
+    """The sha256 recorded when the folder's file was downloaded and checked, if any."""
+    try:
+        value = json.loads((folder / VERIFIED_FILENAME).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def record_verified(folder: Path, sha256: str, origin: str) -> None:
+    write_json_atomically(folder / VERIFIED_FILENAME, {"sha256": sha256, "origin": origin})
+
+
+def expected_sha256(folder: Path, registry_sha256: str | None) -> str | None:
+    """What the file must hash to: the registry's tag, else the local record, else unknown (not servable)."""
+    return registry_sha256 or recorded_sha256(folder)
+
+
+def cached_file_is_valid(model_file: Path, registry_sha256: str | None, label: str) -> bool:
+    """Whether the cached file may be served: it exists and hashes to what is expected. Logs why not."""
+    if not model_file.is_file():
+        return False
+    expected = expected_sha256(model_file.parent, registry_sha256)
+    if expected is None:
+        logger.warning("cached file of %s has no sha256 to check against; downloading it again", label)
+        return False
+    actual = file_sha256(model_file)
+    if actual != expected:
+        logger.error(
+            "cached file of %s fails its check (sha256 %s, expected %s): deleted, to be downloaded again",
+            label,
+            actual[:16],
+            expected[:16],
+        )
+        return False
+    return True
+
+
+# -- the last catalogue ---------------------------------------------------------------------------
+
+
+def save_catalog(cache_dir: Path, catalog: Catalog) -> None:
+    """Keep the catalogue for a restart while MLflow is down; a failure to write is logged, not raised."""
+    try:
+        write_json_atomically(cache_dir / CATALOG_FILENAME, catalog.to_json())
+    except OSError as exc:
+        logger.warning("could not save the catalogue in %s: %s", cache_dir, exc)
+
+
+def load_catalog(cache_dir: Path) -> Catalog | None:
+    """The catalogue saved by ``save_catalog``, or None when there is none or it cannot be read."""
+    path = cache_dir / CATALOG_FILENAME
+    try:
+        data = json.loads(path.read_text())
+        return Catalog.from_json(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring the saved catalogue %s: %s", path, exc)
+        return None
