@@ -27,6 +27,7 @@ from deploy.processes import (
     start_service,
     stop_process_group,
 )
+from deploy.replicas import gateway_env, replica_count, replica_name, replica_ports, start_replicas
 from shared.schemas import MODEL_FAMILIES, registered_name
 
 DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "explainer": 8003, "mlflow": 5000}
@@ -44,9 +45,10 @@ def _registered_families(tracking_uri: str) -> set[str]:
     return {family for family in MODEL_FAMILIES if registered_name(family) in names}
 
 
-def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") -> int:
+def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", replicas: int = 1) -> int:
     ports = _ports()
-    busy = [f"{name} ({port})" for name, port in ports.items() if port_in_use(port)]
+    inference_ports = {replica_name(n): port for n, port in enumerate(replica_ports(ports["inference"], replicas))}
+    busy = [f"{name} ({port})" for name, port in {**ports, **inference_ports}.items() if port_in_use(port)]
     if busy:
         print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
         return 1
@@ -58,8 +60,14 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none") 
         _save(state_dir, started)
         env = _registry_env(state_dir, started[0].url)
         _train_missing(env, data, retrain, search)
-        service_env = {**env, **_service_urls(ports), "BT_INFERENCE_CACHE_DIR": str(state_dir / "models")}
-        for name in ("inference", "explainer", "training", "gateway"):
+        service_env = {**env, **_service_urls(ports), **gateway_env(ports["inference"], replicas)}
+
+        def keep(process: ManagedProcess) -> None:
+            started.append(process)
+            _save(state_dir, started)
+
+        start_replicas(service_env, ports["inference"], replicas, state_dir, keep)
+        for name in ("explainer", "training", "gateway"):
             started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
             _save(state_dir, started)
     except (RuntimeError, TimeoutError) as exc:
@@ -165,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="data folder to train on (default: the embedded sample)")
     parser.add_argument("--retrain", action="store_true", help="train even when models are registered")
     parser.add_argument("--search", choices=["none", "quick", "seed"], default="none", help="search mode of training")
+    parser.add_argument(
+        "--replicas", type=replica_count, default=1, help="inference replicas behind the gateway (deploy/replicas.py)"
+    )
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        return up(args.state_dir.resolve(), args.data, args.retrain, args.search)
+        return up(args.state_dir.resolve(), args.data, args.retrain, args.search, args.replicas)
     if args.command == "down":
         return down(args.state_dir)
     return status(args.state_dir)
