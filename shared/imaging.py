@@ -1,21 +1,108 @@
 """Image decoding and the tensor layout defined by the preprocessing contract.
 
 Every path (training cache, inference, explanations) goes through these functions.
+
+Decoding is bounded, because a small file can declare a huge image (a 190 KB PNG of 7000x7000 RGBA took a
+gigabyte to decode in full): the header is read first and an image above ``max_pixels`` is refused; an image
+whose longer side is above ``FULL_DECODE_MAX_SIDE`` is decoded smaller (JPEG at 1/2..1/8 scale by its decoder,
+other formats box-reduced right after loading, before any mode conversion); and at most ``max_concurrent``
+decodes run at once in a process (the others wait up to ``wait_s``, then 503 SERVER_BUSY). Images up to
+``FULL_DECODE_MAX_SIDE`` (every MRI slice) are decoded exactly as before, so training's cache and inference agree.
+The limits are one shared setting, ``BT_DECODE_*``, read once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import math
+import os
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contract import PreprocessingContract
 from shared.dicom import decode_dicom, is_dicom
 from shared.errors import ErrorCode, ServiceError
 
-# Guard against decompression bombs well below Pillow's default (about 179 Mpx).
-MAX_PIXELS = 50_000_000
+# Every slice of the training data is 224x224 (0.05 Mpx) and clinical MRI matrices are at most 1024x1024 (1 Mpx);
+# 4096x4096 (16.8 Mpx) still takes a photographed film or a 4K screenshot, and its full-size RGBA is 64 MiB.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+# Images whose longer side is at most this are decoded at full size, pixel for pixel as before.
+FULL_DECODE_MAX_SIDE = 2048
+# Larger ones are scaled down by a whole factor that keeps the longer side at least this (well above any
+# contract size, 224 at most, and the explainer's overlay).
+REDUCED_MIN_SIDE = 1024
+# What a client is told to wait after SERVER_BUSY: a decode takes well under a second.
+BUSY_RETRY_AFTER_S = 1
+_EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose does).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class DecodeSettings(BaseSettings):
+    """Bounds of image decoding, the same in every service (``BT_DECODE_*``); bad values stop a service."""
+
+    model_config = SettingsConfigDict(env_prefix="BT_DECODE_", extra="ignore")
+
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="Largest image accepted (width x height); larger is 415 INVALID_IMAGE."
+    )
+    max_concurrent: int = Field(0, ge=0, description="Decodes at once in a process; 0: one per usable CPU.")
+    wait_s: float = Field(2.0, ge=0, description="Longest wait for a decode slot before 503 SERVER_BUSY.")
+
+    def slots(self) -> int:
+        return self.max_concurrent or usable_cpus()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def decode_settings() -> DecodeSettings:
+    """The process's decode bounds, read from the environment once."""
+    return DecodeSettings()
+
+
+@functools.cache
+def _decode_slots() -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(decode_settings().slots())
+
+
+@contextlib.contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the process's decode slots; SERVER_BUSY when none frees up within ``wait_s``.
+
+    Decoding runs in worker threads (never on the event loop), so a blocking wait is fine here.
+    """
+    slots = _decode_slots()
+    if not slots.acquire(timeout=decode_settings().wait_s):
+        raise ServiceError(
+            ErrorCode.SERVER_BUSY,
+            f"Too many images are being decoded at once (at most {decode_settings().slots()}); try again shortly.",
+            retry_after_s=BUSY_RETRY_AFTER_S,
+        )
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
@@ -26,19 +113,23 @@ def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
     """
     if not data:
         raise ServiceError(ErrorCode.INVALID_IMAGE, "The uploaded file is empty.")
+    max_pixels = decode_settings().max_pixels
     if is_dicom(data):
-        return decode_dicom(data, frame, MAX_PIXELS)
+        with decode_slot():
+            return decode_dicom(data, frame, max_pixels)
     if frame:
         raise ServiceError(ErrorCode.INVALID_REQUEST, "`frame` applies to DICOM files only; this image has one frame.")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
+            # Only the header has been read so far: refuse before a single pixel is decoded.
+            if image.width * image.height > max_pixels:
                 raise ServiceError(
                     ErrorCode.INVALID_IMAGE,
-                    f"Image is {image.width}x{image.height} pixels; at most {MAX_PIXELS} pixels are accepted.",
+                    f"Image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are accepted "
+                    "(BT_DECODE_MAX_PIXELS).",
                 )
-            image.load()
-            return to_grayscale(ImageOps.exif_transpose(image))
+            with decode_slot():
+                return _decode_bounded(image)
     except ServiceError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -46,6 +137,36 @@ def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
             ErrorCode.INVALID_IMAGE,
             "The file is not an image that can be decoded (expected JPEG, PNG, BMP, TIFF or similar).",
         ) from exc
+
+
+def _decode_bounded(image: Image.Image) -> Image.Image:
+    """An opened image's pixels as 8-bit grayscale, upright, its longer side at most ``FULL_DECODE_MAX_SIDE``
+    (or exactly as before when it already is)."""
+    if max(image.size) <= FULL_DECODE_MAX_SIDE:
+        image.load()
+        return to_grayscale(ImageOps.exif_transpose(image))
+    orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+    factor = max(image.size) // REDUCED_MIN_SIDE
+    if image.format == "JPEG":
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the size asked for: the full image never exists.
+        image.draft(image.mode, (math.ceil(image.width / factor), math.ceil(image.height / factor)))
+    image.load()
+    if max(image.size) > FULL_DECODE_MAX_SIDE:
+        image = _reduce(image, max(image.size) // REDUCED_MIN_SIDE)
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if transpose is not None:
+        image = image.transpose(transpose)
+    return to_grayscale(image)
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """Box-average ``factor`` x ``factor`` blocks in the image's own mode (at most 4 bytes a pixel, never floats)."""
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    try:
+        return image.reduce(factor)
+    except ValueError:  # modes reduce() does not take ("1", "P"): their 8-bit grayscale first
+        return to_grayscale(image).reduce(factor)
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:

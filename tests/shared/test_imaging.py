@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from shared import imaging
 from shared.contract import PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_grayscale, decode_to_array, to_model_input
+from shared.imaging import decode_grayscale, decode_to_array, resize_gray, to_grayscale, to_model_input
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
@@ -94,3 +97,104 @@ def test_image_max_scaling_removes_overall_gain() -> None:
     np.testing.assert_allclose(bright, dim, atol=0.02)
     black = to_model_input(np.zeros((1, 16, 16), np.uint8), contract)
     assert np.isfinite(black).all() and black.max() == 0.0
+
+
+# -- bounded decoding: the pixel limit, smaller decodes of large images, the decode slots -----------------
+
+
+@pytest.fixture
+def decode_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set ``BT_DECODE_*`` variables for one test; the process's cached settings and slots follow them."""
+    imaging.decode_settings.cache_clear()
+    imaging._decode_slots.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    imaging.decode_settings.cache_clear()
+    imaging._decode_slots.cache_clear()
+
+
+def full_decode_reference(data: bytes, size: int) -> np.ndarray:
+    """What decoding did before it was bounded: the whole image loaded, then grayscale, then resized."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return resize_gray(to_grayscale(ImageOps.exif_transpose(image)), size)
+
+
+def scan_like(width: int, height: int) -> Image.Image:
+    """A smooth RGB image with structure at every scale, as a large photograph of a scan would have."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    gray = 127 + 60 * np.sin(x / 97.0) * np.cos(y / 61.0) + 60 * np.sin((x + y) / 331.0)
+    rgb = np.stack([gray, gray * 0.9, gray * 0.8], axis=-1).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+@pytest.mark.parametrize("side", [224, 512, imaging.FULL_DECODE_MAX_SIDE])
+def test_images_up_to_the_full_decode_side_decode_exactly_as_before(side: int) -> None:
+    scan = scan_like(side, side // 2)
+    for data in (encode(scan, "JPEG", quality=90), encode(scan.convert("RGBA"), compress_level=1)):
+        assert np.array_equal(decode_to_array(data, 224), full_decode_reference(data, 224))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("TIFF", "CMYK")]
+)
+def test_large_images_are_decoded_smaller_and_stay_close_to_a_full_decode(fmt: str, mode: str) -> None:
+    base = scan_like(2600, 1900)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 200)
+    else:
+        image = base.convert(mode)
+    data = encode(image, fmt, **({"quality": 95} if fmt == "JPEG" else {"compress_level": 1}))
+    decoded = decode_grayscale(data)
+    assert decoded.mode == "L"
+    assert imaging.REDUCED_MIN_SIDE <= max(decoded.size) <= imaging.FULL_DECODE_MAX_SIDE
+    assert decoded.size[0] > decoded.size[1], "the aspect ratio is kept"
+    difference = np.abs(decode_to_array(data, 224).astype(int) - full_decode_reference(data, 224))
+    assert difference.max() <= 12 and difference.mean() < 1.0
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_images_keep_their_exif_orientation(fmt: str) -> None:
+    pixels = np.zeros((2500, 5000), dtype=np.uint8)
+    pixels[:, :2500] = 255  # left half white, landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    decoded = decode_grayscale(encode(Image.fromarray(pixels), fmt, exif=exif.tobytes()))
+    assert decoded.size[1] > decoded.size[0], "portrait after EXIF rotation"
+    half = decoded.size[1] // 2
+    assert np.asarray(decoded)[: half - 8].mean() > 200 > 50 > np.asarray(decoded)[half + 8 :].mean()
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(decode_env: pytest.MonkeyPatch) -> None:
+    # 7000x7000 RGBA in a few hundred KB: the issue's case, refused by the default limit.
+    huge = encode(Image.new("RGBA", (7000, 7000)), compress_level=1)
+    with pytest.raises(ServiceError) as raised:
+        decode_grayscale(huge)
+    assert raised.value.status == 415 and "BT_DECODE_MAX_PIXELS" in raised.value.message
+    decode_env.setenv("BT_DECODE_MAX_PIXELS", str(100 * 100))
+    imaging.decode_settings.cache_clear()
+    assert decode_grayscale(encode(Image.new("L", (100, 100)))).size == (100, 100)
+    with pytest.raises(ServiceError, match="at most 10000 pixels"):
+        decode_grayscale(encode(Image.new("L", (101, 100))))
+
+
+def test_decodes_beyond_the_slots_wait_then_get_server_busy(decode_env: pytest.MonkeyPatch) -> None:
+    decode_env.setenv("BT_DECODE_MAX_CONCURRENT", "1")
+    decode_env.setenv("BT_DECODE_WAIT_S", "0.05")
+    data = encode(Image.fromarray(gradient()))
+    outcome: list[object] = []
+
+    def decode_elsewhere() -> None:
+        try:
+            outcome.append(decode_grayscale(data))
+        except ServiceError as exc:
+            outcome.append(exc)
+
+    with imaging.decode_slot():  # the one slot is taken
+        worker = threading.Thread(target=decode_elsewhere)
+        worker.start()
+        worker.join(timeout=5)
+    [busy] = outcome
+    assert isinstance(busy, ServiceError) and busy.code is ErrorCode.SERVER_BUSY and busy.status == 503
+    assert busy.retry_after_s == imaging.BUSY_RETRY_AFTER_S
+    assert decode_grayscale(data).size == (32, 32), "the slot is free again once released"
