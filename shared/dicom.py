@@ -75,7 +75,7 @@ def decode_dicom(data: bytes, frame: int | None = None, max_pixels: int | None =
     _check_size(dataset, max_pixels)
     syntax = _check_transfer_syntax(dataset)
     _apply_frame_groups(dataset, index)
-    pixels = _decode_frame(dataset, index, syntax)
+    pixels = reduce_large_frame(_decode_frame(dataset, index, syntax))
     return Image.fromarray(display_pixels(pixels, dataset), mode="L")
 
 
@@ -97,6 +97,22 @@ def choose_frame(frames: int, frame: int | None) -> int:
             {"frames": frames},
         )
     return frame
+
+
+def reduce_large_frame(pixels: np.ndarray) -> np.ndarray:
+    """A frame whose longer side is above the JPEG path's full-decode size, box-averaged by a whole factor as
+    that path reduces large images, before the display pipeline's float passes (a compressed upload can hold a
+    frame of up to ``BT_DECODE_MAX_PIXELS``: its float64 copies would take hundreds of MB). Smaller frames, every
+    MRI slice, are returned as they are. Stored values keep their type (a LUT is indexed by them)."""
+    from shared.imaging import FULL_DECODE_MAX_SIDE, REDUCED_MIN_SIDE
+
+    longer = max(pixels.shape[:2])
+    if longer <= FULL_DECODE_MAX_SIDE:
+        return pixels
+    factor = longer // REDUCED_MIN_SIDE
+    rows, columns = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    blocks = pixels[:rows, :columns].reshape(rows // factor, factor, columns // factor, factor, *pixels.shape[2:])
+    return np.rint(blocks.mean(axis=(1, 3))).astype(pixels.dtype)
 
 
 def display_pixels(pixels: np.ndarray, dataset: Dataset) -> np.ndarray:

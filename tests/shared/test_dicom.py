@@ -252,6 +252,15 @@ def test_a_frame_larger_than_the_pixel_limit_is_refused_before_decoding(gray: np
     assert caught.value.code == ErrorCode.INVALID_IMAGE
 
 
+def test_a_frame_above_the_full_decode_size_is_box_reduced_as_large_images_are() -> None:
+    # Longer side 2050 (above 2048): reduced by 2050 // 1024 = 2, by averaging 2x2 blocks of stored values.
+    stored = np.tile(np.arange(2050, dtype=np.uint16) % 256, (6, 1)).astype(np.uint8)
+    got = pixels_of(write_dicom(stored))
+    expected = np.rint(stored[:, :2050].reshape(3, 2, 1025, 2).mean(axis=(1, 3))).astype(np.uint8)
+    assert got.shape == (3, 1025)
+    np.testing.assert_array_equal(got, expected)
+
+
 # -- patient data --------------------------------------------------------------------------------------
 
 
