@@ -152,6 +152,18 @@ def mlflow_server_variables() -> frozenset[str]:
     return frozenset(options | mlflow_client_variables() | {EnvProvider.ACCESS_KEY, EnvProvider.SECRET_KEY})
 
 
+@functools.cache
+def mlflow_health_paths() -> frozenset[str]:
+    """MLflow's HEALTH_ENDPOINTS (answered without credentials), read from its source: importing mlflow.server
+    loads the whole server."""
+    spec = importlib.util.find_spec("mlflow.server.security_utils")
+    assert spec and spec.origin, "mlflow.server.security_utils not found"
+    for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HEALTH_ENDPOINTS" for t in node.targets):
+            return frozenset(ast.literal_eval(node.value))
+    raise AssertionError("MLflow's HEALTH_ENDPOINTS moved: read them another way")
+
+
 def served_get_paths(app: Any) -> frozenset[str]:
     """The paths the app answers GET on, as its OpenAPI schema (built from its routes) lists them."""
     return frozenset(path for path, operations in app.openapi()["paths"].items() if "get" in operations)

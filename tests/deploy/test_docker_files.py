@@ -28,6 +28,7 @@ from tests.deploy.contracts import (
     healthcheck_url,
     host_allowed,
     installed_distributions,
+    mlflow_health_paths,
     mlflow_server_variables,
     module_exists,
     parse_dockerfile,
@@ -172,10 +173,8 @@ def test_mlflow_image_pins_what_pyproject_pins_and_reads_only_mlflow_variables()
     env = stages[-1].env()
     unread = sorted(set(env) - RUNTIME_VARIABLES - mlflow_server_variables())
     assert not unread, f"mlflow.Dockerfile sets {unread}, which neither mlflow server nor boto3 reads"
-    from mlflow.server.security_utils import HEALTH_ENDPOINTS
-
     url = urlsplit(healthcheck_url(stages[-1]))
-    assert url.path in HEALTH_ENDPOINTS
+    assert url.path in mlflow_health_paths()
     assert [int(item.arguments) for item in stages[-1].all("EXPOSE")] == [url.port]
 
 
