@@ -1,15 +1,20 @@
-"""Fixtures only the gateway's tests use: in-process gateway apps, and the gateway as real processes
-started by its own ``python -m services.gateway``."""
+"""Fixtures only the gateway's tests use: in-process gateway apps, the gateway as real processes started by
+its own ``python -m services.gateway``, and a spare inference replica that tests may kill or stop."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from deploy.processes import ManagedProcess, free_port, start_service
+from deploy.processes import ManagedProcess, free_port, loopback_url, start_service
 
 
 @pytest.fixture
@@ -65,3 +70,70 @@ def start_gateway(service_logs: Path) -> Iterator[Callable[..., ManagedProcess]]
     yield start
     for server in started:
         server.stop()
+
+
+class SpareReplica:
+    """One more inference process serving the zoo, on a port of its own that stays the same across restarts,
+    for the tests that kill (SIGKILL) or stop (SIGSTOP) a replica: those never touch ``inference_server``."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = free_port()
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return loopback_url(self.port)
+
+    def start(self) -> None:
+        """Start it on its port and wait until its /readyz answers 200 (default models loaded)."""
+        self.process = start_service("inference", self.port, self.env, self.log_path)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{self.url}/readyz", timeout=5.0, trust_env=False).status_code != 200:
+            assert time.monotonic() < deadline, f"the spare replica never became ready:\n{self.process.log_tail()}"
+            time.sleep(0.2)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.process.poll() is None
+
+    def signal(self, number: signal.Signals) -> None:
+        assert self.process is not None
+        os.killpg(self.process.process.pid, number)
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, its connections reset, nothing cleaned up."""
+        self.signal(signal.SIGKILL)
+        self.process.process.wait(timeout=10)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            self.process.stop()
+
+
+@pytest.fixture(scope="session")
+def spare_inference(
+    model_zoo: Any, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+) -> Iterator[SpareReplica]:
+    """The spare replica (SpareReplica) for the whole session, with the same settings as ``inference_server``."""
+    env = {
+        "MLFLOW_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("spare-inference-cache")),
+    }
+    replica = SpareReplica(env, service_logs / "inference-spare.log")
+    replica.start()
+    yield replica
+    replica.stop()
+
+
+@pytest.fixture
+def spare_replica(spare_inference: SpareReplica) -> Iterator[SpareReplica]:
+    """The spare replica, running and not stopped, whatever the previous test left; resumed after the test."""
+    if not spare_inference.running():
+        spare_inference.start()
+    yield spare_inference
+    if spare_inference.running():
+        spare_inference.signal(signal.SIGCONT)
