@@ -38,6 +38,7 @@ class NginxSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BT_NGINX_", extra="ignore")
 
+    enabled: bool = Field(True, description="The launcher puts nginx in front of the services when it is installed.")
     binary: str = Field("nginx", description="The nginx executable (a name on PATH or a path).")
     client_header_timeout_s: float = Field(
         10.0, gt=0, description="Longest time to receive a request's whole header; then the connection is closed."
@@ -228,3 +229,38 @@ def start_nginx(
     return start_process(
         "nginx", nginx_command(binary, state_dir, config), dict(os.environ), log_path, url, health_path, timeout
     )
+
+
+# -- the launcher's front: nginx on the public ports, the services on internal ones -------------------------------
+
+PROXIED_SERVICES = ("gateway", "inference", "training", "explainer")
+# Behind nginx, a service listens this far above its public port (8100-8103 for the default 8000-8003); inference
+# replicas 2..N then sit at 8111, 8112, ... (deploy/replicas.py counts from replica 1's port).
+INTERNAL_PORT_OFFSET = 100
+
+
+def front_unavailable(settings: NginxSettings | None = None) -> str | None:
+    """Why the launcher cannot put nginx in front (turned off, or not installed); None when it can."""
+    settings = settings or NginxSettings()
+    if not settings.enabled:
+        return "BT_NGINX_ENABLED is false"
+    if nginx_binary(settings) is None:
+        return f"nginx is not installed ({settings.binary!r} not found; Debian: apt-get install nginx)"
+    return None
+
+
+def internal_ports(public_ports: dict[str, int]) -> dict[str, int]:
+    """Where each proxied service listens behind nginx; other processes (MLflow) keep their public port."""
+    return {
+        name: port + INTERNAL_PORT_OFFSET if name in PROXIED_SERVICES else port for name, port in public_ports.items()
+    }
+
+
+def start_front(
+    public_ports: dict[str, int], service_ports: dict[str, int], inference_ports: list[int], state_dir: Path
+) -> ManagedProcess:
+    """nginx on every proxied service's public port, in front of its internal port (every inference replica's)."""
+    upstreams: dict[str, tuple[int, ...]] = {name: (service_ports[name],) for name in PROXIED_SERVICES}
+    upstreams["inference"] = tuple(inference_ports)
+    services = proxied_services({name: public_ports[name] for name in PROXIED_SERVICES}, upstreams)
+    return start_nginx(services, state_dir / "nginx", state_dir / "logs" / "nginx.log")
