@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from deploy.credentials import MlflowCredentials, read_or_create_secret
+
 LOOPBACK = "127.0.0.1"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,18 +129,40 @@ def start_process(
     return managed
 
 
-def start_mlflow(data_dir: Path, port: int, log_path: Path, timeout: float = 90.0) -> ManagedProcess:
-    """A real MLflow tracking server: SQLite backend, artifacts served from a local folder."""
+def start_mlflow(
+    data_dir: Path,
+    port: int,
+    log_path: Path,
+    timeout: float = 90.0,
+    *,
+    credentials: MlflowCredentials | None = None,
+    backend_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    """A real MLflow tracking server: SQLite backend, artifacts served from a local folder, and authentication
+    (``--app-name basic-auth``): every REST call needs a user; anonymous ones get 401.
+
+    ``backend_uri`` (e.g. ``postgresql://...``) and ``artifacts_destination`` (e.g. ``s3://bucket/mlflow``)
+    replace the SQLite file and the local folder; ``extra_env`` goes to the server only (the S3 endpoint and keys).
+
+    ``credentials`` are the admin's; without them, MLflow's standard ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` are used, and when those are unset too, new ones are generated and exported to
+    this process's environment, so that its MLflow clients and the processes it starts authenticate.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
+    credentials = credentials or MlflowCredentials.from_env() or _export(MlflowCredentials.generate())
     command = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
+        "--app-name",
+        "basic-auth",
         "--backend-store-uri",
-        f"sqlite:///{(data_dir / 'mlflow.db').resolve()}",
+        backend_uri or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}",
         "--artifacts-destination",
-        str((data_dir / "artifacts").resolve()),
+        artifacts_destination or str((data_dir / "artifacts").resolve()),
         "--host",
         LOOPBACK,
         "--port",
@@ -146,9 +170,68 @@ def start_mlflow(data_dir: Path, port: int, log_path: Path, timeout: float = 90.
         "--workers",
         "1",
     ]
-    # The job-execution feature forks a pool of queue workers we never use; without it start-up is twice as fast.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    return start_process("mlflow", command, env, log_path, loopback_url(port), "/health", timeout)
+    env = {
+        # The job-execution feature forks a pool of queue workers we never use; without it start-up is twice as fast.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_mlflow_auth_config(data_dir)),
+        # Signs the UI's sessions and CSRF tokens: kept with the server's data, so a restart keeps them valid.
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": read_or_create_secret(data_dir / "server-secret-key")[0],
+        **credentials.server_env(),
+        # e.g. MLFLOW_S3_ENDPOINT_URL and the store's keys: the server writes artifacts, clients go through it.
+        **(extra_env or {}),
+    }
+    server = start_process("mlflow", command, env, log_path, loopback_url(port), "/health", timeout)
+    try:
+        _check_mlflow_credentials(server, credentials)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+# Who may do what in MLflow. READ: a user the admin creates later may browse every experiment and model but
+# change nothing until granted; the admin (the stack, training, the tests) may do everything. Anonymous: nothing.
+MLFLOW_DEFAULT_PERMISSION = "READ"
+# Seconds a checked password is remembered: the check (PBKDF2) costs a few milliseconds on every request, and
+# one worker has no other copy of the cache to go stale.
+MLFLOW_AUTH_CACHE_TTL_S = 60
+
+
+def write_mlflow_auth_config(data_dir: Path) -> Path:
+    """MLflow's basic-auth configuration (``MLFLOW_AUTH_CONFIG_PATH``): its user store beside the tracking data.
+    No password in it: the admin's comes from the environment."""
+    path = data_dir / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        f"default_permission = {MLFLOW_DEFAULT_PERMISSION}\n"
+        f"database_uri = sqlite:///{(data_dir / 'basic_auth.db').resolve()}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_TTL_S}\n"
+    )
+    return path
+
+
+def _export(credentials: MlflowCredentials) -> MlflowCredentials:
+    os.environ.update(credentials.client_env())
+    return credentials
+
+
+def _check_mlflow_credentials(server: ManagedProcess, credentials: MlflowCredentials) -> None:
+    """Fail now, with the reason, when the server's user store already holds another admin password."""
+    response = httpx.get(
+        f"{server.url}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 1},
+        auth=credentials.httpx_auth(),
+        timeout=10.0,
+        trust_env=False,
+    )
+    if response.status_code in (401, 403):
+        raise RuntimeError(
+            f"MLflow refuses the credentials of user {credentials.username!r}: its user store "
+            f"({server.name} data folder, basic_auth.db) was created with another password. Use that password "
+            "(MLFLOW_TRACKING_PASSWORD) or change it with MLflow's update-password API."
+        )
 
 
 def service_command(name: str, port: int, *, as_module: bool = False) -> tuple[list[str], dict[str, str]]:

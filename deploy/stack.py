@@ -4,6 +4,11 @@
 the model families the registry lacks on the data folder (the embedded sample by default), then starts
 the inference, explainer, training and gateway services and prints their URLs; if one does not come
 up, it stops the others and says why. Processes keep running after the command returns; `down` stops them.
+
+When nginx is installed it takes the public ports (deploy/nginx.py: client timeouts and body limits) and the
+services listen 100 ports above them; without it, the services bind the public ports. `BT_MLFLOW_BACKEND_URI`
+(postgresql://...) and `BT_MLFLOW_ARTIFACTS_DESTINATION` (s3://..., with `MLFLOW_S3_ENDPOINT_URL`) replace
+MLflow's SQLite file and artifact folder.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from deploy.credentials import StackSecrets, mlflow_auth_from_env, stack_secrets
+from deploy.nginx import PROXIED_SERVICES, front_unavailable, internal_ports, start_front
+from deploy.postgres import with_driver
 from deploy.processes import (
     LOOPBACK,
     PROJECT_ROOT,
@@ -28,6 +36,7 @@ from deploy.processes import (
     stop_process_group,
 )
 from deploy.replicas import gateway_env, replica_count, replica_name, replica_ports, start_replicas
+from shared.dataset import SAMPLE_DATA_DIR
 from shared.schemas import MODEL_FAMILIES, registered_name
 
 DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "explainer": 8003, "mlflow": 5000}
@@ -37,28 +46,43 @@ def _ports() -> dict[str, int]:
     return {name: int(os.environ.get(f"BT_{name.upper()}_PORT", port)) for name, port in DEFAULT_PORTS.items()}
 
 
-def _registered_families(tracking_uri: str) -> set[str]:
+def _registered_families(tracking_uri: str, auth: httpx.Auth | None = None) -> set[str]:
     url = f"{tracking_uri}/api/2.0/mlflow/registered-models/search"
-    response = httpx.get(url, params={"max_results": 100}, trust_env=False)
+    # MLflow answers 401 to anonymous calls: the stack's admin, or MLflow's standard variables.
+    response = httpx.get(url, params={"max_results": 100}, auth=auth or mlflow_auth_from_env(), trust_env=False)
     response.raise_for_status()
     names = {model["name"] for model in response.json().get("registered_models", [])}
     return {family for family in MODEL_FAMILIES if registered_name(family) in names}
 
 
 def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", replicas: int = 1) -> int:
-    ports = _ports()
+    public_ports = _ports()
+    # nginx takes the public ports and the services move to internal ones; without nginx they bind the public ones.
+    no_front = front_unavailable()
+    ports = public_ports if no_front else internal_ports(public_ports)
+    front_ports = {} if no_front else {f"nginx-{name}": public_ports[name] for name in PROXIED_SERVICES}
     inference_ports = {replica_name(n): port for n, port in enumerate(replica_ports(ports["inference"], replicas))}
-    busy = [f"{name} ({port})" for name, port in {**ports, **inference_ports}.items() if port_in_use(port)]
+    wanted = {**ports, **inference_ports, **front_ports}
+    busy = [f"{name} ({port})" for name, port in wanted.items() if port_in_use(port)]
     if busy:
         print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
         return 1
     logs = state_dir / "logs"
     started: list[ManagedProcess] = []
     try:
+        secrets = stack_secrets(state_dir)
         print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
-        started.append(start_mlflow(state_dir / "mlflow", ports["mlflow"], logs / "mlflow.log"))
+        started.append(
+            start_mlflow(
+                state_dir / "mlflow",
+                ports["mlflow"],
+                logs / "mlflow.log",
+                credentials=secrets.mlflow,
+                **_mlflow_stores(),
+            )
+        )
         _save(state_dir, started)
-        env = _registry_env(state_dir, started[0].url)
+        env = {**_registry_env(state_dir, started[0].url), **_security_env(state_dir, secrets, data)}
         _train_missing(env, data, retrain, search)
         service_env = {**env, **_service_urls(ports), **gateway_env(ports["inference"], replicas)}
 
@@ -70,13 +94,48 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", 
         for name in ("explainer", "training", "gateway"):
             started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
             _save(state_dir, started)
+        if no_front:
+            print(f"no nginx in front ({no_front}): the services bind the public ports, without client timeouts")
+        else:
+            started.append(start_front(public_ports, ports, list(inference_ports.values()), state_dir))
+            _save(state_dir, started)
     except (RuntimeError, TimeoutError) as exc:
         # Half a stack helps nobody and would hold the ports: stop what did start.
         print(f"the stack did not come up: {exc}\nstopping what was started ...", flush=True)
         down(state_dir)
         return 1
-    _print_urls(ports, logs)
+    _print_urls(public_ports, logs)
+    _print_secrets(secrets)
     return 0
+
+
+def _mlflow_stores() -> dict[str, str]:
+    """MLflow's backend store and artifact destination when set (``BT_MLFLOW_BACKEND_URI``, e.g. postgresql://...;
+    ``BT_MLFLOW_ARTIFACTS_DESTINATION``, e.g. s3://bucket/mlflow, with ``MLFLOW_S3_ENDPOINT_URL`` and the AWS
+    variables in this environment, which the MLflow server inherits); unset: SQLite and a folder in the state dir."""
+    stores: dict[str, str] = {}
+    if backend := os.environ.get("BT_MLFLOW_BACKEND_URI"):
+        stores["backend_uri"] = with_driver(backend)
+    if destination := os.environ.get("BT_MLFLOW_ARTIFACTS_DESTINATION"):
+        stores["artifacts_destination"] = destination
+    return stores
+
+
+def _security_env(state_dir: Path, secrets: StackSecrets, data: Path | None) -> dict[str, str]:
+    """The API token and MLflow credentials, and the folders a training request may name."""
+    roots = [SAMPLE_DATA_DIR, state_dir / "data", *([data.resolve()] if data is not None else [])]
+    return {**secrets.service_env(), "BT_TRAINING_DATA_ROOTS": ",".join(str(root) for root in roots)}
+
+
+def _print_secrets(secrets: StackSecrets) -> None:
+    made = f" (generated now: {', '.join(secrets.created)})" if secrets.created else ""
+    print(
+        f"Secrets in {secrets.folder}{made}, readable by this user only:\n"
+        f"  api-token              bearer token of POST /v1/training-runs (BT_TRAINING_API_TOKEN), e.g.\n"
+        f"                         curl -H \"Authorization: Bearer $(cat {secrets.folder}/api-token)\" ...\n"
+        f"  mlflow-admin-password  MLflow user '{secrets.mlflow.username}' (the UI asks for it; "
+        "MLFLOW_TRACKING_USERNAME/PASSWORD for clients)"
+    )
 
 
 def _registry_env(state_dir: Path, tracking_uri: str) -> dict[str, str]:
@@ -93,7 +152,8 @@ def _registry_env(state_dir: Path, tracking_uri: str) -> dict[str, str]:
 
 def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search: str) -> None:
     """Train and register the families the registry lacks (all of them with ``retrain``)."""
-    registered = _registered_families(env["MLFLOW_TRACKING_URI"])
+    auth = httpx.BasicAuth(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    registered = _registered_families(env["MLFLOW_TRACKING_URI"], auth)
     families = list(MODEL_FAMILIES) if retrain else [family for family in MODEL_FAMILIES if family not in registered]
     if not families:
         return

@@ -20,11 +20,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ErrorCode, ServiceError, error_response
+from shared.errors import ErrorCode, ServiceError, error_response, is_oip_path
 
 # An IPv6 address is matched as it appears in a Host header: in brackets.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 INVALID_HOST_DESCRIPTION = "INVALID_HOST: the request's Host header is not one this service answers to."
+# The Open Inference Protocol's routes answer their own error shape (shared.errors), this one too.
+_OIP_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 # Set in the ASGI scope by Starlette's check when the host passed it.
 _TRUSTED_SCOPE_KEY = "bt.trusted_host"
 
@@ -135,7 +137,7 @@ def _declare_invalid_host(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build_schema()
-        for operations in schema.get("paths", {}).values():
+        for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 if not isinstance(operation, dict) or "responses" not in operation:
                     continue
@@ -145,9 +147,10 @@ def _declare_invalid_host(app: FastAPI) -> None:
                     if "INVALID_HOST" not in described:
                         responses["400"]["description"] = f"{described} Or {INVALID_HOST_DESCRIPTION}".strip()
                 else:
+                    body = _OIP_ERROR_SCHEMA if is_oip_path(path) else {"$ref": "#/components/schemas/ErrorOut"}
                     responses["400"] = {
                         "description": INVALID_HOST_DESCRIPTION,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                        "content": {"application/json": {"schema": body}},
                     }
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         if "ErrorOut" not in components:  # no route declared an error: add the body's schema

@@ -25,11 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from deploy.credentials import MlflowCredentials  # noqa: E402
 from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
 from shared.imaging import decode_to_array, to_model_input  # noqa: E402
 from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
+
+# Every MLflow server the tests start requires a user (basic-auth, as the stack runs it). One admin for the whole
+# session, in MLflow's standard variables: every MlflowClient of the tests and every process they start (services,
+# training, other MLflow servers) authenticates with it. Set at import, before any fixture starts a server.
+TEST_MLFLOW_CREDENTIALS = MlflowCredentials.generate("tests-admin")
+os.environ.update(TEST_MLFLOW_CREDENTIALS.client_env())
 
 # The base URL of in-process TestClients: a Host the services accept by default (their allowed hosts are loopback).
 LOOPBACK_BASE_URL = "http://127.0.0.1"
@@ -292,10 +299,18 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) -> Iterator[ManagedProcess]:
-    """A real ``mlflow server`` (SQLite store, proxied artifacts) on a free loopback port."""
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), free_port(), service_logs / "mlflow.log")
+    """A real ``mlflow server`` (SQLite store, proxied artifacts, basic-auth) on a free loopback port."""
+    server = start_mlflow(
+        tmp_path_factory.mktemp("mlflow"), free_port(), service_logs / "mlflow.log", credentials=TEST_MLFLOW_CREDENTIALS
+    )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_credentials() -> MlflowCredentials:
+    """The admin of every MLflow server the tests start (also in MLFLOW_TRACKING_USERNAME / _PASSWORD)."""
+    return TEST_MLFLOW_CREDENTIALS
 
 
 @pytest.fixture(scope="session")
