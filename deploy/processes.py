@@ -133,7 +133,9 @@ def start_mlflow(
     data_dir: Path,
     port: int,
     log_path: Path,
-    timeout: float = 90.0,
+    # Generous: with basic-auth MLflow also migrates its user store and hashes the admin's password at start,
+    # and on a machine shared by several test runs that took over 90 s.
+    timeout: float = 180.0,
     *,
     credentials: MlflowCredentials | None = None,
     backend_uri: str | None = None,
