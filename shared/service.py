@@ -27,7 +27,7 @@ from shared.errors import install_error_handlers
 from shared.hosts import install_host_checks
 from shared.metrics import install_metrics
 from shared.schemas import ErrorOut
-from shared.uploads import UploadSizeLimit
+from shared.uploads import BodySizeLimit, UploadSizeLimit
 from shared.upstream import REQUEST_ID_HEADER
 
 API_VERSION = "0.1.0"
@@ -35,6 +35,8 @@ API_VERSION = "0.1.0"
 INTERNAL_KEEPALIVE_S = 4.0
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Bound of a JSON request body (training options are a few hundred bytes).
+DEFAULT_MAX_JSON_BODY_BYTES = 64 * 1024
 
 health_router = APIRouter(tags=["health"])
 
@@ -69,11 +71,13 @@ def build_app(
     *,
     max_upload_bytes: int | None = None,
     upload_limit_exempt: tuple[str, ...] = (),
+    max_body_bytes: int | None = None,
     openapi_tags: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
     """A service's app with its settings on ``app.state``, the one error body, the upload limit
-    (when the service takes uploads), Prometheus metrics, trusted hosts and CORS (``shared.hosts``, from the
-    settings' ``allowed_hosts`` and ``cors_origins``); the service adds its middleware and routers."""
+    (when the service takes uploads) or else the body limit (``max_body_bytes``; both counted as bytes arrive),
+    Prometheus metrics, trusted hosts and CORS (``shared.hosts``, from the settings' ``allowed_hosts`` and
+    ``cors_origins``); the service adds its middleware and routers."""
     app = FastAPI(
         title=title, description=description, version=API_VERSION, lifespan=lifespan, openapi_tags=openapi_tags
     )
@@ -82,6 +86,8 @@ def build_app(
     app.include_router(health_router)
     if max_upload_bytes is not None:
         app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
+    elif max_body_bytes is not None:  # a service without uploads: every body is small
+        app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     install_metrics(app)
     # Last, so it wraps the middleware above: a request for a Host not allowed is refused before any work.
     install_host_checks(app, settings)

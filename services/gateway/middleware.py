@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 import uuid
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ErrorCode, ServiceError, error_response
-from shared.uploads import MULTIPART_OVERHEAD_BYTES
+from shared.errors import ErrorCode, ServiceError
+from shared.uploads import MULTIPART_OVERHEAD_BYTES, forward_within_limit
 from shared.upstream import REQUEST_ID_HEADER
 
 _HEADER = REQUEST_ID_HEADER.encode()
@@ -43,8 +42,8 @@ class RequestIdMiddleware:
 
 
 class BatchBodyLimit:
-    """ASGI middleware: 413 for a request to a path ending in ``path_suffix`` whose Content-Length exceeds
-    ``max_files`` files of ``max_file_bytes`` each plus multipart overhead, before the body is spooled."""
+    """ASGI middleware: 413 for a request to a path ending in ``path_suffix`` whose body exceeds ``max_files``
+    files of ``max_file_bytes`` each plus multipart overhead, counted as it arrives (``forward_within_limit``)."""
 
     def __init__(self, app: ASGIApp, path_suffix: str, max_files: int, max_file_bytes: int) -> None:
         self.app = app
@@ -63,8 +62,7 @@ class BatchBodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and str(scope.get("path", "")).endswith(self.path_suffix):
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await error_response(Request(scope), self._too_large())(scope, receive, send)
-                return
+            # Counted as the bytes arrive, so a chunked body (no Content-Length) is bounded too.
+            await forward_within_limit(self.app, scope, receive, send, self.max_bytes, self._too_large())
+            return
         await self.app(scope, receive, send)

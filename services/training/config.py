@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.dataset import SAMPLE_DATA_DIR
 from shared.hosts import HostSettings
+from shared.service import DEFAULT_MAX_JSON_BODY_BYTES
 
 # Where the stack keeps data for training (under its state folder, BT_STATE_DIR, var/ by default).
 STATE_DATA_DIR = Path("var/data")
@@ -39,6 +40,9 @@ class TrainingSettings(HostSettings, BaseSettings):
         description="ImageNet MobileNetV2 no-top weights (.h5); falls back to Keras's cache folder.",
     )
     report_dir: Path = Field(Path("reports"), description="Where the comparison report is written.")
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_JSON_BODY_BYTES, gt=0, description="Largest request body (JSON options); larger is 413."
+    )
     api_token: SecretStr | None = Field(
         None,
         description="Bearer token that POST /v1/training-runs requires. Unset: starting runs over HTTP is disabled "

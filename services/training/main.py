@@ -36,6 +36,7 @@ def create_app(settings: TrainingSettings | None = None, run_function: RunFuncti
         "Trains the four model families, converts them to ONNX and registers them in MLflow.",
         settings,
         lifespan,
+        max_body_bytes=settings.max_body_bytes,
     )
     app.include_router(runs.router)
     return app

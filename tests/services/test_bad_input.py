@@ -1,0 +1,339 @@
+"""Hostile and broken uploads against real gateway and inference processes: one table, both services.
+
+Every case answers its declared status in the one JSON error body (no 5xx, no stack trace, no server path);
+an image declaring more pixels than the limit is refused from its header; a large image under the limit is
+decoded; an oversized body is refused after at most the limit's worth of bytes, with or without a
+Content-Length (chunked); decodes beyond the process's slots get 503 SERVER_BUSY with Retry-After; the
+training service's JSON body has its own small limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import select
+import socket
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from deploy.processes import ManagedProcess, free_port, start_service
+from shared.service import DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
+from tests.conftest import ModelZoo
+from tests.error_body import error_body
+
+MODEL = "rf"
+# Words that would betray a stack trace or a server path in an answer.
+LEAKS = ("Traceback", 'File "', "/work/", "site-packages", '.py"', "Exception")
+
+
+def png(image: Image.Image, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where one service takes a prediction upload, and how it names a model and version."""
+
+    name: str
+    url: str
+
+    def predict_path(self, model: str = MODEL, version: str | None = None) -> str:
+        if self.name == "gateway":
+            query = f"?model={model}" + (f"&version={version}" if version else "")
+            return f"/v1/predict{query}"
+        return f"/v1/models/{model}/predict" + (f"?version={version}" if version else "")
+
+
+@pytest.fixture(scope="module")
+def gateway(inference_server: ManagedProcess, service_logs: Path) -> Iterator[ManagedProcess]:
+    env = {"BT_GATEWAY_INFERENCE_URL": inference_server.url, "BT_GATEWAY_EXPLAINER_URL": inference_server.url}
+    server = start_service("gateway", free_port(), env, service_logs / "gateway-bad-input.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["gateway", "inference"])
+def service(request: pytest.FixtureRequest, inference_server: ManagedProcess) -> Service:
+    process = request.getfixturevalue("gateway") if request.param == "gateway" else inference_server
+    return Service(request.param, process.url)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=60.0, trust_env=False) as http:
+        yield http
+
+
+def scan(side: int = 64) -> Image.Image:
+    gradient = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))
+    return Image.fromarray(gradient)
+
+
+# -- the table: what is sent -> status and code ------------------------------------------------------
+
+Send = Callable[[httpx.Client, Service], httpx.Response]
+
+
+def upload(data: bytes, filename: str = "scan.png", content_type: str = "image/png", field: str = "file") -> Send:
+    return lambda http, svc: http.post(svc.url + svc.predict_path(), files={field: (filename, data, content_type)})
+
+
+def raw(body: bytes, content_type: str) -> Send:
+    return lambda http, svc: http.post(
+        svc.url + svc.predict_path(), content=body, headers={"content-type": content_type}
+    )
+
+
+def with_path(path: Callable[[Service], str], data: bytes) -> Send:
+    return lambda http, svc: http.post(svc.url + path(svc), files={"file": ("scan.png", data, "image/png")})
+
+
+GOOD = png(scan())
+JPEG_BYTES = jpeg(scan(128).convert("RGB"))
+MULTIPART_GARBAGE = b"--xyz\r\nbroken header line\r\n\r\n" + GOOD + b"\r\n--xyz--\r\n"
+NOT_MULTIPART = b"\x00" * 100
+FAKE_DICOM = b"\x00" * 128 + b"DICM" + b"\x00" * 16
+
+# (case id, what is sent, status, code or None for a success)
+CASES: list[tuple[str, Send, int, str | None]] = [
+    ("empty file", upload(b""), 415, "INVALID_IMAGE"),
+    ("text file", upload(b"hello, this is not an image", "notes.txt", "text/plain"), 415, "INVALID_IMAGE"),
+    ("png signature only", upload(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), 415, "INVALID_IMAGE"),
+    ("truncated png", upload(GOOD[: len(GOOD) // 2]), 415, "INVALID_IMAGE"),
+    ("truncated jpeg", upload(JPEG_BYTES[: len(JPEG_BYTES) // 2], "scan.jpg", "image/jpeg"), 415, "INVALID_IMAGE"),
+    ("gif header only", upload(b"GIF89a"), 415, "INVALID_IMAGE"),
+    ("svg", upload(b'<svg xmlns="http://www.w3.org/2000/svg"/>', "a.svg", "image/svg+xml"), 415, "INVALID_IMAGE"),
+    ("html", upload(b"<html><script>alert(1)</script></html>", "a.html", "text/html"), 415, "INVALID_IMAGE"),
+    (
+        "pdf",
+        upload(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", "a.pdf", "application/pdf"),
+        415,
+        "INVALID_IMAGE",
+    ),
+    ("zip", upload(b"PK\x03\x04" + b"\x00" * 100, "a.zip", "application/zip"), 415, "INVALID_IMAGE"),
+    (
+        "fake dicom",
+        upload(b"\x00" * 128 + b"DICM" + b"\x00" * 16, "a.dcm", "application/dicom"),
+        415,
+        "UNSUPPORTED_DICOM",
+    ),
+    (
+        "above the pixel limit (7000x7000 RGBA)",
+        upload(png(Image.new("RGBA", (7000, 7000)), compress_level=9)),
+        415,
+        "INVALID_IMAGE",
+    ),
+    (
+        "pixel bomb (20000x20000 grayscale)",
+        upload(png(Image.new("1", (20000, 20000)), compress_level=9)),
+        415,
+        "INVALID_IMAGE",
+    ),
+    ("wrong field name", upload(GOOD, field="image"), 422, "INVALID_REQUEST"),
+    ("no body", lambda http, svc: http.post(svc.url + svc.predict_path()), 422, "INVALID_REQUEST"),
+    ("json instead of multipart", raw(b'{"file": "x"}', "application/json"), 422, "INVALID_REQUEST"),
+    ("urlencoded form", raw(b"file=abc", "application/x-www-form-urlencoded"), 422, "INVALID_REQUEST"),
+    ("broken multipart", raw(MULTIPART_GARBAGE, "multipart/form-data; boundary=xyz"), 400, "INVALID_REQUEST"),
+    ("multipart without boundary", raw(GOOD, "multipart/form-data"), 400, "INVALID_REQUEST"),
+    ("binary body declared multipart", raw(NOT_MULTIPART, "multipart/form-data; boundary=xyz"), 400, "INVALID_REQUEST"),
+    (
+        "part without a name",
+        raw(b"--xyz\r\nContent-Type: image/png\r\n\r\nabc\r\n--xyz--\r\n", "multipart/form-data; boundary=xyz"),
+        400,
+        "INVALID_REQUEST",
+    ),
+    ("file over the upload limit", upload(b"\x00" * (DEFAULT_MAX_UPLOAD_BYTES + 1)), 413, "FILE_TOO_LARGE"),
+    ("unknown model", with_path(lambda svc: svc.predict_path(model="resnet"), GOOD), 404, "MODEL_NOT_FOUND"),
+    ("unknown version", with_path(lambda svc: svc.predict_path(version="99"), GOOD), 404, "VERSION_NOT_FOUND"),
+    (
+        "path-like version",
+        with_path(lambda svc: svc.predict_path(version="..%2F..%2Fetc"), GOOD),
+        422,
+        "INVALID_REQUEST",
+    ),
+    ("1x1 image", upload(png(Image.new("L", (1, 1)))), 200, None),
+    (
+        "large image under the limit (3000x3000 RGBA)",
+        upload(png(scan(3000).convert("RGBA"), compress_level=1)),
+        200,
+        None,
+    ),
+    ("jpeg sent as png", upload(JPEG_BYTES, "scan.png", "image/png"), 200, None),
+    ("16-bit png", upload(png(Image.fromarray(np.asarray(scan()).astype(np.uint16) * 256))), 200, None),
+    ("hostile file name", upload(GOOD, "../../../etc/passwd\x00.png"), 200, None),
+]
+
+
+@pytest.mark.parametrize(("sent", "status", "code"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_table(client: httpx.Client, service: Service, sent: Send, status: int, code: str | None) -> None:
+    response = sent(client, service)
+    for leak in LEAKS:
+        assert leak not in response.text, f"{leak!r} in the answer: {response.text[:300]}"
+    if code is None:
+        assert response.status_code == status, response.text
+        assert set(response.json()["probabilities"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+    else:
+        error_body(response, status, code)
+
+
+# -- oversized bodies on a raw socket: refused after at most the limit's worth of bytes ---------------
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    body_bytes_sent: int
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, json.loads(body[:length] or b"{}")
+
+
+def send_raw(
+    url: str, path: str, headers: dict[str, str], body_bytes: int, chunked: bool, prefix: bytes = b""
+) -> RawAnswer:
+    """POST ``prefix`` then zeros, ``body_bytes`` in all, stopping as soon as the server answers or stops reading;
+    returns the answer and how many body bytes were sent before it."""
+    host, port = url.removeprefix("http://").split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    framing = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
+    sent = 0
+    piece = b"\x00" * 65536
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}{framing}\r\n".encode())
+        if prefix:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(prefix), prefix) if chunked else prefix)
+            sent += len(prefix)
+        try:
+            while sent < body_bytes and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the server stopped reading: its answer is waiting
+        status, answer_headers, body = _read_answer(sock)
+    return RawAnswer(status, body, answer_headers, sent)
+
+
+MULTIPART_HEAD = {"Content-Type": "multipart/form-data; boundary=bt-boundary"}
+# The start of one file part: the zeros that follow are its content, as a real oversized upload's would be.
+FILE_PART = b'--bt-boundary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+FILES_PART = FILE_PART.replace(b'name="file"', b'name="files"')
+OVERSIZE = 8 * DEFAULT_MAX_UPLOAD_BYTES
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_upload_is_refused_before_it_is_read(service: Service, chunked: bool) -> None:
+    answer = send_raw(service.url, service.predict_path(), MULTIPART_HEAD, OVERSIZE, chunked, FILE_PART)
+    assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
+    # Loopback socket buffers hold a few MB; the rest of the 80 MB was never sent because nobody read it.
+    assert answer.body_bytes_sent < OVERSIZE // 2, answer.body_bytes_sent
+    if not chunked:
+        assert answer.body_bytes_sent < DEFAULT_MAX_UPLOAD_BYTES, "a declared length is refused before the body"
+
+
+def test_a_small_chunked_upload_is_accepted(client: httpx.Client, service: Service) -> None:
+    def chunks() -> Iterator[bytes]:  # a generator body: httpx sends it chunked, without a Content-Length
+        boundary = b"bt-boundary"
+        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        yield b"Content-Type: image/png\r\n\r\n" + GOOD + b"\r\n--" + boundary + b"--\r\n"
+
+    response = client.post(
+        service.url + service.predict_path(), content=chunks(), headers={"content-type": MULTIPART_HEAD["Content-Type"]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+
+
+def test_an_oversized_chunked_batch_is_refused_on_the_gateway(gateway: ManagedProcess) -> None:
+    path = f"/v1/predict/batch?model={MODEL}"
+    answer = send_raw(gateway.url, path, MULTIPART_HEAD, 40 * OVERSIZE, chunked=True, prefix=FILES_PART)
+    assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
+    assert answer.body_bytes_sent < 20 * OVERSIZE
+
+
+# -- decode slots: beyond them, 503 SERVER_BUSY with Retry-After --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot_inference(
+    model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+) -> Iterator[ManagedProcess]:
+    """An inference process that decodes one image at a time and waits at most 10 ms for its turn."""
+    env = {
+        "MLFLOW_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_TRACKING_URI": model_zoo.tracking_uri,
+        "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("one-slot-cache")),
+        "BT_DECODE_MAX_CONCURRENT": "1",
+        "BT_DECODE_WAIT_S": "0.01",
+    }
+    server = start_service("inference", free_port(), env, service_logs / "inference-one-slot.log")
+    yield server
+    server.stop()
+
+
+def test_decodes_beyond_the_slots_get_server_busy_with_retry_after(one_slot_inference: ManagedProcess) -> None:
+    large = png(scan(4000).convert("RGBA"), compress_level=1)  # a few hundred ms to decode
+    url = f"{one_slot_inference.url}/v1/models/{MODEL}/predict"
+    with httpx.Client(timeout=60.0, trust_env=False) as http:
+        assert http.post(url, files={"file": ("a.png", GOOD, "image/png")}).status_code == 200  # model loaded
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: http.post(url, files={"file": ("a.png", large, "image/png")}), range(6)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert set(statuses) == {200, 503}, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            error_body(answer, 503, "SERVER_BUSY")
+            assert int(answer.headers["retry-after"]) >= 1
+
+
+# -- the training service's JSON body ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_server(service_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """The training service as a process with no token: it can never start a run."""
+    env = {"BT_TRAINING_TRACKING_URI": "http://127.0.0.1:9", "BT_TRAINING_API_TOKEN": ""}
+    server = start_service("training", free_port(), env, service_logs / "training-bad-input.log")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_the_training_services_json_body_is_small(training_server: ManagedProcess, chunked: bool) -> None:
+    head = {"Content-Type": "application/json"}
+    answer = send_raw(training_server.url, "/v1/training-runs", head, 20 * 1024 * 1024, chunked)
+    assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
+    assert str(DEFAULT_MAX_JSON_BODY_BYTES) in answer.body["error"]["message"]
+    assert answer.body_bytes_sent < 10 * 1024 * 1024
