@@ -4,7 +4,9 @@
 # (MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION, MLFLOW_S3_ENDPOINT_URL), the admin account from
 # MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD. Where basic-auth keeps its users can only be given
 # in an ini file; its URI holds a password, so the file is written here, readable by this user only, from
-# MLFLOW_AUTH_DATABASE_URI, and never baked into the image.
+# MLFLOW_AUTH_DATABASE_URI, and never baked into the image. Defaults as the launcher's (deploy/processes.py):
+# an authenticated user may read (the admin may do everything, anonymous callers nothing), and a checked
+# password is remembered 60 s per worker (so a rotated password is refused by every worker within a minute).
 set -eu
 : "${MLFLOW_AUTH_DATABASE_URI:?set MLFLOW_AUTH_DATABASE_URI: where basic-auth keeps its users (e.g. postgresql://...)}"
 umask 077
@@ -14,6 +16,7 @@ cat > "$config_dir/basic_auth.ini" <<INI
 default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
 database_uri = ${MLFLOW_AUTH_DATABASE_URI}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$config_dir/basic_auth.ini"
 exec mlflow server --app-name basic-auth "$@"

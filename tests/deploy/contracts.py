@@ -1,11 +1,13 @@
 """What the deployment files may name, derived from the code that reads it, never from a second list.
 
-- ``service_contract(name)``: for one of our services, the environment variables its settings class reads
-  (env prefix + field names, or a field's aliases), the variables its code reads itself (``os.environ`` /
-  ``os.getenv`` calls with a literal name in its package and in ``shared/``), MLflow's client variables when its
-  code imports mlflow, its default port, the GET paths its ``create_app()`` serves, its default trusted hosts.
+- ``service_contract(name)``: for one of our services, as its image would run it (``describe_service`` builds the
+  app in an interpreter that sees only the distributions the image's extras install, and fails if the service
+  needs another): the environment variables its settings class reads, the variables its code reads itself
+  (``os.environ`` / ``os.getenv`` calls with a literal name in its package and in ``shared/``), MLflow's client
+  variables when its code imports mlflow, its default port, default trusted hosts and the GET paths it serves.
 - ``mlflow_server_variables()``: what ``mlflow server`` reads (its click options' variables, every variable
-  ``mlflow.environment_variables`` declares) and the S3 keys boto3 reads, for the MLflow container.
+  ``mlflow.environment_variables`` declares) and the S3 keys boto3 reads, for the MLflow container; read from
+  their source files, since importing MLflow's server costs seconds.
 - ``extras_closure`` / ``installed_distributions``: which extras of pyproject.toml an image installs, and the
   distributions that brings in (with their dependencies, as installed here).
 - ``parse_dockerfile``: the instructions of a Dockerfile, by stage.
@@ -21,18 +23,20 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
-from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
 
 from deploy.processes import PROJECT_ROOT, SERVICE_APPS
 
 SERVICES = tuple(SERVICE_APPS)
+DOCKER_DIR = PROJECT_ROOT / "deploy" / "docker"
 PROJECT_NAME = "brain-tumor-zoo"
 # Variables of the Python runtime, pip and matplotlib that images may set: not settings of ours.
 RUNTIME_VARIABLES = frozenset(
@@ -45,7 +49,8 @@ _ENVIRON_CALLS = {("os", "getenv"), ("environ", "get"), ("environ", "setdefault"
 @dataclass(frozen=True)
 class ServiceContract:
     name: str
-    settings_type: type[BaseSettings]
+    settings_class: str
+    env_prefix: str
     env_names: frozenset[str]
     default_port: int
     get_paths: frozenset[str]
@@ -60,39 +65,8 @@ class ServiceContract:
     def port_variable(self) -> str:
         return f"{self.env_prefix}PORT"
 
-    @property
-    def env_prefix(self) -> str:
-        return str(self.settings_type.model_config.get("env_prefix", "")).upper()
-
     def reads(self, variable: str) -> bool:
         return variable.upper() in self.env_names
-
-
-def settings_type_of(service: str) -> type[BaseSettings]:
-    """The settings class ``services/<service>/config.py`` defines (the one BaseSettings subclass made there)."""
-    module = importlib.import_module(f"services.{service}.config")
-    found = [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, BaseSettings) and value.__module__ == module.__name__
-    ]
-    assert len(found) == 1, f"expected one settings class in {module.__name__}, found {found}"
-    return found[0]
-
-
-def settings_variables(settings_type: type[BaseSettings]) -> frozenset[str]:
-    """Every environment variable a pydantic-settings class reads (upper case: it is case-insensitive)."""
-    prefix = str(settings_type.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for name, info in settings_type.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(str(choice) for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-        else:
-            names.add(f"{prefix}{info.alias or name}")
-    return frozenset(name.upper() for name in names)
 
 
 def _literal_environ_reads(source: str) -> set[str]:
@@ -124,71 +98,133 @@ def _sources(*folders: str) -> list[str]:
     return [path.read_text() for folder in folders for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))]
 
 
+def _source_of(module: str) -> ast.Module:
+    """A module's parsed source, found without importing it or its parent packages (find_spec on a submodule
+    imports its parents: for MLflow's server, seconds)."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    assert spec and spec.origin, f"{top} not found"
+    base = Path(spec.origin).parent.joinpath(*rest)
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    return ast.parse(path.read_text())
+
+
 @functools.cache
 def mlflow_client_variables() -> frozenset[str]:
-    """Every variable MLflow's client library declares (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD, ...)."""
-    import mlflow.environment_variables as declared
+    """Every variable MLflow declares in mlflow.environment_variables (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD,
+    ...): the first argument of each ``_EnvironmentVariable(...)`` / ``_BooleanEnvironmentVariable(...)``."""
+    names = {
+        str(node.args[0].value)
+        for node in ast.walk(_source_of("mlflow.environment_variables"))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", "").endswith("EnvironmentVariable")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert "MLFLOW_TRACKING_PASSWORD" in names, "mlflow.environment_variables changed shape: read it another way"
+    return frozenset(names)
 
-    return frozenset(
-        value.name for value in vars(declared).values() if isinstance(getattr(value, "name", None), str)
-    )
+
+def _class_constants(module: str, class_name: str) -> dict[str, Any]:
+    for node in ast.walk(_source_of(module)):
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return {
+                target.id: ast.literal_eval(item.value)
+                for item in node.body
+                if isinstance(item, ast.Assign) and isinstance(item.value, ast.Constant)
+                for target in item.targets
+                if isinstance(target, ast.Name)
+            }
+    raise AssertionError(f"{module}.{class_name} not found")
 
 
 @functools.cache
 def mlflow_server_variables() -> frozenset[str]:
     """What the MLflow server container may be given: ``mlflow server``'s option variables, MLflow's declared
     variables, and the S3 keys boto3 reads (its credential provider's names)."""
-    from botocore.credentials import EnvProvider
-
     # The click options' ``envvar="..."`` names, read from mlflow/cli's source: importing it loads all of MLflow.
-    spec = importlib.util.find_spec("mlflow.cli")
-    assert spec and spec.origin, "mlflow.cli not found"
     options = {
         str(node.value.value)
-        for node in ast.walk(ast.parse(Path(spec.origin).read_text()))
+        for node in ast.walk(_source_of("mlflow.cli"))
         if isinstance(node, ast.keyword) and node.arg == "envvar" and isinstance(node.value, ast.Constant)
     }
     assert "MLFLOW_BACKEND_STORE_URI" in options, "mlflow server's options moved: read them another way"
-    return frozenset(options | mlflow_client_variables() | {EnvProvider.ACCESS_KEY, EnvProvider.SECRET_KEY})
+    boto = _class_constants("botocore.credentials", "EnvProvider")
+    return frozenset(options | mlflow_client_variables() | {boto["ACCESS_KEY"], boto["SECRET_KEY"]})
 
 
 @functools.cache
 def mlflow_health_paths() -> frozenset[str]:
     """MLflow's HEALTH_ENDPOINTS (answered without credentials), read from its source: importing mlflow.server
     loads the whole server."""
-    spec = importlib.util.find_spec("mlflow.server.security_utils")
-    assert spec and spec.origin, "mlflow.server.security_utils not found"
-    for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+    for node in ast.walk(_source_of("mlflow.server.security_utils")):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HEALTH_ENDPOINTS" for t in node.targets):
             return frozenset(ast.literal_eval(node.value))
     raise AssertionError("MLflow's HEALTH_ENDPOINTS moved: read them another way")
 
 
-def served_get_paths(app: Any) -> frozenset[str]:
-    """The paths the app answers GET on, as its OpenAPI schema (built from its routes) lists them."""
-    return frozenset(path for path, operations in app.openapi()["paths"].items() if "get" in operations)
+MLFLOW_ENTRYPOINT = PROJECT_ROOT / "deploy" / "docker" / "mlflow-entrypoint.sh"
+
+
+def entrypoint_defaults() -> dict[str, str | None]:
+    """The variables the MLflow image's entrypoint script reads (``${NAME}``, ``${NAME:-default}``, ...), each with
+    its default (None when it has none)."""
+    found = re.findall(r"\$\{([A-Z][A-Z0-9_]*)(?::-([^}]*))?", MLFLOW_ENTRYPOINT.read_text())
+    return {name: default or None for name, default in found}
+
+
+def mlflow_container_variables() -> frozenset[str]:
+    """Everything the MLflow container may be given: what MLflow and boto3 read, and what its entrypoint reads."""
+    return mlflow_server_variables() | frozenset(entrypoint_defaults())
+
+
+def image_extras(service: str) -> frozenset[str]:
+    """The extras the project is installed with in ``deploy/docker/<service>.Dockerfile`` (exactly one install)."""
+    path = DOCKER_DIR / f"{service}.Dockerfile"
+    found = [extras for args in pip_installs(parse_dockerfile(path)) if (extras := project_extras(args)) is not None]
+    assert len(found) == 1, f"{path.name}: expected one `pip install .[extras]`, found {found}"
+    return found[0]
+
+
+def describe_in_image(service: str, distributions: frozenset[str]) -> subprocess.CompletedProcess[str]:
+    """``tests.deploy.describe_service`` in a fresh interpreter that sees only ``distributions``."""
+    command = [sys.executable, "-m", "tests.deploy.describe_service", service, json.dumps(sorted(distributions))]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _describe(service: str) -> dict[str, Any]:
+    result = describe_in_image(service, installed_distributions(image_extras(service)) | {PROJECT_NAME})
+    assert result.returncode == 0, (
+        f"{service} cannot start with only what its image installs ({sorted(image_extras(service))}):\n"
+        f"{result.stderr[-2000:]}"
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@functools.cache
+def _descriptions() -> dict[str, dict[str, Any]]:
+    # All four at once, two at a time (2 CPUs): each is an interpreter importing one service's stack.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(SERVICES, pool.map(_describe, SERVICES), strict=True))
 
 
 @functools.cache
 def service_contract(service: str) -> ServiceContract:
-    settings_type = settings_type_of(service)
+    described = _descriptions()[service]
     sources = _sources(f"services/{service}", "shared")
-    code_reads = set().union(*(_literal_environ_reads(source) for source in sources))
+    code_reads = {name.upper() for source in sources for name in _literal_environ_reads(source)}
     uses_mlflow = any(_imports_mlflow(source) for source in _sources(f"services/{service}"))
-    names = set(settings_variables(settings_type)) | {name.upper() for name in code_reads}
+    names = set(described["settings_variables"]) | code_reads
     if uses_mlflow:
         names |= mlflow_client_variables()
-    app = importlib.import_module(f"services.{service}.main").create_app(settings_type.model_construct())
-    fields = settings_type.model_fields
-    hosts_field = fields.get("allowed_hosts")
-    default_hosts = tuple(hosts_field.get_default(call_default_factory=True)) if hosts_field else ()
     return ServiceContract(
         name=service,
-        settings_type=settings_type,
+        settings_class=described["settings_class"],
+        env_prefix=described["env_prefix"],
         env_names=frozenset(names),
-        default_port=int(fields["port"].default),
-        get_paths=served_get_paths(app),
-        default_allowed_hosts=default_hosts,
+        default_port=described["default_port"],
+        get_paths=frozenset(described["get_paths"]),
+        default_allowed_hosts=tuple(described["default_allowed_hosts"]),
         uses_mlflow=uses_mlflow,
     )
 

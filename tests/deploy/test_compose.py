@@ -17,13 +17,14 @@ import yaml
 
 from deploy.docker.render_nginx import CONTAINER_STATE_DIR, GATEWAY_UPSTREAM, OUTPUT, render
 from deploy.nginx import NginxSettings, nginx_binary
+from deploy.postgres import DRIVER_SCHEME
 from deploy.processes import PROJECT_ROOT
 from services.training.cli import build_parser
 from tests.deploy.contracts import (
     RUNTIME_VARIABLES,
     SERVICES,
     host_allowed,
-    mlflow_server_variables,
+    mlflow_container_variables,
     parse_dockerfile,
     pyproject,
     service_contract,
@@ -123,7 +124,7 @@ def test_our_containers_get_only_variables_their_service_reads(service: str, ser
     for name, spec in containers.items():
         environment = spec.get("environment", {})
         unread = sorted(key for key in environment if key not in RUNTIME_VARIABLES and not contract.reads(key))
-        assert not unread, f"compose service {name} sets {unread}; {contract.settings_type.__name__} never reads them"
+        assert not unread, f"compose service {name} sets {unread}; {contract.settings_class} never reads them"
         hosts = environment.get(f"{contract.env_prefix}ALLOWED_HOSTS")
         allowed = split_list(hosts) if hosts else list(contract.default_allowed_hosts)
         # Others call it by its compose name (the one-shot job serves nothing); its HEALTHCHECK calls 127.0.0.1.
@@ -135,13 +136,12 @@ def test_our_containers_get_only_variables_their_service_reads(service: str, ser
 def test_mlflow_runs_basic_auth_on_postgresql_and_minio(services: dict[str, Any]) -> None:
     mlflow = services["mlflow"]
     environment = mlflow["environment"]
-    unread = sorted(set(environment) - mlflow_server_variables() - {"MLFLOW_AUTH_DATABASE_URI"})
+    unread = sorted(set(environment) - mlflow_container_variables())
     assert not unread, f"the MLflow container gets {unread}, which neither MLflow nor boto3 reads"
-    entrypoint = (DEPLOY / "docker" / "mlflow-entrypoint.sh").read_text()
-    assert "MLFLOW_AUTH_DATABASE_URI" in entrypoint, "the entrypoint is what reads MLFLOW_AUTH_DATABASE_URI"
-    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
-    assert urlsplit(environment["MLFLOW_BACKEND_STORE_URI"]).hostname == "postgres"
-    assert environment["MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql://")
+    # The driver named, as the launcher names it: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3.
+    for key in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI"):
+        assert urlsplit(environment[key]).scheme == DRIVER_SCHEME, environment[key]
+        assert urlsplit(environment[key]).hostname == "postgres"
     assert environment["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     assert urlsplit(environment["MLFLOW_S3_ENDPOINT_URL"]).hostname == "minio"
     bucket = services["minio-create-bucket"]

@@ -8,32 +8,40 @@ installs [train] (or, for inference and the gateway, [explain]), or lacks a non-
 
 from __future__ import annotations
 
+import configparser
 import fnmatch
-import json
+import importlib.util
+import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from deploy.processes import PROJECT_ROOT
+from deploy.processes import (
+    MLFLOW_AUTH_CACHE_TTL_S,
+    MLFLOW_DEFAULT_PERMISSION,
+    PROJECT_ROOT,
+)
 from tests.deploy.contracts import (
+    MLFLOW_ENTRYPOINT,
     RUNTIME_VARIABLES,
     SERVICES,
     Stage,
+    describe_in_image,
+    entrypoint_defaults,
     extras_closure,
     healthcheck_url,
     host_allowed,
+    image_extras,
     installed_distributions,
     mlflow_health_paths,
     mlflow_server_variables,
     module_exists,
     parse_dockerfile,
     pip_installs,
-    project_extras,
     pyproject,
     service_contract,
 )
@@ -49,13 +57,6 @@ def dockerfile(service: str) -> Path:
 
 def final_stage(path: Path) -> Stage:
     return parse_dockerfile(path)[-1]
-
-
-def image_extras(path: Path) -> frozenset[str]:
-    """The extras the project is installed with in this Dockerfile (exactly one install of the project)."""
-    found = [extras for args in pip_installs(parse_dockerfile(path)) if (extras := project_extras(args)) is not None]
-    assert len(found) == 1, f"{path.name}: expected one `pip install .[extras]`, found {found}"
-    return found[0]
 
 
 def test_every_service_has_its_dockerfile_and_nothing_else_is_there() -> None:
@@ -81,7 +82,7 @@ def test_environment_names_are_read_by_the_service(service: str) -> None:
     contract = service_contract(service)
     env = final_stage(dockerfile(service)).env()
     unread = sorted(name for name in env if name not in RUNTIME_VARIABLES and not contract.reads(name))
-    assert not unread, f"{service}.Dockerfile sets {unread}, which {contract.settings_type.__name__} never reads"
+    assert not unread, f"{service}.Dockerfile sets {unread}, which {contract.settings_class} never reads"
     # The service must listen on every interface in a container, on the port the image exposes.
     assert env.get(f"{contract.env_prefix}HOST") == "0.0.0.0"
 
@@ -105,7 +106,7 @@ def test_port_healthcheck_and_command_match_the_service(service: str) -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_extras_exist_and_serving_images_stay_free_of_training(service: str) -> None:
-    extras = image_extras(dockerfile(service))
+    extras = image_extras(service)
     optional = pyproject()["project"]["optional-dependencies"]
     assert extras <= optional.keys(), f"{service} installs unknown extras {sorted(extras - optional.keys())}"
     closure = extras_closure(extras)
@@ -122,42 +123,17 @@ def test_extras_exist_and_serving_images_stay_free_of_training(service: str) -> 
         assert not serving & heavy
 
 
-# Run in a fresh interpreter where every top-level module of a distribution the image would not have is hidden:
-# optional imports (``try: import brotli``) fall back as they would in the image, required ones fail.
-_BUILD_IN_IMAGE = """
-import importlib, importlib.metadata, json, sys
-allowed = set(json.loads(sys.argv[1]))
-normal = lambda name: name.replace("_", "-").replace(".", "-").lower()
-for module, owners in importlib.metadata.packages_distributions().items():
-    if not any(normal(owner) in allowed for owner in owners) and module not in sys.modules:
-        # None in sys.modules: importing it fails, importlib.util.find_spec says it is not there.
-        sys.modules[module] = None
-importlib.import_module(sys.argv[2]).create_app()
-"""
-
-
-def _build_app_with_only(service: str, distributions: frozenset[str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", _BUILD_IN_IMAGE, json.dumps(sorted(distributions)), f"services.{service}.main"]
-    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180, check=False)
-
-
 def test_each_service_starts_with_only_what_its_image_installs() -> None:
     """Each app is built in an interpreter that sees only the distributions its image's extras bring (and this
-    project): a service that starts needing a package its image lacks fails here, as it would in the container."""
-
-    def build(service: str) -> tuple[str, subprocess.CompletedProcess[str]]:
-        extras = image_extras(dockerfile(service))
-        return service, _build_app_with_only(service, installed_distributions(extras) | {"brain-tumor-zoo"})
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(pool.map(build, SERVICES))
-    failed = {service: result.stderr[-1500:] for service, result in results.items() if result.returncode != 0}
-    assert not failed, failed
+    project): a service that starts needing a package its image lacks fails here, as it would in the container.
+    (``service_contract`` builds the apps that way; every other check here uses what they said.)"""
+    for service in SERVICES:
+        assert service_contract(service).get_paths, f"{service} serves nothing"
 
 
-def test_the_image_check_fails_without_the_serving_extra() -> None:
+def test_the_image_check_fails_without_the_extra() -> None:
     """The same check with only the core dependencies: the explainer needs LIME (fails at its first import)."""
-    result = _build_app_with_only("explainer", installed_distributions(frozenset()) | {"brain-tumor-zoo"})
+    result = describe_in_image("explainer", installed_distributions(frozenset()) | {"brain-tumor-zoo"})
     assert result.returncode != 0
     assert "ModuleNotFoundError" in result.stderr
 
@@ -178,13 +154,54 @@ def test_mlflow_image_pins_what_pyproject_pins_and_reads_only_mlflow_variables()
     assert [int(item.arguments) for item in stages[-1].all("EXPOSE")] == [url.port]
 
 
-def test_mlflow_entrypoint_runs_basic_auth_from_the_environment() -> None:
+def test_mlflow_entrypoint_runs_basic_auth_with_the_launchers_defaults() -> None:
     (entrypoint,) = final_stage(dockerfile("mlflow")).all("ENTRYPOINT")
-    script = DOCKER_DIR / Path(entrypoint.exec_form()[0]).name
-    text = script.read_text()
+    assert Path(entrypoint.exec_form()[0]).name == MLFLOW_ENTRYPOINT.name
+    text = MLFLOW_ENTRYPOINT.read_text()
     assert re.search(r"^exec mlflow server --app-name basic-auth \"\$@\"$", text, re.MULTILINE)
     assert "MLFLOW_AUTH_CONFIG_PATH" in mlflow_server_variables()
-    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+    defaults = entrypoint_defaults()
+    assert defaults["MLFLOW_AUTH_DATABASE_URI"] is None, "the user store has no default: it must be given"
+    assert defaults["MLFLOW_AUTH_DEFAULT_PERMISSION"] == MLFLOW_DEFAULT_PERMISSION
+    assert defaults["MLFLOW_AUTH_CACHE_TTL_SECONDS"] == str(MLFLOW_AUTH_CACHE_TTL_S)
+
+
+def test_mlflow_entrypoint_writes_its_auth_configuration_and_runs_mlflow_server(tmp_path: Path) -> None:
+    """The script run for real with this environment's MLflow, asked for ``--help`` (a full start costs about
+    20 s of CPU: it was run by hand once, anonymous calls 401, the admin 200). Its configuration is read with the
+    keys MLflow's own basic_auth.ini has, and is readable by its owner only: it holds the user store's URI."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'basic_auth.db'}",
+        "TMPDIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        ["sh", str(MLFLOW_ENTRYPOINT), "--help"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--app-name" in result.stdout and "--backend-store-uri" in result.stdout, "not mlflow server's help"
+    (config_path,) = tmp_path.glob("tmp.*/basic_auth.ini")
+    assert config_path.stat().st_mode & 0o077 == 0, "the user store's URI is readable by others"
+    config = configparser.ConfigParser()
+    config.read(config_path)
+    shipped = _shipped_auth_keys()
+    unknown = set(config["mlflow"]) - shipped
+    assert not unknown, f"keys MLflow's basic_auth.ini does not have: {unknown}"
+    assert config["mlflow"]["database_uri"] == env["MLFLOW_AUTH_DATABASE_URI"]
+    assert config["mlflow"]["default_permission"] == MLFLOW_DEFAULT_PERMISSION
+    # Without the user store's URI the script stops before starting anything, naming the variable.
+    del env["MLFLOW_AUTH_DATABASE_URI"]
+    refused = subprocess.run(["sh", str(MLFLOW_ENTRYPOINT)], env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "MLFLOW_AUTH_DATABASE_URI" in refused.stderr
+
+
+def _shipped_auth_keys() -> set[str]:
+    """The keys of the basic_auth.ini MLflow ships, commented-out ones included."""
+    spec = importlib.util.find_spec("mlflow")
+    assert spec and spec.origin
+    shipped = Path(spec.origin).parent / "server" / "auth" / "basic_auth.ini"
+    return set(re.findall(r"^#?\s*([a-z_]+)\s*=", shipped.read_text(), re.MULTILINE))
 
 
 def _dockerignore_patterns() -> list[str]:

@@ -16,14 +16,15 @@ import yaml
 
 from deploy.docker.render_nginx import _default_settings
 from deploy.nginx import NginxSettings, largest_body_bytes, longest_wait_s
+from deploy.postgres import DRIVER_SCHEME
 from deploy.processes import PROJECT_ROOT
 from services.training.cli import build_parser
 from tests.deploy.contracts import (
     RUNTIME_VARIABLES,
     SERVICES,
     host_allowed,
+    mlflow_container_variables,
     mlflow_health_paths,
-    mlflow_server_variables,
     pyproject,
     service_contract,
     split_list,
@@ -129,7 +130,7 @@ def test_probes_ports_and_variables_match_each_service(rendered: tuple[str, list
         contract = service_contract(service)
         env = environment(container, resources)
         unread = sorted(key for key in env if key not in RUNTIME_VARIABLES and not contract.reads(key))
-        assert not unread, f"{tree}: {name} gets {unread}; {contract.settings_type.__name__} never reads them"
+        assert not unread, f"{tree}: {name} gets {unread}; {contract.settings_class} never reads them"
         port = int(env.get(contract.port_variable, contract.default_port))
         assert [item["containerPort"] for item in container["ports"]] == [port]
         hosts = env.get(f"{contract.env_prefix}ALLOWED_HOSTS")
@@ -151,10 +152,15 @@ def test_probes_ports_and_variables_match_each_service(rendered: tuple[str, list
 def test_mlflow_gets_only_what_mlflow_reads(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = rendered
     (container,) = [container for _, container in containers(resources) if image_service(container) == "mlflow"]
-    unread = sorted(set(environment(container, resources)) - mlflow_server_variables() - {"MLFLOW_AUTH_DATABASE_URI"})
+    unread = sorted(set(environment(container, resources)) - mlflow_container_variables())
     assert not unread, f"the MLflow pod gets {unread}, which neither MLflow nor boto3 reads"
     for probe_name in PROBES:
         assert container[probe_name]["httpGet"]["path"] in mlflow_health_paths()
+    # Database URIs name psycopg2, as the launcher does: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3.
+    env = environment(container, resources)
+    for key in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI"):
+        scheme = env[key].split("://")[0]
+        assert scheme == DRIVER_SCHEME or scheme == "sqlite", f"{key}: {env[key]}"
 
 
 def test_services_select_pods_and_urls_name_services(rendered: tuple[str, list[dict[str, Any]]]) -> None:
