@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,37 +34,44 @@ BUCKET = "bt-models"
 PREFIX = "mlflow"
 
 
+@dataclass
+class BackingStores:
+    postgres: PostgresCluster
+    s3: ManagedProcess
+
+
 @pytest.fixture(scope="module")
-def postgres(service_logs: Path) -> Iterator[PostgresCluster]:
+def stores(service_logs: Path) -> Iterator[BackingStores]:
+    """The PostgreSQL cluster and the S3 store, started side by side (neither needs the other)."""
     # Not under pytest's folder: as root, the cluster runs as the postgres user, who cannot enter root's 0700
     # pytest folder. /tmp is open to every user.
     folder = Path(tempfile.mkdtemp(prefix="bt-postgres-"))
-    cluster = start_postgres(folder, free_port(), service_logs / "postgres.log", durable=False)
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def s3_store(service_logs: Path) -> Iterator[ManagedProcess]:
-    store = start_moto(free_port(), service_logs / "moto.log")
-    create_bucket(store.url, BUCKET)
-    yield store
-    store.stop()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cluster = pool.submit(start_postgres, folder, free_port(), service_logs / "postgres.log", durable=False)
+        store = pool.submit(start_moto, free_port(), service_logs / "moto.log")
+        started = [future.result() for future in (cluster, store) if future.exception() is None]
+    try:
+        backing = BackingStores(cluster.result(), store.result())
+        create_bucket(backing.s3.url, BUCKET)
+        yield backing
+    finally:
+        for process in started:
+            process.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def mlflow_on_postgres_s3(
-    postgres: PostgresCluster, s3_store: ManagedProcess, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+    stores: BackingStores, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
 ) -> Iterator[ManagedProcess]:
     server = start_mlflow(
         tmp_path_factory.mktemp("mlflow-pg-s3"),
         free_port(),
         service_logs / "mlflow-pg-s3.log",
         timeout=180.0,  # the first start creates MLflow's tables in PostgreSQL
-        backend_uri=postgres.uri,
+        backend_uri=stores.postgres.uri,
         artifacts_destination=f"s3://{BUCKET}/{PREFIX}",
-        extra_env=s3_env(s3_store.url),
+        extra_env=s3_env(stores.s3.url),
     )
     yield server
     server.stop()
@@ -81,15 +90,16 @@ def _client_env(tracking_uri: str, unused_url: str) -> dict[str, str]:
 
 def test_train_register_and_serve_through_mlflow_on_postgresql_and_s3(
     mlflow_on_postgres_s3: ManagedProcess,
-    postgres: PostgresCluster,
-    s3_store: ManagedProcess,
+    stores: BackingStores,
     tmp_path: Path,
     service_logs: Path,
     sample_images: dict[str, bytes],
     unused_url: str,
 ) -> None:
     client_env = _client_env(mlflow_on_postgres_s3.url, unused_url)
+    # A small forest (20 trees instead of 300): the stores are under test here, not the model.
     command = [sys.executable, "-m", "services.training.cli", "--families", "rf", "--search", "none"]
+    command += ["--set", "n_estimators=20"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports")]
     trained = subprocess.run(
         command, env={**os.environ, **client_env}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
@@ -97,15 +107,15 @@ def test_train_register_and_serve_through_mlflow_on_postgresql_and_s3(
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
 
     # The registry lives in PostgreSQL: MLflow's own tables there hold the new version.
-    with psycopg2.connect(postgres.dsn) as connection, connection.cursor() as cursor:
+    with psycopg2.connect(stores.postgres.dsn) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT version FROM model_versions WHERE name = %s", (registered_name("rf"),))
         assert [row[0] for row in cursor.fetchall()] == [1]
 
     # The ONNX file lives in the bucket (MLflow, not the client, wrote it there).
-    onnx_keys = [key for key in object_keys(s3_store.url, BUCKET, f"{PREFIX}/") if key.endswith(".onnx")]
-    assert onnx_keys, object_keys(s3_store.url, BUCKET)
+    onnx_keys = [key for key in object_keys(stores.s3.url, BUCKET, f"{PREFIX}/") if key.endswith(".onnx")]
+    assert onnx_keys, object_keys(stores.s3.url, BUCKET)
     stored = {
-        hashlib.sha256(s3_client(s3_store.url).get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
+        hashlib.sha256(s3_client(stores.s3.url).get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
         for key in onnx_keys
     }
 
