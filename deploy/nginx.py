@@ -92,7 +92,7 @@ def largest_body_bytes(name: str, settings: Any) -> int:
         # Pixel batches (the explainer's) and Open Inference Protocol bodies have their own limit.
         return max(one_file, settings.max_pixel_batch_bytes)
     if name == "training":
-        return int(getattr(settings, "max_body_bytes", 64 * 1024))
+        return int(settings.max_body_bytes)
     return one_file
 
 
