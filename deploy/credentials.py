@@ -82,11 +82,11 @@ def read_or_create_secret(path: Path) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class StackSecrets:
-    """What ``python -m deploy.stack up`` generates once and passes to its processes."""
+    """What ``python -m deploy.stack up`` passes to its processes, and where each secret is kept."""
 
-    folder: Path
     api_token: str
     mlflow: MlflowCredentials
+    kept: dict[str, str]  # secret -> its file, or the environment variable it came from
     created: tuple[str, ...]  # the files made on this start
 
     def service_env(self) -> dict[str, str]:
@@ -94,14 +94,28 @@ class StackSecrets:
         return {API_TOKEN_ENV: self.api_token, **self.mlflow.client_env()}
 
     def __repr__(self) -> str:
-        return f"StackSecrets(folder={str(self.folder)!r}, created={self.created!r})"
+        return f"StackSecrets(kept={self.kept!r}, created={self.created!r})"
 
 
 def stack_secrets(state_dir: Path) -> StackSecrets:
-    """Read the stack's secrets from ``<state_dir>/secrets/``, generating those that are missing."""
+    """The stack's secrets: from the environment when set there (``BT_TRAINING_API_TOKEN``, MLflow's
+    ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``), else from ``<state_dir>/secrets/``, generated when missing."""
     folder = state_dir / SECRETS_DIR
-    api_token, token_created = read_or_create_secret(folder / API_TOKEN_FILE)
-    password, password_created = read_or_create_secret(folder / MLFLOW_PASSWORD_FILE)
-    made = {API_TOKEN_FILE: token_created, MLFLOW_PASSWORD_FILE: password_created}
-    created = tuple(name for name, was_made in made.items() if was_made)
-    return StackSecrets(folder, api_token, MlflowCredentials(MLFLOW_ADMIN_USERNAME, password), created)
+    kept: dict[str, str] = {}
+    created: list[str] = []
+
+    def from_file(name: str) -> str:
+        value, made = read_or_create_secret(folder / name)
+        kept[name] = str(folder / name)
+        created.extend([name] if made else [])
+        return value
+
+    api_token = os.environ.get(API_TOKEN_ENV) or from_file(API_TOKEN_FILE)
+    if API_TOKEN_FILE not in kept:
+        kept[API_TOKEN_FILE] = f"environment ({API_TOKEN_ENV})"
+    mlflow = MlflowCredentials.from_env()
+    if mlflow is None:
+        mlflow = MlflowCredentials(MLFLOW_ADMIN_USERNAME, from_file(MLFLOW_PASSWORD_FILE))
+    else:
+        kept[MLFLOW_PASSWORD_FILE] = f"environment ({USERNAME_ENV}, {PASSWORD_ENV})"
+    return StackSecrets(api_token, mlflow, kept, tuple(created))

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from deploy.credentials import StackSecrets, mlflow_auth_from_env, stack_secrets
+from deploy.credentials import (
+    API_TOKEN_FILE,
+    MLFLOW_PASSWORD_FILE,
+    StackSecrets,
+    mlflow_auth_from_env,
+    stack_secrets,
+)
 from deploy.nginx import PROXIED_SERVICES, front_unavailable, internal_ports, start_front
 from deploy.postgres import with_driver
 from deploy.processes import (
@@ -128,13 +134,15 @@ def _security_env(state_dir: Path, secrets: StackSecrets, data: Path | None) -> 
 
 
 def _print_secrets(secrets: StackSecrets) -> None:
+    """Where the secrets are kept; never their values."""
     made = f" (generated now: {', '.join(secrets.created)})" if secrets.created else ""
+    token, password = secrets.kept[API_TOKEN_FILE], secrets.kept[MLFLOW_PASSWORD_FILE]
     print(
-        f"Secrets in {secrets.folder}{made}, readable by this user only:\n"
-        f"  api-token              bearer token of POST /v1/training-runs (BT_TRAINING_API_TOKEN), e.g.\n"
-        f"                         curl -H \"Authorization: Bearer $(cat {secrets.folder}/api-token)\" ...\n"
-        f"  mlflow-admin-password  MLflow user '{secrets.mlflow.username}' (the UI asks for it; "
-        "MLFLOW_TRACKING_USERNAME/PASSWORD for clients)"
+        f"Secrets{made}:\n"
+        f"  API token        {token}\n"
+        "                   POST /v1/training-runs needs 'Authorization: Bearer <token>'\n"
+        f"  MLflow password  {password}\n"
+        f"                   user '{secrets.mlflow.username}': the MLflow UI asks for it"
     )
 
 

@@ -169,8 +169,12 @@ def test_bad_upload_is_a_clear_4xx(stack: dict[str, str]) -> None:
     assert "definitely" not in response.text
 
 
-def test_training_run_over_http_registers_a_new_version(stack: dict[str, str]) -> None:
-    start = httpx.post(f"{stack['training']}/v1/training-runs", json={"families": ["rf"], "image_size": 64}, timeout=30)
+def test_training_run_over_http_registers_a_new_version(stack: dict[str, str], stack_env: dict[str, str]) -> None:
+    url, options = f"{stack['training']}/v1/training-runs", {"families": ["rf"], "image_size": 64}
+    assert httpx.post(url, json=options, timeout=30).status_code == 401  # anonymous callers change nothing
+    # The token the stack generated on its first start, kept in its state folder.
+    token = (Path(stack_env["BT_STATE_DIR"]) / "secrets" / "api-token").read_text().strip()
+    start = httpx.post(url, json=options, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert start.status_code == 202, start.text
     run_id = start.json()["id"]
     deadline = time.monotonic() + 300
