@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from deploy.credentials import (
+    API_TOKEN_ENV,
     API_TOKEN_FILE,
     MLFLOW_PASSWORD_FILE,
     StackSecrets,
@@ -98,7 +99,9 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", 
 
         start_replicas(service_env, ports["inference"], replicas, state_dir, keep)
         for name in ("explainer", "training", "gateway"):
-            started.append(start_service(name, ports[name], service_env, logs / f"{name}.log"))
+            # The API token goes to the service whose routes need it, no further.
+            own = {API_TOKEN_ENV: secrets.api_token} if name == "training" else {}
+            started.append(start_service(name, ports[name], {**service_env, **own}, logs / f"{name}.log"))
             _save(state_dir, started)
         if no_front:
             print(f"no nginx in front ({no_front}): the services bind the public ports, without client timeouts")
@@ -128,9 +131,9 @@ def _mlflow_stores() -> dict[str, str]:
 
 
 def _security_env(state_dir: Path, secrets: StackSecrets, data: Path | None) -> dict[str, str]:
-    """The API token and MLflow credentials, and the folders a training request may name."""
+    """MLflow's credentials (for training and inference), and the folders a training request may name."""
     roots = [SAMPLE_DATA_DIR, state_dir / "data", *([data.resolve()] if data is not None else [])]
-    return {**secrets.service_env(), "BT_TRAINING_DATA_ROOTS": ",".join(str(root) for root in roots)}
+    return {**secrets.mlflow.client_env(), "BT_TRAINING_DATA_ROOTS": ",".join(str(root) for root in roots)}
 
 
 def _print_secrets(secrets: StackSecrets) -> None:
