@@ -19,6 +19,9 @@ import pytest
 from deploy.nginx import (
     NginxSettings,
     ProxiedService,
+    fill,
+    front_unavailable,
+    internal_ports,
     largest_body_bytes,
     nginx_binary,
     proxied_services,
@@ -78,6 +81,20 @@ def test_the_body_limit_is_derived_from_the_gateway_settings() -> None:
     assert f"client_max_body_size {services[0].max_body_bytes};" in text
     assert "client_header_timeout 1500ms;" in text
     assert "{{" not in text
+
+
+def test_a_placeholder_without_a_value_is_an_error_not_left_in_the_file() -> None:
+    with pytest.raises(KeyError, match="listen"):
+        fill("server { listen {{listen}}; }", {})
+
+
+def test_the_launcher_says_why_nginx_is_not_in_front() -> None:
+    assert front_unavailable(NginxSettings()) is None  # installed here (deploy/test.sh installs it)
+    assert "BT_NGINX_ENABLED" in str(front_unavailable(NginxSettings(enabled=False)))
+    assert "not installed" in str(front_unavailable(NginxSettings(binary="no-such-nginx")))
+    # Behind nginx the services move to internal ports; MLflow is not proxied and keeps its own.
+    moved = internal_ports({"gateway": 8000, "inference": 8001, "mlflow": 5000})
+    assert moved == {"gateway": 8100, "inference": 8101, "mlflow": 5000}
 
 
 def test_a_prediction_passes_through_nginx_with_its_request_id(proxy: Proxy, sample_images: dict[str, bytes]) -> None:

@@ -25,7 +25,7 @@ import httpx
 import psycopg2
 import pytest
 
-from deploy.postgres import PostgresCluster, start_postgres
+from deploy.postgres import PostgresCluster, start_postgres, with_driver
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from deploy.s3 import create_bucket, object_keys, s3_client, s3_env, start_moto
 from shared.schemas import registered_name
@@ -75,6 +75,20 @@ def mlflow_on_postgres_s3(
     )
     yield server
     server.stop()
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p@db:5432/mlflow", "postgresql+psycopg2://u:p@db:5432/mlflow"),
+        ("postgres://u:p@db/mlflow", "postgresql+psycopg2://u:p@db/mlflow"),
+        ("postgresql+psycopg://u:p@db/mlflow", "postgresql+psycopg://u:p@db/mlflow"),
+        ("sqlite:////var/mlflow.db", "sqlite:////var/mlflow.db"),
+    ],
+)
+def test_a_postgresql_uri_names_the_installed_driver(given: str, used: str) -> None:
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed: psycopg2 is.
+    assert with_driver(given) == used
 
 
 def _client_env(tracking_uri: str, unused_url: str) -> dict[str, str]:
