@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from deploy.processes import (
     MLFLOW_AUTH_CACHE_TTL_S,
@@ -181,6 +182,15 @@ def test_mlflow_entrypoint_writes_its_auth_configuration_and_runs_mlflow_server(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--app-name" in result.stdout and "--backend-store-uri" in result.stdout, "not mlflow server's help"
+    # The options the image's CMD and the Kubernetes Deployment pass are options of `mlflow server`.
+    (command,) = final_stage(dockerfile("mlflow")).all("CMD")
+    deployments = yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" / "base" / "mlflow.yaml").read_text())
+    (k8s_args,) = [doc["spec"]["template"]["spec"]["containers"][0]["args"] for doc in deployments
+                   if doc["kind"] == "Deployment"]
+    for option in {arg for arg in [*command.exec_form(), *k8s_args] if arg.startswith("--")}:
+        # Listed as "  --port INTEGER" or "  -p, --port INTEGER".
+        listed = rf"^\s+(?:-\w, )?{re.escape(option)}\b"
+        assert re.search(listed, result.stdout, re.MULTILINE), f"mlflow server has no {option}"
     (config_path,) = tmp_path.glob("tmp.*/basic_auth.ini")
     assert config_path.stat().st_mode & 0o077 == 0, "the user store's URI is readable by others"
     config = configparser.ConfigParser()
