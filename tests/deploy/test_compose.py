@@ -178,6 +178,9 @@ def test_health_checks_and_dependencies(services: dict[str, Any]) -> None:
                 assert target_spec.get("restart") == "no", f"{target} is a one-shot job: restart must be 'no'"
     gateway_path = urlsplit(services["nginx"]["healthcheck"]["test"][-1]).path
     assert gateway_path in service_contract("gateway").get_paths
+    # nginx passes the client's Host on: the gateway must answer to the public name.
+    gateway_hosts = split_list(services["gateway"]["environment"]["BT_GATEWAY_ALLOWED_HOSTS"])
+    assert host_allowed(template_variables()["BT_PUBLIC_HOST"], gateway_hosts)
 
 
 def _mount(volume: str | dict[str, Any]) -> tuple[str, bool]:

@@ -239,3 +239,24 @@ def test_local_overlay_runs_one_replica_of_each() -> None:
     from shared.dataset import SAMPLE_DATA_DIR
 
     assert data_dir.endswith("site-packages/" + "/".join(SAMPLE_DATA_DIR.parts[-2:]))
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "K": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if quantity.endswith(unit):
+            return float(quantity.removesuffix(unit)) * factor
+    return float(quantity) / 2**20
+
+
+def test_inference_memory_is_sized_from_the_measured_rss() -> None:
+    """The request covers the resident memory the serving benchmark measured with the four models loaded
+    (docs/benchmarks.md), and the limit leaves room for a second version loading beside them: a benchmark that
+    finds more makes this fail until the manifest follows."""
+    table_row = re.search(r"inference RSS[^|]*\|\s*(\d+) MB", (PROJECT_ROOT / "docs" / "benchmarks.md").read_text())
+    assert table_row, "docs/benchmarks.md no longer states inference's measured RSS"
+    measured_mib = int(table_row.group(1)) * 1e6 / 2**20
+    (container,) = by_kind(kustomize("base"), "Deployment")["inference"]["spec"]["template"]["spec"]["containers"]
+    assert _mebibytes(container["resources"]["requests"]["memory"]) >= measured_mib
+    assert _mebibytes(container["resources"]["limits"]["memory"]) >= 2 * measured_mib
+
