@@ -38,9 +38,9 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     real = imaging.decode_grayscale
 
-    def counting(data: bytes) -> Image.Image:
+    def counting(data: bytes, frame: int | None = None) -> Image.Image:
         calls[0] += 1
-        return real(data)
+        return real(data, frame)
 
     monkeypatch.setattr(imaging, "decode_grayscale", counting)
     return calls
