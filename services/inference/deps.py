@@ -30,7 +30,8 @@ def require_ready(request: Request) -> str:
     ask MLflow: routes that use it are plain ``def``s, so the wait is in a worker thread."""
     if not request.app.state.preload_done.is_set():
         raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
-    return get_registry(request).readiness()
+    # Without preloading, the service was told not to load models before they are asked for.
+    return get_registry(request).readiness(require_defaults=request.app.state.settings.preload)
 
 
 def get_predictor(request: Request) -> Predictor:

@@ -247,17 +247,18 @@ class ModelRegistry:
         """Raise REGISTRY_UNAVAILABLE unless MLflow answers now (or answered within the TTL)."""
         self.catalog(allow_stale=False)
 
-    def readiness(self) -> str:
+    def readiness(self, *, require_defaults: bool = True) -> str:
         """The registry's state (``reachable`` or ``unreachable since <time>``) once the default version of
-        every model is loaded; otherwise MODEL_NOT_READY naming those that cannot be, or REGISTRY_UNAVAILABLE
-        when there is no catalogue at all (MLflow never answered and none was kept on disk).
+        every model is loaded (with ``require_defaults``); otherwise MODEL_NOT_READY naming those that cannot
+        be, or REGISTRY_UNAVAILABLE when there is no catalogue at all (MLflow never answered and none was kept
+        on disk).
 
         Never waits on a hung MLflow once it is known to be unreachable: what is loaded answers at once,
         and what is not is loaded now or fails fast.
         """
         catalog = self.catalog()
         failures = {}
-        for name in catalog.defaults():
+        for name in catalog.defaults() if require_defaults else []:
             try:
                 self.get(name)
             except ServiceError as exc:
