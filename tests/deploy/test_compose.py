@@ -20,6 +20,7 @@ from deploy.nginx import NginxSettings, nginx_binary
 from deploy.postgres import DRIVER_SCHEME
 from deploy.processes import PROJECT_ROOT
 from services.training.cli import build_parser
+from shared.dataset import discover
 from tests.deploy.contracts import (
     RUNTIME_VARIABLES,
     SERVICES,
@@ -191,6 +192,10 @@ def _mount(volume: str | dict[str, Any]) -> tuple[str, bool]:
     return parts[1], parts[2:] == ["ro"]
 
 
+def _source(volume: str | dict[str, Any]) -> str:
+    return str(volume["source"]) if isinstance(volume, dict) else volume.split(":")[0]
+
+
 def test_training_job_command_is_the_cli_and_its_data_is_mounted(services: dict[str, Any]) -> None:
     train = services["train"]
     command = train["command"]
@@ -199,6 +204,9 @@ def test_training_job_command_is_the_cli_and_its_data_is_mounted(services: dict[
     options = build_parser().parse_args(command[1:])
     mounts = dict(_mount(volume) for volume in train["volumes"])
     assert mounts.get(str(options.data)) is True, f"the data folder {options.data} is not mounted read-only"
+    # The template's data folder is one the training code reads (the embedded sample).
+    (source,) = [_source(volume) for volume in train["volumes"] if _mount(volume)[0] == str(options.data)]
+    assert discover(source).train.paths, f"{source} holds no training images"
     weights = Path(train["environment"]["BT_TRAINING_MOBILENETV2_WEIGHTS"])
     assert str(weights.parent) in mounts
 
