@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
 from shared.errors import ErrorCode, ServiceError
@@ -41,6 +42,18 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 NOT_CHECKED = "not checked yet"
+
+# Labelled by replica URL: bounded by the gateway's settings, not by clients.
+REPLICA_UP = Gauge(
+    "bt_gateway_inference_replica_up",
+    "1 while the gateway sends calls to this inference replica, 0 while it counts it as down.",
+    ["replica"],
+)
+RETRIES = Counter(
+    "bt_gateway_inference_retries",
+    "Calls sent once more, to another replica when there is one, after their connection to this replica failed.",
+    ["replica"],
+)
 
 
 class ReplicaStatus(BaseModel):
@@ -75,6 +88,7 @@ class Replica:
                 logger.warning("inference replica %s is down: %s", self.url, reason)
         self.up = up
         self.reason = "" if up else reason
+        REPLICA_UP.labels(self.url).set(1 if up else 0)
 
     def status(self) -> ReplicaStatus:
         return ReplicaStatus(
@@ -161,6 +175,7 @@ class ReplicaPool:
                 raise transport_failure(self.service, method, path, exc, self.retry_after_s) from exc
             first_failure = exc
         retry_on = self.pick(exclude=replica)
+        RETRIES.labels(replica.url).inc()
         logger.info("%s %s failed on %s (%r); trying %s", method, path, replica.url, first_failure, retry_on.url)
         try:
             return await self._send(retry_on, method, path, request_id, timeout_s, **kwargs)

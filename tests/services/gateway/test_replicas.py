@@ -13,6 +13,11 @@ from tests.prometheus_samples import parse, value
 PREDICT_ROUTE = "/v1/models/{model}/predict"
 
 
+def replica_up_gauge(gateway_url: str, replica_url: str) -> float:
+    samples = parse(httpx.get(f"{gateway_url}/metrics", timeout=10.0, trust_env=False).text)
+    return value(samples, "bt_gateway_inference_replica_up", replica=replica_url)
+
+
 def predictions_served(inference_url: str) -> float:
     """The replica's own count of predictions answered 200."""
     samples = parse(httpx.get(f"{inference_url}/metrics", timeout=10.0, trust_env=False).text)
@@ -37,9 +42,11 @@ def test_killed_replica_costs_no_request_and_gets_traffic_back_after_restart(
     wait_for_replica(gateway.url, victim.url, up=False, timeout_s=10)
     models = httpx.get(f"{gateway.url}/v1/models", timeout=10.0).json()
     assert {entry["url"]: entry["up"] for entry in models["replicas"]} == {victim.url: False, survivor.url: True}
+    assert (replica_up_gauge(gateway.url, victim.url), replica_up_gauge(gateway.url, survivor.url)) == (0, 1)
 
     victim.start()  # the same port, a new process: its counters start at zero
     wait_for_replica(gateway.url, victim.url, up=True, timeout_s=30)
+    assert replica_up_gauge(gateway.url, victim.url) == 1
     again = run_stream(gateway.url, images, 40, 4)
     assert again.errors == 0, (again.answers, again.failures)
     assert predictions_served(victim.url) > 0
