@@ -93,22 +93,26 @@ def cached_file_is_valid(model_file: Path, registry_sha256: str | None, label: s
 # -- the last catalogue ---------------------------------------------------------------------------
 
 
-def save_catalog(cache_dir: Path, catalog: Catalog) -> None:
+def save_catalog(cache_dir: Path, catalog: Catalog, tracking_uri: str) -> None:
     """Keep the catalogue for a restart while MLflow is down; a failure to write is logged, not raised."""
     try:
-        write_json_atomically(cache_dir / CATALOG_FILENAME, catalog.to_json())
+        write_json_atomically(cache_dir / CATALOG_FILENAME, {"tracking_uri": tracking_uri, **catalog.to_json()})
     except OSError as exc:
         logger.warning("could not save the catalogue in %s: %s", cache_dir, exc)
 
 
-def load_catalog(cache_dir: Path) -> Catalog | None:
-    """The catalogue saved by ``save_catalog``, or None when there is none or it cannot be read."""
+def load_catalog(cache_dir: Path, tracking_uri: str) -> Catalog | None:
+    """The catalogue saved by ``save_catalog`` for this MLflow, or None when there is none or it cannot be
+    read (a cache folder pointed at another MLflow since does not serve that one's catalogue)."""
     path = cache_dir / CATALOG_FILENAME
     try:
         data = json.loads(path.read_text())
+        if data.get("tracking_uri") != tracking_uri:
+            logger.warning("ignoring the saved catalogue %s: it is of another MLflow server", path)
+            return None
         return Catalog.from_json(data)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("ignoring the saved catalogue %s: %s", path, exc)
         return None

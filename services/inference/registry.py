@@ -51,7 +51,7 @@ class ModelRegistry:
         self._refresh_lock = threading.Lock()
         self._refreshing = False  # a background refresh is running
         # The catalogue MLflow last answered, kept on disk: until MLflow answers, it is what is served.
-        self._catalog: Catalog | None = model_store.load_catalog(self.cache_dir)
+        self._catalog: Catalog | None = model_store.load_catalog(self.cache_dir, tracking_uri)
         self._classifiers: dict[str, OnnxClassifier] = {}
         self._key_locks: dict[str, threading.Lock] = {}
         # name/version -> (monotonic time, error) of its last failed load, replayed for registry_retry_s
@@ -127,7 +127,7 @@ class ModelRegistry:
         with self._lock:
             previous, self._catalog = self._catalog, fresh
         if previous is None or previous.to_json() != fresh.to_json():
-            model_store.save_catalog(self.cache_dir, fresh)
+            model_store.save_catalog(self.cache_dir, fresh, self.store.tracking_uri)
 
     def resolve(self, model: str, version: str | None = None) -> tuple[ModelRecord, VersionRecord]:
         """Find a model and version, or raise MODEL_NOT_FOUND / VERSION_NOT_FOUND naming what exists."""

@@ -45,6 +45,7 @@ def test_service_specific_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch) -> 
         ("BT_INFERENCE_MAX_UPLOAD_BYTES", "-1"),
         ("BT_INFERENCE_INTRA_OP_THREADS", "many"),
         ("BT_INFERENCE_TRACKING_URI", "   "),
+        ("BT_INFERENCE_REGISTRY_RETRY_S", "0"),
     ],
 )
 def test_bad_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:

@@ -155,9 +155,13 @@ def test_a_saved_catalogue_reads_back_the_same() -> None:
     assert again.from_disk and again.age_s() == float("inf")
 
 
-def test_an_unreadable_saved_catalogue_is_ignored(tmp_path: Path) -> None:
+def test_an_unreadable_or_foreign_saved_catalogue_is_ignored(tmp_path: Path) -> None:
+    catalog = Catalog({"cnn": ModelRecord("cnn", "brain-tumor-cnn", {}, {})})
+    model_store.save_catalog(tmp_path, catalog, "http://127.0.0.1:5000")
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000") is not None
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5001") is None  # another MLflow's
     (tmp_path / model_store.CATALOG_FILENAME).write_text("{not json")
-    assert model_store.load_catalog(tmp_path) is None
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000") is None
 
 
 def test_the_breaker_lets_one_probe_through_per_interval() -> None:
