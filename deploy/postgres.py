@@ -39,6 +39,16 @@ def with_driver(uri: str) -> str:
     return uri
 
 
+# The launcher's own cluster (``deploy.stack up --postgres``): one above PostgreSQL's 5432, which a system cluster
+# may hold.
+DEFAULT_STACK_PORT = 5433
+
+
+def stack_port() -> int:
+    """The port of the launcher's cluster: ``BT_POSTGRES_PORT``, else 5433."""
+    return int(os.environ.get("BT_POSTGRES_PORT", DEFAULT_STACK_PORT))
+
+
 def bin_dir() -> Path:
     """Where initdb and postgres live: ``BT_POSTGRES_BIN``, else Debian's newest /usr/lib/postgresql/<n>/bin,
     else the folder of an ``initdb`` on PATH."""

@@ -31,7 +31,7 @@ from deploy.credentials import (
     stack_secrets,
 )
 from deploy.nginx import PROXIED_SERVICES, front_unavailable, internal_ports, start_front
-from deploy.postgres import with_driver
+from deploy.postgres import stack_port, start_postgres, with_driver
 from deploy.processes import (
     LOOPBACK,
     PROJECT_ROOT,
@@ -62,14 +62,16 @@ def _registered_families(tracking_uri: str, auth: httpx.Auth | None = None) -> s
     return {family for family in MODEL_FAMILIES if registered_name(family) in names}
 
 
-def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", replicas: int = 1) -> int:
+def up(
+    state_dir: Path, data: Path | None, retrain: bool, search: str = "none", replicas: int = 1, postgres: bool = False
+) -> int:
     public_ports = _ports()
     # nginx takes the public ports and the services move to internal ones; without nginx they bind the public ones.
     no_front = front_unavailable()
     ports = public_ports if no_front else internal_ports(public_ports)
     front_ports = {} if no_front else {f"nginx-{name}": public_ports[name] for name in PROXIED_SERVICES}
     inference_ports = {replica_name(n): port for n, port in enumerate(replica_ports(ports["inference"], replicas))}
-    wanted = {**ports, **inference_ports, **front_ports}
+    wanted = {**ports, **inference_ports, **front_ports, **({"postgres": stack_port()} if postgres else {})}
     busy = [f"{name} ({port})" for name, port in wanted.items() if port_in_use(port)]
     if busy:
         print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
@@ -78,18 +80,26 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", 
     started: list[ManagedProcess] = []
     try:
         secrets = stack_secrets(state_dir)
-        print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
-        started.append(
-            start_mlflow(
-                state_dir / "mlflow",
-                ports["mlflow"],
-                logs / "mlflow.log",
-                credentials=secrets.mlflow,
-                **_mlflow_stores(),
+        backend_uri = None
+        if postgres:
+            print(
+                f"starting PostgreSQL on {LOOPBACK}:{stack_port()} (data in {state_dir / 'postgres'}) ...", flush=True
             )
+            cluster = start_postgres(state_dir / "postgres", stack_port(), logs / "postgres.log")
+            started.append(cluster.process)
+            _save(state_dir, started)
+            backend_uri = cluster.uri
+        print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
+        mlflow = start_mlflow(
+            state_dir / "mlflow",
+            ports["mlflow"],
+            logs / "mlflow.log",
+            credentials=secrets.mlflow,
+            **_mlflow_stores(backend_uri),
         )
+        started.append(mlflow)
         _save(state_dir, started)
-        env = {**_registry_env(state_dir, started[0].url), **_security_env(state_dir, secrets, data)}
+        env = {**_registry_env(state_dir, mlflow.url), **_security_env(state_dir, secrets, data)}
         _train_missing(env, data, retrain, search)
         service_env = {**env, **_service_urls(ports), **gateway_env(ports["inference"], replicas)}
 
@@ -118,12 +128,13 @@ def up(state_dir: Path, data: Path | None, retrain: bool, search: str = "none", 
     return 0
 
 
-def _mlflow_stores() -> dict[str, str]:
+def _mlflow_stores(backend_uri: str | None = None) -> dict[str, str]:
     """MLflow's backend store and artifact destination when set (``BT_MLFLOW_BACKEND_URI``, e.g. postgresql://...;
     ``BT_MLFLOW_ARTIFACTS_DESTINATION``, e.g. s3://bucket/mlflow, with ``MLFLOW_S3_ENDPOINT_URL`` and the AWS
-    variables in this environment, which the MLflow server inherits); unset: SQLite and a folder in the state dir."""
+    variables in this environment, which the MLflow server inherits); unset: SQLite and a folder in the state dir.
+    ``backend_uri`` (the stack's own PostgreSQL cluster) wins over the variable."""
     stores: dict[str, str] = {}
-    if backend := os.environ.get("BT_MLFLOW_BACKEND_URI"):
+    if backend := backend_uri or os.environ.get("BT_MLFLOW_BACKEND_URI"):
         stores["backend_uri"] = with_driver(backend)
     if destination := os.environ.get("BT_MLFLOW_ARTIFACTS_DESTINATION"):
         stores["artifacts_destination"] = destination
@@ -229,7 +240,10 @@ def status(state_dir: Path) -> int:
     for name, entry in json.loads(state_file.read_text()).items():
         path = "/health" if name == "mlflow" else "/healthz"
         try:
-            ok = httpx.get(entry["url"] + path, timeout=2.0, trust_env=False).status_code == 200
+            if entry["url"].startswith("postgresql://"):  # not HTTP: up when its port takes connections
+                ok = port_in_use(int(entry["url"].rsplit(":", 1)[1]))
+            else:
+                ok = httpx.get(entry["url"] + path, timeout=2.0, trust_env=False).status_code == 200
         except httpx.HTTPError:
             ok = False
         healthy &= ok
@@ -247,10 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replicas", type=replica_count, default=1, help="inference replicas behind the gateway (deploy/replicas.py)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="MLflow's backend store on a PostgreSQL cluster of the stack's own, in <state>/postgres on "
+        "BT_POSTGRES_PORT (5433); Debian's postgresql server package (deploy/postgres.py)",
+    )
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        return up(args.state_dir.resolve(), args.data, args.retrain, args.search, args.replicas)
+        return up(args.state_dir.resolve(), args.data, args.retrain, args.search, args.replicas, args.postgres)
     if args.command == "down":
         return down(args.state_dir)
     return status(args.state_dir)
