@@ -105,7 +105,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "INVALID_REQUEST: e.g. no multipart `file` field, or a malformed or out-of-bounds parameter.",
     500: "INVALID_MODEL: the registered model file cannot be served.",
     502: "UPSTREAM_ERROR: an upstream service answered something unexpected.",
-    503: "A dependency is not available now, e.g. UPSTREAM_UNAVAILABLE or REGISTRY_UNAVAILABLE (MLflow down).",
+    503: "Not available now, with Retry-After: e.g. UPSTREAM_UNAVAILABLE, REGISTRY_UNAVAILABLE (MLflow down) or "
+    "SERVER_BUSY (more images being decoded at once than the service's decode slots).",
 }
 
 

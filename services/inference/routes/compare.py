@@ -150,7 +150,7 @@ async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms
     "concurrent requests for that model when batching is on. A model that cannot answer (unknown, no version, "
     "cannot be loaded) gets its own `error` entry (code, message, status) while the others answer; a file that "
     "is not an image is one 415 for the request.",
-    responses=error_responses(400, 413, 415, 422),
+    responses=error_responses(400, 413, 415, 422, 503),
 )
 async def compare_models(
     registry: RegistryDep, predictor: PredictorDep, data: ImageBytes, models: ModelsQuery, frame: FrameQuery = None

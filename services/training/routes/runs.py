@@ -17,6 +17,7 @@ from services.training.options import TrainingOptions
 from shared.auth import AUTH_RESPONSES, BearerToken
 from shared.dataset import discover
 from shared.errors import ErrorCode, ServiceError
+from shared.service import error_responses
 
 API_TOKEN_SETTING = "BT_TRAINING_API_TOKEN"
 DATA_ROOTS_SETTING = "BT_TRAINING_DATA_ROOTS"
@@ -48,7 +49,19 @@ def within_data_roots(data_dir: Path, roots: list[Path]) -> Path:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TrainingRun,
     dependencies=[Depends(BearerToken(API_TOKEN_SETTING))],
-    responses={**AUTH_RESPONSES},
+    responses={
+        **AUTH_RESPONSES,
+        **error_responses(
+            409,
+            413,
+            422,
+            descriptions={
+                413: "FILE_TOO_LARGE: the JSON body is larger than the service's limit (BT_TRAINING_MAX_BODY_BYTES).",
+                422: "INVALID_REQUEST, INVALID_DATA_FOLDER or WEIGHTS_NOT_FOUND: bad options, a data_dir outside "
+                "the data roots or without images, or MobileNetV2's weights missing.",
+            },
+        ),
+    },
 )
 def start_training_run(options: TrainingOptions, settings: SettingsDep, manager: ManagerDep) -> TrainingRun:
     """Start training the chosen families on a folder under the service's data roots. One run at a time (409).
@@ -66,7 +79,11 @@ def list_training_runs(manager: ManagerDep) -> list[TrainingRun]:
     return manager.list()
 
 
-@router.get("/{run_id}", response_model=TrainingRun)
+@router.get(
+    "/{run_id}",
+    response_model=TrainingRun,
+    responses=error_responses(404, 422, descriptions={404: "RUN_NOT_FOUND: no run with this id in this service."}),
+)
 def get_training_run(run_id: str, manager: ManagerDep) -> TrainingRun:
     """State, per-family progress, MLflow run ids, registered versions, error if it failed."""
     return manager.get(run_id)
