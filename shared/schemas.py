@@ -29,6 +29,11 @@ LATEST_VERSION = "latest"
 PREDICT_BATCH_MAX_FILES = 64
 # Most models in one comparison, on the gateway and on the inference service alike.
 COMPARE_MAX_MODELS = 16
+# The ensemble: served like a model (brain-tumor-ensemble) but not a training family; its registered versions
+# pin their members ({family: version}) and weights in these tags (JSON objects).
+ENSEMBLE_MODEL = "ensemble"
+ENSEMBLE_MEMBERS_TAG = "ensemble_members"
+ENSEMBLE_WEIGHTS_TAG = "ensemble_weights"
 
 
 def registered_name(family: str) -> str:
@@ -42,6 +47,9 @@ class PredictionOut(BaseModel):
     label: str
     probabilities: dict[str, float]
     latency_ms: float = Field(description="Time spent in preprocessing and the model, in milliseconds.")
+    members: dict[str, str] | None = Field(
+        None, description="Ensemble only: the member models' versions that answered, e.g. {\"cnn\": \"3\"}."
+    )
 
 
 class ModelVersionInfo(BaseModel):
@@ -50,6 +58,8 @@ class ModelVersionInfo(BaseModel):
     run_id: str | None = None
     created_at: str | None = None
     metrics: dict[str, float] = {}
+    members: dict[str, str] | None = Field(None, description="Ensemble only: member model -> pinned version.")
+    weights: dict[str, float] | None = Field(None, description="Ensemble only: member model -> weight.")
 
 
 class ModelInfo(BaseModel):

@@ -16,8 +16,18 @@ from mlflow.models.model import ModelInfo
 
 from services.training import plots, tracking
 from services.training.balancing import apply_balancing
+from services.training.calibration import (
+    Calibration,
+    CalibrationSlice,
+    apply_temperature,
+    calibrated_bytes,
+    calibration_metrics,
+    carve_calibration_slice,
+    fit_temperature,
+)
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
+from services.training.ensemble import build_ensemble
 from services.training.evaluation import Evaluation, evaluate
 from services.training.families import FittedModel, ModelFamily, get_family
 from services.training.grids import candidates, search_overrides
@@ -194,6 +204,39 @@ def _export(
     return model_bytes, parity, metrics
 
 
+def _calibrate(
+    family: ModelFamily, fitted: FittedModel, calibration_slice: CalibrationSlice, size: int
+) -> tuple[Calibration, np.ndarray]:
+    """The temperature fitted on the calibration slice, and the slice's calibrated probabilities."""
+    native = family.predict_native(fitted, calibration_slice.pixels(size))
+    temperature = fit_temperature(native, calibration_slice.labels)
+    calibration = Calibration(temperature, calibration_images=len(calibration_slice.labels))
+    mlflow.log_metrics({"calibration_temperature": temperature, "calibration_images": len(calibration_slice.labels)})
+    return calibration, apply_temperature(native, temperature)
+
+
+def _calibrated_export(
+    family_name: str, family: ModelFamily, fitted: FittedModel, model_bytes: bytes, calibration: Calibration,
+    test_pixels: np.ndarray, native: np.ndarray, test_labels: np.ndarray,
+) -> tuple[bytes, np.ndarray, dict[str, float]]:  # fmt: skip
+    """Append the calibration to the parity-checked graph and check the result against the same calibration
+    applied to the native probabilities; test-split ECE and Brier before and after, reliability diagram."""
+    calibrated = calibrated_bytes(model_bytes, calibration)
+    expected = apply_temperature(native, calibration.temperature)
+    served = exported_classifier(calibrated).predict(family.tensor(test_pixels, fitted.contract), 64)
+    parity = check_parity(expected, served)
+    _require_parity(f"{family_name} (calibrated)", parity)
+    before = calibration_metrics(native, test_labels)
+    metrics = {
+        **calibration_metrics(expected, test_labels),
+        **{f"{key}_uncalibrated": value for key, value in before.items()},
+        "calibrated_parity_max_abs_diff": parity.max_abs_diff,
+    }
+    png = plots.reliability_png(test_labels, {"uncalibrated": native, "calibrated": expected}, family_name)
+    tracking.log_bytes(png, "evaluation/reliability.png")
+    return calibrated, expected, {**metrics, "reliability_png": png}
+
+
 def _register(
     family_name: str, model: ModelInfo, model_bytes: bytes, data: PreparedData, params: dict[str, Any], accuracy: float
 ) -> str:
@@ -234,6 +277,7 @@ def train_family(
     settings: TrainingSettings,
     report: ProgressCallback,
     progress: FamilyProgress,
+    calibration_slice: CalibrationSlice,
 ) -> dict[str, Any]:
     """Search, refit, evaluate, convert, check, log and register one family. Returns its report row."""
 
@@ -262,12 +306,24 @@ def train_family(
         test_pixels = data.test(int(params["image_size"]))
         native, evaluation, stage_metrics = _evaluate(family_name, family, fitted, test_pixels, data.test_labels)
 
+        step("calibrating")
+        size = int(params["image_size"])
+        calibration, calibration_probabilities = _calibrate(family, fitted, calibration_slice, size)
+
         step("converting to ONNX")
         model_bytes, parity, export_metrics = _export(family_name, family, fitted, test_pixels, native, run.info.run_id)
         metrics = {**evaluation.metrics, "train_seconds": train_seconds, **export_metrics}
         mlflow.log_metrics(metrics)
         progress.metrics = _progress_metrics({**metrics, **cv_metrics})
+        # Parity is checked on the graph as converted (against the native model), then again once calibrated.
         _require_parity(family_name, parity)
+        model_bytes, test_probabilities, calibrated_metrics = _calibrated_export(
+            family_name, family, fitted, model_bytes, calibration, test_pixels, native, data.test_labels
+        )
+        reliability_png = calibrated_metrics.pop("reliability_png")
+        mlflow.log_metrics(calibrated_metrics)
+        metrics.update(calibrated_metrics, calibration_temperature=calibration.temperature)
+        progress.metrics = _progress_metrics({**metrics, **cv_metrics})
         # What MLflow users load and serve (pyfunc, `mlflow models serve`): the very file that passed parity.
         logged_model = tracking.log_onnx_model(model_bytes, name=family_name)
         # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
@@ -283,7 +339,21 @@ def train_family(
         "family": family_name, "version": progress.registered_version, "run_id": run.info.run_id, "params": params,
         "metrics": metrics, "cv": cv_metrics, "stages": stage_metrics,
         "search_seconds": search_seconds, "train_seconds": train_seconds,
+        "calibration_probabilities": calibration_probabilities, "test_probabilities": test_probabilities,
+        "reliability_png": reliability_png,
     }  # fmt: skip
+
+
+def _ensemble(
+    rows: list[dict[str, Any]], calibration_slice: CalibrationSlice, data: PreparedData, options: TrainingOptions
+) -> dict[str, Any] | None:
+    """The run's families combined (two at least); its failure is logged and leaves the families registered."""
+    try:
+        split = data.info["test_files_sha256"]
+        return build_ensemble(rows, calibration_slice.labels, data.test_labels, split, options.register_models)
+    except Exception:
+        logger.exception("the ensemble could not be built or registered")
+        return None
 
 
 def run_training(
@@ -296,12 +366,14 @@ def run_training(
     tracking.use_tracking(settings.tracking_uri, settings.experiment)
     started = time.perf_counter()
     data = prepare_data(data_dir, options.test_fraction, options.seed, settings.cache_dir)
+    # Carved before anything trains: the search and the refit never see the calibration slice.
+    data, calibration_slice = carve_calibration_slice(data, options.seed)
     results: list[FamilyProgress] = []
     rows: list[dict[str, Any]] = []
     for family_name in options.families:
         progress = FamilyProgress(family=family_name)
         try:
-            rows.append(train_family(family_name, data, options, settings, callback, progress))
+            rows.append(train_family(family_name, data, options, settings, callback, progress, calibration_slice))
         except Exception as exc:  # one family's failure is reported, the others still train
             logger.exception("training %s failed", family_name)
             progress.state, progress.error = FamilyState.FAILED, f"{type(exc).__name__}: {exc}"
@@ -309,6 +381,7 @@ def run_training(
         results.append(progress)
     if rows and options.register_models:
         tracking.set_aliases(rows, data.info["test_files_sha256"])
+    ensemble = _ensemble(rows, calibration_slice, data, options)
     if rows:
-        write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir)
+        write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir, ensemble)
     return results

@@ -66,3 +66,24 @@ def comparison_png(rows: list[dict[str, float | str]]) -> bytes:
     axis.legend(loc="lower right", fontsize=8)
     axis.set_title("Brain tumour MRI: the four families on the held-out test split")
     return _png(figure)
+
+
+def reliability_png(labels: np.ndarray, curves: dict[str, np.ndarray], title: str) -> bytes:
+    """Reliability diagram: accuracy against mean top-label confidence per bin (15 equal-width bins), one line
+    per set of probabilities (e.g. before and after calibration); the diagonal is perfect calibration."""
+    from services.training.calibration import expected_calibration_error, reliability_bins
+
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, probabilities in curves.items():
+        confidence, accuracy, counts = reliability_bins(probabilities, labels)
+        shown = counts > 0
+        ece = expected_calibration_error(probabilities, labels)
+        axis.plot(confidence[shown], accuracy[shown], marker="o", label=f"{name} (ECE {ece:.3f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("mean confidence of the top label")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"{title}: reliability")
+    axis.legend(loc="upper left", fontsize=8)
+    return _png(figure)

@@ -71,8 +71,46 @@ def _stage_line(row: dict[str, Any]) -> str:
     return line
 
 
+def _calibration_line(row: dict[str, Any]) -> str:
+    m = row["metrics"]
+    temperature = m.get("calibration_temperature")
+    cells = [
+        row["family"],
+        f"{temperature:.3f}" if temperature is not None else "-",
+        f"{m['test_ece_uncalibrated']:.4f}" if "test_ece_uncalibrated" in m else "-",
+        f"{m['test_ece']:.4f}",
+        f"{m['test_brier_uncalibrated']:.4f}" if "test_brier_uncalibrated" in m else "-",
+        f"{m['test_brier']:.4f}",
+        f"{m['test_accuracy']:.4f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def calibration_markdown(rows: list[dict[str, Any]], ensemble: dict[str, Any] | None) -> str:
+    """The calibration table (ECE over 15 bins and Brier, before and after) and the ensemble's weights."""
+    calibrated = [row for row in rows if "test_ece" in row["metrics"]]
+    if not calibrated and ensemble is None:
+        return "No calibration figures in this run."
+    lines = [
+        "| model | temperature | test ECE before | test ECE after | test Brier before | test Brier after | "
+        "test accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(_calibration_line(row) for row in [*calibrated, *([ensemble] if ensemble else [])]),
+    ]
+    if ensemble:
+        spec = ensemble["params"]
+        members = ", ".join(f"{family} v{version} x {spec['weights'][family]:.3f}" for family, version in
+                            spec["members"].items())  # fmt: skip
+        lines.append(f"\nEnsemble ({spec['weighting']}): {members}.")
+    return "\n".join(lines)
+
+
 def comparison_markdown(
-    rows: list[dict[str, Any]], info: dict[str, Any], options: TrainingOptions, seconds: float
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    options: TrainingOptions,
+    seconds: float,
+    ensemble: dict[str, Any] | None = None,
 ) -> str:
     header = (
         "| family | test accuracy | macro F1 | macro precision | macro recall | ROC-AUC (OvR, macro) | "
@@ -90,6 +128,13 @@ Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training
 {chr(10).join(_row_line(row) for row in rows)}
 
 ![comparison](comparison.png)
+
+## Calibration and the ensemble
+Temperature scaling fitted on a duplicate-aware calibration slice of the training images (never the test
+split); expected calibration error over 15 equal-width bins of top-label confidence; multi-class Brier score.
+Reliability diagrams: `reliability_<family>.png`.
+
+{calibration_markdown(rows, ensemble)}
 
 ## Data and split
 - Training pool: {info["train_pool_images"]} images; test set: {info["test_images"]} images
@@ -115,12 +160,21 @@ rotated copies of test images were in its training data; its figures are not com
 
 
 def write_comparison(
-    rows: list[dict[str, Any]], info: dict[str, Any], options: TrainingOptions, seconds: float, report_dir: Path
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    options: TrainingOptions,
+    seconds: float,
+    report_dir: Path,
+    ensemble: dict[str, Any] | None = None,
 ) -> Path:
-    """Write reports/comparison.md and comparison.png, and log both to an MLflow run."""
+    """Write reports/comparison.md and comparison.png (and the reliability diagrams), and log them to an
+    MLflow run."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    markdown = comparison_markdown(rows, info, options, seconds)
+    for row in rows:
+        if row.get("reliability_png"):
+            (report_dir / f"reliability_{row['family']}.png").write_bytes(row["reliability_png"])
+    markdown = comparison_markdown(rows, info, options, seconds, ensemble)
     chart_rows = [
         {
             "family": row["family"],

@@ -1,0 +1,139 @@
+"""The ensemble: the calibrated probabilities of a run's families, combined by weights fitted on the calibration
+slice, evaluated on the test split and registered in MLflow as ``brain-tumor-ensemble``.
+
+The ensemble has no ONNX graph of its own: its members take different image sizes and scalings, and resizing
+inside a graph would not match the members' own preprocessing. Its registered version holds a JSON spec
+(members {family: version} and weights, also as version tags); inference resolves it to the members' own
+classifiers and reuses their sessions (``services/inference/ensemble.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from scipy.optimize import minimize
+
+from services.training import plots, tracking
+from services.training.calibration import calibration_metrics, negative_log_likelihood
+from services.training.evaluation import evaluate
+from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MEMBERS_TAG, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
+
+logger = logging.getLogger(__name__)
+
+# Fitted weights are kept only when they beat equal weights by at least this much NLL on the calibration slice:
+# a slice of a few hundred images must show a real gain before one model is trusted over the others.
+EQUAL_WEIGHTS_TOLERANCE = 0.002
+SPEC_ARTIFACT = "ensemble/ensemble.json"
+
+
+def combine(member_probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The weighted mean of the members' probabilities (weights sum to 1)."""
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probabilities])
+    return np.tensordot(np.asarray(weights, dtype=np.float64), stacked, axes=1)
+
+
+def _simplex(z: np.ndarray) -> np.ndarray:
+    exp = np.exp(z - z.max())
+    return exp / exp.sum()
+
+
+def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """Weights over the simplex minimising the NLL of the combined probabilities, or equal weights when the
+    fitted ones are not better by ``EQUAL_WEIGHTS_TOLERANCE``. Returns the weights and which it chose."""
+    count = len(member_probabilities)
+    equal = np.full(count, 1.0 / count)
+    if count < 2 or len(labels) == 0:
+        return equal, "equal"
+
+    def nll(z: np.ndarray) -> float:
+        return negative_log_likelihood(combine(member_probabilities, _simplex(z)), labels)
+
+    result = minimize(nll, np.zeros(count), method="L-BFGS-B")
+    fitted = _simplex(result.x)
+    if nll(result.x) < negative_log_likelihood(combine(member_probabilities, equal), labels) - EQUAL_WEIGHTS_TOLERANCE:
+        return fitted, "fitted (NLL on the calibration slice)"
+    return equal, "equal (fitted weights were no better on the calibration slice)"
+
+
+def _register(spec: dict[str, Any], run_id: str, accuracy: float) -> str:
+    """A new version of brain-tumor-ensemble pointing at the run's spec, its members and weights as tags."""
+    client = MlflowClient()
+    name = registered_name(ENSEMBLE_MODEL)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {
+        "family": ENSEMBLE_MODEL,
+        ENSEMBLE_MEMBERS_TAG: json.dumps(spec["members"], sort_keys=True),
+        ENSEMBLE_WEIGHTS_TAG: json.dumps(spec["weights"], sort_keys=True),
+        "test_files_sha256": spec["test_files_sha256"],
+        **{f"member_{family}": version for family, version in spec["members"].items()},
+    }
+    source = f"{mlflow.get_artifact_uri()}/ensemble"
+    version = client.create_model_version(
+        name, source, run_id, tags=tags, description=f"ensemble of {spec['members']}: test accuracy {accuracy:.4f}"
+    )
+    return str(version.version)
+
+
+def _members_are_champions(members: dict[str, str]) -> bool:
+    client = MlflowClient()
+    for family, version in members.items():
+        try:
+            if str(client.get_model_version_by_alias(registered_name(family), CHAMPION_ALIAS).version) != version:
+                return False
+        except MlflowException:
+            return False
+    return True
+
+
+def build_ensemble(
+    rows: list[dict[str, Any]], calibration_labels: np.ndarray, test_labels: np.ndarray, split_sha256: str,
+    register: bool,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Fit the weights, evaluate on the test split, log an ``ensemble`` run and register its version.
+
+    ``rows`` are the families' report rows carrying their calibrated probabilities on the calibration slice
+    and the test split. Returns the ensemble's report row, or None with fewer than two registered members.
+    """
+    members = [row for row in rows if row.get("version") or not register]
+    if len(members) < 2:
+        logger.info("no ensemble: %d family trained", len(members))
+        return None
+    started = time.perf_counter()
+    weights, how = fit_weights([row["calibration_probabilities"] for row in members], calibration_labels)
+    test_probabilities = combine([row["test_probabilities"] for row in members], weights)
+    evaluation = evaluate(test_labels, test_probabilities)
+    metrics = {**evaluation.metrics, **calibration_metrics(test_probabilities, test_labels)}
+    spec = {
+        "members": {row["family"]: str(row.get("version") or "") for row in members},
+        "weights": {row["family"]: round(float(w), 6) for row, w in zip(members, weights, strict=True)},
+        "weighting": how,
+        "test_files_sha256": split_sha256,
+    }
+    with mlflow.start_run(run_name=ENSEMBLE_MODEL) as run:
+        mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "ensemble", "weighting": how})
+        mlflow.log_params({f"weight_{family}": weight for family, weight in spec["weights"].items()})
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(json.dumps(spec, indent=2, sort_keys=True), SPEC_ARTIFACT)
+        mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
+        tracking.log_bytes(plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL), "evaluation/confusion_matrix.png")
+        png = plots.reliability_png(test_labels, {"ensemble": test_probabilities}, ENSEMBLE_MODEL)
+        tracking.log_bytes(png, "evaluation/reliability.png")
+        version = _register(spec, run.info.run_id, metrics["test_accuracy"]) if register else None
+    if version and _members_are_champions(spec["members"]):
+        MlflowClient().set_registered_model_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS, version)
+    return {
+        "family": ENSEMBLE_MODEL, "version": version, "run_id": run.info.run_id, "params": spec,
+        "metrics": metrics, "cv": {}, "stages": {}, "search_seconds": 0.0,
+        "train_seconds": time.perf_counter() - started,
+    }  # fmt: skip
