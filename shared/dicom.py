@@ -69,6 +69,22 @@ def decode_dicom(data: bytes, frame: int | None = None, max_pixels: int | None =
     """
     pydicom = _import_pydicom()
     dataset = _read_dataset(pydicom, data)
+    try:
+        return _decode_dataset(dataset, frame, max_pixels)
+    except ServiceError:
+        raise
+    except Exception as exc:
+        # pydicom converts elements on first access, so a corrupt one fails wherever it is read, with any type
+        # (and a text that may quote it); so do its window and LUT functions on values they cannot use.
+        logger.info("DICOM upload not decodable (%s)", type(exc).__name__)
+        raise ServiceError(
+            ErrorCode.INVALID_IMAGE,
+            "The DICOM file could not be decoded: an element is corrupt, or its display attributes (rescale, "
+            "window, lookup tables) cannot be applied to its pixels.",
+        ) from exc
+
+
+def _decode_dataset(dataset: Dataset, frame: int | None, max_pixels: int | None) -> Image.Image:
     if not any(key in dataset for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise _unsupported("The DICOM file holds no image (no pixel data), e.g. a report or a plan.")
     index = choose_frame(_frame_count(dataset), frame)
@@ -107,9 +123,10 @@ def reduce_large_frame(pixels: np.ndarray) -> np.ndarray:
     from shared.imaging import FULL_DECODE_MAX_SIDE, REDUCED_MIN_SIDE
 
     longer = max(pixels.shape[:2])
-    if longer <= FULL_DECODE_MAX_SIDE:
+    # Never more than the shorter side: a 1-pixel-high strip stays one pixel high.
+    factor = min(longer // REDUCED_MIN_SIDE, min(pixels.shape[:2]))
+    if longer <= FULL_DECODE_MAX_SIDE or factor <= 1:
         return pixels
-    factor = longer // REDUCED_MIN_SIDE
     rows, columns = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
     blocks = pixels[:rows, :columns].reshape(rows // factor, factor, columns // factor, factor, *pixels.shape[2:])
     return np.rint(blocks.mean(axis=(1, 3))).astype(pixels.dtype)
@@ -199,6 +216,8 @@ def _check_size(dataset: Dataset, max_pixels: int | None) -> None:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
     except (AttributeError, TypeError, ValueError) as exc:
         raise ServiceError(ErrorCode.INVALID_IMAGE, "The DICOM file has no valid Rows and Columns.") from exc
+    if rows < 1 or columns < 1:
+        raise ServiceError(ErrorCode.INVALID_IMAGE, "The DICOM file's Rows and Columns are not positive.")
     if max_pixels is not None and rows * columns > max_pixels:
         raise ServiceError(
             ErrorCode.INVALID_IMAGE,

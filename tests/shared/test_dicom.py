@@ -5,6 +5,7 @@ that names the transfer syntax; no patient data is ever echoed or logged."""
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import warnings
 
@@ -259,6 +260,32 @@ def test_a_frame_above_the_full_decode_size_is_box_reduced_as_large_images_are()
     expected = np.rint(stored[:, :2050].reshape(3, 2, 1025, 2).mean(axis=(1, 3))).astype(np.uint8)
     assert got.shape == (3, 1025)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_corrupted_headers_are_client_errors_never_crashes(gray: np.ndarray) -> None:
+    # pydicom parses elements on first access: a corrupt one can fail anywhere, with any exception type.
+    rng = random.Random(17)
+    small = gray[:24, :20]
+    bases = [
+        write_dicom(small),
+        write_dicom(small.astype(np.uint16) * 16, bits_stored=12, rescale=(0.5, -3), window=(40, 80)),
+        write_dicom(np.stack([small, small]), frames=True),
+        write_dicom(255 - small, photometric="MONOCHROME1", voi_lut=list(range(256))),
+    ]
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(400):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(132, 700)] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(132, len(data))]
+        try:
+            decode_grayscale(bytes(data), rng.choice([None, 0, 1]))
+            outcomes["decoded"] += 1
+        except ServiceError as exc:
+            assert 400 <= exc.status < 500, exc.message
+            outcomes["refused"] += 1
+    assert outcomes["decoded"] > 0 and outcomes["refused"] > 0
 
 
 # -- patient data --------------------------------------------------------------------------------------
