@@ -25,6 +25,8 @@ class VersionRecord:
     # The sha256 of the version's ONNX file, tagged at registration (``onnx_sha256``); None for versions
     # registered before training tagged it.
     onnx_sha256: str | None = None
+    # "onnx": the version is an ONNX file; "ensemble": a spec combining other models' versions (no file of its own).
+    kind: str = "onnx"
 
 
 def _version_sort_key(version: str) -> tuple[int, str]:
@@ -113,8 +115,15 @@ class Catalog:
         return cls(models, fetched_at=float("-inf"), from_disk=True)
 
     def defaults(self) -> list[str]:
-        """Names of the models that have a default version (a model registered without versions has none)."""
-        return [name for name in self.names() if self.models[name].default_version() is not None]
+        """Names of the models whose default version is an ONNX file to load (a model registered without
+        versions has no default; an ensemble's version is served through its members)."""
+        names = []
+        for name in self.names():
+            record = self.models[name]
+            default = record.default_version()
+            if default is not None and record.versions[default].kind == "onnx":
+                names.append(name)
+        return names
 
     def names(self) -> list[str]:
         """Short names, the known families first."""

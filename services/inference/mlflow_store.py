@@ -36,7 +36,7 @@ from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from shared.contract import ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import REGISTERED_NAME_PREFIX
+from shared.schemas import ENSEMBLE_MEMBERS_TAG, REGISTERED_NAME_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ class MlflowStore:
                         source=mv.source or "",
                         created_at=_iso_millis(mv.creation_timestamp),
                         onnx_sha256=(mv.tags or {}).get(ONNX_SHA256_TAG) or None,
+                        kind="ensemble" if ENSEMBLE_MEMBERS_TAG in (mv.tags or {}) else "onnx",
                     )
             token = page.token
             if not token:

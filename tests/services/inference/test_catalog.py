@@ -126,3 +126,12 @@ def test_default_version(catalog: Catalog) -> None:
 
 def test_age_grows_from_the_fetch_time() -> None:
     assert Catalog({}, fetched_at=0.0).age_s() > Catalog({}).age_s()
+
+
+def test_defaults_to_load_skip_models_without_versions_and_ensembles(catalog: Catalog) -> None:
+    assert catalog.defaults() == ["rf", "snn", "cnn", "zeta"]  # "empty" has no version to load
+    spec = VersionRecord("1", run_id="run-1", source="s3://ensemble/1", created_at=None, kind="ensemble")
+    with_ensemble = Catalog(
+        {**catalog.models, "ensemble": ModelRecord("ensemble", "brain-tumor-ensemble", {"1": spec}, {})}
+    )
+    assert "ensemble" not in with_ensemble.defaults()  # served through its members, no file of its own

@@ -107,14 +107,16 @@ def test_a_version_without_the_tag_is_trusted_once_and_held_to_it(
 
 
 def test_a_restart_while_mlflow_is_down_serves_the_kept_catalogue_and_files(
-    model_zoo: Any, tmp_path: Path, unused_url: str, sample_images: dict[str, bytes]
+    model_zoo: Any, tmp_path: Path, tcp_proxy: Any, sample_images: dict[str, bytes]
 ) -> None:
-    online = ModelRegistry(model_zoo.tracking_uri, tmp_path)
+    proxy = tcp_proxy(model_zoo.tracking_uri)  # closing it makes MLflow look down at the same address
+    online = ModelRegistry(proxy.url, tmp_path)
     online.preload_defaults()
     assert online.readiness() == "reachable"
     assert (tmp_path / model_store.CATALOG_FILENAME).is_file()
+    proxy.close()
 
-    offline = ModelRegistry(unused_url, tmp_path, registry_retry_s=60)  # the same cache folder, no MLflow
+    offline = ModelRegistry(proxy.url, tmp_path, registry_retry_s=60)  # a restart: same cache folder
     for name in model_zoo.versions:
         classifier = offline.get(name)
         assert classifier.version == model_zoo.default_version(name)
@@ -132,14 +134,16 @@ def test_a_restart_while_mlflow_is_down_serves_the_kept_catalogue_and_files(
 
 
 def test_a_default_model_that_cannot_be_loaded_makes_the_registry_not_ready(
-    model_zoo: Any, tmp_path: Path, unused_url: str
+    model_zoo: Any, tmp_path: Path, tcp_proxy: Any
 ) -> None:
-    online = ModelRegistry(model_zoo.tracking_uri, tmp_path)
+    proxy = tcp_proxy(model_zoo.tracking_uri)
+    online = ModelRegistry(proxy.url, tmp_path)
     online.preload_defaults()
     cnn = next((tmp_path / "brain-tumor-cnn").glob(f"v{model_zoo.default_version('cnn')}-*/{ONNX_FILENAME}"))
     cnn.write_bytes(cnn.read_bytes()[:100])  # truncated
+    proxy.close()
 
-    offline = ModelRegistry(unused_url, tmp_path)
+    offline = ModelRegistry(proxy.url, tmp_path)
     with pytest.raises(ServiceError) as caught:
         offline.readiness()
     assert caught.value.code is ErrorCode.MODEL_NOT_READY
