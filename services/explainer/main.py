@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from services.explainer.routes import api_router
+from shared.imaging import decode_settings
 from shared.lime_explanation import explain
 from shared.service import build_app, internal_client
 
@@ -49,6 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
+    decode_settings()  # the shared BT_DECODE_* bounds: bad values stop the service here, not at its first image
     app = build_app(
         "Brain tumour MRI - explainer service",
         DESCRIPTION,

@@ -14,6 +14,7 @@ from services.inference.config import Settings
 from services.inference.mlflow_store import configure_mlflow_http
 from services.inference.registry import ModelRegistry
 from services.inference.routes import api_router, debug_router
+from shared.imaging import decode_settings
 from shared.service import build_app
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings()
+    decode_settings()  # the shared BT_DECODE_* bounds: bad values stop the service here, not at its first image
     # Tensor bodies (predict-pixels, the Open Inference Protocol's infer) are bounded by their own, larger
     # limit (max_pixel_batch_bytes), read by their handlers.
     app = build_app(
