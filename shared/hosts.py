@@ -26,6 +26,7 @@ from shared.errors import ErrorCode, ServiceError, error_response, is_oip_path
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 INVALID_HOST_DESCRIPTION = "INVALID_HOST: the request's Host header is not one this service answers to."
 # The Open Inference Protocol's routes answer their own error shape (shared.errors), this one too.
+_OIP_ERROR_MODEL = "OipErrorOut"
 _OIP_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 # Set in the ASGI scope by Starlette's check when the host passed it.
 _TRUSTED_SCOPE_KEY = "bt.trusted_host"
@@ -137,6 +138,10 @@ def _declare_invalid_host(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build_schema()
+        # The protocol's routes declare their error body as a component; its shape inline otherwise.
+        known = schema.get("components", {}).get("schemas", {})
+        oip_ref = {"$ref": f"#/components/schemas/{_OIP_ERROR_MODEL}"}
+        oip_body = oip_ref if _OIP_ERROR_MODEL in known else _OIP_ERROR_SCHEMA
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 if not isinstance(operation, dict) or "responses" not in operation:
@@ -147,7 +152,7 @@ def _declare_invalid_host(app: FastAPI) -> None:
                     if "INVALID_HOST" not in described:
                         responses["400"]["description"] = f"{described} Or {INVALID_HOST_DESCRIPTION}".strip()
                 else:
-                    body = _OIP_ERROR_SCHEMA if is_oip_path(path) else {"$ref": "#/components/schemas/ErrorOut"}
+                    body = oip_body if is_oip_path(path) else {"$ref": "#/components/schemas/ErrorOut"}
                     responses["400"] = {
                         "description": INVALID_HOST_DESCRIPTION,
                         "content": {"application/json": {"schema": body}},
