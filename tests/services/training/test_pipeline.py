@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,44 @@ def test_run_registers_passing_families_and_reports_failures(
         version = client.get_model_version(f"brain-tumor-{family}", result.registered_version)
         assert version.run_id == result.mlflow_run_id
         run = client.get_run(result.mlflow_run_id)
-        for metric in ("test_accuracy", "test_f1_macro", "parity_max_abs_diff", "train_seconds"):
+        for metric in (
+            "test_accuracy",
+            "test_f1_macro",
+            "parity_max_abs_diff",
+            "train_seconds",
+            "test_ece",
+            "test_ece_uncalibrated",
+            "test_brier",
+            "test_brier_uncalibrated",
+            "calibration_temperature",
+        ):
             assert metric in run.data.metrics
         assert run.data.metrics["parity_max_abs_diff"] <= 1e-4
-        # Neither the forest nor the cosine-scheduled CNN watches a held-out slice: all 96 training images train.
-        assert (run.data.metrics["refit_images"], run.data.metrics["refit_held_out_images"]) == (96, 0)
+        assert run.data.metrics["calibrated_parity_max_abs_diff"] <= 1e-4
+        # Neither the forest nor the cosine-scheduled CNN watches a held-out slice: the 96 training images less
+        # the calibration slice (a tenth, whole duplicate groups) train.
+        calibration_images = run.data.metrics["calibration_images"]
+        assert 5 <= calibration_images <= 15
+        assert (run.data.metrics["refit_images"], run.data.metrics["refit_held_out_images"]) == (
+            96 - calibration_images,
+            0,
+        )
+        assert "evaluation/reliability.png" in {
+            a.path for a in client.list_artifacts(result.mlflow_run_id, "evaluation")
+        }
         artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
         assert {"onnx", "split", "evaluation"} <= artifacts
+    # The ensemble of the two: its version pins the members' versions, and its run is evaluated like theirs.
+    ensemble = client.get_latest_versions("brain-tumor-ensemble")[0]
+    members = {family: by_family[family].registered_version for family in ("rf", "cnn")}
+    assert json.loads(ensemble.tags["ensemble_members"]) == members
+    weights = json.loads(ensemble.tags["ensemble_weights"])
+    assert set(weights) == {"rf", "cnn"} and abs(sum(weights.values()) - 1) < 1e-4
+    ensemble_metrics = client.get_run(ensemble.run_id).data.metrics
+    assert {"test_accuracy", "test_ece", "test_brier"} <= set(ensemble_metrics)
+    spec = json.loads(Path(client.download_artifacts(ensemble.run_id, "ensemble/ensemble.json")).read_text())
+    assert spec["members"] == members
+    assert "| ensemble |" in (settings.report_dir / "comparison.md").read_text()
+    assert (settings.report_dir / "reliability_rf.png").stat().st_size > 0
     test_files = client.download_artifacts(by_family["rf"].mlflow_run_id, "split/test_files.txt")
     assert len(Path(test_files).read_text().splitlines()) == 24, "20% of 120 sample images"
