@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
 from shared import imaging
 from shared.contract import PreprocessingContract
@@ -198,3 +199,10 @@ def test_decodes_beyond_the_slots_wait_then_get_server_busy(decode_env: pytest.M
     assert isinstance(busy, ServiceError) and busy.code is ErrorCode.SERVER_BUSY and busy.status == 503
     assert busy.retry_after_s == imaging.BUSY_RETRY_AFTER_S
     assert decode_grayscale(data).size == (32, 32), "the slot is free again once released"
+
+
+@pytest.mark.parametrize(("variable", "value"), [("MAX_PIXELS", "0"), ("MAX_CONCURRENT", "-1"), ("WAIT_S", "soon")])
+def test_bad_decode_settings_are_refused(decode_env: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    decode_env.setenv(f"BT_DECODE_{variable}", value)
+    with pytest.raises(ValidationError, match=variable.lower()):
+        imaging.decode_settings()
