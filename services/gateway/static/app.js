@@ -77,6 +77,8 @@
     switch (code) {
       case "INVALID_IMAGE":
         return "Not an image the models can read. " + message;
+      case "UNSUPPORTED_DICOM":
+        return "A DICOM file the models cannot read. " + message;
       case "FILE_TOO_LARGE": {
         const limit = error.details && error.details.max_bytes;
         return "File too large" + (limit ? " (at most " + mib(limit) + ")" : "") + ". " + message;
