@@ -135,7 +135,7 @@ def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ServiceError(
             ErrorCode.INVALID_IMAGE,
-            "The file is not an image that can be decoded (expected JPEG, PNG, BMP, TIFF or similar).",
+            "The file is not an image that can be decoded (expected JPEG, PNG, BMP, TIFF or similar, or DICOM).",
         ) from exc
 
 
