@@ -41,11 +41,11 @@ class Settings(HostSettings, BaseSettings):
     predict_timeout_s: float = Field(
         2.0,
         gt=0,
-        description="Longest wait for an inference replica's answer to a prediction, a comparison or the model list "
-        "(and for each file of a batch); a replica that is stopped or overloaded gives 503 UPSTREAM_TIMEOUT this soon.",
+        description="Longest wait for an inference replica's answer to a prediction or the model list (and per model "
+        "of a comparison, per file of a batch); a replica that is stopped or overloaded gives 503 UPSTREAM_TIMEOUT.",
     )
     request_timeout_s: float = Field(
-        30.0, gt=0, description="Longest wait for one upstream answer of any other kind, and for a whole batch."
+        30.0, gt=0, description="Longest wait for a whole comparison or batch, and for any other upstream answer."
     )
     explain_timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for an explanation (the explainer may queue requests)."

@@ -28,13 +28,17 @@ def _query(version: str | None, frame: int | None) -> dict[str, str | int] | Non
 
 
 class InferenceClient:
-    """Calls to the inference replicas: predictions and the model list wait at most ``predict_timeout_s``, a
-    batch that long per file, up to ``batch_timeout_s``."""
+    """Calls to the inference replicas: a prediction and the model list wait at most ``predict_timeout_s``; a
+    comparison or a batch that long per model or file, up to ``batch_timeout_s``."""
 
     def __init__(self, pool: ReplicaPool, predict_timeout_s: float, batch_timeout_s: float) -> None:
         self.pool = pool
         self.predict_timeout_s = predict_timeout_s
         self.batch_timeout_s = batch_timeout_s
+
+    def timeout_for(self, runs: int) -> float:
+        """The wait for a call that runs ``runs`` predictions (models of a comparison, files of a batch)."""
+        return min(self.batch_timeout_s, self.predict_timeout_s * max(1, runs))
 
     async def predict(
         self, model: str, version: str | None, image: bytes, request_id: str | None = None, frame: int | None = None
@@ -59,7 +63,7 @@ class InferenceClient:
             "POST",
             "/v1/compare",
             request_id,
-            timeout_s=self.predict_timeout_s,
+            timeout_s=self.timeout_for(len(models)),
             params=[("models", model) for model in models] + list((_query(None, frame) or {}).items()),
             files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
         )
@@ -78,7 +82,7 @@ class InferenceClient:
             "POST",
             f"/v1/models/{quote(model, safe='')}/predict-batch",
             request_id,
-            timeout_s=min(self.batch_timeout_s, self.predict_timeout_s * max(1, len(images))),
+            timeout_s=self.timeout_for(len(images)),
             params=_query(version, frame),
             files=[("files", (FORWARDED_FILENAME, image, "application/octet-stream")) for image in images],
         )

@@ -29,10 +29,26 @@ def gateway_app_client(app_clients: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
+def wait_until_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Until ``url``'s /readyz answers 200 (inference: its default models are loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/readyz", timeout=5.0, trust_env=False).status_code != 200:
+        assert time.monotonic() < deadline, f"{url} never became ready"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def ready_inference(inference_server: ManagedProcess) -> ManagedProcess:
+    """``inference_server`` once its default models are loaded: the gateway gives a model still loading only
+    its prediction timeout (2 s), which a cold start on a busy machine can exceed."""
+    wait_until_ready(inference_server.url)
+    return inference_server
+
+
 @pytest.fixture
-def gateway_client(inference_server: ManagedProcess, gateway_app_client: Callable[..., Any]) -> Any:
+def gateway_client(ready_inference: ManagedProcess, gateway_app_client: Callable[..., Any]) -> Any:
     """An in-process gateway (TestClient) in front of the real inference process serving the zoo."""
-    return gateway_app_client(inference_url=inference_server.url)
+    return gateway_app_client(inference_url=ready_inference.url)
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +105,7 @@ class SpareReplica:
     def start(self) -> None:
         """Start it on its port and wait until its /readyz answers 200 (default models loaded)."""
         self.process = start_service("inference", self.port, self.env, self.log_path)
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{self.url}/readyz", timeout=5.0, trust_env=False).status_code != 200:
-            assert time.monotonic() < deadline, f"the spare replica never became ready:\n{self.process.log_tail()}"
-            time.sleep(0.2)
+        wait_until_ready(self.url)
 
     def running(self) -> bool:
         return self.process is not None and self.process.process.poll() is None

@@ -25,9 +25,9 @@ def predictions_served(inference_url: str) -> float:
 
 
 def test_killed_replica_costs_no_request_and_gets_traffic_back_after_restart(
-    spare_replica: Any, inference_server: Any, start_gateway: Any
+    spare_replica: Any, ready_inference: Any, start_gateway: Any
 ) -> None:
-    victim, survivor = spare_replica, inference_server
+    victim, survivor = spare_replica, ready_inference
     gateway = start_gateway(inference_urls=f"{victim.url},{survivor.url}", health_check_interval_s="0.5")
     wait_for_replica(gateway.url, victim.url, up=True, timeout_s=30)
     images = sample_images()

@@ -25,12 +25,12 @@ def test_readyz_when_inference_is_ready(gateway_client: Any) -> None:
 
 
 def test_readyz_says_whether_the_explainer_answers(
-    inference_server: Any, explainer_server: Any, gateway_app_client: Any, unused_url: str
+    ready_inference: Any, explainer_server: Any, gateway_app_client: Any, unused_url: str
 ) -> None:
-    with_explainer = gateway_app_client(inference_url=inference_server.url, explainer_url=explainer_server.url)
+    with_explainer = gateway_app_client(inference_url=ready_inference.url, explainer_url=explainer_server.url)
     assert with_explainer.get("/readyz").json()["explainer"] == "ready"
     # Explanations are optional: predictions still work, so the gateway stays ready and says why.
-    without = gateway_app_client(inference_url=inference_server.url, explainer_url=unused_url).get("/readyz")
+    without = gateway_app_client(inference_url=ready_inference.url, explainer_url=unused_url).get("/readyz")
     assert without.status_code == 200, without.text
     assert without.json()["explainer"].startswith("unavailable: ")
 
