@@ -101,7 +101,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "TRAINING_BUSY: a training run is already in progress.",
     411: "INVALID_REQUEST: the body length is required.",
     413: "FILE_TOO_LARGE: the upload is larger than the configured limit.",
-    415: "INVALID_IMAGE: the upload is empty or not a decodable image.",
+    415: "INVALID_IMAGE: the upload is empty or not a decodable image; UNSUPPORTED_DICOM: a DICOM file without "
+    "pixel data, or compressed with a transfer syntax no installed decoder handles (named in the message).",
     422: "INVALID_REQUEST: e.g. no multipart `file` field, or a malformed or out-of-bounds parameter.",
     500: "INVALID_MODEL: the registered model file cannot be served.",
     502: "UPSTREAM_ERROR: an upstream service answered something unexpected.",

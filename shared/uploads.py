@@ -173,7 +173,7 @@ class BodySizeLimit:
 
 async def get_image_bytes(
     request: Request,
-    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF...).")],
+    file: Annotated[UploadFile, File(description="The MRI image (JPEG, PNG, BMP, TIFF..., or a DICOM file).")],
 ) -> bytes:
     """The uploaded file's bytes, 413 beyond the service's `max_upload_bytes` setting."""
     try:
