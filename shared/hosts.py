@@ -89,11 +89,13 @@ class TrustedHosts:
     def __init__(self, app: ASGIApp, allowed_hosts: list[str], setting: str) -> None:
         self.app = app
         self._check = TrustedHostMiddleware(_mark_trusted, allowed_hosts=allowed_hosts, www_redirect=False)
+        # Anything but plain HTTP (a websocket, should a service ever add one) gets Starlette's own handling.
+        self._starlette = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
         self._message = f"The Host header is not one this service answers to (allowed hosts: {setting})."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan; no service has websockets
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":  # lifespan passes through Starlette's check untouched
+            await self._starlette(scope, receive, send)
             return
         await self._check(scope, receive, _discard)
         if scope.pop(_TRUSTED_SCOPE_KEY, False):
