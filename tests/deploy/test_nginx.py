@@ -180,6 +180,21 @@ def test_an_oversized_body_gets_413_in_the_error_shape(proxy: Proxy, chunked: bo
     assert error["request_id"] == "too-big-1"
 
 
+def test_a_request_id_that_is_not_plain_is_replaced(proxy: Proxy) -> None:
+    # nginx's own error bodies carry the id: a quote in it must not reach the JSON.
+    response = httpx.post(
+        f"{proxy.url('gateway')}/v1/predict",
+        content=b"x" * (next(s.max_body_bytes for s in proxy.services if s.name == "gateway") + 1),
+        headers={"x-request-id": 'x","code":"EVIL'},
+        trust_env=False,
+        timeout=30,
+    )
+    assert response.status_code == 413
+    made = response.json()["error"]["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made)
+    assert response.headers["x-request-id"] == made
+
+
 def test_a_service_that_is_down_gets_503_with_retry_after(proxy: Proxy) -> None:
     response = httpx.get(f"{proxy.url('explainer')}/readyz", trust_env=False, timeout=30)
     assert response.status_code == 503
