@@ -163,6 +163,9 @@ class Predictor:
 
     async def predict(self, classifier: OnnxClassifier, tensor: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for a model input tensor (N, ...) in the model's contract shape."""
+        if not isinstance(classifier, OnnxClassifier):
+            # The ensemble: its tensor is its members' side by side, and each member's session runs it.
+            return await run_in_threadpool(classifier.predict, tensor)
         if self.batching:
             return await self.batcher(classifier).predict(tensor)
         check_tensor(classifier, tensor)

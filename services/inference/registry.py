@@ -21,11 +21,12 @@ from pathlib import Path
 from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
+from services.inference.ensemble import EnsembleClassifier, EnsembleSpec, load_ensemble, read_spec
 from services.inference.metrics import MODEL_LOADS, run_recorder
 from services.inference.mlflow_store import MlflowStore
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import ModelInfo, ModelsOut, ModelVersionInfo
+from shared.schemas import ENSEMBLE_MODEL, ModelInfo, ModelsOut, ModelVersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,11 @@ class ModelRegistry:
             raise failed[1]
         model, version = record.short_name, version_record.version
         try:
+            if model == ENSEMBLE_MODEL:  # no file of its own: its pinned members, loaded (or reused) here
+                classifier = self._load_ensemble(record, version_record)
+                with self._lock:
+                    self._classifiers[key] = classifier
+                return classifier
             path = self.store.download(record, version_record)
             # Every onnxruntime run of this version, whichever route asks for it, is recorded.
             classifier = OnnxClassifier(
@@ -186,6 +192,17 @@ class ModelRegistry:
             self._load_failures.pop(key, None)
         MODEL_LOADS.labels(model, version, "ok").inc()
         return classifier
+
+    def ensemble_spec(self, record: ModelRecord, version_record: VersionRecord) -> EnsembleSpec:
+        """An ensemble version's members and weights (its registration tags, kept in the cache folder)."""
+        return read_spec(
+            self.store._client, self.store._guard, self.cache_dir, record.registered_name,
+            version_record.version, version_record.run_id,
+        )  # fmt: skip
+
+    def _load_ensemble(self, record: ModelRecord, version_record: VersionRecord) -> EnsembleClassifier:
+        spec = self.ensemble_spec(record, version_record)
+        return load_ensemble(record.short_name, version_record.version, spec, self.get)
 
     def loaded(self) -> dict[str, bool]:
         """``name/version`` -> ready flag of every version loaded so far (False: its last load failed)."""
@@ -233,6 +250,7 @@ class ModelRegistry:
                 run_id=record.versions[number].run_id,
                 created_at=record.versions[number].created_at,
                 metrics=self._run_metrics(record.versions[number].run_id),
+                **self._ensemble_fields(record, record.versions[number]),
             )
             for number in record.version_numbers()
         ]
@@ -242,6 +260,17 @@ class ModelRegistry:
             default_version=record.default_version(),
             versions=versions,
         )
+
+    def _ensemble_fields(self, record: ModelRecord, version_record: VersionRecord) -> dict[str, dict]:
+        """An ensemble version's members and weights for the listing; nothing when unreadable (logged)."""
+        if record.short_name != ENSEMBLE_MODEL:
+            return {}
+        try:
+            spec = self.ensemble_spec(record, version_record)
+        except ServiceError as exc:
+            logger.warning("ensemble/%s listed without its members: %s", version_record.version, exc.message)
+            return {}
+        return {"members": spec.members, "weights": spec.weights}
 
     def ping(self) -> None:
         """Raise REGISTRY_UNAVAILABLE unless MLflow answers now (or answered within the TTL)."""

@@ -62,8 +62,8 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     return equal, "equal (fitted weights were no better on the calibration slice)"
 
 
-def _register(spec: dict[str, Any], run_id: str, accuracy: float) -> str:
-    """A new version of brain-tumor-ensemble pointing at the run's spec, its members and weights as tags."""
+def register_version(spec: dict[str, Any], run_id: str, accuracy: float) -> str:
+    """A new version of brain-tumor-ensemble from the active run (its spec artifact), members and weights as tags."""
     client = MlflowClient()
     name = registered_name(ENSEMBLE_MODEL)
     try:
@@ -129,7 +129,7 @@ def build_ensemble(
         tracking.log_bytes(plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL), "evaluation/confusion_matrix.png")
         png = plots.reliability_png(test_labels, {"ensemble": test_probabilities}, ENSEMBLE_MODEL)
         tracking.log_bytes(png, "evaluation/reliability.png")
-        version = _register(spec, run.info.run_id, metrics["test_accuracy"]) if register else None
+        version = register_version(spec, run.info.run_id, metrics["test_accuracy"]) if register else None
     if version and _members_are_champions(spec["members"]):
         MlflowClient().set_registered_model_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS, version)
     return {

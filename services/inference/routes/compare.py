@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.inference.batching import Predictor
 from services.inference.deps import ModelDep, PredictorDep, RegistryDep, SettingsDep
+from services.inference.ensemble import EnsembleClassifier
 from services.inference.registry import ModelRegistry
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
@@ -70,6 +71,7 @@ def _prediction(classifier: OnnxClassifier, probabilities: np.ndarray, latency_m
         label=label,
         probabilities=by_class,
         latency_ms=round(latency_ms, 3),
+        members=getattr(classifier, "member_versions", None),  # the ensemble's members that answered
     )
 
 
@@ -96,6 +98,8 @@ def _model_input(name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[
     if isinstance(loaded, ServiceError):
         return loaded
     try:
+        if isinstance(loaded, EnsembleClassifier):  # its members' tensors side by side
+            return loaded, loaded.tensor_from_pixels(pixels)
         contract = loaded.contract
         return loaded, imaging.to_model_input(pixels[contract.image_size], contract)
     except ServiceError as exc:
@@ -114,6 +118,7 @@ def prepare_comparison(
     """
     loaded = {name: _load(registry, name) for name in names}
     sizes = {item.contract.image_size for item in loaded.values() if isinstance(item, OnnxClassifier)}
+    sizes |= {size for item in loaded.values() if isinstance(item, EnsembleClassifier) for size in item.member_sizes}
     started = time.perf_counter()
     pixels: dict[int, np.ndarray] = {}
     if sizes:

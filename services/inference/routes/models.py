@@ -73,6 +73,7 @@ async def predict_image(
         label=label,
         probabilities=probabilities,
         latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        members=getattr(classifier, "member_versions", None),  # the ensemble's members that answered
     )
 
 

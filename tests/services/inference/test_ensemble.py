@@ -1,0 +1,118 @@
+"""The ensemble served by inference: a registered brain-tumor-ensemble version pinning three members of different
+image sizes and scalings, answering the weighted mean of their probabilities (real MLflow, the real app)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deploy.processes import free_port, start_mlflow
+from shared.contract import PreprocessingContract
+from tests.conftest import register_onnx_model
+
+# Three members as training would register them (versions 1), weights as fitted on a calibration slice.
+WEIGHTS = {"rf": 0.5, "cnn": 0.3, "mobilenetv2": 0.2}
+
+
+@pytest.fixture(scope="module")
+def ensemble_registry(
+    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]]
+) -> Iterator[str]:
+    """A dedicated MLflow (the shared zoo's listing stays four families) with three members and one ensemble."""
+    import mlflow
+    from sklearn.ensemble import RandomForestClassifier
+
+    from services.training.ensemble import register_version
+
+    state = tmp_path_factory.mktemp("ensemble-mlflow")
+    server = start_mlflow(state / "store", free_port(), state / "mlflow.log")
+    uri = server.url
+    members = {
+        "rf": make_onnx(PreprocessingContract(layout="flat", scaling="unit", image_size=32))[0],
+        "cnn": make_onnx(
+            PreprocessingContract(layout="nhwc", scaling="unit", image_size=32),
+            RandomForestClassifier(n_estimators=6, max_depth=5, random_state=2),
+        )[0],
+        "mobilenetv2": make_onnx(PreprocessingContract(layout="nhwc", scaling="raw", image_size=24))[0],
+    }
+    versions = {model: register_onnx_model(uri, model, onnx_bytes)[0] for model, onnx_bytes in members.items()}
+    spec = {"members": versions, "weights": WEIGHTS, "weighting": "fitted", "test_files_sha256": "tests"}
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_name="ensemble") as run:
+            mlflow.log_text(json.dumps(spec), "ensemble/ensemble.json")
+            register_version(spec, run.info.run_id, 0.5)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    yield uri
+    server.stop()
+
+
+@pytest.fixture
+def client(ensemble_registry: str, inference_app_client: Callable[..., Any], tmp_path: Path) -> Any:
+    return inference_app_client(tracking_uri=ensemble_registry)
+
+
+def _predict(client: Any, model: str, data: bytes, version: str | None = None) -> dict[str, Any]:
+    params = {"version": version} if version else {}
+    response = client.post(f"/v1/models/{model}/predict", params=params, files={"file": ("a.jpg", data)})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _weighted_mean(answers: dict[str, dict[str, Any]]) -> dict[str, float]:
+    classes = next(iter(answers.values()))["probabilities"]
+    return {c: sum(WEIGHTS[m] * answers[m]["probabilities"][c] for m in WEIGHTS) for c in classes}
+
+
+def test_ensemble_answers_the_weighted_mean_of_its_pinned_members(client: Any, sample_images: dict) -> None:
+    for data in sample_images.values():
+        answer = _predict(client, "ensemble", data)
+        assert answer["model"] == "ensemble" and answer["version"] == "1"
+        assert answer["members"] == {"rf": "1", "cnn": "1", "mobilenetv2": "1"}
+        members = {model: _predict(client, model, data, version="1") for model in WEIGHTS}
+        expected = _weighted_mean(members)
+        for name, probability in answer["probabilities"].items():
+            assert probability == pytest.approx(expected[name], abs=1e-5)
+        assert answer["label"] == max(expected, key=expected.get)
+        assert all(item["members"] is None for item in members.values())
+
+
+def test_ensemble_in_a_comparison_and_in_the_listing(client: Any, sample_images: dict) -> None:
+    data = sample_images["glioma"]
+    alone = _predict(client, "ensemble", data)
+    response = client.post(
+        "/v1/compare", params=[("models", "ensemble"), ("models", "rf")], files={"file": ("a.jpg", data)}
+    )
+    assert response.status_code == 200, response.text
+    item = next(item for item in response.json()["results"] if item["model"] == "ensemble")
+    assert item["ok"] and item["result"]["members"] == alone["members"]
+    for name, probability in item["result"]["probabilities"].items():
+        assert probability == pytest.approx(alone["probabilities"][name], abs=1e-5)
+
+    listing = {model["model"]: model for model in client.get("/v1/models").json()["models"]}
+    (version,) = listing["ensemble"]["versions"]
+    assert version["members"] == {"rf": "1", "cnn": "1", "mobilenetv2": "1"}
+    assert version["weights"] == pytest.approx(WEIGHTS)
+    assert listing["rf"]["versions"][0]["members"] is None
+
+
+def test_ensemble_takes_pixels_at_its_largest_member_size(client: Any) -> None:
+    """The explainer's path: raw pixels at the contract size, resized for each member."""
+    contract = client.get("/v1/models/ensemble/contract").json()["contract"]
+    assert contract["image_size"] == 32 and contract["scaling"] == "raw"
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32), dtype=np.uint8)
+    response = client.post(
+        "/v1/models/ensemble/predict-pixels",
+        content=pixels.tobytes(),
+        headers={"x-pixels-shape": "3,32,32", "content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 200, response.text
+    rows = np.array(response.json()["probabilities"])
+    assert rows.shape == (3, 4) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-5)
