@@ -10,6 +10,8 @@
     cnn: "Small CNN",
     mobilenetv2: "MobileNetV2",
   };
+  // The calibrated ensemble of the champions, shown as the consensus above the four cards when registered.
+  const CONSENSUS_MODEL = "ensemble";
 
   const state = {
     config: null,
@@ -112,10 +114,13 @@
     const template = byId("card-template");
     container.textContent = "";
     state.cards = {};
-    for (const model of state.models) {
+    const consensus = byId("consensus");
+    consensus.textContent = "";
+    for (const model of [CONSENSUS_MODEL, ...state.models]) {
       const node = template.content.firstElementChild.cloneNode(true);
       node.dataset.model = model;
-      node.querySelector(".model-name").textContent = MODEL_TITLES[model] || model;
+      node.querySelector(".model-name").textContent =
+        model === CONSENSUS_MODEL ? "Consensus: calibrated ensemble" : MODEL_TITLES[model] || model;
       node.querySelector(".model-name").title = model;
       const select = node.querySelector(".version-select");
       select.setAttribute("aria-label", "Version of " + model);
@@ -127,7 +132,7 @@
       });
       node.querySelector(".explain-button").addEventListener("click", () => explainOne(model));
       setCardStatus(node, "idle", "Waiting for an image.");
-      container.appendChild(node);
+      (model === CONSENSUS_MODEL ? consensus : container).appendChild(node);
       state.cards[model] = node;
     }
   }
@@ -144,8 +149,23 @@
     card.querySelector(".card-status").textContent = text;
   }
 
+  // The consensus card shows only when an ensemble is registered; it names its members and their weights.
+  function consensusRegistered() {
+    return Boolean(state.catalog && state.catalog[CONSENSUS_MODEL]);
+  }
+
+  function describeMembers(members) {
+    const info = state.catalog && state.catalog[CONSENSUS_MODEL];
+    const listed = info && info.versions.find((v) => v.members && Object.keys(v.members).length);
+    const weights = (listed && listed.weights) || {};
+    return Object.entries(members || {})
+      .map(([m, v]) => m + " v" + v + (m in weights ? " ×" + weights[m].toFixed(2) : ""))
+      .join(", ");
+  }
+
   function fillVersionPickers() {
-    for (const model of state.models) {
+    byId("consensus").hidden = !consensusRegistered();
+    for (const model of [CONSENSUS_MODEL, ...state.models]) {
       const card = state.cards[model];
       const select = card.querySelector(".version-select");
       const chosen = select.value;
@@ -202,6 +222,9 @@
     card.querySelector(".latency").textContent = body.latency_ms.toFixed(1) + " ms";
     card.querySelector(".round-trip").textContent = roundTripMs.toFixed(0) + " ms";
     card.dataset.version = body.version;
+    const members = card.querySelector(".members");
+    members.hidden = !body.members;
+    members.textContent = body.members ? "weighted mean of " + describeMembers(body.members) : "";
   }
 
   function resetExplanation(card) {
@@ -298,7 +321,8 @@
     byId("preview-caption").textContent =
       (file.name || "scan") + " · " + (file.size / 1024).toFixed(1) + " KiB" + (dicom ? " · DICOM, no preview" : "");
     preview.hidden = false;
-    await Promise.all(state.models.map((model) => predictOne(model, run)));
+    const consensus = consensusRegistered() ? [CONSENSUS_MODEL] : [];
+    await Promise.all([...consensus, ...state.models].map((model) => predictOne(model, run)));
     if (run === state.run) {
       updateSummary();
       document.body.dataset.finished = String(run); // files fully answered so far (tests wait on it)
