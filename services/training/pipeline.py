@@ -226,6 +226,9 @@ def _calibrated_export(
     served = exported_classifier(calibrated).predict(family.tensor(test_pixels, fitted.contract), 64)
     parity = check_parity(expected, served)
     _require_parity(f"{family_name} (calibrated)", parity)
+    # The run's plain copy becomes the file served; the graph as converted stays beside it, to look into.
+    tracking.log_onnx(calibrated)
+    tracking.log_bytes(model_bytes, "calibration/uncalibrated_model.onnx")
     before = calibration_metrics(native, test_labels)
     metrics = {
         **calibration_metrics(expected, test_labels),
