@@ -1,0 +1,268 @@
+"""`python -m deploy.pretrained register|build|train-command`: the pretrained bundle and an MLflow registry.
+
+- ``register``: verify the bundle (shared/pretrained_bundle/, checksums from its manifest) and register each ONNX
+  file as an MLflow Model version, as training does (services.training.tracking: the logged file is checked back
+  against its sha256), with the manifest's metrics, params and tags, an ``onnx_sha256`` tag, the
+  ``pretrained_on`` label, and the ``champion`` alias; then the ensemble (its members pinned to the new versions).
+- ``build``: write a bundle from a finished full-data run's registered versions (the ``champion`` of each family
+  in ``--from-registry URI``, or ``--versions rf=3,cnn=2``).
+- ``train-command``: print the command that runs the full-data training a bundle is built from.
+
+Imports only MLflow, onnx and numpy through services.training.tracking (no TensorFlow), so it runs from the
+serving install too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deploy.processes import PROJECT_ROOT
+from shared.pretrained import (
+    BUNDLE_DIR,
+    PRETRAINED_TAG,
+    BundledEnsemble,
+    BundledModel,
+    BundleError,
+    DataProvenance,
+    Manifest,
+    file_sha256,
+    load_bundle,
+    write_bundle,
+)
+from shared.schemas import (
+    CHAMPION_ALIAS,
+    ENSEMBLE_MEMBERS_TAG,
+    ENSEMBLE_MODEL,
+    ENSEMBLE_WEIGHTS_TAG,
+    MODEL_FAMILIES,
+    registered_name,
+)
+
+EXPERIMENT = "pretrained-bundle"
+FULL_DATA = "../shared/data/brain-tumor-mri/Training"
+# The full-data run a bundle is built from: the quick search on every image, evaluated on a 20% duplicate-aware
+# test split, with its own MLflow (the registry the bundle is then built from).
+TRAIN_COMMAND = f".venv/bin/python -m services.training.cli --data {FULL_DATA} --search quick --test-fraction 0.2"
+# Registered-version tags copied into the bundle (the rest are run-specific).
+KEPT_TAGS = ("image_size", "test_files_sha256")
+
+
+def register(tracking_uri: str, folder: Path = BUNDLE_DIR) -> dict[str, str]:
+    """Register every model of the bundle in folder (checksums verified first); returns short name -> version."""
+    import mlflow
+
+    from services.training import tracking
+
+    manifest, files = load_bundle(folder)
+    previous_uri = mlflow.get_tracking_uri()
+    tracking.use_tracking(tracking_uri, EXPERIMENT)
+    versions: dict[str, str] = {}
+    try:
+        for model in manifest.models:
+            versions[model.model] = _register_model(manifest, model, files[model.model])
+        client = mlflow.MlflowClient()
+        for model in manifest.models:
+            client.set_registered_model_alias(model.registered_name, CHAMPION_ALIAS, versions[model.model])
+        if manifest.ensemble is not None and set(manifest.ensemble.weights) <= set(versions):
+            versions[ENSEMBLE_MODEL] = _register_ensemble(manifest, manifest.ensemble, versions)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    return versions
+
+
+def _register_model(manifest: Manifest, model: BundledModel, data: bytes) -> str:
+    import mlflow
+
+    from services.training import tracking
+
+    with mlflow.start_run(run_name=f"{model.model}-pretrained"):
+        mlflow.set_tags({"family": model.model, "stage": "pretrained", "bundle_commit": manifest.commit})
+        tracking.log_params(model.params)
+        mlflow.log_metrics(model.test_metrics)
+        tracking.log_bytes(manifest.model_dump_json(indent=2).encode(), "pretrained/manifest.json")
+        tracking.log_onnx(data)
+        logged = tracking.log_onnx_model(data, name=model.model)
+        return tracking.register_version(
+            model.registered_name,
+            logged,
+            data,
+            description=f"{model.model} pretrained on {manifest.label()}",
+            tags={**model.tags, "family": model.model, PRETRAINED_TAG: manifest.label()},
+        )
+
+
+def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: dict[str, str]) -> str:
+    """The ensemble's version: its members pinned to the versions just registered (inference reads the tags)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from services.training import tracking
+
+    client = mlflow.MlflowClient()
+    members = {family: versions[family] for family in ensemble.weights}
+    spec = {"members": members, "weights": ensemble.weights}
+    with mlflow.start_run(run_name=f"{ENSEMBLE_MODEL}-pretrained") as run:
+        mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "pretrained"})
+        mlflow.log_metrics(ensemble.test_metrics)
+        tracking.log_bytes(json.dumps(spec, indent=2).encode(), "ensemble/spec.json")
+        source = f"{mlflow.get_artifact_uri()}/ensemble"
+    try:
+        client.create_registered_model(ensemble.registered_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {
+        "family": ENSEMBLE_MODEL,
+        ENSEMBLE_MEMBERS_TAG: json.dumps(members, sort_keys=True),
+        ENSEMBLE_WEIGHTS_TAG: json.dumps(ensemble.weights, sort_keys=True),
+        PRETRAINED_TAG: manifest.label(),
+        **{f"member_{family}": version for family, version in members.items()},
+    }
+    version = client.create_model_version(
+        ensemble.registered_name, source, run.info.run_id, tags=tags, description=f"ensemble of {members} (pretrained)"
+    )
+    client.set_registered_model_alias(ensemble.registered_name, CHAMPION_ALIAS, version.version)
+    return str(version.version)
+
+
+def build(
+    tracking_uri: str,
+    folder: Path,
+    data: DataProvenance,
+    command: str = TRAIN_COMMAND,
+    versions: dict[str, str] | None = None,
+) -> Manifest:
+    """Write a bundle in folder from the registry's versions (each family's champion unless ``versions`` names one)."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    models: list[BundledModel] = []
+    files: dict[str, bytes] = {}
+    commit = ""
+    for family in MODEL_FAMILIES:
+        name = registered_name(family)
+        version = _pick_version(client, name, (versions or {}).get(family))
+        if version is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = f"models:/{name}/{version.version}"
+            local = Path(download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
+            onnx_file = local if local.is_file() else next(local.rglob("*.onnx"))
+            files[family] = onnx_file.read_bytes()
+        expected = version.tags.get("onnx_sha256")
+        if expected and expected != file_sha256(files[family]):
+            raise BundleError(f"{name} version {version.version}: the downloaded file does not match its onnx_sha256")
+        run = client.get_run(version.run_id) if version.run_id else None
+        commit = commit or (run.data.tags.get("mlflow.source.git.commit", "") if run else "")
+        models.append(
+            BundledModel(
+                model=family,
+                registered_name=name,
+                file=f"{family}.onnx",
+                sha256="0" * 64,  # filled from the bytes by write_bundle
+                size_bytes=1,
+                test_metrics={k: v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")},
+                params=dict(run.data.params) if run else {},
+                tags={key: version.tags[key] for key in KEPT_TAGS if key in version.tags},
+                source_version=str(version.version),
+            )
+        )
+    if not models:
+        raise BundleError(f"no registered model with a {CHAMPION_ALIAS!r} alias at {tracking_uri}")
+    if not data.fingerprint:  # the evaluation split's files, as training tags every version
+        fingerprint = next((m.tags["test_files_sha256"] for m in models if "test_files_sha256" in m.tags), "unknown")
+        data = data.model_copy(update={"fingerprint": fingerprint})
+    manifest = Manifest(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        commit=commit or _git_commit(),
+        command=command,
+        data=data,
+        models=models,
+        ensemble=_bundled_ensemble(client, {m.model for m in models}),
+    )
+    return write_bundle(folder, manifest, files)
+
+
+def _pick_version(client: object, name: str, wanted: str | None) -> object | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if wanted:
+            return client.get_model_version(name, wanted)  # type: ignore[attr-defined]
+        return client.get_model_version_by_alias(name, CHAMPION_ALIAS)  # type: ignore[attr-defined]
+    except MlflowException:
+        return None
+
+
+def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | None:
+    """The registry's ensemble champion as weights over the bundled families (its members must all be bundled)."""
+    version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
+    if version is None:
+        return None
+    weights = {str(k): float(v) for k, v in json.loads(version.tags.get(ENSEMBLE_WEIGHTS_TAG, "{}")).items()}  # type: ignore[attr-defined]
+    if not weights or not set(weights) <= families:
+        return None
+    run = client.get_run(version.run_id) if version.run_id else None  # type: ignore[attr-defined]
+    metrics = {k: v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
+    return BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics)
+
+
+def _git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    return result.stdout.strip() or "unknown"
+
+
+def _parse_versions(text: str | None) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in (text or "").split(",") if item]
+    return {family.strip(): version.strip() for family, version in pairs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.pretrained", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["register", "build", "train-command"])
+    parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle folder (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="register: target")
+    parser.add_argument("--from-registry", help="build: the MLflow of the finished full-data run")
+    parser.add_argument("--versions", help="build: versions to bundle instead of the champions, e.g. rf=3,cnn=2")
+    parser.add_argument("--data-description", default="brain-tumor-mri Training (5,708 images)")
+    parser.add_argument("--data-fingerprint", help="build: sha256 of the data (default: the test split's sha256 tag)")
+    parser.add_argument("--images", type=int, default=5708, help="build: images the bundled models were fitted on")
+    parser.add_argument("--evaluation", default="evaluated on a 20% duplicate-aware test split (seed 42)")
+    parser.add_argument("--command-line", default=TRAIN_COMMAND, help="build: the exact command of the run")
+    args = parser.parse_args(argv)
+    if args.command == "train-command":
+        print(TRAIN_COMMAND)
+        return 0
+    try:
+        if args.command == "register":
+            if not args.tracking_uri:
+                parser.error("register needs --tracking-uri or MLFLOW_TRACKING_URI")
+            versions = register(args.tracking_uri, args.bundle)
+            print(f"registered the bundle {args.bundle}: {versions}")
+            return 0
+        if not args.from_registry:
+            parser.error("build needs --from-registry URI")
+        data = DataProvenance(
+            description=args.data_description,
+            fingerprint=args.data_fingerprint or "",
+            images=args.images,
+            evaluation=args.evaluation,
+        )
+        manifest = build(args.from_registry, args.bundle, data, args.command_line, _parse_versions(args.versions))
+        print(f"wrote {args.bundle}: {len(manifest.models)} models, {manifest.total_bytes() / 1e6:.1f} MB")
+        return 0
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
