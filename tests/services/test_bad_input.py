@@ -30,6 +30,7 @@ from tests.conftest import ModelZoo
 from tests.error_body import error_body
 
 MODEL = "rf"
+BATCH_FILES = 2
 # Words that would betray a stack trace or a server path in an answer.
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", '.py"', "Exception")
 
@@ -62,7 +63,12 @@ class Service:
 
 @pytest.fixture(scope="module")
 def gateway(inference_server: ManagedProcess, service_logs: Path) -> Iterator[ManagedProcess]:
-    env = {"BT_GATEWAY_INFERENCE_URL": inference_server.url, "BT_GATEWAY_EXPLAINER_URL": inference_server.url}
+    env = {
+        "BT_GATEWAY_INFERENCE_URL": inference_server.url,
+        "BT_GATEWAY_EXPLAINER_URL": inference_server.url,
+        # A batch may hold this many files of max_upload_bytes: 2 keeps the oversized-batch case small.
+        "BT_GATEWAY_MAX_BATCH_FILES": str(BATCH_FILES),
+    }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-bad-input.log")
     yield server
     server.stop()
@@ -128,7 +134,7 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ),
     ("zip", upload(b"PK\x03\x04" + b"\x00" * 100, "a.zip", "application/zip"), 415, "INVALID_IMAGE"),
     (
-        "fake dicom",
+        "dicom without pixels",
         upload(b"\x00" * 128 + b"DICM" + b"\x00" * 16, "a.dcm", "application/dicom"),
         415,
         "UNSUPPORTED_DICOM",
@@ -278,9 +284,10 @@ def test_a_small_chunked_upload_is_accepted(client: httpx.Client, service: Servi
 
 def test_an_oversized_chunked_batch_is_refused_on_the_gateway(gateway: ManagedProcess) -> None:
     path = f"/v1/predict/batch?model={MODEL}"
-    answer = send_raw(gateway.url, path, MULTIPART_HEAD, 40 * OVERSIZE, chunked=True, prefix=FILES_PART)
+    answer = send_raw(gateway.url, path, MULTIPART_HEAD, OVERSIZE, chunked=True, prefix=FILES_PART)
     assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
-    assert answer.body_bytes_sent < 20 * OVERSIZE
+    assert answer.body["error"]["details"]["max_files"] == BATCH_FILES
+    assert answer.body_bytes_sent < OVERSIZE // 2, answer.body_bytes_sent
 
 
 # -- decode slots: beyond them, 503 SERVER_BUSY with Retry-After --------------------------------------
