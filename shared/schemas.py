@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from shared.contract import PreprocessingContract
 from shared.errors import ServiceError
@@ -36,6 +36,14 @@ ENSEMBLE_MEMBERS_TAG = "ensemble_members"
 ENSEMBLE_WEIGHTS_TAG = "ensemble_weights"
 
 
+def _drop_unset_ensemble_fields(model: BaseModel, data: dict) -> dict:
+    """A single model's answer keeps its shape: the ensemble-only fields appear only when they are set."""
+    for name in ("members", "weights"):
+        if getattr(model, name, None) is None and isinstance(data, dict):
+            data.pop(name, None)
+    return data
+
+
 def registered_name(family: str) -> str:
     """Short name ("cnn") to the MLflow registered model name ("brain-tumor-cnn")."""
     return f"{REGISTERED_NAME_PREFIX}{family}"
@@ -51,6 +59,10 @@ class PredictionOut(BaseModel):
         None, description="Ensemble only: the member models' versions that answered, e.g. {\"cnn\": \"3\"}."
     )
 
+    @model_serializer(mode="wrap")
+    def _ensemble_fields_only_for_ensembles(self, handler):
+        return _drop_unset_ensemble_fields(self, handler(self))
+
 
 class ModelVersionInfo(BaseModel):
     version: str
@@ -60,6 +72,10 @@ class ModelVersionInfo(BaseModel):
     metrics: dict[str, float] = {}
     members: dict[str, str] | None = Field(None, description="Ensemble only: member model -> pinned version.")
     weights: dict[str, float] | None = Field(None, description="Ensemble only: member model -> weight.")
+
+    @model_serializer(mode="wrap")
+    def _ensemble_fields_only_for_ensembles(self, handler):
+        return _drop_unset_ensemble_fields(self, handler(self))
 
 
 class ModelInfo(BaseModel):
