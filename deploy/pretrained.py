@@ -141,7 +141,6 @@ def build(
 ) -> Manifest:
     """Write a bundle in folder from the registry's versions (each family's champion unless ``versions`` names one)."""
     from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     models: list[BundledModel] = []
@@ -153,8 +152,7 @@ def build(
         if version is None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            uri = f"models:/{name}/{version.version}"
-            local = Path(download_artifacts(uri, dst_path=tmp, tracking_uri=tracking_uri))
+            local = _download(f"models:/{name}/{version.version}", Path(tmp), tracking_uri)
             onnx_file = local if local.is_file() else next(local.rglob("*.onnx"))
             files[family] = onnx_file.read_bytes()
         expected = version.tags.get("onnx_sha256")
@@ -189,6 +187,20 @@ def build(
         ensemble=_bundled_ensemble(client, {m.model for m in models}),
     )
     return write_bundle(folder, manifest, files)
+
+
+def _download(model_uri: str, folder: Path, tracking_uri: str) -> Path:
+    """Download a models:/ URI. MLflow resolves those through the process-wide tracking URI (the registry follows
+    it unless set apart, which this code never does: set_registry_uri would leak into the environment)."""
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return Path(download_artifacts(model_uri, dst_path=str(folder)))
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def _pick_version(client: object, name: str, wanted: str | None) -> object | None:
