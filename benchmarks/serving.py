@@ -34,6 +34,7 @@ from benchmarks.serving_external import (
 from benchmarks.serving_load import LoadSpec, measure
 from benchmarks.serving_profile import find_py_spy, start_recording, summarise
 from benchmarks.serving_report import SECTION, render
+from deploy.credentials import mlflow_auth_from_env
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from services.training.weights import WEIGHTS_FILE
 from shared.dataset import SAMPLE_DATA_DIR
@@ -82,7 +83,7 @@ def _registry_env(tracking_uri: str, state_dir: Path) -> dict[str, str]:
 def _registered_versions(tracking_uri: str) -> dict[str, str]:
     """The newest registered version of every family the registry holds."""
     url = f"{tracking_uri}/api/2.0/mlflow/registered-models/search"
-    answer = httpx.get(url, params={"max_results": 100}, trust_env=False).json()
+    answer = httpx.get(url, params={"max_results": 100}, trust_env=False, auth=mlflow_auth_from_env()).json()
     versions: dict[str, str] = {}
     for model in answer.get("registered_models", []):
         numbers = [int(entry["version"]) for entry in model.get("latest_versions", [])]
