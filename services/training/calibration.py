@@ -44,7 +44,11 @@ def calibration_split(
     labels: np.ndarray, groups: np.ndarray, seed: int, fraction: float = CALIBRATION_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, calibration) of the training images: the test split's own group-aware splitter, so no
-    near-duplicate group straddles the two and the calibration slice is as unseen as the test split."""
+    near-duplicate group straddles the two and the calibration slice is as unseen as the test split.
+
+    Too few groups to carve a slice (a toy folder): no slice, so the temperature stays 1 and weights equal."""
+    if len(np.unique(groups)) < max(2, round(1.0 / fraction)):
+        return np.arange(len(labels)), np.empty(0, dtype=int)
     return split_train_test(labels, groups, fraction, seed + 2)
 
 

@@ -208,6 +208,9 @@ def _calibrate(
     family: ModelFamily, fitted: FittedModel, calibration_slice: CalibrationSlice, size: int
 ) -> tuple[Calibration, np.ndarray]:
     """The temperature fitted on the calibration slice, and the slice's calibrated probabilities."""
+    if len(calibration_slice.labels) == 0:  # no slice could be carved: the model stays as trained
+        mlflow.log_metrics({"calibration_temperature": 1.0, "calibration_images": 0})
+        return Calibration(1.0), np.empty((0, len(CLASS_NAMES)))
     native = family.predict_native(fitted, calibration_slice.pixels(size))
     temperature = fit_temperature(native, calibration_slice.labels)
     calibration = Calibration(temperature, calibration_images=len(calibration_slice.labels))

@@ -115,3 +115,8 @@ def test_calibration_slice_keeps_duplicate_groups_whole() -> None:
     fit_idx, slice_idx = calibration_split(labels, groups, seed=0)
     assert 15 <= len(slice_idx) <= 25 and len(fit_idx) + len(slice_idx) == 200
     assert not set(groups[fit_idx]) & set(groups[slice_idx])
+
+
+def test_too_few_groups_for_a_slice_leave_every_image_to_train() -> None:
+    fit_idx, slice_idx = calibration_split(np.array([0, 1, 2, 3, 0, 1]), np.arange(6), seed=0)
+    assert list(fit_idx) == list(range(6)) and len(slice_idx) == 0
