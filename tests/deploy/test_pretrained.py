@@ -1,0 +1,117 @@
+"""deploy.pretrained: a bundle built from a registry's versions, registered into a fresh real MLflow and served
+by a real inference process; a tampered bundle is refused before anything is registered."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from deploy import pretrained
+from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
+from shared.pretrained import PRETRAINED_TAG, BundledEnsemble, BundleError, DataProvenance, load_bundle, write_bundle
+from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, registered_name
+from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo
+
+# model_zoo has a champion only for rf: bundle one chosen version of each family.
+ZOO_VERSIONS = {"rf": "1", "snn": "1", "cnn": "2", "mobilenetv2": "1"}
+WEIGHTS = {"rf": 0.5, "cnn": 0.25, "mobilenetv2": 0.25}
+
+
+@pytest.fixture(scope="module")
+def bundle(model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bundle")
+    data = DataProvenance(description="the embedded sample (120 images)", fingerprint="", images=120,
+                          evaluation="evaluated on the tests' fixtures, refit on all 120 images")
+    manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
+    # The zoo has no ensemble: add one over three members, as a full-data run's bundle would carry.
+    ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS)
+    write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble}), load_bundle(folder)[1])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fresh_mlflow(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) -> Iterator[ManagedProcess]:
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow-fresh"), free_port(), service_logs / "mlflow-fresh.log",
+                          credentials=TEST_MLFLOW_CREDENTIALS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def registered(bundle: Path, fresh_mlflow: ManagedProcess) -> dict[str, str]:
+    return pretrained.register(fresh_mlflow.url, bundle)
+
+
+@pytest.fixture(scope="module")
+def served(registered: dict[str, str], fresh_mlflow: ManagedProcess, tmp_path_factory: pytest.TempPathFactory,
+           service_logs: Path) -> Iterator[ManagedProcess]:
+    env = {
+        "MLFLOW_TRACKING_URI": fresh_mlflow.url,
+        "BT_INFERENCE_TRACKING_URI": fresh_mlflow.url,
+        "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("inference-cache-pretrained")),
+    }
+    server = start_service("inference", free_port(), env, service_logs / "inference-pretrained.log")
+    yield server
+    server.stop()
+
+
+def test_build_writes_every_manifest_field_from_the_registry(bundle: Path, model_zoo: ModelZoo) -> None:
+    manifest, files = load_bundle(bundle)
+    assert {m.model for m in manifest.models} == set(ZOO_VERSIONS)
+    for model in manifest.models:
+        trained = model_zoo.version(model.model, ZOO_VERSIONS[model.model])
+        assert model.source_version == ZOO_VERSIONS[model.model]
+        assert model.test_metrics == trained.metrics
+        assert model.file == f"{model.model}.onnx" and model.size_bytes == len(files[model.model])
+    assert manifest.command == "pytest" and manifest.commit
+    assert manifest.data.fingerprint  # the test split's sha256 when the run tagged it, else "unknown"
+
+
+def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fresh_mlflow: ManagedProcess,
+                                                  bundle: Path) -> None:
+    manifest, files = load_bundle(bundle)
+    client = MlflowClient(tracking_uri=fresh_mlflow.url, registry_uri=fresh_mlflow.url)
+    for model in manifest.models:
+        version = client.get_model_version_by_alias(model.registered_name, CHAMPION_ALIAS)
+        assert version.version == registered[model.model] == "1"
+        assert version.tags["onnx_sha256"] == model.sha256
+        assert version.tags[PRETRAINED_TAG] == manifest.label()
+        assert client.get_run(version.run_id).data.metrics == model.test_metrics
+    ensemble = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
+    assert ensemble.tags["member_rf"] == registered["rf"]
+
+
+def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedProcess, model_zoo: ModelZoo,
+                                                               sample_images: dict[str, bytes]) -> None:
+    image = sample_images["glioma"]
+    with httpx.Client(base_url=served.url, timeout=60.0, trust_env=False) as client:
+        for model, zoo_version in ZOO_VERSIONS.items():
+            response = client.post(f"/v1/models/{model}/predict", files={"file": ("a.jpg", image)})
+            assert response.status_code == 200, response.text
+            expected = model_zoo.version(model, zoo_version).expected_probabilities(image)
+            got = list(response.json()["probabilities"].values())
+            assert got == pytest.approx(list(expected), abs=1e-4)
+        answer = client.post("/v1/models/ensemble/predict", files={"file": ("a.jpg", image)})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["members"] == {"rf": "1", "cnn": "1", "mobilenetv2": "1"}
+
+
+def test_a_tampered_bundle_is_refused_before_registering(bundle: Path, tmp_path: Path,
+                                                         fresh_mlflow: ManagedProcess) -> None:
+    tampered = tmp_path / "bundle"
+    shutil.copytree(bundle, tampered)
+    data = bytearray((tampered / "cnn.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered / "cnn.onnx").write_bytes(bytes(data))
+    client = MlflowClient(tracking_uri=fresh_mlflow.url, registry_uri=fresh_mlflow.url)
+    before = {m.name: m.latest_versions for m in client.search_registered_models()}
+    with pytest.raises(BundleError, match=r"cnn\.onnx differs from the manifest"):
+        pretrained.register(fresh_mlflow.url, tampered)
+    assert pretrained.main(["register", "--bundle", str(tampered), "--tracking-uri", fresh_mlflow.url]) == 1
+    after = {m.name: m.latest_versions for m in client.search_registered_models()}
+    assert len(after) == len(before) and all(len(after[n]) == len(before[n]) for n in before)
