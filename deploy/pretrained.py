@@ -34,6 +34,7 @@ from shared.pretrained import (
     Manifest,
     file_sha256,
     load_bundle,
+    load_manifest,
     write_bundle,
 )
 from shared.schemas import (
@@ -258,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.tracking_uri:
                 parser.error("register needs --tracking-uri or MLFLOW_TRACKING_URI")
             versions = register(args.tracking_uri, args.bundle)
-            print(f"registered the bundle {args.bundle}: {versions}")
+            manifest = load_manifest(args.bundle)
+            print(f"registered the pretrained bundle {args.bundle} (commit {manifest.commit[:12]}, "
+                  f"{manifest.label()}): {versions}")
             return 0
         if not args.from_registry:
             parser.error("build needs --from-registry URI")

@@ -1,7 +1,8 @@
 """`python -m deploy.stack up|down|status`: the whole stack on 127.0.0.1.
 
-`up` starts an MLflow server (SQLite + local artifacts under the state folder), trains and registers
-the model families the registry lacks on the data folder (the embedded sample by default), then starts
+`up` starts an MLflow server (SQLite + local artifacts under the state folder); an empty registry gets the
+repository's pretrained bundle (deploy/pretrained.py); families still missing (all with `--retrain`) are trained on
+the data folder (the embedded sample by default); then it starts
 the inference, explainer, training and gateway services and prints their URLs; if one does not come
 up, it stops the others and says why. Processes keep running after the command returns; `down` stops them.
 
@@ -176,6 +177,8 @@ def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search
     """Train and register the families the registry lacks (all of them with ``retrain``)."""
     auth = httpx.BasicAuth(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
     registered = _registered_families(env["MLFLOW_TRACKING_URI"], auth)
+    if not retrain and data is None and not registered and _register_pretrained(env):
+        registered = _registered_families(env["MLFLOW_TRACKING_URI"], auth)
     families = list(MODEL_FAMILIES) if retrain else [family for family in MODEL_FAMILIES if family not in registered]
     if not families:
         return
@@ -187,6 +190,22 @@ def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search
     result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT, check=False)
     if result.returncode != 0:
         print("training did not register every family; the stack starts with what is registered.")
+
+
+def _register_pretrained(env: dict[str, str]) -> bool:
+    """Register the repository's pretrained bundle (deploy/pretrained.py) into an empty registry; False when there
+    is no bundle or it was refused (a file differs from its manifest), and the sample is trained on instead."""
+    from shared.pretrained import BUNDLE_DIR, MANIFEST_FILE
+
+    if not (BUNDLE_DIR / MANIFEST_FILE).is_file():
+        print(f"no pretrained bundle in {BUNDLE_DIR}: training on the embedded sample instead", flush=True)
+        return False
+    print(f"registering the pretrained bundle {BUNDLE_DIR} ...", flush=True)
+    command = [sys.executable, "-m", "deploy.pretrained", "register", "--tracking-uri", env["MLFLOW_TRACKING_URI"]]
+    result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT, check=False)
+    if result.returncode != 0:
+        print("the pretrained bundle was not registered (see above): training on the embedded sample instead")
+    return result.returncode == 0
 
 
 def _service_urls(ports: dict[str, int]) -> dict[str, str]:
@@ -256,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("BT_STATE_DIR", "var")))
     parser.add_argument("--data", type=Path, help="data folder to train on (default: the embedded sample)")
-    parser.add_argument("--retrain", action="store_true", help="train even when models are registered")
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train on the sample (or --data) even when models are registered; without it an empty registry "
+        "gets the pretrained bundle (shared/pretrained_bundle/)",
+    )
     parser.add_argument("--search", choices=["none", "quick", "seed"], default="none", help="search mode of training")
     parser.add_argument(
         "--replicas", type=replica_count, default=1, help="inference replicas behind the gateway (deploy/replicas.py)"
