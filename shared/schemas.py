@@ -34,11 +34,18 @@ COMPARE_MAX_MODELS = 16
 ENSEMBLE_MODEL = "ensemble"
 ENSEMBLE_MEMBERS_TAG = "ensemble_members"
 ENSEMBLE_WEIGHTS_TAG = "ensemble_weights"
+# Versions registered from the pretrained bundle (deploy/pretrained.py): what they were trained and evaluated on.
+PRETRAINED_TAG = "pretrained_on"
+# The guard against non-MRI input (docs/ood-guard.md): a registered ONNX graph, not a model that classifies.
+GUARD_REGISTERED_NAME = "brain-tumor-guard"
+GUARD_METADATA_KEY = "brain_tumor_guard"
+GUARD_INPUT_NAME = "pixels"
+GUARD_OUTPUT_NAME = "ood_score"
 
 
 def _drop_unset_ensemble_fields(model: BaseModel, data: dict) -> dict:
     """A single model's answer keeps its shape: the ensemble-only fields appear only when they are set."""
-    for name in ("members", "weights"):
+    for name in ("members", "weights", "pretrained_on"):
         if getattr(model, name, None) is None and isinstance(data, dict):
             data.pop(name, None)
     return data
@@ -47,6 +54,15 @@ def _drop_unset_ensemble_fields(model: BaseModel, data: dict) -> dict:
 def registered_name(family: str) -> str:
     """Short name ("cnn") to the MLflow registered model name ("brain-tumor-cnn")."""
     return f"{REGISTERED_NAME_PREFIX}{family}"
+
+
+class OodOut(BaseModel):
+    """What the guard says about an uploaded image (docs/ood-guard.md)."""
+
+    score: float = Field(description="Out-of-distribution score: higher is less like a brain MRI slice.")
+    threshold: float = Field(description="Scores above this are not brain MRI slices.")
+    flag: bool = Field(description="True when the score is above the threshold.")
+    guard_version: str = Field(description="Registered version of brain-tumor-guard that scored the image.")
 
 
 class PredictionOut(BaseModel):
@@ -62,6 +78,9 @@ class PredictionOut(BaseModel):
     @model_serializer(mode="wrap")
     def _ensemble_fields_only_for_ensembles(self, handler):
         return _drop_unset_ensemble_fields(self, handler(self))
+    ood: OodOut | None = Field(
+        None, description="The guard's verdict on the image; null when no guard is registered or it is off."
+    )
 
 
 class ModelVersionInfo(BaseModel):
@@ -72,6 +91,9 @@ class ModelVersionInfo(BaseModel):
     metrics: dict[str, float] = {}
     members: dict[str, str] | None = Field(None, description="Ensemble only: member model -> pinned version.")
     weights: dict[str, float] | None = Field(None, description="Ensemble only: member model -> weight.")
+    pretrained_on: str | None = Field(
+        None, description="Versions from the repository's pretrained bundle: what they were trained and evaluated on."
+    )
 
     @model_serializer(mode="wrap")
     def _ensemble_fields_only_for_ensembles(self, handler):
