@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,12 @@ class Settings(HostSettings, BaseSettings):
         ),
         description="Only run metrics starting with one of these are listed as headline metrics; empty: all.",
     )
+    ood_mode: Literal["refuse", "flag", "off"] = Field(
+        "refuse",
+        description="The guard against non-MRI input (docs/ood-guard.md): refuse answers 422 NOT_A_BRAIN_MRI above "
+        "its threshold, flag answers with ood.flag true, off skips it. Without a registered guard nothing is refused.",
+    )
+    ood_refresh_s: float = Field(30.0, ge=0, description="Seconds between looks for a new champion of the guard.")
     debug_endpoints: bool = Field(
         False, description="Expose /debug/modules (loaded top-level modules); for tests, never in production."
     )

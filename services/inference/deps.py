@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Path, Request
 
 from services.inference.batching import Predictor
 from services.inference.config import Settings
+from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -38,10 +39,16 @@ def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
+def get_ood_guard(request: Request) -> OodGuard:
+    return request.app.state.ood_guard
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 # Runs a model for a route: batched with concurrent requests when the settings say so.
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+# The guard against non-MRI input (services/inference/ood.py).
+OodGuardDep = Annotated[OodGuard, Depends(get_ood_guard)]
 
 # The model is part of the path here; the version is a query parameter as on the gateway.
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description=MODEL_DESCRIPTION)]

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from services.inference.batching import Predictor
 from services.inference.config import Settings
 from services.inference.mlflow_store import configure_mlflow_http
+from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
 from services.inference.routes import api_router, debug_router
 from shared.imaging import decode_settings
@@ -50,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry_retry_s=settings.registry_retry_s,
     )
     app.state.registry = registry
+    app.state.ood_guard = OodGuard(registry.store, settings.ood_mode, settings.ood_refresh_s)
     app.state.predictor = predictor = Predictor(
         batching=settings.batching,
         window_s=settings.batch_window_ms / 1000.0,

@@ -36,7 +36,7 @@ from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from shared.contract import ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ENSEMBLE_MEMBERS_TAG, REGISTERED_NAME_PREFIX
+from shared.schemas import ENSEMBLE_MEMBERS_TAG, GUARD_REGISTERED_NAME, PRETRAINED_TAG, REGISTERED_NAME_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ class MlflowStore:
             versions = self._ready_versions({model.name for model in registered})
         models = {}
         for model in registered:
+            if model.name == GUARD_REGISTERED_NAME:  # the guard is not a classifier: services/inference/ood.py
+                continue
             short = model.name[len(REGISTERED_NAME_PREFIX) :]
             aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
             models[short] = ModelRecord(short, model.name, versions[model.name], aliases)
@@ -208,6 +210,7 @@ class MlflowStore:
                         created_at=_iso_millis(mv.creation_timestamp),
                         onnx_sha256=(mv.tags or {}).get(ONNX_SHA256_TAG) or None,
                         kind="ensemble" if ENSEMBLE_MEMBERS_TAG in (mv.tags or {}) else "onnx",
+                        pretrained_on=(mv.tags or {}).get(PRETRAINED_TAG) or None,
                     )
             token = page.token
             if not token:

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 from mlflow.models.model import ModelInfo
 
-from services.training import plots, tracking
+from services.training import ood_guard, plots, tracking
 from services.training.balancing import apply_balancing
 from services.training.calibration import (
     Calibration,
@@ -362,6 +362,20 @@ def _ensemble(
         return None
 
 
+def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions) -> None:
+    """The guard against non-MRI input (ood_guard): fitted on the training images, its threshold from the
+    calibration slice; a failure is logged and leaves the families registered."""
+    try:
+        with mlflow.start_run(run_name="guard"):
+            mlflow.set_tags({"family": "guard", "stage": "guard"})
+            size = ood_guard.GUARD_IMAGE_SIZE
+            guard = ood_guard.fit_guard(data.train(size), calibration_slice.pixels(size))
+            if options.register_models:
+                ood_guard.register_guard(guard, data.info["test_files_sha256"])
+    except Exception:
+        logger.exception("the OOD guard could not be fitted or registered")
+
+
 def run_training(
     options: TrainingOptions, settings: TrainingSettings, report: ProgressCallback | None = None
 ) -> list[FamilyProgress]:
@@ -388,6 +402,8 @@ def run_training(
     if rows and options.register_models:
         tracking.set_aliases(rows, data.info["test_files_sha256"])
     ensemble = _ensemble(rows, calibration_slice, data, options)
+    if rows:
+        _fit_guard(data, calibration_slice, options)
     if rows:
         write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir, ensemble)
     return results

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import ModelDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
+from services.inference.deps import ModelDep, OodGuardDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.params import FrameQuery
@@ -58,13 +58,17 @@ def list_models(registry: RegistryDep) -> ModelsOut:
         descriptions={
             503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable; {ErrorCode.MODEL_NOT_READY}: the model "
             "is not loaded yet, or (with batching) too many requests are waiting for it.",
+            422: f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold "
+            "(BT_INFERENCE_OOD_MODE=refuse); INVALID_REQUEST: a bad parameter.",
         },
     ),
 )
 async def predict_image(
-    classifier: ModelDep, data: ImageBytes, predictor: PredictorDep, frame: FrameQuery = None
+    classifier: ModelDep, data: ImageBytes, predictor: PredictorDep, guard: OodGuardDep, frame: FrameQuery = None
 ) -> PredictionOut:
     started = time.perf_counter()
+    # The guard first: in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI and never reaches the model.
+    ood = await run_in_threadpool(guard.check, data, frame)
     # Decoding and the run happen in worker threads; the run may be shared with concurrent requests.
     label, probabilities = classifier.postprocess((await predictor.classify(classifier, data, frame))[0])
     return PredictionOut(
@@ -74,6 +78,7 @@ async def predict_image(
         probabilities=probabilities,
         latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
         members=getattr(classifier, "member_versions", None),  # the ensemble's members that answered
+        ood=ood,
     )
 
 

@@ -1,0 +1,128 @@
+"""The guard against input that is not a brain MRI slice, as inference runs it (docs/ood-guard.md).
+
+The guard is the ``champion`` of ``brain-tumor-guard`` in MLflow: a small ONNX graph (thumbnail -> score) with
+its threshold and thumbnail size in its metadata, downloaded and checked against its sha256 like every model,
+run with onnxruntime. Modes (``BT_INFERENCE_OOD_MODE``): ``refuse`` answers 422 NOT_A_BRAIN_MRI above the
+threshold, ``flag`` answers with ``ood.flag`` true, ``off`` skips the guard (``ood`` null). Without a registered
+guard (or while MLflow has never answered) answers carry ``ood: null`` and nothing is refused: the guard fails
+open, the classifiers still answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.inference.catalog import ModelRecord, VersionRecord
+from services.inference.mlflow_store import ONNX_SHA256_TAG, MlflowStore
+from shared.errors import ErrorCode, ServiceError
+from shared.imaging import decode_to_array
+from shared.schemas import CHAMPION_ALIAS, GUARD_METADATA_KEY, GUARD_REGISTERED_NAME, OodOut
+
+logger = logging.getLogger(__name__)
+
+OOD_MODES = ("refuse", "flag", "off")
+
+
+@dataclass(frozen=True)
+class LoadedGuard:
+    """One guard version's onnxruntime session and metadata."""
+
+    version: str
+    session: ort.InferenceSession
+    threshold: float
+    image_size: int
+    input_name: str
+
+    @classmethod
+    def open(cls, version: str, path: Path, intra_op_threads: int = 0) -> LoadedGuard:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        raw = session.get_modelmeta().custom_metadata_map.get(GUARD_METADATA_KEY)
+        if raw is None:
+            raise ServiceError(ErrorCode.INVALID_MODEL, f"guard version {version} has no {GUARD_METADATA_KEY} metadata")
+        meta = json.loads(raw)
+        return cls(version, session, float(meta["threshold"]), int(meta["image_size"]), str(meta["input_name"]))
+
+    def score(self, data: bytes, frame: int | None = None) -> float:
+        """The image's score (decoded and resized exactly as training's thumbnails were)."""
+        pixels = decode_to_array(data, self.image_size, frame)
+        features = pixels.reshape(1, -1).astype(np.float32) / 255.0
+        return float(self.session.run(None, {self.input_name: features})[0][0, 0])
+
+    def verdict(self, data: bytes, frame: int | None = None) -> OodOut:
+        score = self.score(data, frame)
+        return OodOut(score=round(score, 4), threshold=round(self.threshold, 4), flag=score > self.threshold,
+                      guard_version=self.version)  # fmt: skip
+
+
+class OodGuard:
+    """Finds the guard's champion in MLflow (at most every ``refresh_s``), keeps it loaded, and judges images."""
+
+    def __init__(self, store: MlflowStore, mode: str, refresh_s: float = 30.0, intra_op_threads: int = 0) -> None:
+        if mode not in OOD_MODES:
+            raise ValueError(f"ood mode must be one of {OOD_MODES}, got {mode!r}")
+        self.store, self.mode, self.refresh_s, self.intra_op_threads = store, mode, refresh_s, intra_op_threads
+        self._lock = threading.Lock()
+        self._guard: LoadedGuard | None = None
+        self._checked_at: float | None = None
+
+    def current(self) -> LoadedGuard | None:
+        """The loaded champion, looked up again once ``refresh_s`` has passed; MLflow failing keeps the last one."""
+        if self.mode == "off":
+            return None
+        with self._lock:
+            if self._checked_at is not None and time.monotonic() - self._checked_at < self.refresh_s:
+                return self._guard
+            self._checked_at = time.monotonic()
+            try:
+                self._guard = self._load_champion()
+            except ServiceError as exc:
+                logger.warning("the OOD guard could not be refreshed, keeping the last one: %s", exc.message)
+            except Exception:
+                logger.exception("the OOD guard could not be loaded")
+            return self._guard
+
+    def _load_champion(self) -> LoadedGuard | None:
+        client = self.store._client
+        with self.store._guard("reading the OOD guard's champion"):
+            try:
+                found = client.get_model_version_by_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS)
+            except Exception as exc:  # no guard registered (yet): answers carry ood null
+                if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc):
+                    return None
+                raise
+        version = str(found.version)
+        if self._guard is not None and self._guard.version == version:
+            return self._guard
+        record = ModelRecord("guard", GUARD_REGISTERED_NAME, {}, {})
+        version_record = VersionRecord(
+            version=version, run_id=found.run_id or None, source=found.source or "", created_at=None,
+            onnx_sha256=(found.tags or {}).get(ONNX_SHA256_TAG) or None,
+        )  # fmt: skip
+        path = self.store.download(record, version_record)  # sha256-checked like every model
+        logger.info("OOD guard version %s loaded (mode %s)", version, self.mode)
+        return LoadedGuard.open(version, path, self.intra_op_threads)
+
+    def check(self, data: bytes, frame: int | None = None) -> OodOut | None:
+        """The image's verdict (None: no guard, or mode off); in ``refuse`` mode a flagged image is a 422."""
+        guard = self.current()
+        if guard is None:
+            return None
+        verdict = guard.verdict(data, frame)
+        if verdict.flag and self.mode == "refuse":
+            raise ServiceError(
+                ErrorCode.NOT_A_BRAIN_MRI,
+                f"This image does not look like a brain MRI slice (out-of-distribution score {verdict.score:.2f}, "
+                f"threshold {verdict.threshold:.2f}); no tumour class is given for it.",
+                {"ood": verdict.model_dump()},
+            )
+        return verdict
