@@ -26,7 +26,6 @@ from pathlib import Path
 from deploy.processes import PROJECT_ROOT
 from shared.pretrained import (
     BUNDLE_DIR,
-    PRETRAINED_TAG,
     BundledEnsemble,
     BundledModel,
     BundleError,
@@ -43,6 +42,7 @@ from shared.schemas import (
     ENSEMBLE_MODEL,
     ENSEMBLE_WEIGHTS_TAG,
     MODEL_FAMILIES,
+    PRETRAINED_TAG,
     registered_name,
 )
 

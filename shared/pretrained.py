@@ -22,8 +22,6 @@ from pydantic import BaseModel, Field, ValidationError
 BUNDLE_DIR = Path(__file__).resolve().parent / "pretrained_bundle"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-# Model-version tag naming the bundle a version was registered from (the web page's "pretrained on ..." label).
-PRETRAINED_TAG = "pretrained_on"
 
 
 class BundleError(ValueError):

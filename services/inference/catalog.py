@@ -27,6 +27,8 @@ class VersionRecord:
     onnx_sha256: str | None = None
     # "onnx": the version is an ONNX file; "ensemble": a spec combining other models' versions (no file of its own).
     kind: str = "onnx"
+    # The pretrained bundle's "pretrained on ..." label (``pretrained_on`` tag); None for versions trained here.
+    pretrained_on: str | None = None
 
 
 def _version_sort_key(version: str) -> tuple[int, str]:

@@ -250,6 +250,7 @@ class ModelRegistry:
                 run_id=record.versions[number].run_id,
                 created_at=record.versions[number].created_at,
                 metrics=self._run_metrics(record.versions[number].run_id),
+                pretrained_on=record.versions[number].pretrained_on,
                 **self._ensemble_fields(record, record.versions[number]),
             )
             for number in record.version_numbers()

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 
 from deploy import pretrained
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from shared.pretrained import PRETRAINED_TAG, BundledEnsemble, BundleError, DataProvenance, load_bundle, write_bundle
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, registered_name
+from shared.pretrained import BundledEnsemble, BundleError, DataProvenance, load_bundle, write_bundle
+from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, PRETRAINED_TAG, registered_name
 from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo
 
 # model_zoo has a champion only for rf: bundle one chosen version of each family.
@@ -87,7 +87,7 @@ def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fr
 
 
 def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedProcess, model_zoo: ModelZoo,
-                                                               sample_images: dict[str, bytes]) -> None:
+                                                               sample_images: dict[str, bytes], bundle: Path) -> None:
     image = sample_images["glioma"]
     with httpx.Client(base_url=served.url, timeout=60.0, trust_env=False) as client:
         for model, zoo_version in ZOO_VERSIONS.items():
@@ -96,6 +96,9 @@ def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedPr
             expected = model_zoo.version(model, zoo_version).expected_probabilities(image)
             got = list(response.json()["probabilities"].values())
             assert got == pytest.approx(list(expected), abs=1e-4)
+        listing = {m["model"]: m for m in client.get("/v1/models").json()["models"]}
+        label = load_bundle(bundle)[0].label()
+        assert all(listing[model]["versions"][0]["pretrained_on"] == label for model in ZOO_VERSIONS)
         answer = client.post("/v1/models/ensemble/predict", files={"file": ("a.jpg", image)})
         assert answer.status_code == 200, answer.text
         assert answer.json()["members"] == {"rf": "1", "cnn": "1", "mobilenetv2": "1"}

@@ -183,8 +183,15 @@
         const aliases = version.aliases.length ? " · " + version.aliases.join(", ") : "";
         const accuracy = version.metrics && version.metrics.test_accuracy;
         const metric = typeof accuracy === "number" ? " · acc " + accuracy.toFixed(2) : "";
-        addOption(select, version.version, "v" + version.version + aliases + metric);
+        // Versions from the repository's pretrained bundle say so, and on what (the option's tooltip).
+        const pretrained = version.pretrained_on ? " · pretrained" : "";
+        addOption(select, version.version, "v" + version.version + aliases + metric + pretrained);
+        if (version.pretrained_on) {
+          select.options[select.options.length - 1].title = "pretrained on " + version.pretrained_on;
+        }
       }
+      const served = info.versions.find((v) => v.version === info.default_version);
+      select.title = served && served.pretrained_on ? "pretrained on " + served.pretrained_on : "";
       select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
     }
   }
