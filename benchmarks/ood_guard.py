@@ -1,0 +1,84 @@
+"""The guard's two rates: real test-split scans refused (target at most 1%) and non-MRI images refused (target at
+least 95%), written to docs/benchmarks.md.
+
+The guard is fitted exactly as the training pipeline fits it: on the training images less the calibration slice,
+its threshold from the calibration slice (same split, groups and seed as training); the test split and the
+non-MRI set (benchmarks/ood_sets.py) are never fitted on.
+
+    python -m benchmarks.ood_guard --data ../shared/data/brain-tumor-mri/Training
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.markdown import command_line, write_section
+from benchmarks.ood_sets import ood_images, source_of
+from services.training.calibration import carve_calibration_slice
+from services.training.data import prepare_data
+from services.training.ood_guard import GUARD_COMPONENTS, GUARD_IMAGE_SIZE, GUARD_QUANTILE, fit_guard, guard_scores
+from services.training.options import TrainingOptions
+from shared.imaging import decode_to_array
+
+
+def _table(rows: list[tuple[str, int, int]]) -> str:
+    lines = ["| set | images | refused | rate |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {total} | {refused} | {refused / max(total, 1):.1%} |" for name, total, refused in rows]
+    return "\n".join(lines)
+
+
+def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
+    options = TrainingOptions()
+    started = time.perf_counter()
+    data = prepare_data(data_dir, options.test_fraction, options.seed, cache_dir)
+    data, calibration_slice = carve_calibration_slice(data, options.seed)
+    guard = fit_guard(data.train(GUARD_IMAGE_SIZE), calibration_slice.pixels(GUARD_IMAGE_SIZE))
+    test_scores = guard_scores(guard, data.test(GUARD_IMAGE_SIZE))
+    items = ood_images()
+    ood_pixels = np.stack([decode_to_array(data_bytes, GUARD_IMAGE_SIZE) for _, data_bytes in items])
+    ood_scores = guard_scores(guard, ood_pixels)
+    by_source: dict[str, list[bool]] = defaultdict(list)
+    for (name, _), score in zip(items, ood_scores, strict=True):
+        by_source[source_of(name)].append(bool(score > guard.threshold))
+    test_refused = int((test_scores > guard.threshold).sum())
+    ood_refused = int((ood_scores > guard.threshold).sum())
+    rows = [("real test-split MRI scans (target <= 1%)", len(test_scores), test_refused),
+            ("non-MRI set, all (target >= 95%)", len(ood_scores), ood_refused)]  # fmt: skip
+    rows += [(f"non-MRI: {source}", len(flags), sum(flags)) for source, flags in sorted(by_source.items())]
+    return (
+        f"## Guard against non-MRI input (`{command_line('benchmarks.ood_guard', argv)}`)\n\n"
+        f"PCA of {GUARD_IMAGE_SIZE}x{GUARD_IMAGE_SIZE} thumbnails ({GUARD_COMPONENTS} components), fitted on "
+        f"{guard.fitted_images} training images; threshold {guard.threshold:.3f} = quantile {GUARD_QUANTILE} of "
+        f"{guard.threshold_images} calibration-slice scores; {time.perf_counter() - started:.0f} s in all. "
+        "See docs/ood-guard.md.\n\n" + _table(rows) + "\n\n" + _verdict(len(test_scores), test_refused,
+                                                                      len(ood_scores), ood_refused)
+    )
+
+
+def _verdict(tests: int, test_refused: int, oods: int, ood_refused: int) -> str:
+    real = "met" if test_refused <= 0.01 * tests else "NOT met"
+    other = "met" if ood_refused >= 0.95 * oods else "NOT met"
+    return f"Targets: at most 1% of real scans refused: {real}; at least 95% of non-MRI images refused: {other}."
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="The dataset folder (class sub-folders).")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="Decoded-image cache (default: a temp folder).")
+    parser.add_argument("--no-write", action="store_true", help="Print only; leave docs/benchmarks.md alone.")
+    args = parser.parse_args(argv)
+    cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="ood-guard-"))
+    section = run(args.data, cache_dir, argv)
+    print(section)  # noqa: T201 - a command-line report
+    if not args.no_write:
+        write_section("ood-guard", section)
+
+
+if __name__ == "__main__":
+    main()
