@@ -72,6 +72,13 @@ def test_build_writes_every_manifest_field_from_the_registry(bundle: Path, model
     assert manifest.data.fingerprint  # the test split's sha256 when the run tagged it, else "unknown"
 
 
+def test_build_refuses_a_bundle_over_its_size_budget(model_zoo: ModelZoo, tmp_path: Path) -> None:
+    data = DataProvenance(description="sample", fingerprint="x", images=120, evaluation="fixtures")
+    with pytest.raises(BundleError, match=r"over 0 MB.*nothing was written"):
+        pretrained.build(model_zoo.tracking_uri, tmp_path / "b", data, versions=ZOO_VERSIONS, max_bytes=1000)
+    assert not (tmp_path / "b").exists()
+
+
 def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fresh_mlflow: ManagedProcess,
                                                   bundle: Path) -> None:
     manifest, files = load_bundle(bundle)
