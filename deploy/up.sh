@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BT_EXTRAS=train . deploy/bootstrap.sh
+# nginx in front cuts off slow clients and oversized bodies; without it (no root, no sudo) the stack still runs,
+# its services on the public ports.
+( BT_SYSTEM_PACKAGES="/usr/sbin/nginx:nginx" . deploy/system-packages.sh ) \
+  || echo "nginx could not be installed: the services take the public ports themselves"
 exec .venv/bin/python -m deploy.stack up "$@"
