@@ -9,6 +9,7 @@ each divided by its median on the fitting images (so a typical slice scores abou
 - the reconstruction error (energy outside the PCA subspace: what no MRI slice has, e.g. text, edges, texture);
 - the Mahalanobis distance of the PCA coefficients (inside the subspace, but unlike any slice, e.g. a bright
   background or an uneven layout).
+A third term is the brightness of the thumbnail's 2-pixel border over its training median: slices sit on black.
 The threshold is a high quantile of the scores of held-out training images (the calibration slice, never fitted
 on), so about ``1 - quantile`` of real scans are refused by construction.
 
@@ -47,6 +48,8 @@ GUARD_COMPONENTS = 24
 # The quantile of held-out MRI scores the threshold sits at: about 0.5% of real scans are refused.
 GUARD_QUANTILE = 0.995
 _OPSET = 17
+# The border ring whose brightness is the score's third term.
+BORDER_PIXELS = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class OodGuard:
     residual_scale: float
     mahalanobis_scale: float
     threshold: float
+    # (D,): the mean of the 2-pixel border ring divided by its median on the fitting images (features @ this).
+    border_weights: np.ndarray
     image_size: int
     fitted_images: int
     threshold_images: int
@@ -85,6 +90,15 @@ def guard_features(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[np.newaxis]
     return pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0
+
+
+def _border_weights(size: int, features: np.ndarray) -> np.ndarray:
+    """Weights whose dot product with a thumbnail is its border brightness over the training median: an MRI slice
+    sits on a black background (median ~0.04), a photo or a page does not (measured AUC 0.86 on its own)."""
+    ring = np.zeros((size, size))
+    ring[:BORDER_PIXELS, :] = ring[-BORDER_PIXELS:, :] = ring[:, :BORDER_PIXELS] = ring[:, -BORDER_PIXELS:] = 1.0
+    weights = ring.ravel() / ring.sum()
+    return weights / max(float(np.median(features @ weights)), 1e-3)
 
 
 def _distances(
@@ -116,9 +130,10 @@ def fit_guard(
     residual, mahalanobis = _distances(features, mean, basis, variances)
     residual_scale = float(max(np.median(residual), 1e-6))
     mahalanobis_scale = float(max(np.median(mahalanobis), 1e-6))
+    size = int(fit_pixels.shape[-1])
     partial = OodGuard(
-        mean, basis, variances, residual_scale, mahalanobis_scale, 0.0,
-        int(fit_pixels.shape[-1]), len(features), len(threshold_pixels), quantile,
+        mean, basis, variances, residual_scale, mahalanobis_scale, 0.0, _border_weights(size, features),
+        size, len(features), len(threshold_pixels), quantile,
     )  # fmt: skip
     threshold = float(np.quantile(guard_scores(partial, threshold_pixels), quantile))
     return OodGuard(**{**partial.__dict__, "threshold": threshold})
@@ -126,8 +141,10 @@ def fit_guard(
 
 def guard_scores(guard: OodGuard, pixels: np.ndarray) -> np.ndarray:
     """The guard's scores in numpy (what the ONNX graph computes): higher is less like an MRI slice."""
-    residual, mahalanobis = _distances(guard_features(pixels), guard.mean, guard.components, guard.variances)
-    return residual / guard.residual_scale + mahalanobis / guard.mahalanobis_scale
+    features = guard_features(pixels)
+    residual, mahalanobis = _distances(features, guard.mean, guard.components, guard.variances)
+    border = features.astype(np.float64) @ guard.border_weights
+    return residual / guard.residual_scale + mahalanobis / guard.mahalanobis_scale + border
 
 
 def _constant(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -144,6 +161,7 @@ def guard_onnx(guard: OodGuard) -> bytes:
         _constant("inv_variances", 1.0 / guard.variances),
         _constant("residual_scale", np.array([guard.residual_scale])),
         _constant("mahalanobis_scale", np.array([guard.mahalanobis_scale])),
+        _constant("border_weights", guard.border_weights[:, np.newaxis]),  # (D, 1)
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_1"),
     ]
     nodes = [
@@ -158,7 +176,9 @@ def guard_onnx(guard: OodGuard) -> bytes:
         helper.make_node("ReduceSum", ["whitened_squares", "axis_1"], ["mahalanobis"], keepdims=1),
         helper.make_node("Div", ["residual", "residual_scale"], ["residual_scaled"]),
         helper.make_node("Div", ["mahalanobis", "mahalanobis_scale"], ["mahalanobis_scaled"]),
-        helper.make_node("Add", ["residual_scaled", "mahalanobis_scaled"], [GUARD_OUTPUT_NAME]),
+        helper.make_node("Add", ["residual_scaled", "mahalanobis_scaled"], ["distance"]),
+        helper.make_node("MatMul", [GUARD_INPUT_NAME, "border_weights"], ["border"]),
+        helper.make_node("Add", ["distance", "border"], [GUARD_OUTPUT_NAME]),
     ]
     graph = helper.make_graph(
         nodes,
