@@ -74,13 +74,13 @@ class PredictionOut(BaseModel):
     members: dict[str, str] | None = Field(
         None, description="Ensemble only: the member models' versions that answered, e.g. {\"cnn\": \"3\"}."
     )
+    ood: OodOut | None = Field(
+        None, description="The guard's verdict on the image; null when no guard is registered or it is off."
+    )
 
     @model_serializer(mode="wrap")
     def _ensemble_fields_only_for_ensembles(self, handler):
         return _drop_unset_ensemble_fields(self, handler(self))
-    ood: OodOut | None = Field(
-        None, description="The guard's verdict on the image; null when no guard is registered or it is off."
-    )
 
 
 class ModelVersionInfo(BaseModel):
