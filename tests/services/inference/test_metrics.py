@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from shared.contract import ONNX_FILENAME
+from services.inference.mlflow_store import ONNX_SHA256_TAG
 from tests.prometheus_samples import scrape, value
 
 REQUESTS = "bt_http_requests_total"
@@ -44,16 +44,20 @@ def test_a_predict_moves_its_route_series_and_the_version_is_loaded_once(
 def test_a_version_that_cannot_be_loaded_is_counted_as_a_failed_load(
     model_zoo: Any, inference_app_client: Any, sample_images: dict[str, bytes]
 ) -> None:
-    client = inference_app_client(tracking_uri=model_zoo.tracking_uri)
-    registry = client.app.state.registry
-    # A cache entry that is not an ONNX model: what a damaged disk or a bad registration gives.
-    model_file = registry.store.cache_path(*registry.resolve("cnn", "1")) / ONNX_FILENAME
-    model_file.parent.mkdir(parents=True)
-    model_file.write_bytes(b"not an onnx model")
+    from mlflow import MlflowClient
 
-    before = scrape(client)
-    response = predict(client, "cnn", "1", sample_images["glioma"])
-    after = scrape(client)
+    # A damaged cache file is now replaced by the registered one (the verified store), so the load that fails is
+    # a download whose file does not hash to the sha256 tagged at registration: what a changed artifact gives.
+    mlflow = MlflowClient(tracking_uri=model_zoo.tracking_uri, registry_uri=model_zoo.tracking_uri)
+    tagged = mlflow.get_model_version("brain-tumor-cnn", "1").tags[ONNX_SHA256_TAG]
+    mlflow.set_model_version_tag("brain-tumor-cnn", "1", ONNX_SHA256_TAG, "0" * 64)
+    try:
+        client = inference_app_client(tracking_uri=model_zoo.tracking_uri)
+        before = scrape(client)
+        response = predict(client, "cnn", "1", sample_images["glioma"])
+        after = scrape(client)
+    finally:
+        mlflow.set_model_version_tag("brain-tumor-cnn", "1", ONNX_SHA256_TAG, tagged)
 
     assert response.status_code == 500 and response.json()["error"]["code"] == "INVALID_MODEL"
     failed = {"model": "cnn", "version": "1", "outcome": "failed"}
