@@ -28,8 +28,9 @@ Errors always have the body `{"error": {"code", "message", "request_id"}}`.
 """
 
 
-def _preload(registry: ModelRegistry, done: threading.Event) -> None:
+def _preload(registry: ModelRegistry, guard: OodGuard, done: threading.Event) -> None:
     try:
+        guard.current()  # the guard's first lookup, so no request pays for it
         registry.preload_defaults()
     except Exception:  # a background thread has nobody to raise to
         logger.exception("preloading the default models failed")
@@ -60,7 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.preload_done = done = threading.Event()
     if settings.preload:
-        threading.Thread(target=_preload, args=(registry, done), name="preload", daemon=True).start()
+        threading.Thread(
+            target=_preload, args=(registry, app.state.ood_guard, done), name="preload", daemon=True
+        ).start()
     else:
         done.set()
     logger.info(

@@ -74,22 +74,39 @@ class OodGuard:
         self._lock = threading.Lock()
         self._guard: LoadedGuard | None = None
         self._checked_at: float | None = None
+        self._refreshing = False
 
     def current(self) -> LoadedGuard | None:
-        """The loaded champion, looked up again once ``refresh_s`` has passed; MLflow failing keeps the last one."""
+        """The loaded champion. The first lookup asks MLflow (the preload thread normally makes it); later ones,
+        once ``refresh_s`` has passed, ask in one background thread, so a down or hung MLflow never holds a
+        prediction; MLflow failing keeps the last guard."""
         if self.mode == "off":
             return None
         with self._lock:
-            if self._checked_at is not None and time.monotonic() - self._checked_at < self.refresh_s:
+            if self._checked_at is None:
+                self._checked_at = time.monotonic()
+                self._guard = self._refreshed()
                 return self._guard
-            self._checked_at = time.monotonic()
-            try:
-                self._guard = self._load_champion()
-            except ServiceError as exc:
-                logger.warning("the OOD guard could not be refreshed, keeping the last one: %s", exc.message)
-            except Exception:
-                logger.exception("the OOD guard could not be loaded")
+            if not self._refreshing and time.monotonic() - self._checked_at >= self.refresh_s:
+                self._checked_at = time.monotonic()
+                self._refreshing = True
+                threading.Thread(target=self._refresh_in_background, name="ood-guard-refresh", daemon=True).start()
             return self._guard
+
+    def _refreshed(self) -> LoadedGuard | None:
+        """The champion now, or the last guard when MLflow cannot say."""
+        try:
+            return self._load_champion()
+        except ServiceError as exc:
+            logger.warning("the OOD guard could not be refreshed, keeping the last one: %s", exc.message)
+        except Exception:  # a background thread has nobody to raise to
+            logger.exception("the OOD guard could not be loaded")
+        return self._guard
+
+    def _refresh_in_background(self) -> None:
+        guard = self._refreshed()
+        with self._lock:
+            self._guard, self._refreshing = guard, False
 
     def _load_champion(self) -> LoadedGuard | None:
         client = self.store._client

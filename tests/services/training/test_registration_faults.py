@@ -244,6 +244,8 @@ def test_mlflow_killed_while_the_version_is_created_then_a_new_run_registers(
 
     assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE
     assert "creating the version" in caught.value.message
+    # The client may see its connection dropped before the proxy's thread has finished the kill.
+    assert registration_mlflow.proxy.cut_happened.wait(30)
     assert registration_mlflow.server.process.poll() is not None  # really killed at that request
     registration_mlflow.start_again()
     registration_mlflow.proxy.restore()
