@@ -36,6 +36,9 @@ ENSEMBLE_MEMBERS_TAG = "ensemble_members"
 ENSEMBLE_WEIGHTS_TAG = "ensemble_weights"
 # Versions registered from the pretrained bundle (deploy/pretrained.py): what they were trained and evaluated on.
 PRETRAINED_TAG = "pretrained_on"
+# On a version refit from a champion's recipe: the recipe's version and MLflow run (its test-split figures).
+RECIPE_VERSION_TAG = "recipe_version"
+RECIPE_RUN_TAG = "recipe_run_id"
 # The guard against non-MRI input (docs/ood-guard.md): a registered ONNX graph, not a model that classifies.
 GUARD_REGISTERED_NAME = "brain-tumor-guard"
 GUARD_METADATA_KEY = "brain_tumor_guard"
@@ -72,7 +75,7 @@ class PredictionOut(BaseModel):
     probabilities: dict[str, float]
     latency_ms: float = Field(description="Time spent in preprocessing and the model, in milliseconds.")
     members: dict[str, str] | None = Field(
-        None, description="Ensemble only: the member models' versions that answered, e.g. {\"cnn\": \"3\"}."
+        None, description='Ensemble only: the member models\' versions that answered, e.g. {"cnn": "3"}.'
     )
     ood: OodOut | None = Field(
         None, description="The guard's verdict on the image; null when no guard is registered or it is off."

@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, help="input size for every family (default: each family's own)")
     parser.add_argument("--epochs", type=int, help="override the epochs of the Keras families")
     parser.add_argument(
-        "--test-fraction", type=float, default=0.2, help="test share without a Testing/ folder; one of 1/k folds"
+        "--test-fraction",
+        type=float,
+        help="test share without a Testing/ folder, one of 1/k folds (default 0.2; 0 with --refit-champions)",
+    )
+    parser.add_argument(
+        "--refit-champions",
+        action="store_true",
+        help="refit each family's champion parameters (and the ensemble's weights) on every image: no search, "
+        "no test split unless --test-fraction is given",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-register", action="store_true", help="log to MLflow but do not register versions")
@@ -68,6 +76,12 @@ def parse_override(item: str) -> tuple[str, object]:
         return key.strip(), text
 
 
+def _test_fraction(args: argparse.Namespace) -> float:
+    if args.test_fraction is not None:
+        return float(args.test_fraction)
+    return 0.0 if args.refit_champions else 0.2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -86,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         options = TrainingOptions(
             data_dir=args.data or settings.data_dir,
             families=[name.strip() for name in args.families.split(",") if name.strip()],
-            search=args.search,
+            search="none" if args.refit_champions else args.search,
             max_trials=args.max_trials,
             image_size=args.image_size,
             epochs=args.epochs,
-            test_fraction=args.test_fraction,
+            test_fraction=_test_fraction(args),
+            refit_champions=args.refit_champions,
             seed=args.seed,
             register_models=not args.no_register,
             backend=args.backend,

@@ -23,7 +23,14 @@ from scipy.optimize import minimize
 from services.training import plots, tracking
 from services.training.calibration import calibration_metrics, negative_log_likelihood
 from services.training.evaluation import evaluate
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MEMBERS_TAG, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
+from shared.schemas import (
+    CHAMPION_ALIAS,
+    ENSEMBLE_MEMBERS_TAG,
+    ENSEMBLE_MODEL,
+    ENSEMBLE_WEIGHTS_TAG,
+    RECIPE_RUN_TAG,
+    registered_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +69,7 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     return equal, "equal (fitted weights were no better on the calibration slice)"
 
 
-def register_version(spec: dict[str, Any], run_id: str, accuracy: float) -> str:
+def register_version(spec: dict[str, Any], run_id: str, description: str, recipe_tags: dict[str, str]) -> str:
     """A new version of brain-tumor-ensemble from the active run (its spec artifact), members and weights as tags."""
     client = MlflowClient()
     name = registered_name(ENSEMBLE_MODEL)
@@ -77,10 +84,11 @@ def register_version(spec: dict[str, Any], run_id: str, accuracy: float) -> str:
         ENSEMBLE_WEIGHTS_TAG: json.dumps(spec["weights"], sort_keys=True),
         "test_files_sha256": spec["test_files_sha256"],
         **{f"member_{family}": version for family, version in spec["members"].items()},
+        **recipe_tags,
     }
     source = f"{mlflow.get_artifact_uri()}/ensemble"
     version = client.create_model_version(
-        name, source, run_id, tags=tags, description=f"ensemble of {spec['members']}: test accuracy {accuracy:.4f}"
+        name, source, run_id, tags=tags, description=f"ensemble of {spec['members']}: {description}"
     )
     return str(version.version)
 
@@ -96,24 +104,40 @@ def _members_are_champions(members: dict[str, str]) -> bool:
     return True
 
 
+def _recipe_weights(members: list[dict[str, Any]], recipe: tuple[dict[str, float], str] | None) -> np.ndarray | None:
+    """A refit's weights: the ensemble champion's, when its members are exactly the refit's families."""
+    if recipe is None or set(recipe[0]) != {row["family"] for row in members}:
+        return None
+    return np.array([recipe[0][row["family"]] for row in members])
+
+
 def build_ensemble(
     rows: list[dict[str, Any]], calibration_labels: np.ndarray, test_labels: np.ndarray, split_sha256: str,
-    register: bool,
+    register: bool, recipe: tuple[dict[str, float], str] | None = None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """Fit the weights, evaluate on the test split, log an ``ensemble`` run and register its version.
 
     ``rows`` are the families' report rows carrying their calibrated probabilities on the calibration slice
-    and the test split. Returns the ensemble's report row, or None with fewer than two registered members.
+    and the test split. ``recipe`` (a refit's): the ensemble champion's weights and run, kept instead of fitting
+    new ones. Returns the ensemble's report row, or None with fewer than two registered members.
     """
     members = [row for row in rows if row.get("version") or not register]
     if len(members) < 2:
         logger.info("no ensemble: %d family trained", len(members))
         return None
     started = time.perf_counter()
-    weights, how = fit_weights([row["calibration_probabilities"] for row in members], calibration_labels)
-    test_probabilities = combine([row["test_probabilities"] for row in members], weights)
-    evaluation = evaluate(test_labels, test_probabilities)
-    metrics = {**evaluation.metrics, **calibration_metrics(test_probabilities, test_labels)}
+    kept = _recipe_weights(members, recipe)
+    recipe_tags = {} if kept is None or recipe is None else {RECIPE_RUN_TAG: recipe[1]}
+    if kept is not None:
+        weights, how = kept, "the ensemble champion's weights (a refit)"
+    else:
+        weights, how = fit_weights([row["calibration_probabilities"] for row in members], calibration_labels)
+    metrics: dict[str, float] = {}
+    evaluation = None
+    if len(test_labels):  # a refit has no test split
+        test_probabilities = combine([row["test_probabilities"] for row in members], weights)
+        evaluation = evaluate(test_labels, test_probabilities)
+        metrics = {**evaluation.metrics, **calibration_metrics(test_probabilities, test_labels)}
     spec = {
         "members": {row["family"]: str(row.get("version") or "") for row in members},
         "weights": {row["family"]: round(float(w), 6) for row, w in zip(members, weights, strict=True)},
@@ -123,13 +147,19 @@ def build_ensemble(
     with mlflow.start_run(run_name=ENSEMBLE_MODEL) as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "ensemble", "weighting": how})
         mlflow.log_params({f"weight_{family}": weight for family, weight in spec["weights"].items()})
+        mlflow.set_tags(recipe_tags)
         mlflow.log_metrics(metrics)
         mlflow.log_text(json.dumps(spec, indent=2, sort_keys=True), SPEC_ARTIFACT)
-        mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
-        tracking.log_bytes(plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL), "evaluation/confusion_matrix.png")
-        png = plots.reliability_png(test_labels, {"ensemble": test_probabilities}, ENSEMBLE_MODEL)
-        tracking.log_bytes(png, "evaluation/reliability.png")
-        version = register_version(spec, run.info.run_id, metrics["test_accuracy"]) if register else None
+        if evaluation is not None:
+            mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
+            confusion = plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL)
+            tracking.log_bytes(confusion, "evaluation/confusion_matrix.png")
+            png = plots.reliability_png(test_labels, {"ensemble": test_probabilities}, ENSEMBLE_MODEL)
+            tracking.log_bytes(png, "evaluation/reliability.png")
+            description = f"test accuracy {metrics['test_accuracy']:.4f}"
+        else:
+            description = "refit without a test split"
+        version = register_version(spec, run.info.run_id, description, recipe_tags) if register else None
     if version and _members_are_champions(spec["members"]):
         MlflowClient().set_registered_model_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS, version)
     return {

@@ -36,10 +36,12 @@ class TrainingOptions(BaseModel):
     )
     test_fraction: float = Field(
         0.2,
-        gt=0.0,
+        ge=0.0,
         le=0.5,
         description="Share of the images held out for testing when the folder has no Testing/ split; taken as one "
-        "of round(1/test_fraction) stratified, duplicate-aware folds (0.2: one fold of 5, 0.3: one of 3).",
+        "of round(1/test_fraction) stratified, duplicate-aware folds (0.2: one fold of 5, 0.3: one of 3). "
+        "0: no test split, every image but the calibration slice trains and the run reports no test figures "
+        "(for refitting a recipe evaluated before, see refit_champions).",
     )
     # Not 2**32 - 1: the folds and the refit's slice use seed + a small offset, and numpy caps seeds there.
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the split, the folds and every model.")
@@ -53,11 +55,19 @@ class TrainingOptions(BaseModel):
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
     jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")
     register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
+    refit_champions: bool = Field(
+        False,
+        description="Refit each family's champion recipe (the parameters of its registered champion, and the "
+        "ensemble champion's weights) instead of searching; needs search 'none'. With test_fraction 0 this is the "
+        "standard last step: the recipe evaluated on a split, refit on every image.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingOptions:
         if len(set(self.families)) != len(self.families):
             raise ValueError("each family may be named once")
+        if self.refit_champions and self.search != "none":
+            raise ValueError("refit_champions takes the champions' parameters: use search 'none'")
         if self.backend == "dask" and not self.scheduler:
             raise ValueError("backend 'dask' needs the scheduler's address, e.g. tcp://127.0.0.1:8786")
         # The same bounds as the top-level fields: an override must not size a run beyond them.

@@ -34,13 +34,14 @@ from services.training.grids import candidates, search_overrides
 from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
 from services.training.onnx_export import ParityReport, check_parity, embed_contract, exported_classifier
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.recipe import champion_ensemble_weights, champion_recipe
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
 from shared.contract import CLASS_NAMES
 from shared.dataset import discover
 from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import registered_name
+from shared.schemas import RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +149,12 @@ def _log_evaluation(family_name: str, evaluation: Evaluation, labels: np.ndarray
 
 def _evaluate(
     family_name: str, family: ModelFamily, fitted: FittedModel, test_pixels: np.ndarray, test_labels: np.ndarray
-) -> tuple[np.ndarray, Evaluation, dict[str, float]]:
-    """Test-split probabilities, their evaluation and the family's stage figures, all logged to the run."""
+) -> tuple[np.ndarray, Evaluation | None, dict[str, float]]:
+    """Test-split probabilities, their evaluation and the family's stage figures, all logged to the run.
+    A refit without a test split gets the probabilities of the check set only (for the ONNX parity checks)."""
     native = family.predict_native(fitted, test_pixels)
+    if len(test_labels) == 0:
+        return native, None, {}
     evaluation = evaluate(test_labels, native)
     stage_metrics = family.stage_metrics(fitted, test_pixels, test_labels)
     mlflow.log_metrics(stage_metrics)
@@ -232,6 +236,8 @@ def _calibrated_export(
     # The run's plain copy becomes the file served; the graph as converted stays beside it, to look into.
     tracking.log_onnx(calibrated)
     tracking.log_bytes(model_bytes, "calibration/uncalibrated_model.onnx")
+    if len(test_labels) == 0:  # a refit: the figures are the recipe's, on its test split
+        return calibrated, expected, {"calibrated_parity_max_abs_diff": parity.max_abs_diff, "reliability_png": b""}
     before = calibration_metrics(native, test_labels)
     metrics = {
         **calibration_metrics(expected, test_labels),
@@ -244,18 +250,25 @@ def _calibrated_export(
 
 
 def _register(
-    family_name: str, model: ModelInfo, model_bytes: bytes, data: PreparedData, params: dict[str, Any], accuracy: float
-) -> str:
+    family_name: str, model: ModelInfo, model_bytes: bytes, data: PreparedData, params: dict[str, Any],
+    accuracy: float | None, recipe_tags: dict[str, str],
+) -> str:  # fmt: skip
     """A new version of the family's registered model from its logged MLflow Model."""
+    if accuracy is None:
+        recipe = recipe_tags.get(RECIPE_VERSION_TAG)
+        description = f"{family_name}: refit on {data.info['train_images']} images, recipe of version {recipe}"
+    else:
+        description = f"{family_name}: test accuracy {accuracy:.4f}"
     return tracking.register_version(
         registered_name(family_name),
         model,
         model_bytes,
-        description=f"{family_name}: test accuracy {accuracy:.4f}",
+        description=description,
         tags={
             "family": family_name,
             "image_size": str(params["image_size"]),
             "test_files_sha256": data.info["test_files_sha256"],
+            **recipe_tags,
         },
     )
 
@@ -295,11 +308,18 @@ def train_family(
     step("starting")
     family = get_family(family_name, settings)
     params, cv_metrics, search_seconds = _base_params(family, options), {}, 0.0
+    recipe_tags: dict[str, str] = {}
     with mlflow.start_run(run_name=family_name) as run:
         progress.mlflow_run_id = run.info.run_id
         mlflow.set_tags({"family": family_name, "stage": "family", "search": options.search})
         _log_data(data)
-        if options.search != "none":
+        if options.refit_champions:
+            step("reading the champion's recipe")
+            recipe = champion_recipe(family_name)
+            params = {**params, **recipe.params, **options.overrides, "seed": options.seed}
+            recipe_tags = {RECIPE_VERSION_TAG: recipe.version, RECIPE_RUN_TAG: recipe.run_id}
+            mlflow.set_tags(recipe_tags)
+        elif options.search != "none":
             step("searching (3-fold CV)")
             params, cv_metrics, search_seconds = _search_and_log(family_name, family, data, options, settings, params)
         tracking.log_params(params)
@@ -309,16 +329,17 @@ def train_family(
         _log_curves(fitted.history)
 
         step("evaluating on the test split")
-        test_pixels = data.test(int(params["image_size"]))
+        size = int(params["image_size"])
+        test_pixels, test_labels = _check_set(data, calibration_slice, size)
         native, evaluation, stage_metrics = _evaluate(family_name, family, fitted, test_pixels, data.test_labels)
 
         step("calibrating")
-        size = int(params["image_size"])
         calibration, calibration_probabilities = _calibrate(family, fitted, calibration_slice, size)
 
         step("converting to ONNX")
         model_bytes, parity, export_metrics = _export(family_name, family, fitted, test_pixels, native, run.info.run_id)
-        metrics = {**evaluation.metrics, "train_seconds": train_seconds, **export_metrics}
+        test_metrics = evaluation.metrics if evaluation is not None else {}
+        metrics = {**test_metrics, "train_seconds": train_seconds, **export_metrics}
         mlflow.log_metrics(metrics)
         progress.metrics = _progress_metrics({**metrics, **cv_metrics})
         # Parity is checked on the graph as converted (against the native model), then again once calibrated.
@@ -333,12 +354,14 @@ def train_family(
         # What MLflow users load and serve (pyfunc, `mlflow models serve`): the very file that passed parity.
         logged_model = tracking.log_onnx_model(model_bytes, name=family_name)
         # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
-        log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, data.test_labels, family_name, per_class=2)
+        log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, test_labels, family_name, per_class=2)
         if options.register_models:
             step("registering")
             progress.registered_name = registered_name(family_name)
-            accuracy = evaluation.metrics["test_accuracy"]
-            progress.registered_version = _register(family_name, logged_model, model_bytes, data, params, accuracy)
+            accuracy = test_metrics.get("test_accuracy")
+            progress.registered_version = _register(
+                family_name, logged_model, model_bytes, data, params, accuracy, recipe_tags
+            )
     progress.state = FamilyState.DONE
     step("done")
     return {
@@ -350,13 +373,25 @@ def train_family(
     }  # fmt: skip
 
 
+def _check_set(data: PreparedData, calibration_slice: CalibrationSlice, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images the run evaluates and checks the ONNX graphs on: the test split; in a refit, which has none,
+    the calibration slice (for the parity checks and LIME overlays only: no figure is reported on it)."""
+    if len(data.test_labels):
+        return data.test(size), data.test_labels
+    return calibration_slice.pixels(size), calibration_slice.labels
+
+
 def _ensemble(
     rows: list[dict[str, Any]], calibration_slice: CalibrationSlice, data: PreparedData, options: TrainingOptions
 ) -> dict[str, Any] | None:
-    """The run's families combined (two at least); its failure is logged and leaves the families registered."""
+    """The run's families combined (two at least); its failure is logged and leaves the families registered.
+    A refit keeps the ensemble champion's weights (when it has exactly this run's families)."""
     try:
         split = data.info["test_files_sha256"]
-        return build_ensemble(rows, calibration_slice.labels, data.test_labels, split, options.register_models)
+        recipe = champion_ensemble_weights() if options.refit_champions else None
+        return build_ensemble(
+            rows, calibration_slice.labels, data.test_labels, split, options.register_models, recipe=recipe
+        )
     except Exception:
         logger.exception("the ensemble could not be built or registered")
         return None
@@ -404,6 +439,6 @@ def run_training(
     ensemble = _ensemble(rows, calibration_slice, data, options)
     if rows:
         _fit_guard(data, calibration_slice, options)
-    if rows:
+    if rows and len(data.test_labels):  # a refit has no test split: its recipe's report stands
         write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir, ensemble)
     return results

@@ -254,7 +254,7 @@ def _move_aliases(rows: list[dict[str, Any]], split_sha256: str) -> None:
         ]
         champion = max(comparable, key=lambda v: (_test_accuracy(client, v.run_id), int(v.version)))
         client.set_registered_model_alias(name, CHAMPION_ALIAS, champion.version)
-        winners.append((float(row["metrics"]["test_accuracy"]), name, str(row["version"])))
+        winners.append((float(row["metrics"].get("test_accuracy", -1.0)), name, str(row["version"])))
     if not winners:
         return
     _, best_name, best_version = max(winners)

@@ -1,0 +1,75 @@
+"""Refitting the champions' recipes on every image (the last step before a pretrained bundle), against a real
+MLflow server of its own: the champions a refit reads must be the ones this test registered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from pydantic import ValidationError
+
+from deploy.processes import free_port, start_mlflow
+from services.training.config import TrainingSettings
+from services.training.options import FamilyState, TrainingOptions
+from services.training.pipeline import run_training
+
+FAMILIES = ["rf", "snn"]
+
+
+def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
+    training_settings: TrainingSettings, tmp_path: Path
+) -> None:
+    server = start_mlflow(tmp_path / "store", free_port(), tmp_path / "mlflow.log")
+    try:
+        settings = training_settings.model_copy(
+            update={"tracking_uri": server.url, "report_dir": tmp_path / "reports"}
+        )
+        evaluated = run_training(
+            TrainingOptions(families=FAMILIES, search="none", image_size=32, epochs=2, overrides={"n_estimators": 30}),
+            settings,
+        )
+        report = (tmp_path / "reports" / "comparison.md").read_text()
+        refit = run_training(
+            TrainingOptions(
+                families=FAMILIES, search="none", test_fraction=0, refit_champions=True, overrides={"n_estimators": 20}
+            ),
+            settings,
+        )
+        assert [r.state for r in evaluated + refit] == [FamilyState.DONE] * 4, [r.error for r in evaluated + refit]
+        client = MlflowClient(server.url)
+        for before, after in zip(evaluated, refit, strict=True):
+            name = f"brain-tumor-{before.family}"
+            version = client.get_model_version(name, after.registered_version)
+            assert (version.tags["recipe_version"], version.tags["recipe_run_id"]) == (
+                before.registered_version,
+                before.mlflow_run_id,
+            )
+            assert client.get_model_version_by_alias(name, "champion").version == after.registered_version
+            run = client.get_run(after.mlflow_run_id).data
+            # The recipe's image size and epochs, not the family's defaults; the refit's own override on top.
+            assert json.loads(run.params["image_size"]) == 32
+            if before.family == "rf":
+                assert json.loads(run.params["n_estimators"]) == 20
+            else:
+                assert json.loads(run.params["epochs"]) == 2
+            # Every one of the 120 sample images trains but the calibration slice; nothing is scored as a test.
+            assert run.metrics["refit_images"] + run.metrics["calibration_images"] == 120
+            assert run.metrics["test_images"] == 0
+            assert not any(key.startswith("test_") for key in run.metrics if key != "test_images")
+            assert run.metrics["calibrated_parity_max_abs_diff"] <= 1e-4
+        ensembles = sorted(client.search_model_versions("name='brain-tumor-ensemble'"), key=lambda v: int(v.version))
+        first, second = ensembles
+        assert json.loads(second.tags["ensemble_weights"]) == json.loads(first.tags["ensemble_weights"])
+        assert second.tags["recipe_run_id"] == first.run_id
+        assert json.loads(second.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
+        # The evaluation's report stands: a refit has no test split to write one from.
+        assert (tmp_path / "reports" / "comparison.md").read_text() == report
+    finally:
+        server.stop()
+
+
+def test_a_refit_takes_the_recipe_not_a_search() -> None:
+    with pytest.raises(ValidationError, match="refit_champions"):
+        TrainingOptions(families=FAMILIES, search="quick", refit_champions=True)
