@@ -1,6 +1,7 @@
 """The pretrained bundle: champion ONNX files shipped in the repository, and the manifest that says what they are.
 
-A bundle is one folder (``shared/pretrained_bundle/`` by default) holding ``manifest.json`` and one ONNX file per model.
+A bundle is one folder (``shared/pretrained_bundle/`` by default) holding ``manifest.json`` and one ONNX file per model
+and one for the guard against non-MRI input (the ensemble has no file: its weights are in the manifest).
 The manifest records, per model, its registered name, file, sha256 and size, its metrics on the test split, its
 parameters and the tags to register it with; and for the whole bundle the data fingerprint, the commit and the
 exact command that produced it, and how it was evaluated ("evaluated on split X, refit on all N images").
@@ -50,6 +51,16 @@ class BundledEnsemble(BaseModel):
     test_metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class BundledGuard(BaseModel):
+    """The guard against non-MRI input (docs/ood-guard.md): one ONNX file, its threshold inside its metadata."""
+
+    registered_name: str
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    source_version: str | None = None
+
+
 class DataProvenance(BaseModel):
     """What the models were trained on and how they were evaluated."""
 
@@ -70,13 +81,18 @@ class Manifest(BaseModel):
     data: DataProvenance
     models: list[BundledModel]
     ensemble: BundledEnsemble | None = None
+    guard: BundledGuard | None = None
 
     def label(self) -> str:
         """The short "pretrained on ..." text shown beside each bundled model."""
         return f"{self.data.description}; {self.data.evaluation}"
 
+    def files(self) -> list[BundledModel | BundledGuard]:
+        """Every file of the bundle: the models', then the guard's."""
+        return [*self.models, *([self.guard] if self.guard else [])]
+
     def total_bytes(self) -> int:
-        return sum(model.size_bytes for model in self.models)
+        return sum(entry.size_bytes for entry in self.files())
 
 
 def file_sha256(data: bytes) -> str:
@@ -97,22 +113,30 @@ def load_manifest(folder: Path = BUNDLE_DIR) -> Manifest:
     return manifest
 
 
+GUARD_KEY = "guard"
+
+
+def _key(entry: BundledModel | BundledGuard) -> str:
+    return entry.model if isinstance(entry, BundledModel) else GUARD_KEY
+
+
 def verified_files(folder: Path, manifest: Manifest) -> dict[str, bytes]:
-    """Every model's bytes, keyed by short name, after checking size and sha256 against the manifest."""
+    """Every file's bytes, keyed by model short name (the guard's by ``guard``), after checking size and sha256
+    against the manifest."""
     files: dict[str, bytes] = {}
-    for model in manifest.models:
-        path = folder / model.file
+    for entry in manifest.files():
+        path = folder / entry.file
         if not path.is_file() or path.resolve().parent != folder.resolve():
-            raise BundleError(f"bundle file {model.file} for {model.model} is missing from {folder}")
+            raise BundleError(f"bundle file {entry.file} for {_key(entry)} is missing from {folder}")
         data = path.read_bytes()
         digest = file_sha256(data)
-        if len(data) != model.size_bytes or digest != model.sha256:
+        if len(data) != entry.size_bytes or digest != entry.sha256:
             raise BundleError(
                 f"bundle file {path} differs from the manifest (sha256 {digest[:12]}..., {len(data)} bytes; "
-                f"expected {model.sha256[:12]}..., {model.size_bytes} bytes): refusing to register it. "
+                f"expected {entry.sha256[:12]}..., {entry.size_bytes} bytes): refusing to register it. "
                 "Restore it from git or rebuild the bundle with `python -m deploy.pretrained build`."
             )
-        files[model.model] = data
+        files[_key(entry)] = data
     return files
 
 
@@ -125,11 +149,14 @@ def load_bundle(folder: Path = BUNDLE_DIR) -> tuple[Manifest, dict[str, bytes]]:
 def write_bundle(folder: Path, manifest: Manifest, files: dict[str, bytes]) -> Manifest:
     """Write the files and the manifest (sha256 and size filled from the bytes); returns the written manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    models = []
-    for model in manifest.models:
-        data = files[model.model]
-        (folder / model.file).write_bytes(data)
-        models.append(model.model_copy(update={"sha256": file_sha256(data), "size_bytes": len(data)}))
-    written = manifest.model_copy(update={"models": models})
+
+    def written_entry(entry: BundledModel | BundledGuard) -> Any:
+        data = files[_key(entry)]
+        (folder / entry.file).write_bytes(data)
+        return entry.model_copy(update={"sha256": file_sha256(data), "size_bytes": len(data)})
+
+    models = [written_entry(model) for model in manifest.models]
+    guard = written_entry(manifest.guard) if manifest.guard else None
+    written = manifest.model_copy(update={"models": models, "guard": guard})
     (folder / MANIFEST_FILE).write_text(written.model_dump_json(indent=2) + "\n")
     return written
