@@ -4,6 +4,11 @@ and several images with one model (``/v1/models/{model}/predict-batch``).
 A comparison decodes its image once and resizes it once per contract size, however many models run on it; a
 batch decodes each file once and runs all of them through the model together. Runs go through the predictor,
 as single predictions do, so they share the batching and the onnxruntime thread budget (``batching``).
+
+The guard against non-MRI input (``services.inference.ood``) judges each file once, not once per model: a
+comparison's image refused is one 422 NOT_A_BRAIN_MRI for the request (its one file is the problem, as a file
+that is not an image is one 415); a batch's refused file is that file's own error while the others answer.
+Every answer carries its file's verdict in ``ood``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.batching import Predictor
-from services.inference.deps import ModelDep, PredictorDep, RegistryDep, SettingsDep
+from services.inference.deps import ModelDep, OodGuardDep, PredictorDep, RegistryDep, SettingsDep
 from services.inference.ensemble import EnsembleClassifier
+from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
@@ -34,6 +40,7 @@ from shared.schemas import (
     CompareItem,
     CompareOut,
     ItemError,
+    OodOut,
     PredictionOut,
 )
 from shared.service import error_responses
@@ -44,6 +51,10 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["models"])
 
 _REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
+_NOT_MRI = (
+    f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold (BT_INFERENCE_OOD_MODE=refuse); "
+    "`details.ood` holds the verdict"
+)
 
 ModelsQuery = Annotated[
     list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
@@ -63,7 +74,9 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def _prediction(classifier: OnnxClassifier, probabilities: np.ndarray, latency_ms: float) -> PredictionOut:
+def _prediction(
+    classifier: OnnxClassifier, probabilities: np.ndarray, latency_ms: float, ood: OodOut | None
+) -> PredictionOut:
     label, by_class = classifier.postprocess(probabilities)
     return PredictionOut(
         model=classifier.name,
@@ -72,6 +85,7 @@ def _prediction(classifier: OnnxClassifier, probabilities: np.ndarray, latency_m
         probabilities=by_class,
         latency_ms=round(latency_ms, 3),
         members=getattr(classifier, "member_versions", None),  # the ensemble's members that answered
+        ood=ood,
     )
 
 
@@ -128,7 +142,9 @@ def prepare_comparison(
     return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms
 
 
-async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms: float) -> CompareItem:
+async def _answer(
+    predictor: Predictor, name: str, prepared: Prepared, decode_ms: float, ood: OodOut | None
+) -> CompareItem:
     """One model's answer; any failure is the item's own error."""
     if isinstance(prepared, ServiceError):
         return CompareItem.failed(name, prepared)
@@ -137,7 +153,7 @@ async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms
     try:
         probabilities = (await predictor.predict(classifier, tensor))[0]
         # Each answer's latency counts the shared decoding once, as a single predict would.
-        result = _prediction(classifier, probabilities, decode_ms + _elapsed_ms(started))
+        result = _prediction(classifier, probabilities, decode_ms + _elapsed_ms(started), ood)
     except ServiceError as exc:
         return CompareItem.failed(name, exc)
     except Exception:
@@ -154,54 +170,83 @@ async def _answer(predictor: Predictor, name: str, prepared: Prepared, decode_ms
     "(alias `champion` if set, else the latest) runs on it, the models concurrently, each run shared with "
     "concurrent requests for that model when batching is on. A model that cannot answer (unknown, no version, "
     "cannot be loaded) gets its own `error` entry (code, message, status) while the others answer; a file that "
-    "is not an image is one 415 for the request.",
-    responses=error_responses(400, 413, 415, 422, 503),
+    "is not an image is one 415 for the request. The guard judges the image once: every answer carries its "
+    "`ood` verdict, and in refuse mode an image that is not a brain MRI slice is one 422 NOT_A_BRAIN_MRI.",
+    responses=error_responses(
+        400,
+        413,
+        415,
+        422,
+        503,
+        descriptions={422: f"{_NOT_MRI}; INVALID_REQUEST: a bad parameter (e.g. no `models`, a bad name)."},
+    ),
 )
 async def compare_models(
-    registry: RegistryDep, predictor: PredictorDep, data: ImageBytes, models: ModelsQuery, frame: FrameQuery = None
+    registry: RegistryDep,
+    predictor: PredictorDep,
+    guard: OodGuardDep,
+    data: ImageBytes,
+    models: ModelsQuery,
+    frame: FrameQuery = None,
 ) -> CompareOut:
     names = list(dict.fromkeys(models))
     # Loading a model and decoding are blocking work: keep them off the event loop.
     prepared, decode_ms = await run_in_threadpool(prepare_comparison, registry, data, names, frame)
-    items = await asyncio.gather(*(_answer(predictor, name, item, decode_ms) for name, item in prepared.items()))
+    # Judged once for all models, and only when a model can run on it (when none can, every item says why).
+    runnable = any(not isinstance(item, ServiceError) for item in prepared.values())
+    started = time.perf_counter()
+    ood = await run_in_threadpool(guard.check, data, frame) if runnable else None
+    decode_ms += _elapsed_ms(started)  # the verdict is part of preparing the image, as on /predict
+    items = await asyncio.gather(*(_answer(predictor, name, item, decode_ms, ood) for name, item in prepared.items()))
     return CompareOut.from_items(list(items))
 
 
+# One file of a batch ready to run: its tensor, the milliseconds its verdict and decoding took, its verdict.
+PreparedFile = tuple[np.ndarray, float, OodOut | None] | ServiceError
+
+
 def _preprocess(
-    classifier: OnnxClassifier, data: bytes | ServiceError, frame: int | None = None
-) -> tuple[np.ndarray | ServiceError, float]:
+    classifier: OnnxClassifier, guard: OodGuard, data: bytes | ServiceError, frame: int | None = None
+) -> PreparedFile:
+    """The file judged by the guard (refused: its own 422), then decoded; any failure is the file's own error."""
     if isinstance(data, ServiceError):
-        return data, 0.0
+        return data
     started = time.perf_counter()
     try:
-        return classifier.preprocess(data, frame), _elapsed_ms(started)
+        ood = guard.check(data, frame)
+        return classifier.preprocess(data, frame), _elapsed_ms(started), ood
     except ServiceError as exc:
-        return exc, 0.0
+        return exc
 
 
 def _preprocess_all(
-    classifier: OnnxClassifier, files: list[bytes | ServiceError], frame: int | None = None
-) -> list[tuple[np.ndarray | ServiceError, float]]:
-    return [_preprocess(classifier, data, frame) for data in files]
+    classifier: OnnxClassifier, guard: OodGuard, files: list[bytes | ServiceError], frame: int | None = None
+) -> list[PreparedFile]:
+    return [_preprocess(classifier, guard, data, frame) for data in files]
 
 
 async def classify_files(
-    predictor: Predictor, classifier: OnnxClassifier, files: list[bytes | ServiceError], frame: int | None = None
+    predictor: Predictor,
+    classifier: OnnxClassifier,
+    guard: OodGuard,
+    files: list[bytes | ServiceError],
+    frame: int | None = None,
 ) -> BatchPredictionOut:
-    """Each file decoded on its own (a bad one is its own error), then all good ones through the model together.
+    """Each file judged and decoded on its own (a bad or refused one is its own error), then all good ones
+    through the model together.
 
-    An answer's latency is its own decoding plus the one run that all good files of the request shared.
+    An answer's latency is its own verdict and decoding plus the one run that all good files of the request shared.
     """
-    prepared = await run_in_threadpool(_preprocess_all, classifier, files, frame)
-    good = [tensor for tensor, _ in prepared if isinstance(tensor, np.ndarray)]
+    prepared = await run_in_threadpool(_preprocess_all, classifier, guard, files, frame)
+    good = [item[0] for item in prepared if not isinstance(item, ServiceError)]
     started = time.perf_counter()
     rows = iter(await predictor.predict(classifier, np.concatenate(good)) if good else [])
     run_ms = _elapsed_ms(started)
     results = [
-        BatchItem(index=index, ok=False, error=ItemError.from_error(tensor))
-        if isinstance(tensor, ServiceError)
-        else BatchItem(index=index, ok=True, result=_prediction(classifier, next(rows), decode_ms + run_ms))
-        for index, (tensor, decode_ms) in enumerate(prepared)
+        BatchItem(index=index, ok=False, error=ItemError.from_error(item))
+        if isinstance(item, ServiceError)
+        else BatchItem(index=index, ok=True, result=_prediction(classifier, next(rows), item[1] + run_ms, item[2]))
+        for index, item in enumerate(prepared)
     ]
     return BatchPredictionOut(results=results)
 
@@ -213,11 +258,30 @@ async def classify_files(
     description=f"Upload up to {PREDICT_BATCH_MAX_FILES} images as repeated multipart fields `files`; choose the "
     "version with `version` (number or alias; default: the default version). Answers one entry per file, in "
     "order: a prediction, or that file's own error (e.g. INVALID_IMAGE, 415) while the others answer. The good "
-    "files run through the model together. The whole body is bounded by the service's upload limit.",
-    responses=error_responses(400, 404, 413, 422, 500, 503, descriptions=_REGISTRY_DOWN),
+    "files run through the model together. The whole body is bounded by the service's upload limit. The guard "
+    "judges each file: every prediction carries its `ood` verdict, and in refuse mode a file that is not a "
+    "brain MRI slice gets its own NOT_A_BRAIN_MRI (422) error entry.",
+    responses=error_responses(
+        400,
+        404,
+        413,
+        422,
+        500,
+        503,
+        descriptions={
+            **_REGISTRY_DOWN,
+            422: "INVALID_REQUEST: no `files` field, too many files, or a malformed parameter. (A file the guard "
+            f"refuses is not a 422 for the request: its own entry says {ErrorCode.NOT_A_BRAIN_MRI}.)",
+        },
+    ),
 )
 async def predict_batch(
-    classifier: ModelDep, predictor: PredictorDep, settings: SettingsDep, files: BatchFiles, frame: FrameQuery = None
+    classifier: ModelDep,
+    predictor: PredictorDep,
+    guard: OodGuardDep,
+    settings: SettingsDep,
+    files: BatchFiles,
+    frame: FrameQuery = None,
 ) -> BatchPredictionOut:
     data = await read_uploads(files, PREDICT_BATCH_MAX_FILES, settings.max_upload_bytes)
-    return await classify_files(predictor, classifier, data, frame)
+    return await classify_files(predictor, classifier, guard, data, frame)
