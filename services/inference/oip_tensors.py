@@ -24,6 +24,7 @@ from services.inference.oip_schemas import (
     PROBABILITIES_OUTPUT,
     InferRequest,
     InferResponse,
+    Parameters,
     RequestInput,
     ResponseOutput,
 )
@@ -198,22 +199,30 @@ def wants_binary_output(request: InferRequest) -> bool:
 
 
 def infer_response(
-    request: InferRequest, name: str, version: str, class_names: tuple[str, ...], probabilities: np.ndarray
+    request: InferRequest,
+    name: str,
+    version: str,
+    class_names: tuple[str, ...],
+    probabilities: np.ndarray,
+    parameters: Parameters | None = None,
 ) -> Response:
-    """The probabilities (N, classes) as the protocol's FP32 output, in JSON or as binary data."""
+    """The probabilities (N, classes) as the protocol's FP32 output, in JSON or as binary data; ``parameters``
+    are the response's own (e.g. the OOD guard's verdicts)."""
     values = np.ascontiguousarray(probabilities, dtype="<f4")
     binary = wants_binary_output(request)
-    parameters: dict[str, str | int | float | bool] = {"class_names": ",".join(class_names)}
+    output_parameters: Parameters = {"class_names": ",".join(class_names)}
     if binary:
-        parameters["binary_data_size"] = values.nbytes
+        output_parameters["binary_data_size"] = values.nbytes
     output = ResponseOutput(
         name=PROBABILITIES_OUTPUT,
         shape=list(values.shape),
         datatype="FP32",
-        parameters=parameters,
+        parameters=output_parameters,
         data=None if binary else values.reshape(-1).astype(float).tolist(),
     )
-    answer = InferResponse(model_name=name, model_version=version, id=request.id, outputs=[output])
+    answer = InferResponse(
+        model_name=name, model_version=version, id=request.id, parameters=parameters, outputs=[output]
+    )
     if not binary:
         return JSONResponse(answer.model_dump(exclude_none=True))
     header = answer.model_dump_json(exclude_none=True).encode()

@@ -3,6 +3,14 @@
 What tritonclient, KServe's and MLServer's clients call. Models are the short names (``cnn``); a version
 is a number or an alias, and without one the default version answers (as on ``/v1``). Errors have the
 protocol's body ``{"error": "<message>"}`` (shared.errors maps them on these paths).
+
+The guard against non-MRI input (``services.inference.ood``) judges every image file of the ``image`` input: in
+refuse mode one refused file is a 422 for the request (the protocol has no per-element errors; the message names
+the element), otherwise the response's parameters carry the verdicts (``ood_score``, ``ood_flag``: one value per
+element, comma-separated like ``class_names``; ``ood_threshold``, ``ood_guard_version``). The model's FP32 tensor
+is not judged: it is already the model's input (resized, scaled, perhaps normalised), not the decoded file the
+guard's thumbnail is defined on; inverting it would score a resize of a resize against a threshold fitted on
+something else, so the caller that decoded the image owns that check (docs/ood-guard.md).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.inference.batching import Predictor
 from services.inference.config import Settings
-from services.inference.deps import ModelName, PredictorDep, RegistryDep, SettingsDep, require_ready
+from services.inference.deps import ModelName, OodGuardDep, PredictorDep, RegistryDep, SettingsDep, require_ready
 from services.inference.oip_schemas import (
     BINARY_HEADER,
     IMAGE_INPUT_NAME,
@@ -27,16 +35,20 @@ from services.inference.oip_schemas import (
     MetadataTensor,
     ModelMetadataOut,
     ModelReadyOut,
+    OipErrorOut,
+    Parameters,
     ReadyOut,
     ServerMetadataOut,
     infer_request_body,
     oip_error_responses,
 )
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
+from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.params import NAME_PATTERN
+from shared.schemas import OodOut
 from shared.uploads import read_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -129,32 +141,57 @@ def read_model_version_ready(registry: RegistryDep, model: ModelName, version: V
     return _ready(registry, model, version)
 
 
-def _decode(classifier: OnnxClassifier, files: list[bytes], first_index: int) -> np.ndarray:
-    tensors = []
+def _decode(
+    classifier: OnnxClassifier, guard: OodGuard, files: list[bytes], first_index: int
+) -> tuple[np.ndarray, list[OodOut | None]]:
+    """The files as the model's tensor and their verdicts; the guard judges each file before it is decoded."""
+    tensors, verdicts = [], []
     for index, data in enumerate(files, first_index):
         try:
+            verdicts.append(guard.check(data))
             tensors.append(classifier.preprocess(data))
         except ServiceError as exc:
-            raise ServiceError(exc.code, f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}") from exc
-    return np.concatenate(tensors)
+            message = f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}"
+            raise ServiceError(exc.code, message, exc.details) from exc
+    return np.concatenate(tensors), verdicts
 
 
 async def _predict(
-    predictor: Predictor, classifier: OnnxClassifier, model_input: np.ndarray | list[bytes], run_batch: int
-) -> np.ndarray:
-    """Probabilities for a tensor, or for image files decoded ``run_batch`` at a time (bounded memory).
+    predictor: Predictor,
+    classifier: OnnxClassifier,
+    guard: OodGuard,
+    model_input: np.ndarray | list[bytes],
+    run_batch: int,
+) -> tuple[np.ndarray, list[OodOut | None]]:
+    """Probabilities for a tensor, or for image files judged and decoded ``run_batch`` at a time (bounded
+    memory), with the files' verdicts (none for a tensor).
 
     Each part runs through the predictor, as ``/v1`` predictions do: shared with concurrent requests when
     batching is on, and recorded in the metrics.
     """
-    parts = []
+    parts, verdicts = [], []
     for start in range(0, len(model_input), run_batch):
         if isinstance(model_input, np.ndarray):
             tensor = model_input[start : start + run_batch]
         else:
-            tensor = await run_in_threadpool(_decode, classifier, model_input[start : start + run_batch], start)
+            files = model_input[start : start + run_batch]
+            tensor, judged = await run_in_threadpool(_decode, classifier, guard, files, start)
+            verdicts += judged
         parts.append(await predictor.predict(classifier, tensor))
-    return np.concatenate(parts)
+    return np.concatenate(parts), verdicts
+
+
+def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
+    """The verdicts as response parameters (scalars only in the protocol: per-element values comma-separated)."""
+    judged = [verdict for verdict in verdicts if verdict is not None]
+    if not judged:  # a tensor input, no registered guard, or mode off
+        return None
+    return {
+        "ood_score": ",".join(str(verdict.score) for verdict in judged),
+        "ood_flag": ",".join("true" if verdict.flag else "false" for verdict in judged),
+        "ood_threshold": judged[0].threshold,
+        "ood_guard_version": judged[0].guard_version,
+    }
 
 
 def _model_input(
@@ -182,7 +219,13 @@ def _model_input(
 
 
 async def _infer(
-    request: Request, registry: ModelRegistry, predictor: Predictor, settings: Settings, model: str, version: str | None
+    request: Request,
+    registry: ModelRegistry,
+    predictor: Predictor,
+    guard: OodGuard,
+    settings: Settings,
+    model: str,
+    version: str | None,
 ) -> Response:
     if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
@@ -190,9 +233,10 @@ async def _infer(
     body = await read_body(request, settings.max_pixel_batch_bytes)
     infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
     model_input = _model_input(infer_request, segments, classifier, settings)
-    probabilities = await _predict(predictor, classifier, model_input, settings.pixel_run_batch)
+    probabilities, verdicts = await _predict(predictor, classifier, guard, model_input, settings.pixel_run_batch)
     class_names = classifier.contract.class_names
-    return infer_response(infer_request, classifier.name, classifier.version, class_names, probabilities)
+    parameters = ood_parameters(verdicts)
+    return infer_response(infer_request, classifier.name, classifier.version, class_names, probabilities, parameters)
 
 
 _INFER = {
@@ -202,10 +246,18 @@ _INFER = {
     f"`{IMAGE_INPUT_NAME}`, image files as BYTES (base64 strings in JSON). The output `{PROBABILITIES_OUTPUT}` "
     "is FP32 [N, classes] in the contract's class order (also in the output's `class_names` parameter). "
     f"The binary tensor extension is supported (`{BINARY_HEADER}`, `binary_data_size`, `binary_data`, "
-    "`binary_data_output`).",
+    "`binary_data_output`). The OOD guard judges each image file (not a tensor): its verdicts are the "
+    "response's parameters `ood_score` and `ood_flag` (one per file, comma-separated), `ood_threshold` and "
+    "`ood_guard_version`; in refuse mode a file that is not a brain MRI slice is a 422 for the request.",
     "responses": {
         200: {"content": {"application/octet-stream": {}}, "description": "JSON, or JSON then binary data."},
         **oip_error_responses(400, 404, 413, 500, 503),
+        422: {
+            "model": OipErrorOut,
+            "description": f"{ErrorCode.NOT_A_BRAIN_MRI}: an image file of the `{IMAGE_INPUT_NAME}` input does not "
+            "look like a brain MRI slice (the guard's score is above its threshold, BT_INFERENCE_OOD_MODE=refuse); "
+            "the message names the element and its score.",
+        },
     },
     "openapi_extra": infer_request_body(),
 }
@@ -213,9 +265,14 @@ _INFER = {
 
 @router.post("/models/{model}/infer", **_INFER)
 async def infer(
-    request: Request, registry: RegistryDep, predictor: PredictorDep, settings: SettingsDep, model: ModelName
+    request: Request,
+    registry: RegistryDep,
+    predictor: PredictorDep,
+    guard: OodGuardDep,
+    settings: SettingsDep,
+    model: ModelName,
 ) -> Response:
-    return await _infer(request, registry, predictor, settings, model, None)
+    return await _infer(request, registry, predictor, guard, settings, model, None)
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER)
@@ -223,8 +280,9 @@ async def infer_version(
     request: Request,
     registry: RegistryDep,
     predictor: PredictorDep,
+    guard: OodGuardDep,
     settings: SettingsDep,
     model: ModelName,
     version: VersionPath,
 ) -> Response:
-    return await _infer(request, registry, predictor, settings, model, version)
+    return await _infer(request, registry, predictor, guard, settings, model, version)
