@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.gateway.deps import InferenceDep
+from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
 from shared.errors import ErrorCode, ServiceError
 from shared.params import NAME_PATTERN, FrameQuery
 from shared.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
@@ -69,8 +70,9 @@ def raise_if_all_failed_alike(answer: CompareOut) -> None:
     "once and decoded there once. A model that fails gets its own `error` entry (code, message, status) while "
     "the others still answer; `agree` is true when at least one model answered and all that answered gave the "
     "same label. A file that is not an image is one 415; when every model fails for the same reason (e.g. none "
-    "of the names exists), that error is returned.",
-    responses=error_responses(404, 413, 415, 422, 502, 503),
+    "of the names exists), that error is returned. The inference service's guard judges the image once: every "
+    "result carries its `ood` verdict, and an image it refuses is one 422 NOT_A_BRAIN_MRI.",
+    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
 )
 async def compare_models(
     inference: InferenceDep,

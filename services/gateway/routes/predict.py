@@ -6,12 +6,20 @@ from fastapi import APIRouter
 
 from services.gateway.batch import BatchFiles, predict_files
 from services.gateway.deps import InferenceDep, SettingsDep
+from shared.errors import ErrorCode
 from shared.params import FrameQuery, ModelQuery, VersionQuery
 from shared.schemas import BatchPredictionOut, PredictionOut
 from shared.service import RequestIdDep, error_responses
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
+
+# Inference's guard (docs/ood-guard.md) refuses an image that is not a brain MRI slice; relayed unchanged.
+NOT_A_BRAIN_MRI_422 = (
+    f"{ErrorCode.NOT_A_BRAIN_MRI}: the inference service's guard scored the image above its threshold "
+    "(BT_INFERENCE_OOD_MODE=refuse); `details.ood` holds the verdict. INVALID_REQUEST: a missing field or a "
+    "malformed parameter."
+)
 
 
 @router.post(
@@ -20,8 +28,10 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
     summary="Classify one MRI image with one model",
     description="Upload one image as the multipart field `file`; choose the model with `model` and "
     "optionally a `version` (number or alias). Answers the label (glioma, meningioma, notumor or "
-    "pituitary), the probability of every class and the model's latency.",
-    responses=error_responses(404, 413, 415, 422, 502, 503),
+    "pituitary), the probability of every class and the model's latency, and `ood`, the inference service's "
+    "verdict on whether the image looks like a brain MRI slice (null without a registered guard); an image "
+    "the guard refuses is a 422 NOT_A_BRAIN_MRI.",
+    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
 )
 async def predict_image(
     inference: InferenceDep,
@@ -41,8 +51,9 @@ async def predict_image(
     description="Upload the images as repeated multipart fields `files` (at most `max_batch_files`, 32 by "
     "default, each within the upload limit); choose the model with `model` and optionally a `version`. Answers "
     "one entry per file, in the order sent: `result` as `/v1/predict` answers it, or that file's own `error` "
-    "(code, message, status; e.g. INVALID_IMAGE 415, FILE_TOO_LARGE 413) while the other files still answer. "
-    "An unknown model or version fails the whole request (404).",
+    "(code, message, status; e.g. INVALID_IMAGE 415, FILE_TOO_LARGE 413, NOT_A_BRAIN_MRI 422 for a file the "
+    "inference service's guard refuses) while the other files still answer; each `result` carries its file's "
+    "`ood` verdict. An unknown model or version fails the whole request (404).",
     responses=error_responses(
         400,
         404,
