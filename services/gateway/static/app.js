@@ -81,6 +81,9 @@
         return "Not an image the models can read. " + message;
       case "UNSUPPORTED_DICOM":
         return "A DICOM file the models cannot read. " + message;
+      case "NOT_A_BRAIN_MRI":
+        // The guard refused the file before any model saw it: nothing to retry, another image is needed.
+        return "Not a brain MRI slice: no tumour class is given for this image. " + message;
       case "FILE_TOO_LARGE": {
         const limit = error.details && error.details.max_bytes;
         return "File too large" + (limit ? " (at most " + mib(limit) + ")" : "") + ". " + message;
@@ -232,6 +235,24 @@
     const members = card.querySelector(".members");
     members.hidden = !body.members;
     members.textContent = body.members ? "weighted mean of " + describeMembers(body.members) : "";
+    // The guard in flag mode answers, but says the image does not look like a brain MRI slice.
+    const warning = card.querySelector(".ood-warning");
+    const flagged = Boolean(body.ood && body.ood.flag);
+    warning.hidden = !flagged;
+    warning.textContent = flagged
+      ? "This image does not look like a brain MRI slice (out-of-distribution score " +
+        body.ood.score.toFixed(2) + " > " + body.ood.threshold.toFixed(2) + "): this class is not reliable."
+      : "";
+  }
+
+  // The guard's verdict is about the file, not the models: said once for the page.
+  function guardMessage(answers) {
+    const refused = answers.find((a) => !a.ok && a.error.code === "NOT_A_BRAIN_MRI");
+    if (refused) return describeError(refused.error, refused.status);
+    const flagged = answers.some((a) => a.ok && a.body.ood && a.body.ood.flag);
+    return flagged
+      ? "This image does not look like a brain MRI slice: the classes below are not reliable."
+      : "";
   }
 
   function resetExplanation(card) {
@@ -278,13 +299,19 @@
     const failures = answers.filter((a) => !a.ok);
     // The same client error from every model (not an image, too large) is the file's problem: say it once.
     const codes = new Set(failures.map((a) => a.error.code));
-    if (!labels.length && codes.size === 1 && failures[0].status >= 400 && failures[0].status < 500) {
+    const guarded = guardMessage(answers);
+    if (guarded) {
+      showMessage(guarded);
+    } else if (!labels.length && codes.size === 1 && failures[0].status >= 400 && failures[0].status < 500) {
       showMessage(describeError(failures[0].error, failures[0].status));
     } else {
       showMessage("");
     }
     badge.hidden = false;
-    if (!labels.length) {
+    if (!labels.length && codes.has("NOT_A_BRAIN_MRI")) {
+      badge.dataset.state = "none";
+      badge.textContent = "Refused: not a brain MRI slice";
+    } else if (!labels.length) {
       badge.dataset.state = "none";
       badge.textContent = "No model answered";
     } else if (new Set(labels).size === 1) {
