@@ -8,7 +8,7 @@ The guard against non-MRI input (``services.inference.ood``) judges every image 
 refuse mode one refused file is a 422 for the request (the protocol has no per-element errors; the message names
 the element), otherwise the response's parameters carry the verdicts (``ood_score``, ``ood_flag``: one value per
 element, comma-separated like ``class_names``; ``ood_threshold``, ``ood_guard_version``). The model's FP32 tensor
-is not judged: it is already the model's input (resized, scaled, perhaps normalised), not the decoded file the
+is not judged: it is already the model's input (resized, scaled, perhaps by its own maximum), not the decoded file the
 guard's thumbnail is defined on; inverting it would score a resize of a resize against a threshold fitted on
 something else, so the caller that decoded the image owns that check (docs/ood-guard.md).
 """
