@@ -1,7 +1,8 @@
 """End to end: the README's stack command on free loopback ports, real processes throughout.
 
-`python -m deploy.stack up` starts MLflow, trains the four families on the embedded sample,
-registers them, starts inference, explainer, training and gateway; then the public API is used over HTTP.
+`python -m deploy.stack up` starts MLflow, registers the repository's pretrained bundle into the empty registry
+(the four champions, the ensemble and the guard against non-MRI input), starts inference, explainer, training and
+gateway; then the public API is used over HTTP.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from deploy.nginx import front_unavailable
 from deploy.processes import free_port
 from deploy.stack import DEFAULT_PORTS
 from shared.contract import CLASS_NAMES
 from shared.dataset import SAMPLE_DATA_DIR
+from shared.pretrained import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("rf", "snn", "cnn", "mobilenetv2")
@@ -106,13 +108,43 @@ def test_predict_answers_for_every_family(stack: dict[str, str]) -> None:
         assert body["latency_ms"] > 0
 
 
-def test_models_lists_four_registered_families(stack: dict[str, str]) -> None:
+def test_models_are_the_pretrained_bundle(stack: dict[str, str]) -> None:
+    manifest = load_manifest()  # the bundle committed in the repository: no bundle, no pretrained models
     body = httpx.get(f"{stack['gateway']}/v1/models", timeout=30).json()
     listed = {model["model"]: model for model in body["models"]}
     assert set(FAMILIES) <= set(listed)
-    for family in FAMILIES:
-        assert listed[family]["default_version"] == "1"
-        assert "test_accuracy" in listed[family]["versions"][0]["metrics"]
+    for bundled in manifest.models:
+        version = listed[bundled.model]["versions"][0]
+        assert listed[bundled.model]["default_version"] == version["version"] == "1"
+        assert version["pretrained_on"] == manifest.label()
+        assert version["metrics"]["test_accuracy"] == pytest.approx(bundled.test_metrics["test_accuracy"])
+
+
+def test_ensemble_answers_with_its_pinned_members(stack: dict[str, str]) -> None:
+    manifest = load_manifest()
+    assert manifest.ensemble is not None
+    path = sample_file("glioma")
+    response = httpx.post(
+        f"{stack['gateway']}/v1/predict", params={"model": "ensemble"}, files={"file": (path.name, path.read_bytes())},
+        timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.json()["members"] == dict.fromkeys(manifest.ensemble.weights, "1")
+
+
+def test_the_guard_refuses_a_page_of_text(stack: dict[str, str]) -> None:
+    page = Image.new("L", (512, 512), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(0, 512, 16):
+        draw.text((8, row), "Discharge summary: patient seen in clinic, follow-up in six weeks.", fill=0)
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    response = httpx.post(
+        f"{stack['gateway']}/v1/predict", params={"model": "cnn"}, files={"file": ("page.png", buffer.getvalue())},
+        timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "NOT_A_BRAIN_MRI"
 
 
 def test_compare_answers_for_all_four(stack: dict[str, str]) -> None:
@@ -143,18 +175,6 @@ def test_explain_answers_for_every_family(stack: dict[str, str]) -> None:
         assert len(body["regions"]) == 5
         overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
         assert overlay.format == "PNG" and overlay.size == Image.open(path).size
-
-
-def test_training_logged_lime_overlays(stack: dict[str, str]) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
-    for family in FAMILIES:
-        run_id = client.get_model_version(f"brain-tumor-{family}", "1").run_id
-        names = [Path(item.path).name for item in client.list_artifacts(run_id, "explanations")]
-        pngs = [name for name in names if name.endswith(".png")]
-        assert "summary.json" in names, (family, names)
-        assert len(pngs) >= 4, (family, names)  # two per class, as far as the test split has them
 
 
 def test_bad_upload_is_a_clear_4xx(stack: dict[str, str]) -> None:
@@ -193,3 +213,11 @@ def test_training_run_over_http_registers_a_new_version(stack: dict[str, str], s
         timeout=60,
     )
     assert response.status_code == 200 and response.json()["version"] == "2"
+    # The run logged LIME overlays of its test split, as every training run does.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack["mlflow"], registry_uri=stack["mlflow"])
+    run_id = client.get_model_version("brain-tumor-rf", "2").run_id
+    names = [Path(item.path).name for item in client.list_artifacts(run_id, "explanations")]
+    assert "summary.json" in names, names
+    assert len([name for name in names if name.endswith(".png")]) >= 4, names  # two per class the split has
