@@ -54,8 +54,10 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
                 assert json.loads(run.params["n_estimators"]) == 20
             else:
                 assert json.loads(run.params["epochs"]) == 2
-            # Every one of the 120 sample images trains but the calibration slice; nothing is scored as a test.
-            assert run.metrics["refit_images"] + run.metrics["calibration_images"] == 120
+            # Every one of the 120 sample images trains but the calibration slice (and the shallow net's early-stopping
+            # slice); nothing is scored as a test.
+            fitted = run.metrics["refit_images"] + run.metrics["refit_held_out_images"]
+            assert fitted + run.metrics["calibration_images"] == 120
             assert run.metrics["test_images"] == 0
             assert not any(key.startswith("test_") for key in run.metrics if key != "test_images")
             assert run.metrics["calibrated_parity_max_abs_diff"] <= 1e-4
