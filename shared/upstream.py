@@ -45,8 +45,11 @@ ServiceUrl = Annotated[str, AfterValidator(http_base_url)]
 class UpstreamError(ServiceError):
     """An error answered by an upstream service, passed on with that service's status."""
 
-    def __init__(self, code: ErrorCode, message: str, details: dict[str, Any] | None, status: int) -> None:
-        super().__init__(code, message, details)
+    def __init__(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None, status: int,
+        retry_after_s: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(code, message, details, retry_after_s=retry_after_s)
         self._status = status
 
     @property
@@ -114,7 +117,13 @@ def raise_for_error(response: httpx.Response, service: str) -> None:
             f"The {service} service failed with HTTP {response.status_code} and no usable error body.",
         ) from exc
     details = error.get("details") if isinstance(error.get("details"), dict) else None
-    raise UpstreamError(code, message, details, response.status_code)
+    raise UpstreamError(code, message, details, response.status_code, _retry_after_s(response))
+
+
+def _retry_after_s(response: httpx.Response) -> int | None:
+    """The upstream's own ``Retry-After`` in seconds (passed on with its 503), when it gave a usable one."""
+    value = response.headers.get("retry-after", "").strip()
+    return int(value) if value.isdigit() and 0 < int(value) <= 3600 else None
 
 
 def parse(response: httpx.Response, schema: type[T], service: str) -> T:

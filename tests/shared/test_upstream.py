@@ -11,7 +11,14 @@ import pytest
 
 from shared.errors import ErrorCode, ServiceError
 from shared.service import internal_async_client, internal_client
-from shared.upstream import AsyncServiceClient, ServiceClient, http_base_url, readiness_body
+from shared.upstream import (
+    AsyncServiceClient,
+    ServiceClient,
+    UpstreamError,
+    http_base_url,
+    raise_for_error,
+    readiness_body,
+)
 
 
 def _blocking_readiness(url: str) -> dict[str, Any]:
@@ -92,3 +99,16 @@ def test_base_urls_are_trimmed_and_need_a_scheme() -> None:
     for bad in ("inference:8001", "ftp://inference", ""):
         with pytest.raises(ValueError, match="expected an http:// or https:// URL"):
             http_base_url(bad)
+
+
+@pytest.mark.parametrize(("header", "expected"), [("7", 7), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("0", None)])
+def test_an_upstream_503_keeps_its_own_retry_after(header: str, expected: int | None) -> None:
+    answer = httpx.Response(
+        503,
+        json={"error": {"code": "SERVER_BUSY", "message": "Too many requests are being decoded."}},
+        headers={"Retry-After": header},
+    )
+    with pytest.raises(UpstreamError) as caught:
+        raise_for_error(answer, "inference")
+    assert (caught.value.status, caught.value.code) == (503, ErrorCode.SERVER_BUSY)
+    assert caught.value.retry_after_s == expected  # None: the caller's default Retry-After is sent instead
