@@ -331,7 +331,7 @@ def test_openapi_declares_every_v2_status_with_the_protocol_error_body(inference
         for method, operation in operations.items()
     }
     model_errors = ["400", "404", "500", "503"]
-    infer_errors = ["400", "404", "413", "500", "503"]
+    infer_errors = ["400", "404", "413", "422", "500", "503"]  # 422: NOT_A_BRAIN_MRI (the OOD guard)
     assert declared == {
         # 400 on every route: INVALID_HOST (shared/hosts.py), besides a route's own reasons.
         ("/v2/health/live", "get"): ["400"],
