@@ -102,17 +102,29 @@ def test_openapi_declares_not_a_brain_mri(gateway_for: Callable[[str], Any]) -> 
         assert "NOT_A_BRAIN_MRI" in paths[path]["post"]["responses"]["422"]["description"], path
 
 
-def test_page_says_a_refused_image_is_not_a_brain_mri(
+def test_page_says_the_image_is_not_a_brain_mri(
     browser_page: Any, start_gateway: Callable[..., ManagedProcess], inference_by_mode: dict[str, str], tmp_path: Path
 ) -> None:
-    gateway = start_gateway(inference_url=inference_by_mode["refuse"], predict_timeout_s=PREDICT_TIMEOUT_S)
+    """Refused: one clear message, no class; flagged: the classes shown with a warning on the page and the card."""
     photo = tmp_path / "holiday.png"
     photo.write_bytes(photo_like())
-    web._open(browser_page, gateway.url)
+    refusing = start_gateway(inference_url=inference_by_mode["refuse"], predict_timeout_s=PREDICT_TIMEOUT_S)
+    web._open(browser_page, refusing.url)
     web._upload(browser_page, str(photo), 1)
     message = browser_page.locator("#message")
     assert message.is_visible()
     assert message.inner_text().startswith("Not a brain MRI slice: no tumour class is given for this image.")
     assert "Refused: not a brain MRI slice" in browser_page.locator("#agreement").inner_text()
-    assert "Not a brain MRI slice" in web._card(browser_page, "rf").locator(".card-status").inner_text()
+    card = web._card(browser_page, "rf")
+    assert "Not a brain MRI slice" in card.locator(".card-status").inner_text()
+    assert not card.locator(".result").is_visible()
+
+    flagging = start_gateway(inference_url=inference_by_mode["flag"], predict_timeout_s=PREDICT_TIMEOUT_S)
+    web._open(browser_page, flagging.url)
+    web._upload(browser_page, str(photo), 1)
+    assert "does not look like a brain MRI slice" in browser_page.locator("#message").inner_text()
+    card = web._card(browser_page, "rf")
+    assert card.locator(".label").inner_text()  # the class is shown...
+    warning = card.locator(".ood-warning")  # ...with the guard's warning
+    assert warning.is_visible() and "this class is not reliable" in warning.inner_text()
     assert browser_page.script_errors == []
