@@ -22,9 +22,22 @@ from benchmarks.markdown import command_line, write_section
 from benchmarks.ood_sets import ood_images, source_of
 from services.training.calibration import carve_calibration_slice
 from services.training.data import prepare_data
-from services.training.ood_guard import GUARD_COMPONENTS, GUARD_IMAGE_SIZE, GUARD_QUANTILE, fit_guard, guard_scores
+from services.training.ood_guard import (
+    GUARD_COMPONENTS,
+    GUARD_IMAGE_SIZE,
+    GUARD_QUANTILE,
+    OodGuard,
+    files_input,
+    fit_guard,
+    guard_onnx,
+    guard_scores,
+)
 from services.training.options import TrainingOptions
-from shared.imaging import decode_to_array
+from shared.guard_input import FEATURE_NAMES, GUARD_FEATURES_INPUT_NAME, GuardInput, guard_input
+from shared.schemas import GUARD_INPUT_NAME
+
+# Images timed one by one for the cost per image (decode + features, then the ONNX graph on one thread).
+TIMED_IMAGES = 200
 
 
 def _table(rows: list[tuple[str, int, int]]) -> str:
@@ -38,11 +51,16 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
     started = time.perf_counter()
     data = prepare_data(data_dir, options.test_fraction, options.seed, cache_dir)
     data, calibration_slice = carve_calibration_slice(data, options.seed)
-    guard = fit_guard(data.train(GUARD_IMAGE_SIZE), calibration_slice.pixels(GUARD_IMAGE_SIZE))
-    test_scores = guard_scores(guard, data.test(GUARD_IMAGE_SIZE))
+    size = GUARD_IMAGE_SIZE
+    fit = files_input(data.train_files.paths, data.train(size))
+    held_out = files_input(calibration_slice.files.paths, calibration_slice.pixels(size))
+    guard = fit_guard(fit, held_out, seed=options.seed)
+    test_scores = guard_scores(guard, files_input(data.test_files.paths, data.test(size)))
     items = ood_images()
-    ood_pixels = np.stack([decode_to_array(data_bytes, GUARD_IMAGE_SIZE) for _, data_bytes in items])
-    ood_scores = guard_scores(guard, ood_pixels)
+    ood_scores = guard_scores(guard, _stacked([guard_input(data_bytes) for _, data_bytes in items]))
+    uploads = [path.read_bytes() for path in data.test_files.paths[: TIMED_IMAGES // 2]]
+    uploads += [data_bytes for _, data_bytes in items[: TIMED_IMAGES // 2]]
+    cost = _cost_per_image(guard, uploads)
     by_source: dict[str, list[bool]] = defaultdict(list)
     for (name, _), score in zip(items, ood_scores, strict=True):
         by_source[source_of(name)].append(bool(score > guard.threshold))
@@ -53,12 +71,37 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
     rows += [(f"non-MRI: {source}", len(flags), sum(flags)) for source, flags in sorted(by_source.items())]
     return (
         f"## Guard against non-MRI input (`{command_line('benchmarks.ood_guard', argv)}`)\n\n"
-        f"PCA of {GUARD_IMAGE_SIZE}x{GUARD_IMAGE_SIZE} thumbnails ({GUARD_COMPONENTS} components), fitted on "
+        f"A mixture of {len(guard.mixture_means)} Gaussians over the log PCA distances of "
+        f"{GUARD_IMAGE_SIZE}x{GUARD_IMAGE_SIZE} thumbnails "
+        f"({GUARD_COMPONENTS} components) and the statistics {', '.join(FEATURE_NAMES)}, fitted on "
         f"{guard.fitted_images} training images; threshold {guard.threshold:.3f} = quantile {GUARD_QUANTILE} of "
         f"{guard.threshold_images} calibration-slice scores; {time.perf_counter() - started:.0f} s in all. "
-        "See docs/ood-guard.md.\n\n" + _table(rows) + "\n\n" + _verdict(len(test_scores), test_refused,
-                                                                      len(ood_scores), ood_refused)
+        f"Cost per upload on one thread (median of {len(uploads)}: half test-split JPEGs, half non-MRI PNGs): "
+        f"{cost[0]:.2f} ms decoding and features, {cost[1]:.3f} ms the ONNX graph. See docs/ood-guard.md.\n\n"
+        + _table(rows) + "\n\n" + _verdict(len(test_scores), test_refused, len(ood_scores), ood_refused)
     )
+
+
+def _stacked(inputs: list[GuardInput]) -> GuardInput:
+    return GuardInput(np.concatenate([i.pixels for i in inputs]), np.concatenate([i.features for i in inputs]))
+
+
+def _cost_per_image(guard: OodGuard, uploads: list[bytes]) -> tuple[float, float]:
+    """Median milliseconds per upload: its guard input from the bytes, then the ONNX graph (one thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(guard_onnx(guard), options, providers=["CPUExecutionProvider"])
+    decode_ms, graph_ms = [], []
+    for upload in uploads:
+        started = time.perf_counter()
+        inputs = guard_input(upload)
+        decoded = time.perf_counter()
+        session.run(None, {GUARD_INPUT_NAME: inputs.pixels, GUARD_FEATURES_INPUT_NAME: inputs.features})
+        decode_ms.append((decoded - started) * 1000)
+        graph_ms.append((time.perf_counter() - decoded) * 1000)
+    return float(np.median(decode_ms)), float(np.median(graph_ms))
 
 
 def _verdict(tests: int, test_refused: int, oods: int, ood_refused: int) -> str:

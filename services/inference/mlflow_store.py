@@ -36,7 +36,13 @@ from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from shared.contract import ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ENSEMBLE_MEMBERS_TAG, GUARD_REGISTERED_NAME, PRETRAINED_TAG, REGISTERED_NAME_PREFIX
+from shared.schemas import (
+    CHAMPION_ALIAS,
+    ENSEMBLE_MEMBERS_TAG,
+    GUARD_REGISTERED_NAME,
+    PRETRAINED_TAG,
+    REGISTERED_NAME_PREFIX,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +221,26 @@ class MlflowStore:
             token = page.token
             if not token:
                 return versions
+
+    def champion_version(self, registered_name: str) -> VersionRecord | None:
+        """The version the ``champion`` alias of ``registered_name`` points at; None when the model or the
+        alias does not exist (MLflow answered). MLflow failing is REGISTRY_UNAVAILABLE, as everywhere."""
+        with self._guard(f"reading the champion of {registered_name}"):
+            try:
+                found = self._client.get_model_version_by_alias(registered_name, CHAMPION_ALIAS)
+            except MlflowException as exc:
+                # No such model, or no such alias on it (MLflow says "... not found" with either code).
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc):
+                    return None
+                raise
+        tags = found.tags or {}
+        return VersionRecord(
+            version=str(found.version),
+            run_id=found.run_id or None,
+            source=found.source or "",
+            created_at=_iso_millis(found.creation_timestamp),
+            onnx_sha256=tags.get(ONNX_SHA256_TAG) or None,
+        )
 
     # -- downloads -------------------------------------------------------------------------------
 

@@ -17,14 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
-from services.inference.catalog import ModelRecord, VersionRecord
-from services.inference.mlflow_store import ONNX_SHA256_TAG, MlflowStore
+from services.inference.catalog import ModelRecord
+from services.inference.mlflow_store import MlflowStore
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_to_array
-from shared.schemas import CHAMPION_ALIAS, GUARD_METADATA_KEY, GUARD_REGISTERED_NAME, OodOut
+from shared.guard_input import GUARD_INPUT_KIND, guard_input
+from shared.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME, OodOut
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +37,14 @@ class LoadedGuard:
     version: str
     session: ort.InferenceSession
     threshold: float
-    image_size: int
     input_name: str
+    features_input_name: str
 
     @classmethod
     def open(cls, version: str, path: Path, intra_op_threads: int = 0) -> LoadedGuard:
+        """The session of a guard fitted on this service's input (``shared.guard_input``); a guard fitted on
+        another input kind (an older guard) is INVALID_MODEL: scored on the wrong input, its verdicts would be
+        meaningless."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -50,13 +52,21 @@ class LoadedGuard:
         if raw is None:
             raise ServiceError(ErrorCode.INVALID_MODEL, f"guard version {version} has no {GUARD_METADATA_KEY} metadata")
         meta = json.loads(raw)
-        return cls(version, session, float(meta["threshold"]), int(meta["image_size"]), str(meta["input_name"]))
+        kind = meta.get("input_kind", "gray32 pixels only (before input kinds)")
+        if kind != GUARD_INPUT_KIND:
+            raise ServiceError(
+                ErrorCode.INVALID_MODEL,
+                f"guard version {version} was fitted on input {kind!r}, this service computes {GUARD_INPUT_KIND!r}: "
+                "it is not used (retrain, or register a guard of this input kind)",
+            )
+        return cls(version, session, float(meta["threshold"]), str(meta["input_name"]),
+                   str(meta["features_input_name"]))  # fmt: skip
 
     def score(self, data: bytes, frame: int | None = None) -> float:
-        """The image's score (decoded and resized exactly as training's thumbnails were)."""
-        pixels = decode_to_array(data, self.image_size, frame)
-        features = pixels.reshape(1, -1).astype(np.float32) / 255.0
-        return float(self.session.run(None, {self.input_name: features})[0][0, 0])
+        """The image's score, its input computed exactly as training computed the fitting images' (shared code)."""
+        inputs = guard_input(data, frame)
+        feeds = {self.input_name: inputs.pixels, self.features_input_name: inputs.features}
+        return float(self.session.run(None, feeds)[0][0, 0])
 
     def verdict(self, data: bytes, frame: int | None = None) -> OodOut:
         score = self.score(data, frame)
@@ -109,25 +119,16 @@ class OodGuard:
             self._guard, self._refreshing = guard, False
 
     def _load_champion(self) -> LoadedGuard | None:
-        client = self.store._client
-        with self.store._guard("reading the OOD guard's champion"):
-            try:
-                found = client.get_model_version_by_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS)
-            except Exception as exc:  # no guard registered (yet): answers carry ood null
-                if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc):
-                    return None
-                raise
-        version = str(found.version)
-        if self._guard is not None and self._guard.version == version:
+        found = self.store.champion_version(GUARD_REGISTERED_NAME)
+        if found is None:  # no guard registered (yet): answers carry ood null
+            return None
+        if self._guard is not None and self._guard.version == found.version:
             return self._guard
         record = ModelRecord("guard", GUARD_REGISTERED_NAME, {}, {})
-        version_record = VersionRecord(
-            version=version, run_id=found.run_id or None, source=found.source or "", created_at=None,
-            onnx_sha256=(found.tags or {}).get(ONNX_SHA256_TAG) or None,
-        )  # fmt: skip
-        path = self.store.download(record, version_record)  # sha256-checked like every model
-        logger.info("OOD guard version %s loaded (mode %s)", version, self.mode)
-        return LoadedGuard.open(version, path, self.intra_op_threads)
+        path = self.store.download(record, found)  # sha256-checked like every model
+        guard = LoadedGuard.open(found.version, path, self.intra_op_threads)
+        logger.info("OOD guard version %s loaded (mode %s)", found.version, self.mode)
+        return guard
 
     def check(self, data: bytes, frame: int | None = None) -> OodOut | None:
         """The image's verdict (None: no guard, or mode off); in ``refuse`` mode a flagged image is a 422."""

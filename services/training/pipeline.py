@@ -404,7 +404,10 @@ def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options:
         with mlflow.start_run(run_name="guard"):
             mlflow.set_tags({"family": "guard", "stage": "guard"})
             size = ood_guard.GUARD_IMAGE_SIZE
-            guard = ood_guard.fit_guard(data.train(size), calibration_slice.pixels(size))
+            # The cached gray thumbnails, plus each file's colour thumbnail (decoded again: the cache is gray).
+            fit = ood_guard.files_input(data.train_files.paths, data.train(size))
+            held_out = ood_guard.files_input(calibration_slice.files.paths, calibration_slice.pixels(size))
+            guard = ood_guard.fit_guard(fit, held_out, seed=options.seed)
             if options.register_models:
                 ood_guard.register_guard(guard, data.info["test_files_sha256"])
     except Exception:

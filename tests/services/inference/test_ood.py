@@ -8,6 +8,7 @@ Its own MLflow server: a registered guard in the session's shared one would refu
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,14 @@ import pytest
 from PIL import Image
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from services.training.ood_guard import GUARD_IMAGE_SIZE, fit_guard
+from services.inference.mlflow_store import MlflowStore
+from services.inference.ood import LoadedGuard
+from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx
 from shared.contract import PreprocessingContract
+from shared.dataset import SAMPLE_DATA_DIR, discover
+from shared.errors import ErrorCode, ServiceError
+from shared.guard_input import GuardInput
+from shared.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME
 from tests.conftest import fit_on_sample, register_onnx_model, sklearn_to_onnx
 
 
@@ -35,7 +42,17 @@ def photo_like() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def guarded_mlflow(tmp_path_factory: pytest.TempPathFactory, sample_arrays: Any) -> Iterator[ManagedProcess]:
+def sample_guard(sample_arrays: Any) -> OodGuard:
+    """A guard fitted on half the sample, its threshold the highest score of the other half."""
+    pixels, _ = sample_arrays(GUARD_IMAGE_SIZE)
+    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, pixels)
+    halves = [GuardInput(inputs.pixels[start::2], inputs.features[start::2]) for start in (0, 1)]
+    return fit_guard(halves[0], halves[1], quantile=1.0)
+
+
+@pytest.fixture(scope="module")
+def guarded_mlflow(tmp_path_factory: pytest.TempPathFactory, sample_arrays: Any, sample_guard: OodGuard
+                   ) -> Iterator[ManagedProcess]:  # fmt: skip
     """An MLflow server holding one rf model and a guard fitted on the sample (its champion)."""
     import mlflow
     from sklearn.linear_model import LogisticRegression
@@ -47,13 +64,11 @@ def guarded_mlflow(tmp_path_factory: pytest.TempPathFactory, sample_arrays: Any)
     contract = PreprocessingContract(layout="flat", scaling="unit", image_size=32)
     fitted = fit_on_sample(LogisticRegression(max_iter=200), 32, sample_arrays)
     register_onnx_model(server.url, "rf", sklearn_to_onnx(fitted, contract))
-    pixels, _ = sample_arrays(GUARD_IMAGE_SIZE)
-    guard = fit_guard(pixels[::2], pixels[1::2], quantile=1.0)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(server.url)
     try:
         with mlflow.start_run(run_name="guard"):
-            register_guard(guard, "tests")
+            register_guard(sample_guard, "tests")
     finally:
         mlflow.set_tracking_uri(previous)
     yield server
@@ -129,3 +144,28 @@ def test_bad_mode_is_refused_at_start() -> None:
 
     with pytest.raises(ValidationError):
         Settings(ood_mode="maybe", cache_dir=Path("/tmp/unused"))
+
+
+def test_champion_version_names_the_guard_and_none_without_one(guarded_mlflow: ManagedProcess, tmp_path: Path) -> None:
+    store = MlflowStore(guarded_mlflow.url, tmp_path / "cache")
+    found = store.champion_version(GUARD_REGISTERED_NAME)
+    assert found is not None and found.version == "1" and found.onnx_sha256
+    assert store.champion_version("brain-tumor-never-registered") is None
+
+
+def test_a_guard_fitted_on_another_input_is_refused_not_misscored(sample_guard: OodGuard, tmp_path: Path) -> None:
+    """A guard from before input kinds (its metadata names none) would be fed the wrong input: INVALID_MODEL."""
+    import onnx
+
+    proto = onnx.load_from_string(guard_onnx(sample_guard))
+    meta = {key: value for key, value in sample_guard.metadata().items() if key != "input_kind"}
+    onnx.helper.set_model_props(proto, {GUARD_METADATA_KEY: json.dumps(meta)})
+    path = tmp_path / "old-guard.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ServiceError) as caught:
+        LoadedGuard.open("7", path)
+    assert caught.value.code == ErrorCode.INVALID_MODEL
+    assert "version 7 was fitted on input" in caught.value.message
+    current = tmp_path / "guard.onnx"
+    current.write_bytes(guard_onnx(sample_guard))
+    assert LoadedGuard.open("8", current).threshold == pytest.approx(sample_guard.threshold)

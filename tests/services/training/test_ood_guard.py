@@ -1,5 +1,5 @@
 """The guard against non-MRI input, fitted on the shipped sample: generated non-MRI images are refused, held-out
-MRI slices pass, and the ONNX graph computes what numpy computes."""
+MRI slices pass, training's input is inference's input, and the ONNX graph computes what numpy computes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
 
-from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, fit_guard, guard_features, guard_onnx, guard_scores
-from shared.imaging import decode_to_array
+from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx, guard_scores
+from shared.dataset import SAMPLE_DATA_DIR, discover
+from shared.guard_input import GUARD_FEATURES_INPUT_NAME, GUARD_INPUT_KIND, GuardInput, guard_input
 from shared.schemas import GUARD_INPUT_NAME, GUARD_METADATA_KEY
 
 SIZE = GUARD_IMAGE_SIZE
@@ -24,36 +25,61 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def non_mri_images() -> np.ndarray:
-    """Photo-, document- and noise-like images, decoded as inference decodes uploads."""
+def _stacked(inputs: list[GuardInput]) -> GuardInput:
+    return GuardInput(np.concatenate([i.pixels for i in inputs]), np.concatenate([i.features for i in inputs]))
+
+
+def non_mri_images() -> GuardInput:
+    """Photo-, document- and noise-like images, as inference computes an upload's guard input."""
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:128, 0:128] / 128
+    colour = np.stack([xx * 200 + 30, yy * 150 + 60, (1 - xx) * 120 + 40], axis=-1)
     images = [
         Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)),
         Image.fromarray(((xx * 0.7 + yy * 0.3) * 255).astype(np.uint8)),
         Image.fromarray((((np.floor(xx * 8) + np.floor(yy * 8)) % 2) * 255).astype(np.uint8)),
         Image.new("RGB", (128, 128), (230, 230, 230)),
+        Image.fromarray(colour.astype(np.uint8)),
     ]
     page = Image.new("L", (160, 128), 245)
     draw = ImageDraw.Draw(page)
     for row in range(8):
         draw.text((4, 4 + 15 * row), "invoice total due 2026", fill=10)
     images.append(page)
-    return np.stack([decode_to_array(_png(image), SIZE) for image in images])
+    return _stacked([guard_input(_png(image)) for image in images])
 
 
 @pytest.fixture(scope="module")
-def sample_split(sample_arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sample's 32 px thumbnails: fit (every 3rd image left out), threshold and held-out thirds."""
+def sample_inputs(sample_arrays) -> GuardInput:
+    """The sample's guard inputs as training computes them: cached thumbnails and each file's colour."""
     pixels, _ = sample_arrays(SIZE)
-    index = np.arange(len(pixels))
-    return pixels[index % 3 != 0], pixels[index % 6 == 0], pixels[index % 6 == 3]
+    return files_input(discover(SAMPLE_DATA_DIR).train.paths, pixels)
+
+
+def _part(inputs: GuardInput, mask: np.ndarray) -> GuardInput:
+    return GuardInput(inputs.pixels[mask], inputs.features[mask])
+
+
+@pytest.fixture(scope="module")
+def sample_split(sample_inputs: GuardInput) -> tuple[GuardInput, GuardInput, GuardInput]:
+    """Fit (every 3rd image left out), threshold and held-out thirds of the sample."""
+    index = np.arange(len(sample_inputs.pixels))
+    parts = (index % 3 != 0, index % 6 == 0, index % 6 == 3)
+    return _part(sample_inputs, parts[0]), _part(sample_inputs, parts[1]), _part(sample_inputs, parts[2])
 
 
 @pytest.fixture(scope="module")
 def guard(sample_split) -> OodGuard:
     fit, threshold, _ = sample_split
     return fit_guard(fit, threshold, quantile=1.0)
+
+
+def test_training_input_is_the_input_inference_computes(sample_inputs: GuardInput) -> None:
+    paths = discover(SAMPLE_DATA_DIR).train.paths
+    for index in (0, 41, 119):
+        served = guard_input(paths[index].read_bytes())
+        np.testing.assert_array_equal(served.pixels[0], sample_inputs.pixels[index])
+        np.testing.assert_array_equal(served.features[0], sample_inputs.features[index])
 
 
 def test_guard_refuses_generated_non_mri_images(guard: OodGuard) -> None:
@@ -67,18 +93,19 @@ def test_guard_passes_held_out_mri_slices(guard: OodGuard, sample_split) -> None
     assert refused <= 0.15, refused  # 20 images, a threshold from 20 others: a loose bound on a small sample
 
 
-def test_onnx_graph_matches_numpy_and_carries_its_threshold(guard: OodGuard, sample_split) -> None:
+def test_onnx_graph_matches_numpy_and_carries_its_threshold_and_input_kind(guard: OodGuard, sample_split) -> None:
     _, _, held_out = sample_split
-    pixels = np.concatenate([held_out, non_mri_images()])
+    inputs = _stacked([held_out, non_mri_images()])
     session = ort.InferenceSession(guard_onnx(guard), providers=["CPUExecutionProvider"])
-    served = session.run(None, {GUARD_INPUT_NAME: guard_features(pixels)})[0][:, 0]
-    np.testing.assert_allclose(served, guard_scores(guard, pixels), rtol=1e-3, atol=1e-3)
+    served = session.run(None, {GUARD_INPUT_NAME: inputs.pixels, GUARD_FEATURES_INPUT_NAME: inputs.features})[0]
+    np.testing.assert_allclose(served[:, 0], guard_scores(guard, inputs), rtol=1e-3, atol=1e-2)
     meta = json.loads(session.get_modelmeta().custom_metadata_map[GUARD_METADATA_KEY])
     assert meta["threshold"] == pytest.approx(guard.threshold)
     assert meta["image_size"] == SIZE
+    assert meta["input_kind"] == GUARD_INPUT_KIND
 
 
 def test_fit_refuses_too_few_images(sample_split) -> None:
     fit, _, _ = sample_split
     with pytest.raises(ValueError, match="at least 2 images"):
-        fit_guard(fit[:1], fit[:1])
+        fit_guard(_part(fit, np.arange(1)), _part(fit, np.arange(1)))
