@@ -184,7 +184,9 @@ async def _predict(
 def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
     """The verdicts as response parameters (scalars only in the protocol: per-element values comma-separated)."""
     judged = [verdict for verdict in verdicts if verdict is not None]
-    if not judged:  # a tensor input, no registered guard, or mode off
+    # None for a tensor input, without a registered guard or in mode off; and if the guard appeared between two
+    # parts of one request, rather than values that no longer line up with the elements.
+    if not judged or len(judged) != len(verdicts):
         return None
     return {
         "ood_score": ",".join(str(verdict.score) for verdict in judged),
