@@ -5,7 +5,10 @@ Sources (each image is encoded to PNG bytes, as a client would upload it):
   Shepp-Logan phantom is a synthetic head *CT* phantom and is kept: it is not an MRI slice, and it is the
   hardest case here) and matplotlib's sample data (photos, a DEM, a screenshot-like plot);
 - generated images: noise, gradients, rendered text, checkerboards, plots and a UI-like rendering;
-- transforms of the photo-like images: centre crops, rotations, inversion, flips, a blur and a downscale.
+- transforms of the photo-like images: centre crops, rotations, inversion, flips, a blur and a downscale;
+- other modalities, uploaded as DICOM files (added after the first 248 images; ``ood_images(other_modalities=
+  False)`` is the original set): pydicom's bundled example files of CT, ultrasound, nuclear medicine and
+  secondary captures, those our decoding reads (``OTHER_MODALITY_FILES``).
 Nothing here is ever used to fit the guard. ``python -m benchmarks.ood_guard`` reports on it.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -24,6 +28,13 @@ SKIMAGE_IMAGES = (
     "microaneurysms", "moon", "page", "retina", "rocket", "shepp_logan_phantom", "text",
 )  # fmt: skip
 MATPLOTLIB_IMAGES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+# pydicom's bundled example files that are images of another modality than MR (CT, US, NM) or secondary captures.
+OTHER_MODALITY_PREFIX = "pydicom:"
+OTHER_MODALITY_FILES = (
+    "CT_small.dcm", "693_J2KI.dcm", "examples_rgb_color.dcm", "examples_palette.dcm", "ExplVR_BigEnd.dcm",
+    "JPEG-lossy.dcm", "JPGExtended.dcm", "JPEG2000.dcm", "SC_rgb_jpeg.dcm", "SC_rgb_dcmtk_+eb+cr.dcm",
+    "SC_ybr_full_422_uncompressed.dcm", "image_dfl.dcm",
+)  # fmt: skip
 
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:
@@ -141,14 +152,34 @@ def _transforms(name: str, image: Image.Image) -> Iterator[tuple[str, Image.Imag
     yield f"{name}|small", image.resize((max(8, width // 6), max(8, height // 6)))
 
 
-def ood_images(seed: int = 7, transforms: bool = True) -> list[tuple[str, bytes]]:
-    """The whole set as (name, PNG bytes): sample images, their transforms, and generated images."""
+def _other_modality_files() -> Iterator[tuple[str, bytes]]:
+    """pydicom's example files of other modalities, as DICOM bytes; those our decoding cannot read (a missing
+    decoder for their transfer syntax) are left out."""
+    from pydicom.data import get_testdata_file
+
+    from shared.errors import ServiceError
+    from shared.imaging import decode_grayscale
+
+    for name in OTHER_MODALITY_FILES:
+        try:
+            data = Path(str(get_testdata_file(name))).read_bytes()
+            decode_grayscale(data)
+        except (ServiceError, OSError, TypeError, ValueError):
+            continue
+        yield f"{OTHER_MODALITY_PREFIX}{name}", data
+
+
+def ood_images(seed: int = 7, transforms: bool = True, other_modalities: bool = True) -> list[tuple[str, bytes]]:
+    """The whole set as (name, bytes): sample images, their transforms and generated images (PNG), then other
+    modalities (DICOM) unless ``other_modalities`` is False (the original 248-image set)."""
     items: list[tuple[str, bytes]] = []
     for name, image in [*_skimage_images(), *_matplotlib_images()]:
         items.append((name, png_bytes(image)))
         if transforms:
             items.extend((variant, png_bytes(changed)) for variant, changed in _transforms(name, image))
     items.extend((name, png_bytes(image)) for name, image in generated_images(seed))
+    if other_modalities:
+        items.extend(_other_modality_files())
     return items
 
 
