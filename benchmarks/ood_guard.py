@@ -11,12 +11,15 @@ non-MRI set (benchmarks/ood_sets.py) are never fitted on.
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from benchmarks.markdown import command_line, write_section
 from benchmarks.ood_sets import OTHER_MODALITY_PREFIX, ood_images, source_of
@@ -36,6 +39,8 @@ from services.training.options import TrainingOptions
 from shared.guard_input import FEATURE_NAMES, GUARD_FEATURES_INPUT_NAME, GuardInput, guard_input
 from shared.schemas import GUARD_INPUT_NAME
 
+# Every n-th test-split scan is also uploaded re-encoded (a real scan must not be refused for its file format).
+REENCODED_EVERY = 6
 # Images timed one by one for the cost per image (decode + features, then the ONNX graph on one thread).
 TIMED_IMAGES = 200
 
@@ -71,6 +76,7 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
     rows = [("real test-split MRI scans (target <= 1%)", len(test_scores), test_refused),
             ("non-MRI set, the original images (target >= 95%)", ood_count, ood_refused),
             ("non-MRI set with the other modalities (DICOM)", len(items), int(refused.sum()))]  # fmt: skip
+    rows += _reencoded_rows(guard, data.test_files.paths[::REENCODED_EVERY])
     rows += [(f"non-MRI: {source}", len(flags), sum(flags)) for source, flags in sorted(by_source.items())]
     return (
         f"## Guard against non-MRI input (`{command_line('benchmarks.ood_guard', argv)}`)\n\n"
@@ -83,6 +89,36 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
         f"{cost[0]:.2f} ms decoding and features, {cost[1]:.3f} ms the ONNX graph. See docs/ood-guard.md.\n\n"
         + _table(rows) + "\n\n" + _verdict(len(test_scores), test_refused, ood_count, ood_refused)
     )
+
+
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# How a real scan may reach the service other than as the dataset's JPEG.
+REENCODINGS: dict[str, Callable[[Image.Image], bytes]] = {
+    "PNG": lambda image: _encoded(image, "PNG"),
+    "JPEG quality 60": lambda image: _encoded(image.convert("RGB"), "JPEG", quality=60),
+    "gray PNG at 256 px": lambda image: _encoded(image.convert("L").resize((256, 256)), "PNG"),
+    "RGB JPEG at 1024 px": lambda image: _encoded(image.convert("RGB").resize((1024, 1024)), "JPEG", quality=90),
+    "mirrored PNG": lambda image: _encoded(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"),
+}
+
+
+def _reencoded_rows(guard: OodGuard, paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """Real test-split scans refused when uploaded re-encoded, per encoding."""
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+            images.append(image)
+    rows = []
+    for name, encode in REENCODINGS.items():
+        scores = guard_scores(guard, _stacked([guard_input(encode(image)) for image in images]))
+        rows.append((f"real test-split scans re-encoded: {name}", len(images), int((scores > guard.threshold).sum())))
+    return rows
 
 
 def _stacked(inputs: list[GuardInput]) -> GuardInput:
