@@ -9,7 +9,8 @@
   refit from a recipe (``bt-train --refit-champions``) carries its figures from the recipe's run: the test split.
 - ``train-command``: print the two commands a bundle is built from (evaluate on a split, refit on every image).
 
-Imports only MLflow, onnx and numpy through services.training.tracking (no TensorFlow), so it runs from the
+Imports only MLflow, onnx, numpy and Pillow (services.training.tracking and .ood_guard; no TensorFlow, scikit-learn only
+to fit a guard, never here), so it runs from the
 serving install too.
 """
 
@@ -44,7 +45,6 @@ from shared.schemas import (
     ENSEMBLE_MEMBERS_TAG,
     ENSEMBLE_MODEL,
     ENSEMBLE_WEIGHTS_TAG,
-    GUARD_METADATA_KEY,
     GUARD_REGISTERED_NAME,
     MODEL_FAMILIES,
     PRETRAINED_TAG,
@@ -113,29 +113,15 @@ def _register_model(manifest: Manifest, model: BundledModel, data: bytes) -> str
 
 
 def _register_guard(manifest: Manifest, guard: BundledGuard, data: bytes) -> str:
-    """The guard's version, as training registers it (an MLflow Model of the onnx flavour, sha256-tagged)."""
+    """The guard's version, registered as training registers a fitted one (services.training.ood_guard)."""
     import mlflow
-    import onnx
 
-    from services.training import tracking
+    from services.training.ood_guard import register_guard_file
 
-    proto = onnx.load_from_string(data)
-    metadata = json.loads({p.key: p.value for p in proto.metadata_props}.get(GUARD_METADATA_KEY, "{}"))
     with mlflow.start_run(run_name="guard-pretrained"):
         mlflow.set_tags({"family": "guard", "stage": "pretrained", "bundle_commit": manifest.commit})
-        logged = mlflow.onnx.log_model(
-            proto, name="guard", metadata={GUARD_METADATA_KEY: metadata},
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(), save_as_external_data=False,
-        )  # fmt: skip
-        version = tracking.register_version(
-            guard.registered_name,
-            logged,
-            data,
-            description=f"guard pretrained on {manifest.label()}",
-            tags={"family": "guard", "threshold": str(metadata.get("threshold", "")), PRETRAINED_TAG: manifest.label()},
-        )
-    mlflow.MlflowClient().set_registered_model_alias(guard.registered_name, CHAMPION_ALIAS, version)
-    return version
+        tags = {PRETRAINED_TAG: manifest.label()}
+        return register_guard_file(data, f"guard pretrained on {manifest.label()}", tags)
 
 
 def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: dict[str, str]) -> str:

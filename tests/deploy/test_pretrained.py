@@ -13,24 +13,45 @@ from mlflow import MlflowClient
 
 from deploy import pretrained
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from shared.pretrained import BundledEnsemble, BundleError, DataProvenance, load_bundle, write_bundle
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, PRETRAINED_TAG, registered_name
-from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo
+from shared.dataset import SAMPLE_DATA_DIR, discover
+from shared.guard_input import GuardInput
+from shared.pretrained import (
+    GUARD_KEY,
+    BundledEnsemble,
+    BundledGuard,
+    BundleError,
+    DataProvenance,
+    load_bundle,
+    write_bundle,
+)
+from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, GUARD_REGISTERED_NAME, PRETRAINED_TAG, registered_name
+from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays
 
 # model_zoo has a champion only for rf: bundle one chosen version of each family.
 ZOO_VERSIONS = {"rf": "1", "snn": "1", "cnn": "2", "mobilenetv2": "1"}
 WEIGHTS = {"rf": 0.5, "cnn": 0.25, "mobilenetv2": 0.25}
 
 
+def sample_guard(sample_arrays: SampleArrays) -> bytes:
+    """A guard fitted on half the sample, its threshold the highest score of the other half."""
+    from services.training.ood_guard import GUARD_IMAGE_SIZE, files_input, fit_guard, guard_onnx
+
+    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, sample_arrays(GUARD_IMAGE_SIZE)[0])
+    halves = [GuardInput(inputs.pixels[start::2], inputs.features[start::2]) for start in (0, 1)]
+    return guard_onnx(fit_guard(halves[0], halves[1], quantile=1.0))
+
+
 @pytest.fixture(scope="module")
-def bundle(model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bundle")
     data = DataProvenance(description="the embedded sample (120 images)", fingerprint="", images=120,
                           evaluation="evaluated on the tests' fixtures, refit on all 120 images")
     manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
-    # The zoo has no ensemble: add one over three members, as a full-data run's bundle would carry.
+    # The zoo has no ensemble and no guard: add them, as a full-data run's bundle carries them.
     ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS)
-    write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble}), load_bundle(folder)[1])
+    guard = BundledGuard(registered_name=GUARD_REGISTERED_NAME, file="guard.onnx", sha256="0" * 64, size_bytes=1)
+    files = {**load_bundle(folder)[1], GUARD_KEY: sample_guard(sample_arrays)}
+    write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble, "guard": guard}), files)
     return folder
 
 
@@ -91,6 +112,9 @@ def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fr
         assert client.get_run(version.run_id).data.metrics == model.test_metrics
     ensemble = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     assert ensemble.tags["member_rf"] == registered["rf"]
+    guard = client.get_model_version_by_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS)
+    assert guard.version == registered[GUARD_KEY]
+    assert manifest.guard is not None and guard.tags["onnx_sha256"] == manifest.guard.sha256
 
 
 def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedProcess, model_zoo: ModelZoo,
@@ -103,6 +127,7 @@ def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedPr
             expected = model_zoo.version(model, zoo_version).expected_probabilities(image)
             got = list(response.json()["probabilities"].values())
             assert got == pytest.approx(list(expected), abs=1e-4)
+            assert response.json()["ood"]["guard_version"] == "1"  # the bundle's guard judged the upload
         listing = {m["model"]: m for m in client.get("/v1/models").json()["models"]}
         label = load_bundle(bundle)[0].label()
         assert all(listing[model]["versions"][0]["pretrained_on"] == label for model in ZOO_VERSIONS)
