@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from pydantic import ValidationError
 
 from deploy.processes import free_port, start_mlflow
+from services.training import ensemble_cli
 from services.training.config import TrainingSettings
-from services.training.options import FamilyState, TrainingOptions
+from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.pipeline import run_training
+from shared.dataset import SAMPLE_DATA_DIR
 
 FAMILIES = ["rf", "snn"]
 
@@ -31,6 +34,8 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
             settings,
         )
         report = (tmp_path / "reports" / "comparison.md").read_text()
+        client = MlflowClient(server.url)
+        rebuilt = _rebuild_ensemble_from_the_served_files(client, settings, evaluated)
         refit = run_training(
             TrainingOptions(
                 families=FAMILIES, search="none", test_fraction=0, refit_champions=True, overrides={"n_estimators": 20}
@@ -38,7 +43,6 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
             settings,
         )
         assert [r.state for r in evaluated + refit] == [FamilyState.DONE] * 4, [r.error for r in evaluated + refit]
-        client = MlflowClient(server.url)
         for before, after in zip(evaluated, refit, strict=True):
             name = f"brain-tumor-{before.family}"
             version = client.get_model_version(name, after.registered_version)
@@ -61,11 +65,13 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
             assert run.metrics["test_images"] == 0
             assert not any(key.startswith("test_") for key in run.metrics if key != "test_images")
             assert run.metrics["calibrated_parity_max_abs_diff"] <= 1e-4
+        # The refit keeps the ensemble champion's weights (the rebuilt one's) over the refit members.
         ensembles = sorted(client.search_model_versions("name='brain-tumor-ensemble'"), key=lambda v: int(v.version))
-        first, second = ensembles
-        assert json.loads(second.tags["ensemble_weights"]) == json.loads(first.tags["ensemble_weights"])
-        assert second.tags["recipe_run_id"] == first.run_id
-        assert json.loads(second.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
+        assert [v.version for v in ensembles[1:]] == [rebuilt.version, str(len(ensembles))]
+        refit_ensemble = ensembles[-1]
+        assert json.loads(refit_ensemble.tags["ensemble_weights"]) == json.loads(rebuilt.tags["ensemble_weights"])
+        assert refit_ensemble.tags["recipe_run_id"] == rebuilt.run_id
+        assert json.loads(refit_ensemble.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
         # The evaluation's report stands: a refit has no test split to write one from.
         assert (tmp_path / "reports" / "comparison.md").read_text() == report
     finally:
@@ -75,3 +81,22 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
 def test_a_refit_takes_the_recipe_not_a_search() -> None:
     with pytest.raises(ValidationError, match="refit_champions"):
         TrainingOptions(families=FAMILIES, search="quick", refit_champions=True)
+
+
+def _rebuild_ensemble_from_the_served_files(
+    client: MlflowClient, settings: TrainingSettings, evaluated: list[FamilyProgress]
+) -> ModelVersion:
+    """ensemble_cli on the evaluation's versions: the same members and figures as the run's own ensemble (the
+    served files are the calibrated graphs that passed parity with the native models); another split is refused."""
+    members = ",".join(f"{r.family}={r.registered_version}" for r in evaluated)
+    common = ["--data", str(SAMPLE_DATA_DIR), "--members", members, "--tracking-uri", settings.tracking_uri,
+              "--cache-dir", str(settings.cache_dir)]  # fmt: skip
+    assert ensemble_cli.main([*common, "--test-fraction", "0.3"]) == 2  # the members were not evaluated on it
+    run_ensemble = client.get_model_version_by_alias("brain-tumor-ensemble", "champion")
+    assert ensemble_cli.main(common) == 0
+    rebuilt = client.get_model_version_by_alias("brain-tumor-ensemble", "champion")
+    assert int(rebuilt.version) == int(run_ensemble.version) + 1
+    assert json.loads(rebuilt.tags["ensemble_members"]) == {r.family: r.registered_version for r in evaluated}
+    figures = [client.get_run(v.run_id).data.metrics["test_accuracy"] for v in (run_ensemble, rebuilt)]
+    assert figures[1] == pytest.approx(figures[0], abs=1 / 24)  # at most one of the 24 test images apart
+    return rebuilt
