@@ -226,12 +226,12 @@ def build(
 
 
 def _test_metrics(client: object, version: object) -> dict[str, float]:
-    """The version's test-split figures: its own run's, or for a refit (no test split) its recipe's run's."""
-    run_id = version.tags.get(RECIPE_RUN_TAG) or version.run_id  # type: ignore[attr-defined]
-    if not run_id:
-        return {}
-    metrics = client.get_run(run_id).data.metrics  # type: ignore[attr-defined]
-    return {key: value for key, value in metrics.items() if key.startswith("test_")}
+    """The version's test-split figures: its own run's; for a refit without a test split, its recipe's run's."""
+    for run_id in (version.run_id, version.tags.get(RECIPE_RUN_TAG)):  # type: ignore[attr-defined]
+        metrics = client.get_run(run_id).data.metrics if run_id else {}  # type: ignore[attr-defined]
+        if "test_accuracy" in metrics:
+            return {key: value for key, value in metrics.items() if key.startswith("test_")}
+    return {}
 
 
 def _bundled_guard(client: object, tracking_uri: str) -> tuple[BundledGuard | None, bytes]:
