@@ -48,6 +48,11 @@ def _ensemble_row(client: MlflowClient, version: Any) -> dict[str, Any]:
     return row
 
 
+def _images(row: dict[str, Any]) -> str:
+    images = row["metrics"].get("test_images")
+    return f"{int(images)}" if images is not None else "the members'"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ensemble = _ensemble_row(client, ensemble_version) if ensemble_version is not None else None
     accuracy = [
         f"| {row['family']} | v{row['version']} | {row['metrics']['test_accuracy']:.4f} | "
-        f"{row['metrics'].get('test_f1_macro', float('nan')):.4f} | {int(row['metrics'].get('test_images', 0))} |"
+        f"{row['metrics'].get('test_f1_macro', float('nan')):.4f} | {_images(row)} |"
         for row in [*rows, *([ensemble] if ensemble else [])]
     ]
     best = max(rows, key=lambda row: row["metrics"]["test_accuracy"])
