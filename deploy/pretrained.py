@@ -57,7 +57,7 @@ FULL_DATA = "../shared/data/brain-tumor-mri/Training"
 # The full-data runs a bundle is built from, against one MLflow (the registry the bundle is then built from): the
 # quick search evaluated on a 20% duplicate-aware test split, then each champion's recipe refit on every image
 # (less the calibration slice); the forest with 100 trees instead of 300, which keeps the bundle under 40 MB for
-# the same accuracy (docs/pretrained.md).
+# 0.35 point of the forest's accuracy (docs/pretrained.md).
 TRAIN_COMMAND = f".venv/bin/python -m services.training.cli --data {FULL_DATA} --search quick --test-fraction 0.2"
 REFIT_COMMAND = f".venv/bin/python -m services.training.cli --data {FULL_DATA} --refit-champions --set n_estimators=100"
 # The budget for all the bundle's files: the repository stays cloneable.
