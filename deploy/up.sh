@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fresh machine (Python 3.11, pip) -> virtual environment -> the whole stack on the embedded sample.
+# Fresh machine (Python 3.11, pip) -> virtual environment -> the whole stack serving the pretrained bundle
+# (shared/pretrained_bundle/; `--retrain` trains on the embedded sample instead).
 # Settings come from the environment, e.g. BT_MOBILENETV2_WEIGHTS (ImageNet MobileNetV2 no-top .h5),
 # BT_GATEWAY_PORT / BT_INFERENCE_PORT / BT_TRAINING_PORT / BT_MLFLOW_PORT, BT_STATE_DIR.
 set -euo pipefail
