@@ -69,7 +69,9 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     return equal, "equal (fitted weights were no better on the calibration slice)"
 
 
-def register_version(spec: dict[str, Any], run_id: str, description: str, recipe_tags: dict[str, str]) -> str:
+def register_version(
+    spec: dict[str, Any], run_id: str, description: str, recipe_tags: dict[str, str] | None = None
+) -> str:
     """A new version of brain-tumor-ensemble from the active run (its spec artifact), members and weights as tags."""
     client = MlflowClient()
     name = registered_name(ENSEMBLE_MODEL)
@@ -84,7 +86,7 @@ def register_version(spec: dict[str, Any], run_id: str, description: str, recipe
         ENSEMBLE_WEIGHTS_TAG: json.dumps(spec["weights"], sort_keys=True),
         "test_files_sha256": spec["test_files_sha256"],
         **{f"member_{family}": version for family, version in spec["members"].items()},
-        **recipe_tags,
+        **(recipe_tags or {}),
     }
     source = f"{mlflow.get_artifact_uri()}/ensemble"
     version = client.create_model_version(

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,21 @@ def _registry_calls(server: ManagedProcess) -> float:
     return value(samples, REGISTRY_CALLS, outcome="ok") + value(samples, REGISTRY_CALLS, outcome="failed")
 
 
+def _when_mlflow_answers(call: Callable[[], object], timeout_s: float = 120.0) -> None:
+    """Make the test's own MLflow call, again while the resumed server resets or refuses connections."""
+    from mlflow.exceptions import MlflowException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            call()
+            return
+        except MlflowException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _cache_file(cache_dir: Path, model: str, version: str) -> Path:
     return next((cache_dir / registered_name(model)).glob(f"v{version}-*/{ONNX_FILENAME}"))
 
@@ -209,9 +224,10 @@ def test_a_hung_mlflow_never_holds_a_prediction_and_its_return_refreshes_the_cat
             calls_during,
         )
 
-        # MLflow is back: the breaker's next probe gets through and the catalogue refreshes.
+        # MLflow is back: the breaker's next probe gets through and the catalogue refreshes. (A connection the
+        # stopped server had queued can be reset as it resumes: this test's own call waits until it answers.)
         client = MlflowClient(tracking_uri=fault_mlflow.url, registry_uri=fault_mlflow.url)
-        client.set_registered_model_alias(registered_name("cnn"), CHAMPION_ALIAS, "1")
+        _when_mlflow_answers(lambda: client.set_registered_model_alias(registered_name("cnn"), CHAMPION_ALIAS, "1"))
         try:
             deadline = time.monotonic() + 30
             while _predict(server, "cnn", image).json().get("version") != "1" and time.monotonic() < deadline:
