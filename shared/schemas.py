@@ -68,6 +68,13 @@ class OodOut(BaseModel):
     guard_version: str = Field(description="Registered version of brain-tumor-guard that scored the image.")
 
 
+class OodCheckOut(BaseModel):
+    """The guard's verdict on one image, without a prediction."""
+
+    mode: str = Field(description="The service's guard mode: refuse, flag or off (BT_INFERENCE_OOD_MODE).")
+    ood: OodOut | None = Field(description="The verdict; null when no guard is registered or the mode is off.")
+
+
 class PredictionOut(BaseModel):
     model: str = Field(description="Short model name, e.g. cnn.")
     version: str = Field(description="Registered model version that answered.")
@@ -219,6 +226,9 @@ class ExplanationOut(BaseModel):
     overlay_height: int
     latency_ms: float = Field(description="Time the explainer spent on the request, in milliseconds.")
     timings_ms: dict[str, float] = Field(description="Where the time went: segment, predict, lime, render.")
+    ood: OodOut | None = Field(
+        None, description="The inference service's guard verdict on the image (null: no guard registered, or off)."
+    )
 
 
 class ErrorDetail(BaseModel):

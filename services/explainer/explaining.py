@@ -15,7 +15,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.imaging import decode_grayscale, resize_gray
 from shared.lime_explanation import Explanation, explain
 from shared.lime_overlay import Overlay, render_overlay
-from shared.schemas import ContractOut, ExplanationOut, RegionOut
+from shared.schemas import ContractOut, ExplanationOut, OodOut, RegionOut
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ def explain_upload(
     """The explanation of ``request.model``'s answer for the uploaded image (blocking; run it in a thread)."""
     started = time.perf_counter()
     scan = decode_grayscale(data, request.frame)
+    # Guarded like a prediction: in refuse mode a non-MRI image is the inference service's 422, explained never.
+    ood = inference.judge(data, request.frame, request_id)
     # Resolve the version once: an alias that moves mid-explanation must not mix two models' answers.
     resolved = inference.contract(request.model, request.version, request_id)
     contract = resolved.contract
@@ -81,7 +83,8 @@ def explain_upload(
     rendering = time.perf_counter()
     overlay = render_overlay(np.asarray(scan), result, outline=request.num_regions, max_side=settings.overlay_max_side)
     timings = {**result.timings_ms, "render": round((time.perf_counter() - rendering) * 1000.0, 2)}
-    return _answer(resolved, request, result, overlay, timings, latency_ms=(time.perf_counter() - started) * 1000.0)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    return _answer(resolved, request, result, overlay, timings, ood, latency_ms)
 
 
 def _answer(
@@ -90,6 +93,7 @@ def _answer(
     result: Explanation,
     overlay: Overlay,
     timings: dict[str, float],
+    ood: OodOut | None,
     latency_ms: float,
 ) -> ExplanationOut:
     return ExplanationOut(
@@ -110,4 +114,5 @@ def _answer(
         overlay_height=overlay.height,
         latency_ms=round(latency_ms, 2),
         timings_ms=timings,
+        ood=ood,
     )

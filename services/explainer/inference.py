@@ -1,4 +1,4 @@
-"""The inference service seen from the explainer: a model's contract and batch predictions."""
+"""The inference service seen from the explainer: a model's contract, the guard's verdict and batch predictions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 
 from shared.errors import ErrorCode, ServiceError
-from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, PixelsPredictionOut
+from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, OodCheckOut, OodOut, PixelsPredictionOut
 from shared.upstream import ServiceClient
 
 
@@ -27,6 +27,18 @@ class InferenceBatchClient(ServiceClient):
             request_id,
             params={"version": version} if version else None,
         )
+
+    def judge(self, data: bytes, frame: int | None = None, request_id: str | None = None) -> OodOut | None:
+        """The guard's verdict on the upload (None: no guard); its 422 NOT_A_BRAIN_MRI passes through."""
+        answer = self.call(
+            OodCheckOut,
+            "POST",
+            "/v1/ood",
+            request_id,
+            params={"frame": frame} if frame is not None else None,
+            files={"file": ("upload", data, "application/octet-stream")},
+        )
+        return answer.ood
 
     def predict_pixels(self, model: str, version: str, pixels: np.ndarray, request_id: str | None = None) -> np.ndarray:
         """uint8 images (N, S, S) to probabilities (N, classes) from the served ONNX session."""

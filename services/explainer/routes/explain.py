@@ -20,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["explanations"])
 # What this route's errors mean here; 404 and 500 are the inference service's, passed on as they came.
 _MEANINGS = {
     404: "MODEL_NOT_FOUND or VERSION_NOT_FOUND, from the inference service.",
-    422: "INVALID_REQUEST: e.g. num_samples out of bounds, unknown label, no multipart `file` field.",
+    422: "NOT_A_BRAIN_MRI, from the inference service's guard (refuse mode); INVALID_REQUEST: e.g. num_samples out "
+    "of bounds, unknown label, no multipart `file` field.",
     500: "INVALID_MODEL, from the inference service: the registered model file cannot be served.",
     503: "UPSTREAM_UNAVAILABLE (inference down) or EXPLAINER_BUSY.",
 }
@@ -34,7 +35,8 @@ _MEANINGS = {
     "on the grayscale slice, inside the tissue), `num_samples` copies with random superpixels blacked out are "
     "classified by the model, and a weighted linear model says how much each region pushes towards the class "
     "(`label`, default: the predicted one). Answers the strongest regions with their weights and an overlay "
-    "PNG (base64) of the heat map over the scan. The same `seed` gives the same answer.",
+    "PNG (base64) of the heat map over the scan. The same `seed` gives the same answer. The inference service's "
+    "guard judges the image first: its verdict is `ood`, and in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI.",
     responses=error_responses(400, 404, 413, 415, 422, 500, 502, 503, descriptions=_MEANINGS),
 )
 async def explain_image(

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.gateway.deps import ExplainerDep
+from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
 from shared.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.schemas import ExplanationOut
 from shared.service import RequestIdDep, error_responses
@@ -30,8 +31,9 @@ SamplesQuery = Annotated[
     "random superpixels blacked out are classified by the served model, and a weighted linear model tells how "
     "much each region pushes towards `label` (default: the predicted class). Answers the strongest regions "
     "with their weights and `overlay_png`, a base64 PNG of the heat map over the scan (warm: supports the "
-    "class, cool: opposes it). Deterministic for a given `seed`.",
-    responses=error_responses(404, 413, 415, 422, 502, 503),
+    "class, cool: opposes it). Deterministic for a given `seed`. The guard judges the image first: its verdict "
+    "is `ood`, and an image it refuses is a 422 NOT_A_BRAIN_MRI, never explained.",
+    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
 )
 async def explain_image(
     explainer: ExplainerDep,

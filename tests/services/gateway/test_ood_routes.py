@@ -1,7 +1,7 @@
 """The gateway relays the inference service's guard unchanged: a refused image is the same 422 NOT_A_BRAIN_MRI
-(code, message and verdict) on /v1/predict and /v1/compare, a refused file of a batch keeps its own entry, flag
-mode answers carry the flag, every such route declares the 422 in its OpenAPI schema, and the web page says
-"not a brain MRI slice" instead of a generic error.
+(code, message and verdict) on /v1/predict, /v1/compare and /v1/explain, a refused file of a batch keeps its own
+entry, flag mode answers carry the flag, every such route declares the 422 in its OpenAPI schema, and the web page
+says "not a brain MRI slice" instead of a generic error.
 
 Real inference processes (refuse, flag) on their own MLflow holding a guard (shared with the inference service's
 tests/services/inference/test_ood_routes.py); in-process gateways in front of them, and a gateway process for the
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.processes import ManagedProcess
+from deploy.processes import ManagedProcess, free_port, start_service
 from tests.services.gateway import test_web_browser as web
 from tests.services.inference.test_ood_routes import GUARDED_MODELS, guarded_services, photo_like
 
@@ -96,9 +96,29 @@ def test_flag_mode_answers_are_relayed_with_the_flag(gateway_for: Callable[[str]
     assert slice_answer.status_code == 200 and slice_answer.json()["ood"]["flag"] is False
 
 
+def test_explain_relays_the_refusal(
+    inference_by_mode: dict[str, str], gateway_app_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    """/v1/explain through a real explainer: the guard's 422 as inference said it; a refused image is never
+    explained."""
+    env = {"BT_EXPLAINER_INFERENCE_URL": inference_by_mode["refuse"]}
+    explainer = start_service("explainer", free_port(), env, tmp_path / "explainer.log")
+    try:
+        gateway = gateway_app_client(inference_url=inference_by_mode["refuse"], explainer_url=explainer.url)
+        relayed = gateway.post(
+            "/v1/explain", params={"model": "rf", "num_samples": 60}, files={"file": _file(photo_like())}
+        )
+    finally:
+        explainer.stop()
+    with httpx.Client(base_url=inference_by_mode["refuse"], timeout=60, trust_env=False) as inference:
+        direct = inference.post("/v1/ood", files={"file": _file(photo_like())})
+    assert relayed.status_code == direct.status_code == 422, relayed.text
+    assert _error(relayed) == _error(direct)
+
+
 def test_openapi_declares_not_a_brain_mri(gateway_for: Callable[[str], Any]) -> None:
     paths = gateway_for("refuse").get("/openapi.json").json()["paths"]
-    for path in ("/v1/predict", "/v1/compare"):
+    for path in ("/v1/predict", "/v1/compare", "/v1/explain"):
         assert "NOT_A_BRAIN_MRI" in paths[path]["post"]["responses"]["422"]["description"], path
 
 

@@ -1,7 +1,8 @@
 """The guard on every inference route that answers a tumour class for an uploaded file, through a real process
 (refuse, the default) and an in-process app (flag): compare judges its one image once (refused: one 422 for the
 request), predict-batch refuses a non-MRI file as its own entry while an MRI file answers, the Open Inference
-Protocol's image input is judged (its FP32 tensor input is not), and predict-pixels stays unguarded.
+Protocol's image input is judged (its FP32 tensor input is not), predict-pixels stays unguarded, and /v1/ood
+judges an image alone (the explainer's check).
 
 Its own MLflow server: a registered guard in the session's shared one would refuse other tests' blank images. That
 server and the inference processes on it are started once per test session and shared with the gateway's
@@ -222,8 +223,30 @@ def test_oip_tensor_input_carries_no_verdict(flagging_client: Any) -> None:
     assert "parameters" not in response.json()
 
 
+def test_ood_route_judges_without_a_model(refusing: httpx.Client, sample_images: dict) -> None:
+    """POST /v1/ood (what the explainer asks first): the same refusal as predict for a photo, the verdict for a
+    slice; no model named, none run."""
+    refused = refusing.post("/v1/ood", files={"file": _file(photo_like())})
+    predicted = refusing.post("/v1/models/rf/predict", files={"file": _file(photo_like())})
+    assert refused.status_code == predicted.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "NOT_A_BRAIN_MRI"
+    assert refused.json()["error"]["details"] == predicted.json()["error"]["details"]
+    answered = refusing.post("/v1/ood", files={"file": _file(sample_images["glioma"])})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["mode"] == "refuse"
+    assert answered.json()["ood"]["flag"] is False and answered.json()["ood"]["guard_version"] == "1"
+    assert refusing.post("/v1/ood", files={"file": _file(b"not an image")}).status_code == 415
+
+
+def test_ood_route_flags_in_flag_mode(flagging_client: Any) -> None:
+    response = flagging_client.post("/v1/ood", files={"file": _file(photo_like())})
+    assert response.status_code == 200, response.text
+    assert response.json()["mode"] == "flag" and response.json()["ood"]["flag"] is True
+
+
 def test_openapi_declares_not_a_brain_mri(refusing: httpx.Client) -> None:
     paths = refusing.get("/openapi.json").json()["paths"]
     assert "NOT_A_BRAIN_MRI" in paths["/v1/compare"]["post"]["responses"]["422"]["description"]
     assert "NOT_A_BRAIN_MRI" in paths["/v1/models/{model}/predict"]["post"]["responses"]["422"]["description"]
     assert "NOT_A_BRAIN_MRI" in paths["/v2/models/{model}/infer"]["post"]["responses"]["422"]["description"]
+    assert "NOT_A_BRAIN_MRI" in paths["/v1/ood"]["post"]["responses"]["422"]["description"]

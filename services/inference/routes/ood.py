@@ -1,0 +1,42 @@
+"""Judging an image with the guard alone: is it a brain MRI slice? (services/inference/ood.py)
+
+The explainer asks here before it explains an upload, so an explanation is guarded like a prediction."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from services.inference.deps import OodGuardDep
+from shared.errors import ErrorCode
+from shared.params import FrameQuery
+from shared.schemas import OodCheckOut
+from shared.service import error_responses
+from shared.uploads import ImageBytes
+
+router = APIRouter(prefix="/v1", tags=["guard"])
+
+
+@router.post(
+    "/ood",
+    response_model=OodCheckOut,
+    summary="Judge whether one image is a brain MRI slice",
+    description="Upload one image as the multipart field `file` (or a DICOM file; `frame` for a multi-frame "
+    "one). The guard against non-MRI input scores it; no model runs. Answers the verdict (`ood` is null when no "
+    "guard is registered or the mode is off); in refuse mode an image above the threshold is a 422 "
+    "NOT_A_BRAIN_MRI, as on the prediction routes.",
+    responses=error_responses(
+        400,
+        413,
+        415,
+        422,
+        503,
+        descriptions={
+            422: f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold "
+            "(BT_INFERENCE_OOD_MODE=refuse); INVALID_REQUEST: a bad parameter.",
+        },
+    ),
+)
+async def judge_image(guard: OodGuardDep, data: ImageBytes, frame: FrameQuery = None) -> OodCheckOut:
+    ood = await run_in_threadpool(guard.check, data, frame)
+    return OodCheckOut(mode=guard.mode, ood=ood)
