@@ -84,20 +84,23 @@ def _gray_as_colour(gray: Image.Image) -> np.ndarray:
     return np.asarray(gray.convert("RGB").resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BILINEAR))
 
 
-def decode_guard_images(data: bytes, frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes to (gray thumbnail (S, S) uint8, colour thumbnail (C, C, 3) uint8).
+def decode_guard_images(
+    data: bytes, frame: int | None = None, gray: Image.Image | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes to (gray thumbnail (S, S) uint8, colour thumbnail (C, C, 3) uint8); ``gray``: the file's
+    ``decode_grayscale`` when the caller holds it already (the model's input is made from the same one).
 
     DICOM: the display pipeline's gray frame serves for both (it has no colour once displayed)."""
-    gray = decode_grayscale(data, frame)
+    gray = decode_grayscale(data, frame) if gray is None else gray
     thumbnail = resize_gray(gray, THUMBNAIL_SIZE)
     if is_dicom(data):  # decoded once: its display pipeline is the costly part
         return thumbnail, _gray_as_colour(gray)
     return thumbnail, colour_thumbnail(data)
 
 
-def guard_input(data: bytes, frame: int | None = None) -> GuardInput:
-    """An upload's guard input (one image)."""
-    thumbnail, colour = decode_guard_images(data, frame)
+def guard_input(data: bytes, frame: int | None = None, gray: Image.Image | None = None) -> GuardInput:
+    """An upload's guard input (one image); ``gray``: see ``decode_guard_images``."""
+    thumbnail, colour = decode_guard_images(data, frame, gray)
     return guard_input_of(thumbnail[np.newaxis], colour[np.newaxis])
 
 

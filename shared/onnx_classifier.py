@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 from pydantic import ValidationError
 
 from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_to_array, to_model_input
+from shared.imaging import decode_grayscale, resize_gray, to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,13 @@ class OnnxClassifier:
     def preprocess(self, data: bytes, frame: int | None = None) -> np.ndarray:
         """Image file bytes to the (1, ...) float32 tensor the contract describes (``frame``: one frame of a
         multi-frame DICOM file)."""
+        return self.tensor_from_image(decode_grayscale(data, frame))
+
+    def tensor_from_image(self, gray: Image.Image) -> np.ndarray:
+        """A decoded grayscale image (``shared.imaging.decode_grayscale``) to the (1, ...) tensor: ``preprocess``
+        for a caller that decoded the file once for other readers too (the guard)."""
         contract = self.contract
-        return to_model_input(decode_to_array(data, contract.image_size, frame), contract)
+        return to_model_input(resize_gray(gray, contract.image_size), contract)
 
     def predict(self, tensor: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         """Model input tensor (N, ...) to class probabilities (N, classes) as float32.

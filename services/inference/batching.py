@@ -171,23 +171,10 @@ class Predictor:
         check_tensor(classifier, tensor)
         return await run_in_threadpool(self._run_alone, classifier, tensor, time.perf_counter())
 
-    async def classify(self, classifier: OnnxClassifier, data: bytes, frame: int | None = None) -> np.ndarray:
-        """Probabilities (1, classes) for an image file (``frame``: of a multi-frame DICOM file): decoded in a
-        worker thread, then run."""
-        if self.batching:
-            return await self.predict(classifier, await run_in_threadpool(classifier.preprocess, data, frame))
-        # Unbatched, decoding and the run share one hop to a worker thread.
-        return await run_in_threadpool(self._classify_alone, classifier, data, time.perf_counter(), frame)
-
     def _run_alone(self, classifier: OnnxClassifier, tensor: np.ndarray, submitted: float) -> np.ndarray:
         # Without batching, the wait is the one for a free worker thread.
         QUEUE_WAIT_SECONDS.labels(classifier.name, classifier.version).observe(time.perf_counter() - submitted)
         return classifier.predict(tensor)
-
-    def _classify_alone(
-        self, classifier: OnnxClassifier, data: bytes, submitted: float, frame: int | None = None
-    ) -> np.ndarray:
-        return self._run_alone(classifier, classifier.preprocess(data, frame), submitted)
 
     async def close(self) -> None:
         """Stop every batcher's collector."""

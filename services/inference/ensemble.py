@@ -129,8 +129,11 @@ class EnsembleClassifier:
 
     def preprocess(self, data: bytes, frame: int | None = None) -> np.ndarray:
         """One decode, then each member's own resize and tensor, as ``tensor_from_pixels``."""
-        image = decode_grayscale(data, frame)
-        return self.tensor_from_pixels({size: resize_gray(image, size) for size in self.member_sizes})
+        return self.tensor_from_image(decode_grayscale(data, frame))
+
+    def tensor_from_image(self, gray: Image.Image) -> np.ndarray:
+        """A decoded grayscale image to each member's own resize and tensor, as ``tensor_from_pixels``."""
+        return self.tensor_from_pixels({size: resize_gray(gray, size) for size in self.member_sizes})
 
     def _combine(self, member_probabilities: list[np.ndarray]) -> np.ndarray:
         weights = [weight for _, weight in self.members]

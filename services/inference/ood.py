@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
+from PIL import Image
 
 from services.inference.catalog import ModelRecord
 from services.inference.mlflow_store import MlflowStore
@@ -62,14 +63,15 @@ class LoadedGuard:
         return cls(version, session, float(meta["threshold"]), str(meta["input_name"]),
                    str(meta["features_input_name"]))  # fmt: skip
 
-    def score(self, data: bytes, frame: int | None = None) -> float:
-        """The image's score, its input computed exactly as training computed the fitting images' (shared code)."""
-        inputs = guard_input(data, frame)
+    def score(self, data: bytes, frame: int | None = None, gray: Image.Image | None = None) -> float:
+        """The image's score, its input computed exactly as training computed the fitting images' (shared code);
+        ``gray``: the file's grayscale decoding when the caller holds it already."""
+        inputs = guard_input(data, frame, gray)
         feeds = {self.input_name: inputs.pixels, self.features_input_name: inputs.features}
         return float(self.session.run(None, feeds)[0][0, 0])
 
-    def verdict(self, data: bytes, frame: int | None = None) -> OodOut:
-        score = self.score(data, frame)
+    def verdict(self, data: bytes, frame: int | None = None, gray: Image.Image | None = None) -> OodOut:
+        score = self.score(data, frame, gray)
         return OodOut(score=round(score, 4), threshold=round(self.threshold, 4), flag=score > self.threshold,
                       guard_version=self.version)  # fmt: skip
 
@@ -130,12 +132,13 @@ class OodGuard:
         logger.info("OOD guard version %s loaded (mode %s)", found.version, self.mode)
         return guard
 
-    def check(self, data: bytes, frame: int | None = None) -> OodOut | None:
-        """The image's verdict (None: no guard, or mode off); in ``refuse`` mode a flagged image is a 422."""
+    def check(self, data: bytes, frame: int | None = None, gray: Image.Image | None = None) -> OodOut | None:
+        """The image's verdict (None: no guard, or mode off); in ``refuse`` mode a flagged image is a 422.
+        ``gray``: the file's ``shared.imaging.decode_grayscale``, when the caller decoded it for a model."""
         guard = self.current()
         if guard is None:
             return None
-        verdict = guard.verdict(data, frame)
+        verdict = guard.verdict(data, frame, gray)
         if verdict.flag and self.mode == "refuse":
             raise ServiceError(
                 ErrorCode.NOT_A_BRAIN_MRI,

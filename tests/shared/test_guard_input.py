@@ -96,3 +96,14 @@ def test_bad_uploads_are_refused_as_every_decoding_refuses_them() -> None:
     with pytest.raises(ServiceError) as caught:
         guard_input(encode(colourful()), frame=2)
     assert caught.value.code == ErrorCode.INVALID_REQUEST
+
+
+def test_a_decoding_the_caller_holds_gives_the_same_input(sample_images: dict[str, bytes]) -> None:
+    """Inference decodes a file once for the guard and the model: the guard's input from that decoding is the
+    guard's input from the file."""
+    from shared.imaging import decode_grayscale
+
+    for data in sample_images.values():
+        alone, shared = guard_input(data), guard_input(data, gray=decode_grayscale(data))
+        np.testing.assert_array_equal(alone.pixels, shared.pixels)
+        np.testing.assert_array_equal(alone.features, shared.features)

@@ -28,6 +28,7 @@ from services.inference.deps import ModelDep, OodGuardDep, PredictorDep, Registr
 from services.inference.ensemble import EnsembleClassifier
 from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
+from services.inference.uploads import judge_and_prepare
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -123,23 +124,26 @@ def _model_input(name: str, loaded: OnnxClassifier | ServiceError, pixels: dict[
 
 
 def prepare_comparison(
-    registry: ModelRegistry, data: bytes, names: list[str], frame: int | None = None
-) -> tuple[dict[str, Prepared], float]:
+    registry: ModelRegistry, guard: OodGuard, data: bytes, names: list[str], frame: int | None = None
+) -> tuple[dict[str, Prepared], float, OodOut | None]:
     """Each named model's default version with the image as its tensor, decoded once (one 415 if it is not an
-    image), and the milliseconds the decoding took.
+    image); the milliseconds the decoding and the verdict took; the guard's one verdict (refused: one 422).
 
-    Models are resolved first: when none can answer, the image is not even decoded and every item says why.
+    Models are resolved first: when none can answer, the image is not even decoded nor judged, and every item
+    says why.
     """
     loaded = {name: _load(registry, name) for name in names}
     sizes = {item.contract.image_size for item in loaded.values() if isinstance(item, OnnxClassifier)}
     sizes |= {size for item in loaded.values() if isinstance(item, EnsembleClassifier) for size in item.member_sizes}
     started = time.perf_counter()
     pixels: dict[int, np.ndarray] = {}
+    ood = None
     if sizes:
         gray = imaging.decode_grayscale(data, frame)
+        ood = guard.check(data, frame, gray)  # judged once for all models, on the same decoding
         pixels = {size: imaging.resize_gray(gray, size) for size in sizes}
     decode_ms = _elapsed_ms(started)
-    return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms
+    return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms, ood
 
 
 async def _answer(
@@ -190,13 +194,8 @@ async def compare_models(
     frame: FrameQuery = None,
 ) -> CompareOut:
     names = list(dict.fromkeys(models))
-    # Loading a model and decoding are blocking work: keep them off the event loop.
-    prepared, decode_ms = await run_in_threadpool(prepare_comparison, registry, data, names, frame)
-    # Judged once for all models, and only when a model can run on it (when none can, every item says why).
-    runnable = any(not isinstance(item, ServiceError) for item in prepared.values())
-    started = time.perf_counter()
-    ood = await run_in_threadpool(guard.check, data, frame) if runnable else None
-    decode_ms += _elapsed_ms(started)  # the verdict is part of preparing the image, as on /predict
+    # Loading a model, decoding and judging are blocking work: keep them off the event loop.
+    prepared, decode_ms, ood = await run_in_threadpool(prepare_comparison, registry, guard, data, names, frame)
     items = await asyncio.gather(*(_answer(predictor, name, item, decode_ms, ood) for name, item in prepared.items()))
     return CompareOut.from_items(list(items))
 
@@ -213,8 +212,8 @@ def _preprocess(
         return data
     started = time.perf_counter()
     try:
-        ood = guard.check(data, frame)
-        return classifier.preprocess(data, frame), _elapsed_ms(started), ood
+        tensor, ood = judge_and_prepare(classifier, guard, data, frame)
+        return tensor, _elapsed_ms(started), ood
     except ServiceError as exc:
         return exc
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.deps import ModelDep, OodGuardDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
+from services.inference.uploads import judge_and_prepare
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.params import FrameQuery
@@ -67,10 +68,10 @@ async def predict_image(
     classifier: ModelDep, data: ImageBytes, predictor: PredictorDep, guard: OodGuardDep, frame: FrameQuery = None
 ) -> PredictionOut:
     started = time.perf_counter()
-    # The guard first: in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI and never reaches the model.
-    ood = await run_in_threadpool(guard.check, data, frame)
-    # Decoding and the run happen in worker threads; the run may be shared with concurrent requests.
-    label, probabilities = classifier.postprocess((await predictor.classify(classifier, data, frame))[0])
+    # Decoded once, the guard first: in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI, never run.
+    tensor, ood = await run_in_threadpool(judge_and_prepare, classifier, guard, data, frame)
+    # The run may be shared with concurrent requests (batching).
+    label, probabilities = classifier.postprocess((await predictor.predict(classifier, tensor))[0])
     return PredictionOut(
         model=classifier.name,
         version=classifier.version,

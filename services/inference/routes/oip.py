@@ -45,6 +45,7 @@ from services.inference.oip_schemas import (
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
 from services.inference.ood import OodGuard
 from services.inference.registry import ModelRegistry
+from services.inference.uploads import judge_and_prepare
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
 from shared.params import NAME_PATTERN
@@ -144,12 +145,13 @@ def read_model_version_ready(registry: RegistryDep, model: ModelName, version: V
 def _decode(
     classifier: OnnxClassifier, guard: OodGuard, files: list[bytes], first_index: int
 ) -> tuple[np.ndarray, list[OodOut | None]]:
-    """The files as the model's tensor and their verdicts; the guard judges each file before it is decoded."""
+    """The files as the model's tensor and their verdicts; each file is decoded once, the guard judging it first."""
     tensors, verdicts = [], []
     for index, data in enumerate(files, first_index):
         try:
-            verdicts.append(guard.check(data))
-            tensors.append(classifier.preprocess(data))
+            tensor, verdict = judge_and_prepare(classifier, guard, data)
+            tensors.append(tensor)
+            verdicts.append(verdict)
         except ServiceError as exc:
             message = f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}"
             raise ServiceError(exc.code, message, exc.details) from exc

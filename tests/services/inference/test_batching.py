@@ -253,7 +253,8 @@ def test_predictor_without_batching_answers_the_same(make_onnx: MakeOnnx, sample
 
     async def scenario(batching: bool) -> list[np.ndarray]:
         predictor = Predictor(batching=batching, window_s=0.2, max_batch=32, max_queue=64)
-        answers = await asyncio.gather(*(predictor.classify(classifier, image) for image in images))
+        tensors = [classifier.preprocess(image) for image in images]
+        answers = await asyncio.gather(*(predictor.predict(classifier, tensor) for tensor in tensors))
         await predictor.close()
         return answers
 

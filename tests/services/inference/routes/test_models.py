@@ -182,6 +182,7 @@ def test_openapi_documents_every_error_with_the_one_error_body(inference_client:
         ("/v1/models/{model}/predict-pixels", "post"): ["400", "404", "413", "422", "500", "503"],
         ("/v1/models/{model}/predict-batch", "post"): ["400", "404", "413", "422", "500", "503"],
         ("/v1/compare", "post"): ["400", "413", "415", "422", "503"],
+        ("/v1/ood", "post"): ["400", "413", "415", "422", "503"],
     }
     for (path, method), statuses in declared.items():
         for status in statuses:
