@@ -58,6 +58,7 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
                 assert json.loads(run.params["n_estimators"]) == 20
             else:
                 assert json.loads(run.params["epochs"]) == 2
+                assert "n_estimators" not in run.params  # the forest's override is no parameter of the net
             # Every one of the 120 sample images trains but the calibration slice (and the shallow net's early-stopping
             # slice); nothing is scored as a test.
             fitted = run.metrics["refit_images"] + run.metrics["refit_held_out_images"]
