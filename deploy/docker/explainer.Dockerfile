@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The explainer: LIME explanations, classified through inference's predict-pixels endpoint over HTTP.
+# The explainer: LIME explanations, judged by inference's /v1/ood and classified by its predict-pixels, over HTTP.
 # Installs the [explain] extra (LIME, scikit-image, scikit-learn): no TensorFlow, no onnxruntime.
 # Expected size: about 575 MB uncompressed (python:3.11-slim about 130 MB + the [explain] closure about 445 MB,
 # measured from the installed packages' files; scipy 143 MB, numpy 71 MB, scikit-learn 48 MB).

@@ -60,10 +60,10 @@ def explain_upload(
     """The explanation of ``request.model``'s answer for the uploaded image (blocking; run it in a thread)."""
     started = time.perf_counter()
     scan = decode_grayscale(data, request.frame)
-    # Guarded like a prediction: in refuse mode a non-MRI image is the inference service's 422, explained never.
-    ood = inference.judge(data, request.frame, request_id)
     # Resolve the version once: an alias that moves mid-explanation must not mix two models' answers.
     resolved = inference.contract(request.model, request.version, request_id)
+    # Guarded like a prediction, once the model is known: a non-MRI image is inference's 422, explained never.
+    ood = inference.judge(data, request.frame, request_id)
     contract = resolved.contract
     chosen = label_index(request.label, contract.class_names)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, OodCheckOut, OodOut, PixelsPredictionOut
-from shared.upstream import ServiceClient
+from shared.upstream import FORWARDED_FILENAME, ServiceClient
 
 
 class InferenceBatchClient(ServiceClient):
@@ -36,7 +36,7 @@ class InferenceBatchClient(ServiceClient):
             "/v1/ood",
             request_id,
             params={"frame": frame} if frame is not None else None,
-            files={"file": ("upload", data, "application/octet-stream")},
+            files={"file": (FORWARDED_FILENAME, data, "application/octet-stream")},
         )
         return answer.ood
 

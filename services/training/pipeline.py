@@ -90,7 +90,7 @@ def _search_and_log(
     metrics and the search's seconds."""
     started = time.perf_counter()
     params, outcomes = _search(family_name, family, data, options, settings, base)
-    params.update(_overrides(family, options))
+    params.update(_read_by(family, options.overrides))
     search_seconds = time.perf_counter() - started
     _log_trials(family_name, outcomes)
     cv_metrics = {f"cv_{key}": value for key, value in best_outcome(outcomes).mean_metrics.items()}
@@ -280,13 +280,14 @@ def _base_params(family: ModelFamily, options: TrainingOptions) -> dict[str, Any
         base["image_size"] = options.image_size
     if options.epochs is not None and "epochs" in base:
         base["epochs"] = options.epochs
-    return {**base, **_overrides(family, options)}
+    return {**base, **_read_by(family, options.overrides)}
 
 
-def _overrides(family: ModelFamily, options: TrainingOptions) -> dict[str, Any]:
-    """The run's ``--set`` keys this family reads: a forest's n_estimators is no parameter of the networks."""
+def _read_by(family: ModelFamily, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters this family reads: a run's ``--set`` keys go to every family that reads them (a forest's
+    n_estimators is no parameter of the networks), and a recipe logged with a stray key does not pass it on."""
     accepted = family.accepted_params()
-    return {key: value for key, value in options.overrides.items() if key in accepted}
+    return {key: value for key, value in params.items() if key in accepted}
 
 
 def _log_data(data: PreparedData) -> None:
@@ -322,7 +323,7 @@ def train_family(
         if options.refit_champions:
             step("reading the champion's recipe")
             recipe = champion_recipe(family_name)
-            params = {**params, **recipe.params, **_overrides(family, options), "seed": options.seed}
+            params = {**params, **_read_by(family, {**recipe.params, **options.overrides}), "seed": options.seed}
             recipe_tags = {RECIPE_VERSION_TAG: recipe.version, RECIPE_RUN_TAG: recipe.run_id}
             mlflow.set_tags(recipe_tags)
         elif options.search != "none":

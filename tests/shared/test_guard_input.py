@@ -100,10 +100,15 @@ def test_bad_uploads_are_refused_as_every_decoding_refuses_them() -> None:
 
 def test_a_decoding_the_caller_holds_gives_the_same_input(sample_images: dict[str, bytes]) -> None:
     """Inference decodes a file once for the guard and the model: the guard's input from that decoding is the
-    guard's input from the file."""
+    guard's input from the file, and it is that decoding the guard reads (an inverted one inverts the thumbnail)."""
+    from PIL import ImageOps
+
     from shared.imaging import decode_grayscale
 
     for data in sample_images.values():
-        alone, shared = guard_input(data), guard_input(data, gray=decode_grayscale(data))
+        gray = decode_grayscale(data)
+        alone, shared = guard_input(data), guard_input(data, gray=gray)
         np.testing.assert_array_equal(alone.pixels, shared.pixels)
         np.testing.assert_array_equal(alone.features, shared.features)
+        inverted = guard_input(data, gray=ImageOps.invert(gray))
+        np.testing.assert_allclose(inverted.pixels, 1.0 - alone.pixels, atol=1.01 / 255)

@@ -207,7 +207,8 @@ PreparedFile = tuple[np.ndarray, float, OodOut | None] | ServiceError
 def _preprocess(
     classifier: OnnxClassifier, guard: OodGuard, data: bytes | ServiceError, frame: int | None = None
 ) -> PreparedFile:
-    """The file judged by the guard (refused: its own 422), then decoded; any failure is the file's own error."""
+    """The file decoded once, judged by the guard (refused: its own 422) and made the model's tensor; any
+    failure is the file's own error."""
     if isinstance(data, ServiceError):
         return data
     started = time.perf_counter()

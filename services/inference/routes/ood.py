@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.deps import OodGuardDep
+from services.inference.uploads import judge
 from shared.errors import ErrorCode
 from shared.params import FrameQuery
 from shared.schemas import OodCheckOut
@@ -22,7 +23,8 @@ router = APIRouter(prefix="/v1", tags=["guard"])
     response_model=OodCheckOut,
     summary="Judge whether one image is a brain MRI slice",
     description="Upload one image as the multipart field `file` (or a DICOM file; `frame` for a multi-frame "
-    "one). The guard against non-MRI input scores it; no model runs. Answers the verdict (`ood` is null when no "
+    "one). It is decoded as for a prediction (a file that is not an image is a 415, guard or not), then the guard "
+    "against non-MRI input scores it; no model runs. Answers the verdict (`ood` is null when no "
     "guard is registered or the mode is off); in refuse mode an image above the threshold is a 422 "
     "NOT_A_BRAIN_MRI, as on the prediction routes.",
     responses=error_responses(
@@ -38,5 +40,5 @@ router = APIRouter(prefix="/v1", tags=["guard"])
     ),
 )
 async def judge_image(guard: OodGuardDep, data: ImageBytes, frame: FrameQuery = None) -> OodCheckOut:
-    ood = await run_in_threadpool(guard.check, data, frame)
+    _, ood = await run_in_threadpool(judge, guard, data, frame)
     return OodCheckOut(mode=guard.mode, ood=ood)

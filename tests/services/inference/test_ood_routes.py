@@ -244,6 +244,14 @@ def test_ood_route_flags_in_flag_mode(flagging_client: Any) -> None:
     assert response.json()["mode"] == "flag" and response.json()["ood"]["flag"] is True
 
 
+def test_ood_route_decodes_even_with_the_guard_off(guarded: dict[str, str], inference_app_client: Callable) -> None:
+    """Off: no verdict, but a file that is not an image is still its 415 (as a prediction would answer)."""
+    client = inference_app_client(tracking_uri=guarded["mlflow"], ood_mode="off")
+    assert client.post("/v1/ood", files={"file": _file(b"not an image")}).status_code == 415
+    answered = client.post("/v1/ood", files={"file": _file(photo_like())})
+    assert answered.status_code == 200 and answered.json() == {"mode": "off", "ood": None}
+
+
 def test_openapi_declares_not_a_brain_mri(refusing: httpx.Client) -> None:
     paths = refusing.get("/openapi.json").json()["paths"]
     assert "NOT_A_BRAIN_MRI" in paths["/v1/compare"]["post"]["responses"]["422"]["description"]

@@ -4,14 +4,18 @@ process in refuse mode on the guarded MLflow (tests/services/inference/test_ood_
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import SampleArrays
 from tests.services.inference.test_ood_routes import guarded_services, photo_like
+from tests.services.test_dicom_uploads import three_frames
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,8 @@ def test_a_non_mri_image_is_refused_not_explained(guarded_explainer: Any, refusi
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "NOT_A_BRAIN_MRI"
-    direct = httpx.post(f"{refusing_inference}/v1/ood", files={"file": ("a.png", photo_like())}, timeout=30)
+    with httpx.Client(base_url=refusing_inference, timeout=30, trust_env=False) as inference:
+        direct = inference.post("/v1/ood", files={"file": ("a.png", photo_like())})
     assert error["details"] == direct.json()["error"]["details"]  # the guard's own verdict, relayed
 
 
@@ -44,6 +49,17 @@ def test_a_slice_is_explained_with_its_verdict(guarded_explainer: Any, sample_im
     assert response.status_code == 200, response.text
     ood = response.json()["ood"]
     assert ood["flag"] is False and ood["score"] <= ood["threshold"] and ood["guard_version"] == "1"
+
+
+def test_the_frame_of_a_dicom_file_is_judged(guarded_explainer: Any, sample_images: dict[str, bytes]) -> None:
+    """A three-frame DICOM file: the guard judges the frame asked for (without it, a multi-frame file is refused)."""
+    gray = np.asarray(Image.open(io.BytesIO(sample_images["glioma"])).convert("L"))
+    data = three_frames(gray)
+    response = guarded_explainer.post(
+        "/v1/explain", params={"model": "rf", "num_samples": "60", "frame": "1"}, files={"file": ("a.dcm", data)}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["ood"]["flag"] is False
 
 
 def test_openapi_declares_the_refusal(guarded_explainer: Any) -> None:
