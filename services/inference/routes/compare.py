@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from services.inference.batching import Predictor
 from services.inference.deps import ModelDep, OodGuardDep, PredictorDep, RegistryDep, SettingsDep
 from services.inference.ensemble import EnsembleClassifier
-from services.inference.ood import OodGuard
+from services.inference.ood import NOT_MRI_422, OodGuard
 from services.inference.registry import ModelRegistry
 from services.inference.uploads import judge_and_prepare
 from shared import imaging
@@ -52,10 +52,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["models"])
 
 _REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
-_NOT_MRI = (
-    f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold (BT_INFERENCE_OOD_MODE=refuse); "
-    "`details.ood` holds the verdict"
-)
 
 ModelsQuery = Annotated[
     list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
@@ -182,7 +178,7 @@ async def _answer(
         415,
         422,
         503,
-        descriptions={422: f"{_NOT_MRI}; INVALID_REQUEST: a bad parameter (e.g. no `models`, a bad name)."},
+        descriptions={422: f"{NOT_MRI_422}; INVALID_REQUEST: a bad parameter (e.g. no `models`, a bad name)."},
     ),
 )
 async def compare_models(

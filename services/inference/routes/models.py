@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.deps import ModelDep, OodGuardDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
+from services.inference.ood import NOT_MRI_422
 from services.inference.uploads import judge_and_prepare
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -59,8 +60,7 @@ def list_models(registry: RegistryDep) -> ModelsOut:
         descriptions={
             503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable; {ErrorCode.MODEL_NOT_READY}: the model "
             "is not loaded yet, or (with batching) too many requests are waiting for it.",
-            422: f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold "
-            "(BT_INFERENCE_OOD_MODE=refuse); INVALID_REQUEST: a bad parameter.",
+            422: f"{NOT_MRI_422}; INVALID_REQUEST: a bad parameter.",
         },
     ),
 )

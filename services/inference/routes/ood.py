@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.deps import OodGuardDep
+from services.inference.ood import NOT_MRI_422
 from services.inference.uploads import judge
-from shared.errors import ErrorCode
 from shared.params import FrameQuery
 from shared.schemas import OodCheckOut
 from shared.service import error_responses
@@ -28,15 +28,7 @@ router = APIRouter(prefix="/v1", tags=["guard"])
     "guard is registered or the mode is off); in refuse mode an image above the threshold is a 422 "
     "NOT_A_BRAIN_MRI, as on the prediction routes.",
     responses=error_responses(
-        400,
-        413,
-        415,
-        422,
-        503,
-        descriptions={
-            422: f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold "
-            "(BT_INFERENCE_OOD_MODE=refuse); INVALID_REQUEST: a bad parameter.",
-        },
+        400, 413, 415, 422, 503, descriptions={422: f"{NOT_MRI_422}; INVALID_REQUEST: a bad parameter."}
     ),
 )
 async def judge_image(guard: OodGuardDep, data: ImageBytes, frame: FrameQuery = None) -> OodCheckOut:
