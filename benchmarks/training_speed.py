@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     body = f"""## Training speed of this machine (`{command_line("benchmarks.training_speed", argv)}`)
 
 {when} on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()}), Python {platform.python_version()};
+one run, machine possibly shared (CPU-ms count this process's own work; wall-ms show the sharing);
 one epoch of the CNN at its refit size (96 px, 48 filters) on {args.images} random images, after a warm-up.
 
 | architecture | CPU-ms per image | wall-ms per image |
