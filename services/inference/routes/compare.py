@@ -28,7 +28,7 @@ from services.inference.deps import ModelDep, OodGuardDep, PredictorDep, Registr
 from services.inference.ensemble import EnsembleClassifier
 from services.inference.ood import NOT_MRI_422, OodGuard
 from services.inference.registry import ModelRegistry
-from services.inference.uploads import judge_and_prepare
+from services.inference.uploads import judge, judge_and_prepare
 from shared import imaging
 from shared.errors import ErrorCode, ServiceError
 from shared.onnx_classifier import OnnxClassifier
@@ -135,8 +135,7 @@ def prepare_comparison(
     pixels: dict[int, np.ndarray] = {}
     ood = None
     if sizes:
-        gray = imaging.decode_grayscale(data, frame)
-        ood = guard.check(data, frame, gray)  # judged once for all models, on the same decoding
+        gray, ood = judge(guard, data, frame)  # judged once for all models, on the same decoding
         pixels = {size: imaging.resize_gray(gray, size) for size in sizes}
     decode_ms = _elapsed_ms(started)
     return {name: _model_input(name, item, pixels) for name, item in loaded.items()}, decode_ms, ood
