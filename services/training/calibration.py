@@ -74,7 +74,8 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, eps: float = PROBABILITY_EPS) -> float:
-    """The temperature minimising the NLL of ``labels`` (a bounded 1-D search over log T); 1.0 with no images."""
+    """The temperature minimising the NLL of ``labels`` (a bounded 1-D search over log T), kept only where it also
+    lowers the slice's ECE; 1.0 otherwise, and with no images."""
     if len(labels) == 0:
         return 1.0
     log_p = _log_probabilities(probabilities, eps)
@@ -85,8 +86,12 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, eps: float = 
     low, high = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     best = float(np.exp(result.x))
-    # The identity when it is no worse: a slice too small to say anything leaves the model as trained.
-    return best if nll(float(result.x)) < nll(0.0) else 1.0
+    # The identity unless the temperature lowers both the NLL and the ECE on the slice: a model already calibrated
+    # (the NLL's optimum near 1) would otherwise take a temperature the slice's noise chose (docs/calibration.md).
+    lowers_nll = nll(float(result.x)) < nll(0.0)
+    fitted_ece = expected_calibration_error(apply_temperature(probabilities, best, eps), labels)
+    lowers_ece = fitted_ece < expected_calibration_error(apply_temperature(probabilities, 1.0, eps), labels)
+    return best if lowers_nll and lowers_ece else 1.0
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:

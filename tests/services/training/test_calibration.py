@@ -61,6 +61,28 @@ def test_forest_votes_with_zeros_get_a_finite_temperature() -> None:
     assert calibrated.max(axis=1).mean() == pytest.approx(0.75, abs=0.03)
 
 
+def _mostly_calibrated() -> tuple[np.ndarray, np.ndarray]:
+    """900 images at confidence 0.7, right 70% of the time (calibrated), and 100 at 0.99, right 90%."""
+    probabilities, labels = [], []
+    for count, confidence, accuracy in ((900, 0.7, 0.7), (100, 0.99, 0.9)):
+        block = np.full((count, 4), (1 - confidence) / 3)
+        block[:, 0] = confidence
+        wrong = np.zeros(count, dtype=int)
+        wrong[: round(count * (1 - accuracy))] = 1
+        probabilities.append(block)
+        labels.append(wrong)
+    return np.vstack(probabilities), np.concatenate(labels)
+
+
+def test_a_temperature_that_would_raise_the_ece_is_not_applied() -> None:
+    probabilities, labels = _mostly_calibrated()
+    # The NLL alone would soften the confident block a little, and so miscalibrate the other 900 images.
+    softened = apply_temperature(probabilities, 1.1)
+    assert negative_log_likelihood(softened, labels) < negative_log_likelihood(probabilities, labels)
+    assert expected_calibration_error(softened, labels) > expected_calibration_error(probabilities, labels)
+    assert fit_temperature(probabilities, labels) == 1.0
+
+
 def test_no_images_leave_the_model_as_it_is() -> None:
     assert fit_temperature(np.empty((0, 4)), np.empty(0, dtype=int)) == 1.0
 
