@@ -5,7 +5,7 @@ For the networks, whose output is already a softmax, ``log p`` is the logits up 
 is exactly temperature scaling on the logits. The forest's vote shares can be 0; the clip at ``eps`` makes their
 log finite (a zero vote becomes a small, not an impossible, probability), and one temperature then softens or
 sharpens the votes. ``T`` is fitted by minimising the negative log-likelihood on a calibration slice of the
-training images (never the test split).
+training images (never the test split), and kept only where it lowers the slice's ECE too.
 
 The calibration is appended to the exported ONNX graph (Clip -> Log -> Mul(1/T) -> Softmax, output still named
 ``probabilities``), so inference, compare, explain, the Open Inference Protocol route and ``mlflow.pyfunc`` all
