@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.markdown import write_section
+from benchmarks.markdown import command_line, write_section
 from deploy.processes import free_port, start_mlflow
 from shared.schemas import MODEL_FAMILIES
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             *rows,
         ]
     )
-    body = f"""## Full-data training (`python -m benchmarks.train_full --data {args.data} --search {args.search}`)
+    body = f"""## Full-data training (`{command_line("benchmarks.train_full", argv)}`)
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()},
 Python {platform.python_version()}); one run, machine possibly shared.

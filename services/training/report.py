@@ -119,9 +119,10 @@ def comparison_markdown(
     )
     stages = "\n".join(_stage_line(row) for row in rows if row.get("stages", {}).get("fine_tune_seconds"))
     params = "\n".join(f"- **{row['family']}**: `{json.dumps(row['params'], sort_keys=True)}`" for row in rows)
+    sets = "".join(f" --set {key}={json.dumps(value)}" for key, value in sorted(options.overrides.items()))
     return f"""# Model comparison
 
-Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training.cli --search {options.search}` on
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m services.training.cli --search {options.search}{sets}` on
 `{info["data_dir"]}` (whole run {seconds / 60:.1f} minutes).
 
 {header}

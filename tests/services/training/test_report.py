@@ -63,3 +63,9 @@ def test_report_names_the_kind_of_forest_chosen() -> None:
     extra["params"], plain["params"] = {"forest": "extra_trees"}, {"forest": "random_forest"}
     assert "| Random Forest (extra trees) | 0.9600 |" in comparison_markdown([extra], INFO, TrainingOptions(), 60)
     assert "| Random Forest | 0.9600 |" in comparison_markdown([plain], INFO, TrainingOptions(), 60)
+
+
+def test_report_gives_the_command_with_its_set_overrides() -> None:
+    options = TrainingOptions(search="quick", overrides={"n_estimators": 100})
+    text = comparison_markdown([row("rf", {})], INFO, options, 60)
+    assert "`python -m services.training.cli --search quick --set n_estimators=100`" in text
