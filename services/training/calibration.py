@@ -88,9 +88,9 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, eps: float = 
     best = float(np.exp(result.x))
     # The identity unless the temperature lowers both the NLL and the ECE on the slice: a model already calibrated
     # (the NLL's optimum near 1) would otherwise take a temperature the slice's noise chose (docs/calibration.md).
-    lowers_nll = nll(float(result.x)) < nll(0.0)
-    fitted_ece = expected_calibration_error(apply_temperature(probabilities, best, eps), labels)
-    lowers_ece = fitted_ece < expected_calibration_error(apply_temperature(probabilities, 1.0, eps), labels)
+    fitted, identity = apply_temperature(probabilities, best, eps), apply_temperature(probabilities, 1.0, eps)
+    lowers_nll = negative_log_likelihood(fitted, labels) < negative_log_likelihood(identity, labels)
+    lowers_ece = expected_calibration_error(fitted, labels) < expected_calibration_error(identity, labels)
     return best if lowers_nll and lowers_ece else 1.0
 
 
