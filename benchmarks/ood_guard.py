@@ -97,11 +97,14 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
 
 def run_file(guard_file: Path, argv: list[str] | None) -> str:
     """The non-MRI rows for a served guard file, scored by inference's own code."""
-    from services.inference.ood import LoadedGuard
+    from services.inference.guard import Guard
+    from shared.imaging import DecodedImage
 
-    guard = LoadedGuard.open("file", guard_file)
+    guard = Guard("file", guard_file)
+    guard.load()
     items = ood_images()
-    refused = np.array([guard.score(data_bytes) > guard.threshold for _, data_bytes in items])
+    scores = [guard.predict(guard.preprocess([DecodedImage.decode(data_bytes)]))[0, 0] for _, data_bytes in items]
+    refused = np.array(scores) > guard.threshold
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     rows = [("non-MRI set, the original images (target >= 95%)", int(original.sum()), int(refused[original].sum())),
             ("non-MRI set with the other modalities (DICOM)", len(items), int(refused.sum()))]  # fmt: skip

@@ -214,3 +214,46 @@ def to_model_input(pixels: np.ndarray, contract: PreprocessingContract) -> np.nd
     if contract.layout == "flat":
         return batch.reshape(len(batch), -1)
     return batch[..., np.newaxis]
+
+
+class DecodedImage:
+    """One image on its way to the models: decoded once, resized at most once per size, whoever reads it.
+
+    Made from an upload (``decode``: the file's bytes are kept for readers that need more than the grayscale
+    pixels, such as the guard's colour statistics) or from pixels a caller already holds (``from_pixels``).
+    One request's object: not shared between threads while it is read.
+    """
+
+    def __init__(
+        self, gray: Image.Image | None, data: bytes | None = None, frame: int | None = None,
+        pixels: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        self._gray = gray
+        self.data = data
+        self.frame = frame
+        self._sizes: dict[int, np.ndarray] = {}
+        if pixels is not None:
+            self._sizes[int(pixels.shape[0])] = pixels
+
+    @classmethod
+    def decode(cls, data: bytes, frame: int | None = None) -> DecodedImage:
+        """An uploaded file (``decode_grayscale``: a bad file is its 415)."""
+        return cls(decode_grayscale(data, frame), data, frame)
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray) -> DecodedImage:
+        """A square uint8 grayscale image a caller already holds (no file behind it)."""
+        return cls(None, pixels=np.asarray(pixels, dtype=np.uint8))
+
+    @property
+    def gray(self) -> Image.Image:
+        if self._gray is None:
+            self._gray = Image.fromarray(next(iter(self._sizes.values())), mode="L")
+        return self._gray
+
+    def at(self, size: int) -> np.ndarray:
+        """The image as (size, size) uint8, resized once per size (bilinear, as training's cache)."""
+        pixels = self._sizes.get(size)
+        if pixels is None:
+            pixels = self._sizes[size] = resize_gray(self.gray, size)
+        return pixels

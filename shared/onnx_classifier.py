@@ -1,9 +1,10 @@
 """One ONNX classifier: load the session and its preprocessing contract, then classify images.
 
-The one ONNX runner of the project: inference serves with it, training checks its exported files
-and draws its LIME overlays with it. The contract (image size, scaling, layout, class order) is
-read from the model's own metadata, so a model can never be fed a tensor prepared for another one.
-Needs onnxruntime (the ``[serve]`` extra).
+The one ONNX runner of the project: inference serves with it (``open_session`` opens every session it runs,
+the guard's included), training checks its exported files and draws its LIME overlays with it. The contract
+(image size, scaling, layout, class order) is read from the model's own metadata, so a model can never be fed
+a tensor prepared for another one. It has the servable methods inference runs every model through
+(``load``, ``ready``, ``preprocess``, ``predict``, ``postprocess``). Needs onnxruntime (the ``[serve]`` extra).
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 from pydantic import ValidationError
 
 from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_grayscale, resize_gray, to_model_input
+from shared.imaging import DecodedImage, to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,30 @@ class Classification:
     label: str
     probabilities: dict[str, float]
     latency_ms: float
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One row of probabilities read: the winning label, every class's probability, and for a model made of
+    others (the ensemble) the member versions that answered."""
+
+    label: str
+    probabilities: dict[str, float]
+    members: dict[str, str] | None = None
+
+
+def open_session(source: Path | bytes, intra_op_threads: int = 0) -> ort.InferenceSession:
+    """The one way a session is opened, for every model and the guard: CPU, the given intra-op threads, no
+    spinning, one inter-op thread. onnxruntime's own errors (a bad file) propagate to the caller."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    # Idle intra-op threads would spin for the next run: on a few cores shared with decoding and the
+    # event loop that doubles the CPU one run costs (measured on the CNN, 2 threads: 13.6 -> 6.9 ms).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # One request is one small graph run; parallelism comes from concurrent requests.
+    options.inter_op_num_threads = 1
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class OnnxClassifier:
@@ -88,19 +112,8 @@ class OnnxClassifier:
         with self._load_lock:
             if self.ready:
                 return
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.intra_op_threads
-            # Idle intra-op threads would spin for the next run: on a few cores shared with decoding and the
-            # event loop that doubles the CPU one run costs (measured on the CNN, 2 threads: 13.6 -> 6.9 ms).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            # One request is one small graph run; parallelism comes from concurrent requests.
-            options.inter_op_num_threads = 1
             try:
-                session = ort.InferenceSession(
-                    self.source if isinstance(self.source, bytes) else str(self.source),
-                    sess_options=options,
-                    providers=["CPUExecutionProvider"],
-                )
+                session = open_session(self.source, self.intra_op_threads)
             except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
                 logger.exception("cannot open %s", self._where())
                 raise self._invalid("the ONNX file could not be opened.") from exc
@@ -150,16 +163,25 @@ class OnnxClassifier:
             raise self._not_ready()
         return self._session
 
-    def preprocess(self, data: bytes, frame: int | None = None) -> np.ndarray:
-        """Image file bytes to the (1, ...) float32 tensor the contract describes (``frame``: one frame of a
-        multi-frame DICOM file)."""
-        return self.tensor_from_image(decode_grayscale(data, frame))
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one image's row of the model's input (the contract's, without the batch)."""
+        return tuple(int(d) for d in self.contract.input_shape()[1:] if d is not None)
 
-    def tensor_from_image(self, gray: Image.Image) -> np.ndarray:
-        """A decoded grayscale image (``shared.imaging.decode_grayscale``) to the (1, ...) tensor: ``preprocess``
-        for a caller that decoded the file once for other readers too (the guard)."""
+    def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
+        """Decoded images to the (N, ...) float32 tensor the contract describes."""
         contract = self.contract
-        return to_model_input(resize_gray(gray, contract.image_size), contract)
+        return to_model_input(np.stack([image.at(contract.image_size) for image in images]), contract)
+
+    def preprocess_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """A caller's own model tensor (the Open Inference Protocol's FP32 input): checked against the contract."""
+        if tensor.dtype != np.float32 or tensor.shape[1:] != self.input_shape or len(tensor) == 0:
+            raise ServiceError(
+                ErrorCode.INVALID_REQUEST,
+                f"Model {self.key} takes float32 tensors of shape (N, {', '.join(map(str, self.input_shape))}) "
+                f"with N >= 1; got {tensor.dtype} {tuple(tensor.shape)}.",
+            )
+        return tensor
 
     def predict(self, tensor: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         """Model input tensor (N, ...) to class probabilities (N, classes) as float32.
@@ -187,13 +209,13 @@ class OnnxClassifier:
             self.on_run(len(tensor), time.perf_counter() - started)
         return np.asarray(probabilities)
 
-    def postprocess(self, probabilities: np.ndarray) -> tuple[str, dict[str, float]]:
+    def postprocess(self, probabilities: np.ndarray) -> ClassScores:
         """One row of probabilities to the winning label and a class -> probability mapping."""
         row = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         names = self.contract.class_names
         if len(row) != len(names):
             raise self._invalid(f"it returned {len(row)} scores for {len(names)} classes.")
-        return names[int(np.argmax(row))], {name: float(p) for name, p in zip(names, row, strict=True)}
+        return ClassScores(names[int(np.argmax(row))], {name: float(p) for name, p in zip(names, row, strict=True)})
 
     def predict_pixels(self, pixels: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         """Decoded grayscale images, uint8 (N, size, size) or (size, size), to probabilities (N, classes).
@@ -219,5 +241,5 @@ class OnnxClassifier:
     def classify(self, data: bytes) -> Classification:
         """Image file bytes to label and probabilities, timing preprocessing and the model."""
         started = time.perf_counter()
-        label, probabilities = self.postprocess(self.predict(self.preprocess(data))[0])
-        return Classification(label, probabilities, round((time.perf_counter() - started) * 1000.0, 3))
+        scores = self.postprocess(self.predict(self.preprocess([DecodedImage.decode(data)]))[0])
+        return Classification(scores.label, scores.probabilities, round((time.perf_counter() - started) * 1000.0, 3))

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the registry, the requested model and the uploaded image."""
+"""FastAPI dependencies: settings, the data plane, the requested model and a body of pixels."""
 
 from __future__ import annotations
 
@@ -7,20 +7,18 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Header, Path, Request
 
-from services.inference.batching import Predictor
 from services.inference.config import Settings
-from services.inference.ood import OodGuard
-from services.inference.registry import ModelRegistry
+from services.inference.dataplane import DataPlane
+from services.inference.servable import Classifier
 from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier
 from shared.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
 from shared.schemas import PIXELS_SHAPE_HEADER
 from shared.service import get_settings
 from shared.uploads import read_body
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
 
 
 def require_ready(request: Request) -> str:
@@ -32,38 +30,26 @@ def require_ready(request: Request) -> str:
     if not request.app.state.preload_done.is_set():
         raise ServiceError(ErrorCode.MODEL_NOT_READY, "The default models are still being loaded.")
     # Without preloading, the service was told not to load models before they are asked for.
-    return get_registry(request).readiness(require_defaults=request.app.state.settings.preload)
-
-
-def get_predictor(request: Request) -> Predictor:
-    return request.app.state.predictor
-
-
-def get_ood_guard(request: Request) -> OodGuard:
-    return request.app.state.ood_guard
+    return get_dataplane(request).registry.readiness(require_defaults=request.app.state.settings.preload)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-# Runs a model for a route: batched with concurrent requests when the settings say so.
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
-# The guard against non-MRI input (services/inference/ood.py).
-OodGuardDep = Annotated[OodGuard, Depends(get_ood_guard)]
+# Every classification goes through it: decode, guard, preprocess, predict, postprocess.
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 # The model is part of the path here; the version is a query parameter as on the gateway.
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description=MODEL_DESCRIPTION)]
 
 
-def get_model_or_404(registry: RegistryDep, model: ModelName, version: VersionQuery = None) -> OnnxClassifier:
-    """The loaded classifier, or 404 naming the models and versions that exist.
+def get_model_or_404(dataplane: DataPlaneDep, model: ModelName, version: VersionQuery = None) -> Classifier:
+    """The loaded model, or 404 naming the models and versions that exist.
 
     A plain ``def``: FastAPI runs it in a worker thread, since a first use downloads and loads.
-    Its onnxruntime runs are recorded in the metrics, whichever route uses it.
     """
-    return registry.get(model, version)
+    return dataplane.model(model, version)
 
 
-ModelDep = Annotated[OnnxClassifier, Depends(get_model_or_404)]
+ModelDep = Annotated[Classifier, Depends(get_model_or_404)]
 
 
 async def get_pixel_batch(

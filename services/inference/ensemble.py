@@ -2,11 +2,11 @@
 (version tags written by training); it answers the weighted mean of the members' (calibrated) probabilities.
 
 It has no ONNX graph of its own: the members take different image sizes and scalings, so it reuses their
-loaded classifiers (the same onnxruntime sessions as ``model=<member>``) and looks like one classifier to the
-routes. Its input tensor, from ``preprocess``, is the members' own tensors side by side (one decode, each
-member's own resize), so its answer is exactly the weighted mean of what each member answers for the file.
-Callers that hold pixels (predict-pixels, the explainer, the Open Inference Protocol's tensors) send one
-image at the largest member size, which is resized to each member's size.
+loaded classifiers (the same onnxruntime sessions as ``model=<member>``) and is one more servable
+(``servable.Classifier``) to the data plane. Its input, from ``preprocess``, is the members' own tensors
+flattened side by side (each member's own resize of the one decoding), so its answer is exactly the weighted
+mean of what each member answers for the file. Callers that hold a tensor (the Open Inference Protocol) send
+raw pixels at the largest member size, resized to each member's size.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mlflow import MlflowClient
-from PIL import Image
 
+from services.inference.servable import Classifier
 from shared.contract import PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_grayscale, resize_gray, to_model_input
-from shared.onnx_classifier import OnnxClassifier
+from shared.imaging import DecodedImage
+from shared.onnx_classifier import ClassScores
 from shared.schemas import ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG
 
 logger = logging.getLogger(__name__)
@@ -64,12 +62,10 @@ def _spec_cache(cache_dir: Path, registered_name: str, version: str, run_id: str
 
 
 def read_spec(
-    client: MlflowClient, guard: Callable[[str], AbstractContextManager[None]], cache_dir: Path, registered_name: str,
-    version: str,
-    run_id: str | None,
-) -> EnsembleSpec:  # fmt: skip
+    fetch_tags: Callable[[], dict[str, str]], cache_dir: Path, registered_name: str, version: str, run_id: str | None
+) -> EnsembleSpec:
     """The version's spec: from the cache folder when read before (a version's tags are written once, at
-    registration), else from MLflow (``guard`` turns its failures into REGISTRY_UNAVAILABLE) and kept."""
+    registration), else from its tags (``fetch_tags``, the store's call to MLflow) and kept."""
     label = f"ensemble/{version}"
     path = _spec_cache(cache_dir, registered_name, version, run_id)
     if path.is_file():
@@ -77,30 +73,30 @@ def read_spec(
             return EnsembleSpec.from_tags(json.loads(path.read_text()), label)
         except (ValueError, ServiceError):
             logger.warning("ignoring an unreadable cached ensemble spec %s", path)
-    with guard(f"reading the members of ensemble version {version}"):
-        tags = dict(client.get_model_version(registered_name, version).tags or {})
+    tags = fetch_tags()
     spec = EnsembleSpec.from_tags(tags, label)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({key: tags[key] for key in (ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG)}))
     return spec
 
 
-class EnsembleClassifier:
-    """Duck-types ``OnnxClassifier`` for the routes: preprocess, predict, predict_pixels, postprocess."""
+class Ensemble:
+    """The weighted mean of pinned member classifiers' probabilities, served like one classifier."""
 
-    def __init__(self, name: str, version: str, members: list[tuple[OnnxClassifier, float]]) -> None:
+    def __init__(self, name: str, version: str, members: list[tuple[Classifier, float]]) -> None:
         self.name, self.version, self.members = name, str(version), members
-        self.ready = True
-        self.on_run = None
-        sizes = {member.contract.image_size for member, _ in members}
+        self.ready = False
         class_names = {member.contract.class_names for member, _ in members}
         if len(class_names) != 1:
             raise ServiceError(ErrorCode.INVALID_MODEL, f"Model {self.key}: its members disagree on the classes.")
-        # What pixel callers send: one raw image at the largest member size, resized for each member.
+        # What tensor callers send: one raw image at the largest member size, resized for each member.
         self._contract = PreprocessingContract(
-            image_size=max(sizes), scaling="raw", layout="nhwc", class_names=class_names.pop()
+            image_size=max(member.contract.image_size for member, _ in members),
+            scaling="raw",
+            layout="nhwc",
+            class_names=class_names.pop(),
         )
-        self._widths = [int(np.prod(member.contract.input_shape(1)[1:])) for member, _ in members]
+        self._widths = [int(np.prod(member.input_shape)) for member, _ in members]
 
     @property
     def key(self) -> str:
@@ -111,77 +107,54 @@ class EnsembleClassifier:
         return self._contract
 
     @property
-    def member_versions(self) -> dict[str, str]:
-        return {member.name: member.version for member, _ in self.members}
+    def input_shape(self) -> tuple[int, ...]:
+        return (sum(self._widths),)
 
-    @property
-    def member_sizes(self) -> set[int]:
-        return {member.contract.image_size for member, _ in self.members}
+    def load(self) -> None:
+        """Its members are loaded servables already (the registry loads them first)."""
+        self.ready = all(member.ready for member, _ in self.members)
 
-    def tensor_from_pixels(self, pixels: dict[int, np.ndarray]) -> np.ndarray:
-        """One image already resized to every member size (size -> uint8 (size, size)) to the ensemble's
-        tensor: each member's own tensor, flattened, side by side (1, sum of member input widths)."""
-        parts = [
-            to_model_input(pixels[member.contract.image_size], member.contract).reshape(1, -1)
-            for member, _ in self.members
-        ]
-        return np.concatenate(parts, axis=1).astype(np.float32)
+    def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
+        """Each member's own tensor of the images, flattened, side by side (N, sum of member input widths)."""
+        parts = [member.preprocess(images).reshape(len(images), -1) for member, _ in self.members]
+        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
-    def preprocess(self, data: bytes, frame: int | None = None) -> np.ndarray:
-        """One decode, then each member's own resize and tensor, as ``tensor_from_pixels``."""
-        return self.tensor_from_image(decode_grayscale(data, frame))
-
-    def tensor_from_image(self, gray: Image.Image) -> np.ndarray:
-        """A decoded grayscale image to each member's own resize and tensor, as ``tensor_from_pixels``."""
-        return self.tensor_from_pixels({size: resize_gray(gray, size) for size in self.member_sizes})
-
-    def _combine(self, member_probabilities: list[np.ndarray]) -> np.ndarray:
-        weights = [weight for _, weight in self.members]
-        combined = sum(w * p.astype(np.float64) for w, p in zip(weights, member_probabilities, strict=True))
-        return np.asarray(combined, dtype=np.float32)
-
-    def predict(self, tensor: np.ndarray, max_batch: int | None = None) -> np.ndarray:
-        """Members' tensors side by side (from ``preprocess``), or raw pixels at the contract size, to the
-        weighted mean of the members' probabilities (N, classes)."""
-        if tensor.shape[1:] == self._contract.input_shape()[1:]:
-            return self.predict_pixels(tensor[..., 0], max_batch)
-        if tensor.ndim != 2 or tensor.shape[1] != sum(self._widths):
+    def preprocess_tensor(self, tensor: np.ndarray) -> np.ndarray:
+        """Raw pixels at the contract size, (N, size, size, 1) float32, resized for each member."""
+        size = self._contract.image_size
+        if tensor.dtype != np.float32 or tensor.shape[1:] != (size, size, 1) or len(tensor) == 0:
             raise ServiceError(
                 ErrorCode.INVALID_REQUEST,
-                f"Model {self.key} takes images of {self._contract.image_size}x{self._contract.image_size}.",
+                f"Model {self.key} takes raw pixels as float32 (N, {size}, {size}, 1) with N >= 1; "
+                f"got {tensor.dtype} {tuple(tensor.shape)}.",
             )
+        pixels = np.clip(np.rint(tensor[..., 0]), 0, 255).astype(np.uint8)
+        return self.preprocess([DecodedImage.from_pixels(image) for image in pixels])
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The members' tensors side by side (from ``preprocess``) to the weighted mean of their probabilities."""
         outputs, start = [], 0
         for (member, _), width in zip(self.members, self._widths, strict=True):
-            part = tensor[:, start : start + width].reshape(member.contract.input_shape(len(tensor)))
-            outputs.append(member.predict(np.ascontiguousarray(part), max_batch))
+            part = batch[:, start : start + width].reshape(len(batch), *member.input_shape)
+            outputs.append(member.predict(np.ascontiguousarray(part)))
             start += width
-        return self._combine(outputs)
+        weights = [weight for _, weight in self.members]
+        combined = sum(w * p.astype(np.float64) for w, p in zip(weights, outputs, strict=True))
+        return np.asarray(combined, dtype=np.float32)
 
-    def predict_pixels(self, pixels: np.ndarray, max_batch: int | None = None) -> np.ndarray:
-        """uint8 images at the contract size, resized for each member, to the weighted mean of their answers."""
-        array = np.clip(np.rint(np.asarray(pixels)), 0, 255).astype(np.uint8)
-        if array.ndim == 2:
-            array = array[np.newaxis]
-        outputs = []
-        for member, _ in self.members:
-            size = member.contract.image_size
-            resized = (
-                np.stack([resize_gray(Image.fromarray(image), size) for image in array])
-                if len(array)
-                else (np.empty((0, size, size), np.uint8))
-            )
-            outputs.append(member.predict_pixels(resized, max_batch))
-        return self._combine(outputs)
-
-    def postprocess(self, probabilities: np.ndarray) -> tuple[str, dict[str, float]]:
-        row = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    def postprocess(self, row: np.ndarray) -> ClassScores:
+        values = np.asarray(row, dtype=np.float64).reshape(-1)
         names = self._contract.class_names
-        return names[int(np.argmax(row))], {name: float(p) for name, p in zip(names, row, strict=True)}
+        members = {member.name: member.version for member, _ in self.members}
+        probabilities = {name: float(p) for name, p in zip(names, values, strict=True)}
+        return ClassScores(names[int(np.argmax(values))], probabilities, members)
 
 
-def load_ensemble(
-    name: str, version: str, spec: EnsembleSpec, get_member: Callable[[str, str], OnnxClassifier]
-) -> EnsembleClassifier:
+def build_ensemble(
+    name: str, version: str, spec: EnsembleSpec, get_member: Callable[[str, str], Classifier]
+) -> Ensemble:
     """The ensemble of the pinned member versions, each loaded (or reused) through ``get_member``."""
     members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.members.items()]
-    return EnsembleClassifier(name, version, members)
+    ensemble = Ensemble(name, version, members)
+    ensemble.load()
+    return ensemble

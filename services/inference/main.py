@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.inference.batching import Predictor
 from services.inference.config import Settings
+from services.inference.dataplane import DataPlane
+from services.inference.guard_selector import GuardSelector
 from services.inference.mlflow_store import configure_mlflow_http
-from services.inference.ood import OodGuard
-from services.inference.registry import ModelRegistry
+from services.inference.registry import ModelRegistry, open_registry
 from services.inference.routes import api_router, debug_router
+from services.inference.runner import Runner
 from shared.imaging import decode_settings
 from shared.service import build_app
 
@@ -28,7 +29,7 @@ Errors always have the body `{"error": {"code", "message", "request_id"}}`.
 """
 
 
-def _preload(registry: ModelRegistry, guard: OodGuard, done: threading.Event) -> None:
+def _preload(registry: ModelRegistry, guard: GuardSelector, done: threading.Event) -> None:
     try:
         guard.current()  # the guard's first lookup, so no request pays for it
         registry.preload_defaults()
@@ -38,12 +39,9 @@ def _preload(registry: ModelRegistry, guard: OodGuard, done: threading.Event) ->
         done.set()
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the registry and the predictor, and start loading the default versions without delaying start-up."""
-    settings: Settings = app.state.settings
-    configure_mlflow_http(settings.mlflow_timeout_s, settings.mlflow_max_retries)
-    registry = ModelRegistry(
+def build_dataplane(settings: Settings) -> DataPlane:
+    """The registry on the settings' MLflow, the guard's selector on the same store, one runner."""
+    registry = open_registry(
         settings.tracking_uri,
         settings.cache_dir,
         intra_op_threads=settings.session_threads(),
@@ -51,18 +49,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metric_prefixes=settings.metric_prefixes,
         registry_retry_s=settings.registry_retry_s,
     )
-    app.state.registry = registry
-    app.state.ood_guard = OodGuard(registry.store, settings.ood_mode, settings.ood_refresh_s)
-    app.state.predictor = predictor = Predictor(
+    guards = GuardSelector(registry.store, settings.ood_mode, settings.ood_refresh_s, settings.session_threads())
+    runner = Runner(
         batching=settings.batching,
         window_s=settings.batch_window_ms / 1000.0,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
     )
+    return DataPlane(registry, guards, runner, settings.pixel_run_batch)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the data plane, and start loading the default versions without delaying start-up."""
+    settings: Settings = app.state.settings
+    configure_mlflow_http(settings.mlflow_timeout_s, settings.mlflow_max_retries)
+    app.state.dataplane = dataplane = build_dataplane(settings)
     app.state.preload_done = done = threading.Event()
     if settings.preload:
         threading.Thread(
-            target=_preload, args=(registry, app.state.ood_guard, done), name="preload", daemon=True
+            target=_preload, args=(dataplane.registry, dataplane.guards, done), name="preload", daemon=True
         ).start()
     else:
         done.set()
@@ -75,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await predictor.close()
+        await dataplane.runner.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

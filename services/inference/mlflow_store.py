@@ -1,7 +1,4 @@
-"""Talking to MLflow: the catalogue of registered models, version downloads and run metrics.
-
-A version is an MLflow Model folder (onnx flavor) or, registered before that, a bare folder with model.onnx;
-either way only the ONNX file is kept and served.
+"""Talking to MLflow: the catalogue of registered models, version tags, downloads and run metrics.
 
 Every MLflow or network failure becomes REGISTRY_UNAVAILABLE (503), with the cause in the log only:
 internal addresses never reach a client. A circuit breaker (``circuit``) remembers the failure: until a
@@ -13,19 +10,15 @@ cache, and each cached file again before it is served (``model_store``).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
-import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import RegisteredModel
@@ -34,13 +27,11 @@ from mlflow.exceptions import MlflowException
 from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
-from shared.contract import ONNX_FILENAME
+from services.inference.mlflow_records import find_onnx, version_record
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import (
     CHAMPION_ALIAS,
-    ENSEMBLE_MEMBERS_TAG,
     GUARD_REGISTERED_NAME,
-    PRETRAINED_TAG,
     REGISTERED_NAME_PREFIX,
 )
 
@@ -48,10 +39,6 @@ logger = logging.getLogger(__name__)
 
 _FINISHED_RUN_STATES = frozenset({"FINISHED", "FAILED", "KILLED"})
 _NAME_FILTER = f"name LIKE '{REGISTERED_NAME_PREFIX}%'"
-_MLMODEL_FILENAME = "MLmodel"
-_ONNX_FLAVOR = "onnx"
-# The model-version tag training writes (services.training.tracking.ONNX_SHA256_TAG; no service imports another).
-ONNX_SHA256_TAG = "onnx_sha256"
 
 
 def configure_mlflow_http(timeout_s: float, max_retries: int) -> None:
@@ -62,49 +49,6 @@ def configure_mlflow_http(timeout_s: float, max_retries: int) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_s)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def _iso_millis(timestamp_ms: int | None) -> str | None:
-    if not timestamp_ms:
-        return None
-    return datetime.fromtimestamp(timestamp_ms / 1000.0, tz=UTC).isoformat(timespec="seconds")
-
-
-def _find_onnx(downloaded: Path) -> Path:
-    """The model file inside a downloaded artifact.
-
-    An MLflow Model folder (what training registers) names it in its MLmodel file; a version registered
-    in the older layout is a bare folder: its model.onnx, or its only .onnx file.
-    """
-    if downloaded.is_file():
-        return downloaded
-    if (downloaded / _MLMODEL_FILENAME).is_file():
-        return _onnx_of_mlflow_model(downloaded)
-    direct = downloaded / ONNX_FILENAME
-    if direct.is_file():
-        return direct
-    candidates = sorted(downloaded.rglob("*.onnx"))
-    if len(candidates) == 1:
-        return candidates[0]
-    raise FileNotFoundError(f"expected {ONNX_FILENAME} in the artifact, found {[p.name for p in candidates]}")
-
-
-def _onnx_of_mlflow_model(folder: Path) -> Path:
-    """The file of an MLflow Model's onnx flavor, read from its MLmodel (no MLflow flavor code is imported:
-    inference runs the file with its own onnxruntime session)."""
-    try:
-        description = yaml.safe_load((folder / _MLMODEL_FILENAME).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise FileNotFoundError(f"its {_MLMODEL_FILENAME} file is not valid YAML") from exc
-    flavors = description.get("flavors") if isinstance(description, dict) else None
-    flavors = flavors if isinstance(flavors, dict) else {}
-    data = (flavors.get(_ONNX_FLAVOR) or {}).get("data")
-    if not isinstance(data, str):
-        raise FileNotFoundError(f"the MLflow Model has no {_ONNX_FLAVOR} flavor (its flavors: {sorted(flavors)})")
-    path = (folder / data).resolve()
-    if not path.is_relative_to(folder.resolve()) or not path.is_file():
-        raise FileNotFoundError(f"the MLflow Model's {_ONNX_FLAVOR} file {data!r} is not in the artifact")
-    return path
 
 
 class MlflowStore:
@@ -209,15 +153,7 @@ class MlflowStore:
             page = self._client.search_model_versions(filter_string=_NAME_FILTER, page_token=token)
             for mv in page:
                 if mv.name in versions and (mv.status or "READY") == "READY":
-                    versions[mv.name][str(mv.version)] = VersionRecord(
-                        version=str(mv.version),
-                        run_id=mv.run_id or None,
-                        source=mv.source or "",
-                        created_at=_iso_millis(mv.creation_timestamp),
-                        onnx_sha256=(mv.tags or {}).get(ONNX_SHA256_TAG) or None,
-                        kind="ensemble" if ENSEMBLE_MEMBERS_TAG in (mv.tags or {}) else "onnx",
-                        pretrained_on=(mv.tags or {}).get(PRETRAINED_TAG) or None,
-                    )
+                    versions[mv.name][str(mv.version)] = version_record(mv)
             token = page.token
             if not token:
                 return versions
@@ -233,76 +169,19 @@ class MlflowStore:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc):
                     return None
                 raise
-        tags = found.tags or {}
-        return VersionRecord(
-            version=str(found.version),
-            run_id=found.run_id or None,
-            source=found.source or "",
-            created_at=_iso_millis(found.creation_timestamp),
-            onnx_sha256=tags.get(ONNX_SHA256_TAG) or None,
-        )
+        return version_record(found)
+
+    def version_tags(self, registered_name: str, version: str) -> dict[str, str]:
+        """A registered version's tags (an ensemble's members and weights are tags of its version)."""
+        with self._guard(f"reading the tags of {registered_name} version {version}"):
+            return dict(self._client.get_model_version(registered_name, version).tags or {})
 
     # -- downloads -------------------------------------------------------------------------------
 
-    def cache_path(self, record: ModelRecord, version: VersionRecord) -> Path:
-        # The source and run pin the content: a reset registry can reuse version numbers.
-        digest = hashlib.sha256(f"{version.source}|{version.run_id}".encode()).hexdigest()[:12]
-        return self.cache_dir / record.registered_name / f"v{version.version}-{digest}"
-
     def download(self, record: ModelRecord, version: VersionRecord) -> Path:
-        """The version's verified ONNX file in the cache, downloaded first unless a valid copy is there.
-
-        A cached copy that fails its sha256 check is deleted and downloaded again; a download that fails
-        it is INVALID_MODEL and never reaches the cache.
-        """
-        target = self.cache_path(record, version)
-        model_file = target / ONNX_FILENAME
-        label = f"{record.short_name}/{version.version}"
-        if model_file.is_file() or target.exists():
-            if model_store.cached_file_is_valid(model_file, version.onnx_sha256, label):
-                return model_file
-            shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
-        try:
-            found = self._fetch_onnx(record, version, staging / "artifact")
-            ready = staging / "ready"
-            ready.mkdir()
-            os.replace(found, ready / ONNX_FILENAME)
-            self._verify_download(ready, version, label)
-            try:
-                # Renaming the whole folder makes the cache entry appear complete or not at all.
-                os.replace(ready, target)
-            except OSError:
-                if not model_file.is_file():
-                    raise
-            logger.info("downloaded %s version %s into %s", record.registered_name, version.version, target)
-            return model_file
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def _verify_download(folder: Path, version: VersionRecord, label: str) -> None:
-        """Check a fresh download against the registry's sha256 and record it beside the file.
-
-        A version registered without the tag (before training wrote it) is trusted on this first download,
-        with a warning; its sha256 is recorded so that every later load is held to it.
-        """
-        actual = model_store.file_sha256(folder / ONNX_FILENAME)
-        if version.onnx_sha256 is None:
-            logger.warning(
-                "%s has no %s tag: its file (sha256 %s) is trusted as downloaded", label, ONNX_SHA256_TAG, actual
-            )
-            model_store.record_verified(folder, actual, model_store.TRUSTED_ON_DOWNLOAD)
-            return
-        if actual != version.onnx_sha256:
-            logger.error("download of %s has sha256 %s, registered %s: discarded", label, actual, version.onnx_sha256)
-            raise ServiceError(
-                ErrorCode.INVALID_MODEL,
-                f"Model {label} cannot be served: the file downloaded from the registry does not match the "
-                "sha256 recorded when it was registered.",
-            )
-        model_store.record_verified(folder, actual, model_store.FROM_REGISTRY)
+        """The version's verified ONNX file in the cache, downloaded first unless a valid copy is there."""
+        fetch = functools.partial(self._fetch_onnx, record, version)
+        return model_store.cached_download(self.cache_dir, record, version, fetch)
 
     def _fetch_onnx(self, record: ModelRecord, version: VersionRecord, destination: Path) -> Path:
         gone = ServiceError(
@@ -315,7 +194,7 @@ class MlflowStore:
             uri = self._client.get_model_version_download_uri(record.registered_name, version.version)
             downloaded = download_artifacts(artifact_uri=uri, dst_path=str(destination), tracking_uri=self.tracking_uri)
         try:
-            return _find_onnx(Path(downloaded))
+            return find_onnx(Path(downloaded))
         except FileNotFoundError as exc:
             raise ServiceError(
                 ErrorCode.INVALID_MODEL,

@@ -16,10 +16,14 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from services.inference.catalog import Catalog
+from services.inference.catalog import Catalog, ModelRecord, VersionRecord
+from shared.contract import ONNX_FILENAME
+from shared.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,69 @@ def cached_file_is_valid(model_file: Path, registry_sha256: str | None, label: s
         )
         return False
     return True
+
+
+def cache_path(cache_dir: Path, record: ModelRecord, version: VersionRecord) -> Path:
+    # The source and run pin the content: a reset registry can reuse version numbers.
+    digest = hashlib.sha256(f"{version.source}|{version.run_id}".encode()).hexdigest()[:12]
+    return cache_dir / record.registered_name / f"v{version.version}-{digest}"
+
+
+def cached_download(
+    cache_dir: Path, record: ModelRecord, version: VersionRecord, fetch: Callable[[Path], Path]
+) -> Path:
+    """The version's verified ONNX file in the cache; ``fetch(destination)`` downloads it unless a valid copy
+    is there (and returns the file's path).
+
+    A cached copy that fails its sha256 check is deleted and downloaded again; a download that fails
+    it is INVALID_MODEL and never reaches the cache. Two processes sharing the folder (worker processes) may
+    both download; the folder's rename makes either one's copy appear complete or not at all.
+    """
+    target = cache_path(cache_dir, record, version)
+    model_file = target / ONNX_FILENAME
+    label = f"{record.short_name}/{version.version}"
+    if model_file.is_file() or target.exists():
+        if cached_file_is_valid(model_file, version.onnx_sha256, label):
+            return model_file
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    try:
+        found = fetch(staging / "artifact")
+        ready = staging / "ready"
+        ready.mkdir()
+        os.replace(found, ready / ONNX_FILENAME)
+        verify_download(ready, version.onnx_sha256, label)
+        try:
+            os.replace(ready, target)
+        except OSError:
+            if not model_file.is_file():
+                raise
+        logger.info("downloaded %s version %s into %s", record.registered_name, version.version, target)
+        return model_file
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def verify_download(folder: Path, registry_sha256: str | None, label: str) -> None:
+    """Check a fresh download against the registry's sha256 and record it beside the file.
+
+    A version registered without the tag (before training wrote it) is trusted on this first download,
+    with a warning; its sha256 is recorded so that every later load is held to it.
+    """
+    actual = file_sha256(folder / ONNX_FILENAME)
+    if registry_sha256 is None:
+        logger.warning("%s has no onnx_sha256 tag: its file (sha256 %s) is trusted as downloaded", label, actual)
+        record_verified(folder, actual, TRUSTED_ON_DOWNLOAD)
+        return
+    if actual != registry_sha256:
+        logger.error("download of %s has sha256 %s, registered %s: discarded", label, actual, registry_sha256)
+        raise ServiceError(
+            ErrorCode.INVALID_MODEL,
+            f"Model {label} cannot be served: the file downloaded from the registry does not match the "
+            "sha256 recorded when it was registered.",
+        )
+    record_verified(folder, actual, FROM_REGISTRY)
 
 
 # -- the last catalogue ---------------------------------------------------------------------------

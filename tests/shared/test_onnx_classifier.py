@@ -12,7 +12,7 @@ import pytest
 
 from shared.contract import CLASS_NAMES, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_to_array, to_model_input
+from shared.imaging import DecodedImage, decode_to_array, to_model_input
 from shared.onnx_classifier import OnnxClassifier
 
 MakeOnnx = Callable[..., tuple[bytes, Any]]
@@ -100,7 +100,7 @@ def test_preprocess_shape_follows_the_contract(tmp_path: Path, make_onnx: MakeOn
     contract = PreprocessingContract(layout="nhwc", scaling="raw", image_size=24)
     classifier = OnnxClassifier("cnn", "1", _write(tmp_path, make_onnx(contract)[0]))
     classifier.load()
-    tensor = classifier.preprocess(sample_images["glioma"])
+    tensor = classifier.preprocess([DecodedImage.decode(sample_images["glioma"])])
     assert tensor.shape == (1, 24, 24, 1)
     assert tensor.dtype == np.float32
     assert tensor.max() > 1.0  # raw scaling: 0..255 reaches the model unchanged
@@ -132,7 +132,8 @@ def test_predict_pixels_batches_and_accepts_float_pixels(
 def test_postprocess_names_the_winning_class(tmp_path: Path, make_onnx: MakeOnnx) -> None:
     classifier = OnnxClassifier("rf", "1", _write(tmp_path, make_onnx(_flat(16))[0]))
     classifier.load()
-    label, probabilities = classifier.postprocess(np.array([[0.1, 0.2, 0.6, 0.1]], dtype=np.float32))
+    scores = classifier.postprocess(np.array([[0.1, 0.2, 0.6, 0.1]], dtype=np.float32))
+    label, probabilities = scores.label, scores.probabilities
     assert label == CLASS_NAMES[2]
     assert probabilities == pytest.approx(dict(zip(CLASS_NAMES, [0.1, 0.2, 0.6, 0.1], strict=True)))
 

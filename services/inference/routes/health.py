@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from services.inference.deps import RegistryDep, require_ready
+from services.inference.deps import DataPlaneDep, require_ready
 from shared.service import error_responses, health_router
 
 # The kit's router carries the "health" tag; tagging this router too would list /healthz under it twice.
@@ -35,6 +35,6 @@ class ReadyOut(BaseModel):
         },
     ),
 )
-def read_readiness(request: Request, registry: RegistryDep) -> ReadyOut:
+def read_readiness(request: Request, dataplane: DataPlaneDep) -> ReadyOut:
     state = require_ready(request)  # a plain def: the check may load a model, off the event loop
-    return ReadyOut(models=registry.loaded(), registry=state)
+    return ReadyOut(models=dataplane.registry.loaded.states(), registry=state)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import ModelDep, OodGuardDep, PixelBatch, PredictorDep, RegistryDep, SettingsDep
-from services.inference.ood import NOT_MRI_422
-from services.inference.uploads import judge_and_prepare
-from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier
-from shared.params import FrameQuery
+from services.inference.deps import DataPlaneDep, ModelDep, ModelName, PixelBatch
+from services.inference.guard_selector import NOT_MRI_422
+from services.inference.listing import list_models as list_registered
+from shared.errors import ErrorCode
+from shared.params import FrameQuery, VersionQuery
 from shared.schemas import (
     CHAMPION_ALIAS,
     PIXELS_SHAPE_HEADER,
@@ -39,8 +36,8 @@ _REGISTRY_DOWN = {503: f"{ErrorCode.REGISTRY_UNAVAILABLE}: MLflow unreachable."}
     f"and the version served by default (alias `{CHAMPION_ALIAS}` if set, else the latest).",
     responses=error_responses(503, descriptions=_REGISTRY_DOWN),
 )
-def list_models(registry: RegistryDep) -> ModelsOut:
-    return registry.list_models()
+def list_models(dataplane: DataPlaneDep) -> ModelsOut:
+    return list_registered(dataplane.registry)
 
 
 @router.post(
@@ -65,22 +62,9 @@ def list_models(registry: RegistryDep) -> ModelsOut:
     ),
 )
 async def predict_image(
-    classifier: ModelDep, data: ImageBytes, predictor: PredictorDep, guard: OodGuardDep, frame: FrameQuery = None
+    dataplane: DataPlaneDep, model: ModelName, data: ImageBytes, version: VersionQuery = None, frame: FrameQuery = None
 ) -> PredictionOut:
-    started = time.perf_counter()
-    # Decoded once, the guard first: in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI, never run.
-    tensor, ood = await run_in_threadpool(judge_and_prepare, classifier, guard, data, frame)
-    # The run may be shared with concurrent requests (batching).
-    label, probabilities = classifier.postprocess((await predictor.predict(classifier, tensor))[0])
-    return PredictionOut(
-        model=classifier.name,
-        version=classifier.version,
-        label=label,
-        probabilities=probabilities,
-        latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        members=getattr(classifier, "member_versions", None),  # the ensemble's members that answered
-        ood=ood,
-    )
+    return await dataplane.predict(model, version, data, frame)
 
 
 @router.get(
@@ -93,12 +77,6 @@ async def predict_image(
 )
 def read_contract(classifier: ModelDep) -> ContractOut:
     return ContractOut(model=classifier.name, version=classifier.version, contract=classifier.contract)
-
-
-def _predict_batch(classifier: OnnxClassifier, pixels: np.ndarray, run_batch: int) -> tuple[list[list[float]], float]:
-    started = time.perf_counter()
-    probabilities = classifier.predict_pixels(pixels, max_batch=run_batch)
-    return probabilities.astype(float).tolist(), round((time.perf_counter() - started) * 1000.0, 3)
 
 
 @router.post(
@@ -122,20 +100,13 @@ def _predict_batch(classifier: OnnxClassifier, pixels: np.ndarray, run_batch: in
         },
     ),
 )
-async def predict_pixels(classifier: ModelDep, pixels: PixelBatch, settings: SettingsDep) -> PixelsPredictionOut:
-    size = classifier.contract.image_size
-    if pixels.shape[1:] != (size, size):
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"Model {classifier.key} takes {size}x{size} images (its preprocessing contract); "
-            f"got {pixels.shape[1]}x{pixels.shape[2]}.",
-            {"image_size": size},
-        )
-    rows, latency_ms = await run_in_threadpool(_predict_batch, classifier, pixels, settings.pixel_run_batch)
+async def predict_pixels(classifier: ModelDep, pixels: PixelBatch, dataplane: DataPlaneDep) -> PixelsPredictionOut:
+    started = time.perf_counter()
+    probabilities = await dataplane.predict_pixels(classifier, pixels)
     return PixelsPredictionOut(
         model=classifier.name,
         version=classifier.version,
         class_names=list(classifier.contract.class_names),
-        probabilities=rows,
-        latency_ms=latency_ms,
+        probabilities=probabilities.astype(float).tolist(),
+        latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
     )

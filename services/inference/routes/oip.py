@@ -22,9 +22,9 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from services.inference.batching import Predictor
 from services.inference.config import Settings
-from services.inference.deps import ModelName, OodGuardDep, PredictorDep, RegistryDep, SettingsDep, require_ready
+from services.inference.dataplane import DataPlane
+from services.inference.deps import DataPlaneDep, ModelName, SettingsDep, require_ready
 from services.inference.oip_schemas import (
     BINARY_HEADER,
     IMAGE_INPUT_NAME,
@@ -43,11 +43,8 @@ from services.inference.oip_schemas import (
     oip_error_responses,
 )
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
-from services.inference.ood import OodGuard
-from services.inference.registry import ModelRegistry
-from services.inference.uploads import judge_and_prepare
+from services.inference.servable import Classifier
 from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier
 from shared.params import NAME_PATTERN
 from shared.schemas import OodOut
 from shared.uploads import read_body
@@ -80,9 +77,9 @@ async def read_server_metadata() -> ServerMetadataOut:
     return ServerMetadataOut()
 
 
-def _metadata(registry: ModelRegistry, model: str, version: str | None) -> ModelMetadataOut:
-    classifier = registry.get(model, version)
-    record, _ = registry.resolve(model, version)
+def _metadata(dataplane: DataPlane, model: str, version: str | None) -> ModelMetadataOut:
+    classifier = dataplane.model(model, version)
+    record, _ = dataplane.registry.resolve(model, version)
     contract = classifier.contract
     return ModelMetadataOut(
         name=classifier.name,
@@ -107,20 +104,21 @@ _METADATA = {
 
 
 @router.get("/models/{model}", **_METADATA)
-def read_model_metadata(registry: RegistryDep, model: ModelName) -> ModelMetadataOut:
-    return _metadata(registry, model, None)
+def read_model_metadata(dataplane: DataPlaneDep, model: ModelName) -> ModelMetadataOut:
+    return _metadata(dataplane, model, None)
 
 
 @router.get("/models/{model}/versions/{version}", **_METADATA)
-def read_model_version_metadata(registry: RegistryDep, model: ModelName, version: VersionPath) -> ModelMetadataOut:
-    return _metadata(registry, model, version)
+def read_model_version_metadata(dataplane: DataPlaneDep, model: ModelName, version: VersionPath) -> ModelMetadataOut:
+    return _metadata(dataplane, model, version)
 
 
-def _ready(registry: ModelRegistry, model: str, version: str | None) -> ModelReadyOut:
-    # Only reports: a version nobody asked for yet is loaded by its first metadata or infer request.
-    record, version_record = registry.resolve(model, version)
+def _ready(dataplane: DataPlane, model: str, version: str | None) -> ModelReadyOut:
+    # Only reports the servable's own ``ready``: a version nobody asked for yet is loaded by its first metadata
+    # or infer request.
+    record, version_record = dataplane.registry.resolve(model, version)
     key = f"{record.short_name}/{version_record.version}"
-    if not registry.loaded().get(key, False):
+    if dataplane.registry.loaded.ready(key) is None:
         raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {key} is not loaded yet.")
     return ModelReadyOut(name=record.short_name)
 
@@ -133,54 +131,13 @@ _READY = {
 
 
 @router.get("/models/{model}/ready", **_READY)
-def read_model_ready(registry: RegistryDep, model: ModelName) -> ModelReadyOut:
-    return _ready(registry, model, None)
+def read_model_ready(dataplane: DataPlaneDep, model: ModelName) -> ModelReadyOut:
+    return _ready(dataplane, model, None)
 
 
 @router.get("/models/{model}/versions/{version}/ready", **_READY)
-def read_model_version_ready(registry: RegistryDep, model: ModelName, version: VersionPath) -> ModelReadyOut:
-    return _ready(registry, model, version)
-
-
-def _decode(
-    classifier: OnnxClassifier, guard: OodGuard, files: list[bytes], first_index: int
-) -> tuple[np.ndarray, list[OodOut | None]]:
-    """The files as the model's tensor and their verdicts; each file is decoded once, the guard judging it first."""
-    tensors, verdicts = [], []
-    for index, data in enumerate(files, first_index):
-        try:
-            tensor, verdict = judge_and_prepare(classifier, guard, data)
-            tensors.append(tensor)
-            verdicts.append(verdict)
-        except ServiceError as exc:
-            message = f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}"
-            raise ServiceError(exc.code, message, exc.details) from exc
-    return np.concatenate(tensors), verdicts
-
-
-async def _predict(
-    predictor: Predictor,
-    classifier: OnnxClassifier,
-    guard: OodGuard,
-    model_input: np.ndarray | list[bytes],
-    run_batch: int,
-) -> tuple[np.ndarray, list[OodOut | None]]:
-    """Probabilities for a tensor, or for image files judged and decoded ``run_batch`` at a time (bounded
-    memory), with the files' verdicts (none for a tensor).
-
-    Each part runs through the predictor, as ``/v1`` predictions do: shared with concurrent requests when
-    batching is on, and recorded in the metrics.
-    """
-    parts, verdicts = [], []
-    for start in range(0, len(model_input), run_batch):
-        if isinstance(model_input, np.ndarray):
-            tensor = model_input[start : start + run_batch]
-        else:
-            files = model_input[start : start + run_batch]
-            tensor, judged = await run_in_threadpool(_decode, classifier, guard, files, start)
-            verdicts += judged
-        parts.append(await predictor.predict(classifier, tensor))
-    return np.concatenate(parts), verdicts
+def read_model_version_ready(dataplane: DataPlaneDep, model: ModelName, version: VersionPath) -> ModelReadyOut:
+    return _ready(dataplane, model, version)
 
 
 def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
@@ -199,7 +156,7 @@ def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
 
 
 def _model_input(
-    infer_request: InferRequest, segments: list[bytes | None], classifier: OnnxClassifier, settings: Settings
+    infer_request: InferRequest, segments: list[bytes | None], classifier: Classifier, settings: Settings
 ) -> np.ndarray | list[bytes]:
     """The request's one input: the model's tensor, or the image files."""
     contract = classifier.contract
@@ -223,21 +180,15 @@ def _model_input(
 
 
 async def _infer(
-    request: Request,
-    registry: ModelRegistry,
-    predictor: Predictor,
-    guard: OodGuard,
-    settings: Settings,
-    model: str,
-    version: str | None,
+    request: Request, dataplane: DataPlane, settings: Settings, model: str, version: str | None
 ) -> Response:
     if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
-    classifier = await run_in_threadpool(registry.get, model, version)
+    classifier = await run_in_threadpool(dataplane.model, model, version)
     body = await read_body(request, settings.max_pixel_batch_bytes)
     infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
     model_input = _model_input(infer_request, segments, classifier, settings)
-    probabilities, verdicts = await _predict(predictor, classifier, guard, model_input, settings.pixel_run_batch)
+    probabilities, verdicts = await dataplane.infer(classifier, model_input)
     class_names = classifier.contract.class_names
     parameters = ood_parameters(verdicts)
     return infer_response(infer_request, classifier.name, classifier.version, class_names, probabilities, parameters)
@@ -268,25 +219,12 @@ _INFER = {
 
 
 @router.post("/models/{model}/infer", **_INFER)
-async def infer(
-    request: Request,
-    registry: RegistryDep,
-    predictor: PredictorDep,
-    guard: OodGuardDep,
-    settings: SettingsDep,
-    model: ModelName,
-) -> Response:
-    return await _infer(request, registry, predictor, guard, settings, model, None)
+async def infer(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model: ModelName) -> Response:
+    return await _infer(request, dataplane, settings, model, None)
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER)
 async def infer_version(
-    request: Request,
-    registry: RegistryDep,
-    predictor: PredictorDep,
-    guard: OodGuardDep,
-    settings: SettingsDep,
-    model: ModelName,
-    version: VersionPath,
+    request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model: ModelName, version: VersionPath
 ) -> Response:
-    return await _infer(request, registry, predictor, guard, settings, model, version)
+    return await _infer(request, dataplane, settings, model, version)

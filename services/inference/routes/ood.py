@@ -1,15 +1,13 @@
-"""Judging an image with the guard alone: is it a brain MRI slice? (services/inference/ood.py)
+"""Judging an image with the guard alone: is it a brain MRI slice? (services/inference/guard_selector.py)
 
 The explainer asks here before it explains an upload, so an explanation is guarded like a prediction."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
-from services.inference.deps import OodGuardDep
-from services.inference.ood import NOT_MRI_422
-from services.inference.uploads import judge
+from services.inference.deps import DataPlaneDep
+from services.inference.guard_selector import NOT_MRI_422
 from shared.params import FrameQuery
 from shared.schemas import OodCheckOut
 from shared.service import error_responses
@@ -31,6 +29,5 @@ router = APIRouter(prefix="/v1", tags=["guard"])
         400, 413, 415, 422, 503, descriptions={422: f"{NOT_MRI_422}; INVALID_REQUEST: a bad parameter."}
     ),
 )
-async def judge_image(guard: OodGuardDep, data: ImageBytes, frame: FrameQuery = None) -> OodCheckOut:
-    _, ood = await run_in_threadpool(judge, guard, data, frame)
-    return OodCheckOut(mode=guard.mode, ood=ood)
+async def judge_image(dataplane: DataPlaneDep, data: ImageBytes, frame: FrameQuery = None) -> OodCheckOut:
+    return OodCheckOut(mode=dataplane.guards.mode, ood=await dataplane.judge(data, frame))

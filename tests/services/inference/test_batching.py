@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from services.inference.batching import Batcher, Predictor
 from services.inference.config import Settings, usable_cpus
 from services.inference.metrics import run_recorder
+from services.inference.runner import Batcher, Runner
 from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
+from shared.imaging import DecodedImage
 from shared.onnx_classifier import OnnxClassifier
 from shared.schemas import PIXELS_SHAPE_HEADER
 
@@ -252,8 +253,8 @@ def test_predictor_without_batching_answers_the_same(make_onnx: MakeOnnx, sample
     images = list(sample_images.values())
 
     async def scenario(batching: bool) -> list[np.ndarray]:
-        predictor = Predictor(batching=batching, window_s=0.2, max_batch=32, max_queue=64)
-        tensors = [classifier.preprocess(image) for image in images]
+        predictor = Runner(batching=batching, window_s=0.2, max_batch=32, max_queue=64)
+        tensors = [classifier.preprocess([DecodedImage.decode(image)]) for image in images]
         answers = await asyncio.gather(*(predictor.predict(classifier, tensor) for tensor in tensors))
         await predictor.close()
         return answers
@@ -266,10 +267,11 @@ def test_predictor_without_batching_answers_the_same(make_onnx: MakeOnnx, sample
     assert runs_between - runs_before == len(images)  # one run per request
     assert runs_after - runs_between < len(images)
     for image, alone, together in zip(images, unbatched, batched, strict=True):
-        np.testing.assert_allclose(alone, classifier.predict(classifier.preprocess(image)), atol=ROW_ATOL)
+        expected = classifier.predict(classifier.preprocess([DecodedImage.decode(image)]))
+        np.testing.assert_allclose(alone, expected, atol=ROW_ATOL)
         np.testing.assert_allclose(together, alone, atol=ROW_ATOL)
     with pytest.raises(ServiceError) as caught:
-        _run(Predictor(batching=False, window_s=0, max_batch=1, max_queue=1).predict(classifier, np.zeros((1, 3))))
+        _run(Runner(batching=False, window_s=0, max_batch=1, max_queue=1).predict(classifier, np.zeros((1, 3))))
     assert caught.value.code is ErrorCode.INVALID_REQUEST
 
 

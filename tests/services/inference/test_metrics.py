@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from services.inference.mlflow_store import ONNX_SHA256_TAG
+from services.inference.mlflow_records import ONNX_SHA256_TAG
 from tests.prometheus_samples import scrape, value
 
 REQUESTS = "bt_http_requests_total"

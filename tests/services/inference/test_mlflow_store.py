@@ -11,6 +11,7 @@ import pytest
 
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
+from services.inference.model_store import cache_path
 from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from shared.schemas import REGISTERED_NAME_PREFIX
@@ -61,7 +62,7 @@ def test_download_lands_once_in_the_cache(model_zoo: Any, tmp_path: Path) -> Non
     record = store.fetch_catalog().models["snn"]
     version = record.versions["1"]
     path = store.download(record, version)
-    assert path == store.cache_path(record, version) / ONNX_FILENAME
+    assert path == cache_path(store.cache_dir, record, version) / ONNX_FILENAME
     assert path.is_relative_to(tmp_path / record.registered_name)
     before = path.stat().st_mtime_ns
     assert store.download(record, version) == path
@@ -75,9 +76,9 @@ def test_cache_path_is_pinned_to_the_content(model_zoo: Any, tmp_path: Path) -> 
     record = store.fetch_catalog().models["rf"]
     first = record.versions["1"]
     reused = VersionRecord(first.version, "another-run", first.source, None)
-    assert store.cache_path(record, first) != store.cache_path(record, reused)
+    assert cache_path(store.cache_dir, record, first) != cache_path(store.cache_dir, record, reused)
     relisted = VersionRecord(first.version, first.run_id, first.source, "2020-01-01T00:00:00+00:00")
-    assert store.cache_path(record, first) == store.cache_path(record, relisted)
+    assert cache_path(store.cache_dir, record, first) == cache_path(store.cache_dir, record, relisted)
 
 
 def test_a_version_removed_meanwhile_is_version_not_found(model_zoo: Any, tmp_path: Path) -> None:

@@ -15,8 +15,11 @@ import pytest
 from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
-from services.inference.mlflow_store import ONNX_SHA256_TAG, MlflowStore, configure_mlflow_http
-from services.inference.registry import ModelRegistry
+from services.inference.listing import list_models
+from services.inference.mlflow_records import ONNX_SHA256_TAG
+from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
+from services.inference.model_store import cache_path
+from services.inference.registry import open_registry
 from shared.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
 from shared.errors import ErrorCode, ServiceError
 from tests.conftest import register_onnx_model
@@ -77,7 +80,7 @@ def test_a_download_that_fails_its_check_is_never_cached(model_zoo: Any, make_on
 
     assert caught.value.code is ErrorCode.INVALID_MODEL
     assert "does not match the sha256 recorded when it was registered" in caught.value.message
-    assert not store.cache_path(record, version).exists()
+    assert not cache_path(store.cache_dir, record, version).exists()
     assert not list((tmp_path / name).iterdir())  # nor any staging folder
 
 
@@ -110,13 +113,13 @@ def test_a_restart_while_mlflow_is_down_serves_the_kept_catalogue_and_files(
     model_zoo: Any, tmp_path: Path, tcp_proxy: Any, sample_images: dict[str, bytes]
 ) -> None:
     proxy = tcp_proxy(model_zoo.tracking_uri)  # closing it makes MLflow look down at the same address
-    online = ModelRegistry(proxy.url, tmp_path)
+    online = open_registry(proxy.url, tmp_path)
     online.preload_defaults()
     assert online.readiness() == "reachable"
     assert (tmp_path / model_store.CATALOG_FILENAME).is_file()
     proxy.close()
 
-    offline = ModelRegistry(proxy.url, tmp_path, registry_retry_s=60)  # a restart: same cache folder
+    offline = open_registry(proxy.url, tmp_path, registry_retry_s=60)  # a restart: same cache folder
     for name in model_zoo.versions:
         classifier = offline.get(name)
         assert classifier.version == model_zoo.default_version(name)
@@ -125,7 +128,7 @@ def test_a_restart_while_mlflow_is_down_serves_the_kept_catalogue_and_files(
         got = np.array([result.probabilities[label] for label in CLASS_NAMES])
         np.testing.assert_allclose(got, trained.expected_probabilities(sample_images["glioma"]), atol=1e-5)
     assert offline.readiness().startswith("unreachable since ")
-    assert [info.model for info in offline.list_models().models] == ["rf", "snn", "cnn", "mobilenetv2"]
+    assert [info.model for info in list_models(offline).models] == ["rf", "snn", "cnn", "mobilenetv2"]
     # A version never downloaded cannot be served: a clear 503, at once (the breaker is open).
     with pytest.raises(ServiceError) as caught:
         offline.get("rf", "2")
@@ -137,13 +140,13 @@ def test_a_default_model_that_cannot_be_loaded_makes_the_registry_not_ready(
     model_zoo: Any, tmp_path: Path, tcp_proxy: Any
 ) -> None:
     proxy = tcp_proxy(model_zoo.tracking_uri)
-    online = ModelRegistry(proxy.url, tmp_path)
+    online = open_registry(proxy.url, tmp_path)
     online.preload_defaults()
     cnn = next((tmp_path / "brain-tumor-cnn").glob(f"v{model_zoo.default_version('cnn')}-*/{ONNX_FILENAME}"))
     cnn.write_bytes(cnn.read_bytes()[:100])  # truncated
     proxy.close()
 
-    offline = ModelRegistry(proxy.url, tmp_path)
+    offline = open_registry(proxy.url, tmp_path)
     with pytest.raises(ServiceError) as caught:
         offline.readiness()
     assert caught.value.code is ErrorCode.MODEL_NOT_READY

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.inference.guard import Guard
 from services.inference.mlflow_store import MlflowStore
-from services.inference.ood import LoadedGuard
 from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx
 from shared.dataset import SAMPLE_DATA_DIR, discover
 from shared.errors import ErrorCode, ServiceError
@@ -120,9 +120,11 @@ def test_a_guard_fitted_on_another_input_is_refused_not_misscored(sample_guard: 
     path = tmp_path / "old-guard.onnx"
     path.write_bytes(proto.SerializeToString())
     with pytest.raises(ServiceError) as caught:
-        LoadedGuard.open("7", path)
+        Guard("7", path).load()
     assert caught.value.code == ErrorCode.INVALID_MODEL
     assert "version 7 was fitted on input" in caught.value.message
     current = tmp_path / "guard.onnx"
     current.write_bytes(guard_onnx(sample_guard))
-    assert LoadedGuard.open("8", current).threshold == pytest.approx(sample_guard.threshold)
+    loaded = Guard("8", current)
+    loaded.load()
+    assert loaded.threshold == pytest.approx(sample_guard.threshold)

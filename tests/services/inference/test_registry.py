@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.inference.listing import list_models
 from services.inference.mlflow_store import configure_mlflow_http
-from services.inference.registry import ModelRegistry
+from services.inference.registry import ModelRegistry, open_registry
 from shared.contract import CLASS_NAMES, ONNX_FILENAME
 from shared.errors import ErrorCode, ServiceError
 
@@ -19,7 +20,7 @@ from shared.errors import ErrorCode, ServiceError
 @pytest.fixture(scope="module")
 def registry(model_zoo: Any, tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     configure_mlflow_http(timeout_s=10, max_retries=0)
-    return ModelRegistry(model_zoo.tracking_uri, tmp_path_factory.mktemp("registry-cache"))
+    return open_registry(model_zoo.tracking_uri, tmp_path_factory.mktemp("registry-cache"))
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,7 @@ def test_get_loads_each_version_once_even_under_concurrency(registry: ModelRegis
     assert registry.get("cnn", "1") is registry.get("cnn", "1")
     files = list((registry.cache_dir / "brain-tumor-cnn").glob(f"*/{ONNX_FILENAME}"))
     assert len(files) == 1
-    assert "cnn/1" in registry.loaded()
+    assert "cnn/1" in registry.loaded.states()
     # No half-finished downloads left behind.
     assert not list((registry.cache_dir / "brain-tumor-cnn").glob(".download-*"))
 
@@ -95,13 +96,13 @@ def test_a_second_registry_reuses_the_download_cache(registry: ModelRegistry, mo
     registry.get("snn", "1")
     cached = next((registry.cache_dir / "brain-tumor-snn").glob(f"*/{ONNX_FILENAME}"))
     before = cached.stat().st_mtime_ns
-    again = ModelRegistry(model_zoo.tracking_uri, registry.cache_dir).get("snn", "1")
+    again = open_registry(model_zoo.tracking_uri, registry.cache_dir).get("snn", "1")
     assert again.source == cached
     assert cached.stat().st_mtime_ns == before
 
 
 def test_list_models_has_versions_aliases_metrics_and_defaults(registry: ModelRegistry, model_zoo: Any) -> None:
-    listing = registry.list_models()
+    listing = list_models(registry)
     by_name = {info.model: info for info in listing.models}
     assert list(by_name) == ["rf", "snn", "cnn", "mobilenetv2"]
     rf = by_name["rf"]
@@ -117,22 +118,22 @@ def test_list_models_has_versions_aliases_metrics_and_defaults(registry: ModelRe
 
 
 def test_metric_prefixes_narrow_the_headline_metrics(model_zoo: Any, tmp_path: Path) -> None:
-    narrow = ModelRegistry(model_zoo.tracking_uri, tmp_path, metric_prefixes=("test_acc",))
-    rf = next(info for info in narrow.list_models().models if info.model == "rf")
+    narrow = open_registry(model_zoo.tracking_uri, tmp_path, metric_prefixes=("test_acc",))
+    rf = next(info for info in list_models(narrow).models if info.model == "rf")
     assert set(rf.versions[0].metrics) == {"test_accuracy"}
 
 
 def test_unreachable_mlflow_is_registry_unavailable(tmp_path: Path, unused_url: str) -> None:
     configure_mlflow_http(timeout_s=5, max_retries=0)
-    offline = ModelRegistry(unused_url, tmp_path)
-    for call in (lambda: offline.get("rf"), offline.list_models, offline.ping):
+    offline = open_registry(unused_url, tmp_path)
+    for call in (lambda: offline.get("rf"), lambda: list_models(offline), offline.ping):
         with pytest.raises(ServiceError) as caught:
             call()
         assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE
         assert caught.value.status == 503
         assert unused_url not in caught.value.message  # internal addresses stay in the log
     offline.preload_defaults()  # logs, never raises
-    assert offline.loaded() == {}
+    assert offline.loaded.states() == {}
 
 
 def test_loaded_versions_keep_answering_while_mlflow_is_down(
@@ -140,7 +141,7 @@ def test_loaded_versions_keep_answering_while_mlflow_is_down(
 ) -> None:
     proxy = tcp_proxy(model_zoo.tracking_uri)
     configure_mlflow_http(timeout_s=5, max_retries=0)
-    registry = ModelRegistry(proxy.url, tmp_path, catalog_ttl_s=0)  # ask MLflow on every call
+    registry = open_registry(proxy.url, tmp_path, catalog_ttl_s=0)  # ask MLflow on every call
     classifier = registry.get("rf")
     registry.ping()
 
@@ -150,7 +151,7 @@ def test_loaded_versions_keep_answering_while_mlflow_is_down(
     assert registry.get("rf") is classifier
     assert registry.get("rf", "champion") is classifier
     assert classifier.classify(sample_images["glioma"]).label
-    assert [info.model for info in registry.list_models().models] == ["rf", "snn", "cnn", "mobilenetv2"]
+    assert [info.model for info in list_models(registry).models] == ["rf", "snn", "cnn", "mobilenetv2"]
     # ...but nothing that needs MLflow itself can succeed.
     for call in (lambda: registry.get("rf", "2"), registry.ping):
         with pytest.raises(ServiceError) as caught:
@@ -161,7 +162,7 @@ def test_loaded_versions_keep_answering_while_mlflow_is_down(
 def test_an_expired_catalogue_is_refreshed_by_one_request_while_the_others_keep_the_snapshot(
     model_zoo: Any, tmp_path: Path
 ) -> None:
-    registry = ModelRegistry(model_zoo.tracking_uri, tmp_path, catalog_ttl_s=0.2)
+    registry = open_registry(model_zoo.tracking_uri, tmp_path, catalog_ttl_s=0.2)
     fetch = registry.store.fetch_catalog
     fetches: list[float] = []
 
@@ -170,10 +171,10 @@ def test_an_expired_catalogue_is_refreshed_by_one_request_while_the_others_keep_
         return fetch(**options)
 
     registry.store.fetch_catalog = counted_fetch  # type: ignore[method-assign]
-    first = registry.catalog()
+    first = registry.snapshot.current()
     time.sleep(0.3)  # the snapshot is now older than its TTL
     with ThreadPoolExecutor(max_workers=8) as pool:
-        snapshots = list(pool.map(lambda _: registry.catalog(), range(16)))
+        snapshots = list(pool.map(lambda _: registry.snapshot.current(), range(16)))
     deadline = time.monotonic() + 10
     while len(fetches) < 2 and time.monotonic() < deadline:  # the refresh runs in the background
         time.sleep(0.01)
@@ -181,5 +182,5 @@ def test_an_expired_catalogue_is_refreshed_by_one_request_while_the_others_keep_
     assert all(snapshot.models.keys() == first.models.keys() for snapshot in snapshots)
     # A forced look (a name the snapshot does not know) still asks MLflow itself.
     before = len(fetches)
-    registry.catalog(max_age_s=0)
+    registry.snapshot.current(max_age_s=0)
     assert len(fetches) == before + 1

@@ -1,6 +1,7 @@
-"""Dynamic batching: concurrent requests for one model version share one onnxruntime run.
+"""Running a servable's batch: in a worker thread, or with dynamic batching, where concurrent requests for
+one model version share one run.
 
-One ``Batcher`` per loaded classifier keeps the waiting tensors and a collector task. The collector
+One ``Batcher`` per loaded servable keeps the waiting tensors and a collector task. The collector
 takes the oldest waiting request, lets others join until that request has waited ``window_s`` or the
 batch holds ``max_batch`` images, runs the model once in a worker thread and hands each request its
 own rows. Requests that arrived while the previous run was busy go out at once, so a lone request
@@ -15,25 +16,29 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.metrics import QUEUE_WAIT_SECONDS
+from services.inference.servable import Servable
 from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier
+
+# What a request prepares for its run: the servable and its batch first, then whatever the answer needs.
+PreparedT = TypeVar("PreparedT", bound=tuple[Any, ...])
 
 
-def check_tensor(classifier: OnnxClassifier, tensor: np.ndarray) -> None:
-    """INVALID_REQUEST unless the tensor is float32 (N >= 1, the contract's shape): one malformed tensor
+def check_tensor(servable: Servable, tensor: np.ndarray) -> None:
+    """INVALID_REQUEST unless the batch is float32 (N >= 1, the servable's input shape): one malformed batch
     must fail its own request, not the batch it would have joined."""
-    expected = classifier.contract.input_shape()[1:]
-    shape_ok = tensor.ndim == len(expected) + 1 and tensor.shape[1:] == expected and len(tensor) > 0
-    if tensor.dtype != np.float32 or not shape_ok:
+    expected = servable.input_shape
+    if tensor.dtype != np.float32 or tensor.shape[1:] != expected or len(tensor) == 0:
         raise ServiceError(
             ErrorCode.INVALID_REQUEST,
-            f"Model {classifier.key} takes float32 tensors of shape (N, {', '.join(map(str, expected))}) with "
+            f"Model {servable.key} takes float32 tensors of shape (N, {', '.join(map(str, expected))}) with "
             f"N >= 1; got {tensor.dtype} {tuple(tensor.shape)}.",
         )
 
@@ -46,10 +51,10 @@ class _Waiting:
 
 
 class Batcher:
-    """Coalesces the tensors of concurrent requests for one classifier into shared runs."""
+    """Coalesces the tensors of concurrent requests for one servable into shared runs."""
 
-    def __init__(self, classifier: OnnxClassifier, *, window_s: float, max_batch: int, max_queue: int) -> None:
-        self.classifier = classifier
+    def __init__(self, servable: Servable, *, window_s: float, max_batch: int, max_queue: int) -> None:
+        self.servable = servable
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -58,15 +63,15 @@ class Batcher:
         self._waiting_images = 0
         self._arrived = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
-        self._queue_wait = QUEUE_WAIT_SECONDS.labels(classifier.name, classifier.version)
+        self._queue_wait = QUEUE_WAIT_SECONDS.labels(servable.name, servable.version)
 
     async def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for a model input tensor (N, ...), computed with whoever else is waiting."""
-        check_tensor(self.classifier, tensor)
+        check_tensor(self.servable, tensor)
         if self._waiting_images + len(tensor) > self.max_queue:
             raise ServiceError(
                 ErrorCode.MODEL_NOT_READY,
-                f"Model {self.classifier.key} has {self._waiting_images} images waiting, at most {self.max_queue} "
+                f"Model {self.servable.key} has {self._waiting_images} images waiting, at most {self.max_queue} "
                 "may wait: retry shortly.",
                 {"max_queue": self.max_queue},
             )
@@ -75,7 +80,7 @@ class Batcher:
         self._waiting_images += len(tensor)
         self._arrived.set()
         if self._collector is None or self._collector.done():
-            self._collector = asyncio.create_task(self._collect(), name=f"batcher {self.classifier.key}")
+            self._collector = asyncio.create_task(self._collect(), name=f"batcher {self.servable.key}")
         return await future
 
     async def _collect(self) -> None:
@@ -115,7 +120,7 @@ class Batcher:
         tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([waiting.tensor for waiting in batch])
         self.runs += 1
         try:
-            rows = await run_in_threadpool(self.classifier.predict, tensor)
+            rows = await run_in_threadpool(self.servable.predict, tensor)
         except Exception as exc:  # whatever the run raised is every waiter's answer
             for waiting in batch:
                 if not waiting.future.done():
@@ -138,13 +143,14 @@ class Batcher:
             waiting = self._waiting.popleft()
             if not waiting.future.done():
                 waiting.future.set_exception(
-                    ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.classifier.key} is shutting down.")
+                    ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.servable.key} is shutting down.")
                 )
         self._waiting_images = 0
 
 
-class Predictor:
-    """What routes call to run a model: batched per model version when enabled, recorded either way."""
+class Runner:
+    """What the data plane calls to run a servable's batch: batched per model version when enabled, recorded
+    either way."""
 
     def __init__(self, *, batching: bool, window_s: float, max_batch: int, max_queue: int) -> None:
         self.batching = batching
@@ -153,28 +159,40 @@ class Predictor:
         self.max_queue = max_queue
         self._batchers: dict[str, Batcher] = {}
 
-    def batcher(self, classifier: OnnxClassifier) -> Batcher:
-        """The batcher of this classifier, created on first use."""
-        batcher = self._batchers.get(classifier.key)
-        if batcher is None or batcher.classifier is not classifier:
-            batcher = Batcher(classifier, window_s=self.window_s, max_batch=self.max_batch, max_queue=self.max_queue)
-            self._batchers[classifier.key] = batcher
+    def batcher(self, servable: Servable) -> Batcher:
+        """The batcher of this servable, created on first use."""
+        batcher = self._batchers.get(servable.key)
+        if batcher is None or batcher.servable is not servable:
+            batcher = Batcher(servable, window_s=self.window_s, max_batch=self.max_batch, max_queue=self.max_queue)
+            self._batchers[servable.key] = batcher
         return batcher
 
-    async def predict(self, classifier: OnnxClassifier, tensor: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for a model input tensor (N, ...) in the model's contract shape."""
-        if not isinstance(classifier, OnnxClassifier):
-            # The ensemble: its tensor is its members' side by side, and each member's session runs it.
-            return await run_in_threadpool(classifier.predict, tensor)
+    async def run(self, prepare: Callable[[], PreparedT]) -> tuple[PreparedT, np.ndarray]:
+        """``prepare()`` (blocking: it loads, decodes, judges; returns the servable and its batch first) and the
+        batch's run. Without batching both happen in one worker thread: one hand-off per request."""
         if self.batching:
-            return await self.batcher(classifier).predict(tensor)
-        check_tensor(classifier, tensor)
-        return await run_in_threadpool(self._run_alone, classifier, tensor, time.perf_counter())
+            prepared = await run_in_threadpool(prepare)
+            return prepared, await self.batcher(prepared[0]).predict(prepared[1])
+        return await run_in_threadpool(self._prepare_and_run, prepare, time.perf_counter())
 
-    def _run_alone(self, classifier: OnnxClassifier, tensor: np.ndarray, submitted: float) -> np.ndarray:
+    def _prepare_and_run(self, prepare: Callable[[], PreparedT], submitted: float) -> tuple[PreparedT, np.ndarray]:
+        waited = time.perf_counter() - submitted  # the wait for a free worker thread
+        servable, batch, *_ = prepared = prepare()
+        check_tensor(servable, batch)
+        QUEUE_WAIT_SECONDS.labels(servable.name, servable.version).observe(waited)
+        return prepared, servable.predict(batch)
+
+    async def predict(self, servable: Servable, tensor: np.ndarray) -> np.ndarray:
+        """Scores (N, ...) for a servable's input batch (N, *input_shape)."""
+        if self.batching:
+            return await self.batcher(servable).predict(tensor)
+        check_tensor(servable, tensor)
+        return await run_in_threadpool(self._run_alone, servable, tensor, time.perf_counter())
+
+    def _run_alone(self, servable: Servable, tensor: np.ndarray, submitted: float) -> np.ndarray:
         # Without batching, the wait is the one for a free worker thread.
-        QUEUE_WAIT_SECONDS.labels(classifier.name, classifier.version).observe(time.perf_counter() - submitted)
-        return classifier.predict(tensor)
+        QUEUE_WAIT_SECONDS.labels(servable.name, servable.version).observe(time.perf_counter() - submitted)
+        return servable.predict(tensor)
 
     async def close(self) -> None:
         """Stop every batcher's collector."""

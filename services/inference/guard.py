@@ -1,0 +1,94 @@
+"""The guard against input that is not a brain MRI slice, as a servable (docs/ood-guard.md).
+
+A small ONNX graph (the upload's thumbnail and a few statistics -> one score) with its threshold and input kind
+in its metadata, opened by the one session factory. Its input row is the thumbnail's pixels and the statistics
+side by side (``shared.guard_input``: defined once for training and inference); its answer is the verdict.
+Which version is the guard, and what a verdict does to a request, is ``guard_selector``'s and the data plane's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared.errors import ErrorCode, ServiceError
+from shared.guard_input import FEATURE_NAMES, GUARD_INPUT_KIND, THUMBNAIL_SIZE, decode_guard_images, guard_input_of
+from shared.imaging import DecodedImage
+from shared.onnx_classifier import open_session
+from shared.schemas import GUARD_METADATA_KEY, OodOut
+
+logger = logging.getLogger(__name__)
+
+GUARD_MODEL = "guard"
+_PIXELS = THUMBNAIL_SIZE * THUMBNAIL_SIZE
+
+
+class Guard:
+    """One guard version: ``ready`` once ``load()`` opened its session and accepted its metadata."""
+
+    name = GUARD_MODEL
+
+    def __init__(self, version: str, source: Path, intra_op_threads: int = 0) -> None:
+        self.version = str(version)
+        self.source = source
+        self.intra_op_threads = intra_op_threads
+        self.ready = False
+        self.threshold = float("inf")
+        self._feeds: tuple[str, str] = ("", "")
+        self._session = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (_PIXELS + len(FEATURE_NAMES),)
+
+    def _invalid(self, problem: str) -> ServiceError:
+        return ServiceError(ErrorCode.INVALID_MODEL, f"guard version {self.version} {problem}")
+
+    def load(self) -> None:
+        """Open the session; a guard fitted on another input kind (an older guard) is INVALID_MODEL: scored on
+        the wrong input, its verdicts would be meaningless."""
+        try:
+            session = open_session(self.source, self.intra_op_threads)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise self._invalid("cannot be opened by onnxruntime") from exc
+        raw = session.get_modelmeta().custom_metadata_map.get(GUARD_METADATA_KEY)
+        if raw is None:
+            raise self._invalid(f"has no {GUARD_METADATA_KEY} metadata")
+        meta = json.loads(raw)
+        kind = meta.get("input_kind", "gray32 pixels only (before input kinds)")
+        if kind != GUARD_INPUT_KIND:
+            raise self._invalid(
+                f"was fitted on input {kind!r}, this service computes {GUARD_INPUT_KIND!r}: it is not used "
+                "(retrain, or register a guard of this input kind)"
+            )
+        self.threshold = float(meta["threshold"])
+        self._feeds = (str(meta["input_name"]), str(meta["features_input_name"]))
+        self._session = session
+        self.ready = True
+
+    def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
+        """Each upload's thumbnail pixels and statistics, side by side (N, pixels + statistics), computed exactly
+        as training computed the fitting images' (shared code) from the same decoding the models read."""
+        decoded = [decode_guard_images(image.data or b"", image.frame, image.gray) for image in images]
+        inputs = guard_input_of(np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded]))
+        return np.concatenate([inputs.pixels, inputs.features], axis=1).astype(np.float32, copy=False)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Scores (N, 1): higher is less like a brain MRI slice."""
+        if self._session is None:
+            raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.key} is not loaded yet.")
+        feeds = {self._feeds[0]: batch[:, :_PIXELS], self._feeds[1]: batch[:, _PIXELS:]}
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), -1)
+
+    def postprocess(self, row: np.ndarray) -> OodOut:
+        score = float(np.asarray(row).reshape(-1)[0])
+        return OodOut(score=round(score, 4), threshold=round(self.threshold, 4), flag=score > self.threshold,
+                      guard_version=self.version)  # fmt: skip
