@@ -34,6 +34,7 @@ from benchmarks.serving_external import (
 from benchmarks.serving_load import LoadSpec, measure
 from benchmarks.serving_profile import find_py_spy, start_recording, summarise
 from benchmarks.serving_report import SECTION, render
+from benchmarks.serving_triton import start_triton
 from deploy.credentials import mlflow_auth_from_env
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from services.training.weights import WEIGHTS_FILE
@@ -338,7 +339,7 @@ def batching(stack: Stack, env: dict[str, str], loads: Loads, bodies: Bodies, re
 def external(
     stack: Stack, env: dict[str, str], loads: Loads, versions: dict[str, str], results: dict[str, Any]
 ) -> None:
-    """The same CNN version behind `mlflow models serve` and MLServer, under the same load."""
+    """The same CNN version behind `mlflow models serve`, MLServer and Triton (PyTriton), under the same load."""
     bodies: Bodies = results["bodies"]
     tracking = env["MLFLOW_TRACKING_URI"]
     scratch = stack.state_dir / "external"
@@ -367,6 +368,20 @@ def external(
         stack.stop(server)
     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         results["mlserver_note"] = str(exc)[:300]
+    try:
+        onnx_file = next(local_model_copy(tracking, model_uri, scratch).rglob("*.onnx"), None)
+        if onnx_file is None:
+            raise RuntimeError(f"no ONNX file in the MLflow Model {model_uri}")
+        shape = tuple(bodies.contract.input_shape(1))
+        triton = stack.add(start_triton(stack.state_dir, onnx_file, bodies.contract.input_name, shape, stack.logs))
+        url = f"{triton.url}/v2/models/{MODEL}/infer"
+        note = _answers(url, bodies.oip)
+        if note is not None:
+            raise RuntimeError(note)
+        rows.append(loads.row("Triton (PyTriton, onnxruntime) `/v2/models/cnn/infer` (FP32 JSON)", url, bodies.oip))
+        stack.stop(triton)
+    except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+        results["triton_note"] = str(exc)[:300]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,7 +160,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
     if results.get("oip_note"):
         notes.append(f"OIP infer row skipped: one request was not answered 200 ({results['oip_note']}).")
     for key, what in (("batching_note", "Batching rows"), ("mlflow_serve_note", "`mlflow models serve` row"),
-                      ("mlserver_note", "MLServer row")):  # fmt: skip
+                      ("mlserver_note", "MLServer row"), ("triton_note", "Triton row")):  # fmt: skip
         if results.get(key):
             notes.append(f"{what} skipped: {results[key]}")
     return notes

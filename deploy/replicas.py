@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy.processes import ManagedProcess, loopback_url, start_service
+from shared.workers import usable_cpus
+
+WORKERS_ENV = "BT_INFERENCE_WORKERS"
 
 # Replicas 2..N start this far above the inference port.
 EXTRA_REPLICA_PORT_OFFSET = 10
@@ -66,6 +69,8 @@ def start_replicas(
         name = replica_name(index)
         cache = state_dir / ("models" if index == 0 else f"models-{index + 1}")
         replica_env = {**env, "BT_INFERENCE_CACHE_DIR": str(cache)}
-        process = start_service("inference", port, replica_env, logs / f"{name}.log")
+        # `python -m services.inference`, so its worker processes run: the cores shared among the replicas.
+        replica_env.setdefault(WORKERS_ENV, str(max(1, usable_cpus() // count)))
+        process = start_service("inference", port, replica_env, logs / f"{name}.log", as_module=True)
         process.name = name
         started(process)

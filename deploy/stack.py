@@ -112,7 +112,11 @@ def up(
         for name in ("explainer", "training", "gateway"):
             # The API token goes to the service whose routes need it, no further.
             own = {API_TOKEN_ENV: secrets.api_token} if name == "training" else {}
-            started.append(start_service(name, ports[name], {**service_env, **own}, logs / f"{name}.log"))
+            # The gateway runs as `python -m services.gateway`: its worker processes (shared/workers.py).
+            as_module = name == "gateway"
+            env_of_service = {**service_env, **own}
+            process = start_service(name, ports[name], env_of_service, logs / f"{name}.log", as_module=as_module)
+            started.append(process)
             _save(state_dir, started)
         if no_front:
             print(f"no nginx in front ({no_front}): the services bind the public ports, without client timeouts")

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import io
 import math
-import os
 import threading
 from collections.abc import Iterator
 
@@ -29,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.contract import PreprocessingContract
 from shared.dicom import decode_dicom, is_dicom
 from shared.errors import ErrorCode, ServiceError
+from shared.workers import usable_cpus
 
 # Every slice of the training data is 224x224 (0.05 Mpx) and clinical MRI matrices are at most 1024x1024 (1 Mpx);
 # 4096x4096 (16.8 Mpx) still takes a photographed film or a 4K screenshot, and its full-size RGBA is 64 MiB.
@@ -66,13 +66,6 @@ class DecodeSettings(BaseSettings):
 
     def slots(self) -> int:
         return self.max_concurrent or usable_cpus()
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @functools.cache

@@ -6,9 +6,9 @@ before any route took it: an unknown path, or a refusal by a middleware such as 
 the method is one of the HTTP methods or ``other``, the status is the numeric code. ``/metrics`` itself
 is not counted, so a scrape does not change what it reads.
 
-Series live in prometheus-client's default registry, one per process: each service runs as its own
-uvicorn process with one worker, and Prometheus adds the ``job``/``instance`` labels that tell the
-services apart, so there is no ``service`` label here.
+Series live in prometheus-client's default registry, one per process; a service run with several worker
+processes sums its workers' series (``shared.workers``). Prometheus adds the ``job``/``instance`` labels that
+tell the services apart, so there is no ``service`` label here.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.workers import metrics_shared_between_workers
 
 METRICS_PATH = "/metrics"
 UNMATCHED_ROUTE = "unmatched"
@@ -101,9 +104,14 @@ class HttpMetrics:
 
 
 async def read_metrics(request: Request) -> Response:
-    """Every series of this process, in the format the scraper asks for (Prometheus text by default)."""
+    """Every series of this process (of all worker processes, when there are several: ``shared.workers``), in the
+    format the scraper asks for (Prometheus text by default)."""
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encode(REGISTRY), media_type=content_type)
+    registry = REGISTRY
+    if metrics_shared_between_workers():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return Response(encode(registry), media_type=content_type)
 
 
 def install_metrics(app: FastAPI) -> None:

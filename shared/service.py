@@ -9,12 +9,13 @@
 - ``build_app``: the FastAPI app every ``create_app`` starts from (settings, errors, upload limit,
   ``GET /metrics`` and the per-route request series of ``shared.metrics``).
 - ``get_request_id``: the caller's ``x-request-id``, passed on to upstream calls.
-- ``service_main``: ``python -m services.<name>`` for each service.
+- ``service_main``: ``python -m services.<name>`` for each service, with its worker processes (``shared.workers``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Protocol
 
@@ -29,6 +30,7 @@ from shared.metrics import install_metrics
 from shared.schemas import ErrorOut
 from shared.uploads import BodySizeLimit, UploadSizeLimit
 from shared.upstream import REQUEST_ID_HEADER
+from shared.workers import WorkerSettings, share_metrics_between_workers
 
 API_VERSION = "0.1.0"
 # Idle seconds an internal connection is kept for reuse: below uvicorn's 5 s keep-alive timeout.
@@ -172,6 +174,14 @@ def service_main(
     import uvicorn
 
     settings = settings_type()
+    workers = settings.process_count() if isinstance(settings, WorkerSettings) else 1
+    if workers > 1:
+        # Each worker builds its own app from the same environment, checked once above, and knows how many share
+        # the CPUs (the inference service sizes its onnxruntime threads by it).
+        os.environ[f"{prefix}WORKERS"] = str(workers)
+        share_metrics_between_workers(service)
+        uvicorn.run(factory, factory=True, host=settings.host, port=settings.port, workers=workers)
+        return
     # The app is built on the settings its host and port came from: the environment is read once.
     app = importlib.import_module(f"services.{service}.main").create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port)

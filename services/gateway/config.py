@@ -10,9 +10,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.hosts import HostSettings
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.upstream import ServiceUrl
+from shared.workers import WorkerSettings
 
 
-class Settings(HostSettings, BaseSettings):
+class Settings(HostSettings, WorkerSettings, BaseSettings):
     """Everything the gateway can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_GATEWAY_", extra="ignore")

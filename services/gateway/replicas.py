@@ -48,6 +48,7 @@ REPLICA_UP = Gauge(
     "bt_gateway_inference_replica_up",
     "1 while the gateway sends calls to this inference replica, 0 while it counts it as down.",
     ["replica"],
+    multiprocess_mode="liveall",  # with several gateway workers, each worker's own view (a pid label)
 )
 RETRIES = Counter(
     "bt_gateway_inference_retries",

@@ -1,6 +1,8 @@
 """The services behind the gateway: typed calls to inference (one or several replicas) and to the explainer.
 
-Errors they answer with keep their code and status; a service that cannot be reached becomes
+A prediction or a comparison forwards the client's multipart body as it came and passes inference's answer back
+unparsed: the gateway decodes nothing and validates nothing twice. Errors they answer with keep their code and
+status; a service that cannot be reached becomes
 UPSTREAM_UNAVAILABLE (503), one too slow UPSTREAM_TIMEOUT (503), an answer that makes no sense UPSTREAM_ERROR
 (502). Inference calls go through a ``ReplicaPool`` (replicas.py); the explainer is one service with one URL.
 """
@@ -12,10 +14,11 @@ from urllib.parse import quote
 
 import httpx
 
+from services.gateway.forwarding import ForwardedBody
 from services.gateway.replicas import ReplicaPool
 from shared.errors import ServiceError
-from shared.schemas import BatchPredictionOut, CompareOut, ExplanationOut, ModelsOut, PredictionOut
-from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient
+from shared.schemas import BatchPredictionOut, ExplanationOut, ModelsOut
+from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient, raise_for_error
 
 # The explainer's client waits minutes for an explanation; a readiness probe must not.
 EXPLAINER_STATUS_TIMEOUT_S = 2.0
@@ -41,32 +44,34 @@ class InferenceClient:
         return min(self.batch_timeout_s, self.predict_timeout_s * max(1, runs))
 
     async def predict(
-        self, model: str, version: str | None, image: bytes, request_id: str | None = None, frame: int | None = None
-    ) -> PredictionOut:
-        """Classify one image with one model (version number, alias, or the default; ``frame`` of a DICOM file)."""
-        return await self.pool.call(
-            PredictionOut,
-            "POST",
-            f"/v1/models/{quote(model, safe='')}/predict",
-            request_id,
-            timeout_s=self.predict_timeout_s,
-            params=_query(version, frame),
-            files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
-        )
+        self, model: str, version: str | None, upload: ForwardedBody, request_id: str | None = None,
+        frame: int | None = None,
+    ) -> bytes:  # fmt: skip
+        """Classify one image with one model (version number, alias, or the default; ``frame`` of a DICOM file):
+        the client's multipart body forwarded as it came, and inference's JSON answer (a ``PredictionOut``)."""
+        return await self._forward(
+            f"/v1/models/{quote(model, safe='')}/predict", upload, request_id, self.predict_timeout_s,
+            _query(version, frame),
+        )  # fmt: skip
 
     async def compare(
-        self, models: list[str], image: bytes, request_id: str | None = None, frame: int | None = None
-    ) -> CompareOut:
-        """One image with several models' default versions, sent once; each model answers or has its error."""
-        return await self.pool.call(
-            CompareOut,
-            "POST",
-            "/v1/compare",
-            request_id,
-            timeout_s=self.timeout_for(len(models)),
-            params=[("models", model) for model in models] + list((_query(None, frame) or {}).items()),
-            files={"file": (FORWARDED_FILENAME, image, "application/octet-stream")},
-        )
+        self, models: list[str], upload: ForwardedBody, request_id: str | None = None, frame: int | None = None
+    ) -> bytes:
+        """One image with several models' default versions, sent once; each model answers or has its error:
+        inference's JSON answer (a ``CompareOut``)."""
+        params = [("models", model) for model in models] + list((_query(None, frame) or {}).items())
+        return await self._forward("/v1/compare", upload, request_id, self.timeout_for(len(models)), params)
+
+    async def _forward(
+        self, path: str, upload: ForwardedBody, request_id: str | None, timeout_s: float, params: Any
+    ) -> bytes:
+        """The body sent on unchanged, the 2xx answer's bytes passed back unparsed; an error is inference's own."""
+        response = await self.pool.send(
+            "POST", path, request_id, timeout_s=timeout_s, params=params, content=upload.content,
+            headers={"content-type": upload.content_type},
+        )  # fmt: skip
+        raise_for_error(response, self.pool.service)
+        return response.content
 
     async def predict_batch(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,9 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.hosts import HostSettings
 from shared.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.workers import WorkerSettings, usable_cpus
 
 
-class Settings(HostSettings, BaseSettings):
+class Settings(HostSettings, WorkerSettings, BaseSettings):
     """Everything the inference service can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_INFERENCE_", populate_by_name=True, extra="ignore")
@@ -62,7 +62,8 @@ class Settings(HostSettings, BaseSettings):
         0,
         ge=0,
         description="onnxruntime intra-op threads per session; 0 sizes them against the runs that go in parallel: "
-        "with batching one run per model at a time, so every CPU; without it one run per request, so 1 each.",
+        "with batching one run per model at a time, so the worker's share of the CPUs; without it one run per request, "
+        "so 1 each.",
     )
     catalog_ttl_s: float = Field(
         5.0,
@@ -113,14 +114,8 @@ class Settings(HostSettings, BaseSettings):
         return value.rstrip("/")
 
     def session_threads(self) -> int:
-        """Intra-op threads each onnxruntime session gets (see ``intra_op_threads``)."""
+        """Intra-op threads each onnxruntime session gets (see ``intra_op_threads``): with batching the CPUs
+        of this worker's share (``workers`` is the count its supervisor started; 0: a lone process)."""
         if self.intra_op_threads:
             return self.intra_op_threads
-        return usable_cpus() if self.batching else 1
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return max(1, usable_cpus() // (self.workers or 1)) if self.batching else 1

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from services.gateway.deps import InferenceDep
-from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
+from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
+from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422, UPLOAD_DESCRIPTION
 from shared.errors import ErrorCode, ServiceError
 from shared.params import NAME_PATTERN, FrameQuery
 from shared.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
 from shared.service import RequestIdDep, error_responses
-from shared.uploads import ImageBytes
 from shared.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
@@ -46,10 +48,15 @@ def parse_models(models: str | None) -> list[str]:
     return unique
 
 
-def raise_if_all_failed_alike(answer: CompareOut) -> None:
-    """When no model answered and all failed with one code (e.g. every name unknown), that error for the request."""
-    if answer.labels:
-        return
+def raise_if_all_failed_alike(content: bytes) -> None:
+    """When no model answered and all failed with one code (e.g. every name unknown), that error for the request.
+    The answer is only read when none answered (its ``labels`` are empty)."""
+    try:
+        if json.loads(content).get("labels"):
+            return
+        answer = CompareOut.model_validate_json(content)
+    except (ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ServiceError(ErrorCode.UPSTREAM_ERROR, "The inference service answered with an unexpected body.") from exc
     errors = [item.error or {} for item in answer.results]
     if len({error.get("code") for error in errors}) != 1:
         return
@@ -73,14 +80,15 @@ def raise_if_all_failed_alike(answer: CompareOut) -> None:
     "of the names exists), that error is returned. The inference service's guard judges the image once: every "
     "result carries its `ood` verdict, and an image it refuses is one 422 NOT_A_BRAIN_MRI.",
     responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    openapi_extra=multipart_upload("file", UPLOAD_DESCRIPTION),
 )
 async def compare_models(
     inference: InferenceDep,
-    image: ImageBytes,
+    upload: ForwardedUpload,
     request_id: RequestIdDep,
     models: ModelsQuery = None,
     frame: FrameQuery = None,
-) -> CompareOut:
-    answer = await inference.compare(parse_models(models), image, request_id, frame)
-    raise_if_all_failed_alike(answer)
-    return answer
+) -> Response:
+    content = await inference.compare(parse_models(models), upload, request_id, frame)
+    raise_if_all_failed_alike(content)
+    return json_passthrough(content)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from services.gateway.batch import BatchFiles, predict_files
 from services.gateway.deps import InferenceDep, SettingsDep
+from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
 from shared.errors import ErrorCode
 from shared.params import FrameQuery, ModelQuery, VersionQuery
 from shared.schemas import BatchPredictionOut, PredictionOut
 from shared.service import RequestIdDep, error_responses
-from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
+
+UPLOAD_DESCRIPTION = "The MRI image (JPEG, PNG, BMP, TIFF..., or a DICOM file)."
 
 # Inference's guard (docs/ood-guard.md) refuses an image that is not a brain MRI slice; relayed unchanged.
 NOT_A_BRAIN_MRI_422 = (
@@ -32,16 +35,17 @@ NOT_A_BRAIN_MRI_422 = (
     "verdict on whether the image looks like a brain MRI slice (null without a registered guard); an image "
     "the guard refuses is a 422 NOT_A_BRAIN_MRI.",
     responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    openapi_extra=multipart_upload("file", UPLOAD_DESCRIPTION),
 )
 async def predict_image(
     inference: InferenceDep,
-    image: ImageBytes,
+    upload: ForwardedUpload,
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
     frame: FrameQuery = None,
-) -> PredictionOut:
-    return await inference.predict(model, version, image, request_id, frame)
+) -> Response:
+    return json_passthrough(await inference.predict(model, version, upload, request_id, frame))
 
 
 @router.post(

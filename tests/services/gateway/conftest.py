@@ -73,12 +73,13 @@ def gateway_server(
 @pytest.fixture
 def start_gateway(service_logs: Path) -> Iterator[Callable[..., ManagedProcess]]:
     """``start(**BT_GATEWAY_settings) -> ManagedProcess``: one more gateway process with its own
-    settings (e.g. an inference URL where nothing listens); stopped at teardown."""
+    settings (e.g. an inference URL where nothing listens); stopped at teardown. One worker process unless
+    ``workers`` says otherwise: these tests watch one gateway's view of its replicas, which each worker keeps."""
     started: list[ManagedProcess] = []
 
     def start(**settings: str) -> ManagedProcess:
         port = free_port()
-        env = {f"BT_GATEWAY_{key.upper()}": value for key, value in settings.items()}
+        env = {f"BT_GATEWAY_{key.upper()}": value for key, value in {"workers": "1", **settings}.items()}
         server = start_service("gateway", port, env, service_logs / f"gateway-{port}.log", as_module=True)
         started.append(server)
         return server
