@@ -4,6 +4,7 @@
   ``/readyz`` (readiness: what it needs to answer, including its upstream services, is ready).
 - ``get_settings``: the settings object the app was built with (``app.state.settings``).
 - ``error_responses``: OpenAPI ``responses=`` entries with the one error body.
+- ``json_answer``: an answer serialised once.
 - ``internal_async_client`` / ``internal_client``: httpx clients for calls between our services.
 - ``DEFAULT_MAX_UPLOAD_BYTES``: the upload limit every service starts from.
 - ``build_app``: the FastAPI app every ``create_app`` starts from (settings, errors, upload limit,
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Protocol
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 from starlette.types import Lifespan
 
@@ -94,6 +95,12 @@ def build_app(
     # Last, so it wraps the middleware above: a request for a Host not allowed is refused before any work.
     install_host_checks(app, settings)
     return app
+
+
+def json_answer(answer: BaseModel) -> Response:
+    """A route's answer serialised once: returned as a model, FastAPI would validate it again against the route's
+    ``response_model`` before serialising it (the schema still documents the route)."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 # What each status means when a route answers it; a route may say more with `descriptions`.

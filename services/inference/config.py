@@ -40,17 +40,18 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."
     )
     batching: bool = Field(
-        False,
-        description="Coalesce concurrent predictions for one model version into one onnxruntime run. Off by "
-        "default: a convolutional model costs about the same CPU per image in a batch as alone, and on 2 cores "
-        "one batched run at a time served fewer requests at concurrency 32 than one-thread runs side by side.",
+        True,
+        description="Coalesce concurrent predictions for one model version into one onnxruntime run: each worker "
+        "runs a model's batches back to back, and the requests that arrived during a run go together in the next "
+        "(with one worker per core, as many runs side by side as cores; docs/benchmarks.md).",
     )
     batch_window_ms: float = Field(
-        2.0,
+        0.0,
         ge=0,
         le=1000,
-        description="Longest a request waits, counted from its arrival, for others to join its batch; "
-        "requests that queued during the previous run go at once.",
+        description="Longest a request waits, counted from its arrival, for others to join its batch; requests that "
+        "queued during the previous run go at once. 0: a request to an idle model runs at once (a lone request "
+        "pays nothing for batching; measured best at every concurrency).",
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Most images in one batched onnxruntime run.")
     max_queue: int = Field(
@@ -64,6 +65,13 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         description="onnxruntime intra-op threads per session; 0 sizes them against the runs that go in parallel: "
         "with batching one run per model at a time, so the worker's share of the CPUs; without it one run per request, "
         "so 1 each.",
+    )
+    concurrent_work: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads of one worker decoding, judging and running models at once; requests beyond them wait "
+        "their turn on the event loop. 0: twice the worker's share of the CPUs.",
     )
     catalog_ttl_s: float = Field(
         5.0,
@@ -112,6 +120,10 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         if not value:
             raise ValueError("MLFLOW_TRACKING_URI must name the MLflow server, e.g. http://127.0.0.1:5000")
         return value.rstrip("/")
+
+    def work_threads(self) -> int:
+        """Threads doing blocking work at once in this worker (see ``concurrent_work``)."""
+        return self.concurrent_work or 2 * max(1, usable_cpus() // (self.workers or 1))
 
     def session_threads(self) -> int:
         """Intra-op threads each onnxruntime session gets (see ``intra_op_threads``): with batching the CPUs

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
 from services.inference.guard_selector import GuardSelector
 from services.inference.registry import ModelRegistry
@@ -75,7 +74,7 @@ class DataPlane:
         return image, self.guards.apply(verdict)
 
     async def judge(self, data: bytes, frame: int | None = None) -> OodOut | None:
-        return (await run_in_threadpool(self.admit, data, frame))[1]
+        return (await self.runner.work(self.admit, data, frame))[1]
 
     def model(self, model: str, version: str | None = None) -> Classifier:
         """The loaded servable (blocking: a first use downloads and loads it)."""
@@ -101,8 +100,8 @@ class DataPlane:
     ) -> list[BatchItem]:
         """One answer per file, in order; a file that cannot be read, decoded or is refused is its own error.
         The good files run together; an answer's latency is its own admission plus the shared run."""
-        classifier = await run_in_threadpool(self.registry.get, model, version)
-        prepared = await run_in_threadpool(lambda: [self._prepare_file(classifier, data, frame) for data in files])
+        classifier = await self.runner.work(self.registry.get, model, version)
+        prepared = await self.runner.work(lambda: [self._prepare_file(classifier, data, frame) for data in files])
         good = [item[0] for item in prepared if not isinstance(item, ServiceError)]
         started = time.perf_counter()
         rows = iter(await self.runner.predict(classifier, np.concatenate(good)) if good else [])
@@ -131,7 +130,7 @@ class DataPlane:
     async def compare(self, names: list[str], data: bytes, frame: int | None = None) -> list[CompareItem]:
         """Each model's default version on one decoding, side by side; a model that cannot answer is its own
         error. When none can, the image is not even decoded nor judged."""
-        prepared, admit_ms, ood = await run_in_threadpool(self._prepare_comparison, names, data, frame)
+        prepared, admit_ms, ood = await self.runner.work(self._prepare_comparison, names, data, frame)
         runs = [self._compare_one(name, item, admit_ms, ood) for name, item in prepared.items()]
         return list(await asyncio.gather(*runs))
 
@@ -189,7 +188,7 @@ class DataPlane:
             if isinstance(chunk, np.ndarray):
                 batch = classifier.preprocess_tensor(chunk)
             else:
-                batch, judged = await run_in_threadpool(self._admit_elements, classifier, chunk, start)
+                batch, judged = await self.runner.work(self._admit_elements, classifier, chunk, start)
                 verdicts += judged
             parts.append(await self.runner.predict(classifier, batch))
         return np.concatenate(parts), verdicts
@@ -220,5 +219,5 @@ class DataPlane:
         parts = []
         for start in range(0, len(pixels), self.pixel_run_batch):
             images = [DecodedImage.from_pixels(image) for image in pixels[start : start + self.pixel_run_batch]]
-            parts.append(await self.runner.predict(classifier, await run_in_threadpool(classifier.preprocess, images)))
+            parts.append(await self.runner.predict(classifier, await self.runner.work(classifier.preprocess, images)))
         return np.concatenate(parts)

@@ -55,6 +55,7 @@ def build_dataplane(settings: Settings) -> DataPlane:
         window_s=settings.batch_window_ms / 1000.0,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
+        concurrent_work=settings.work_threads(),
     )
     return DataPlane(registry, guards, runner, settings.pixel_run_batch)
 

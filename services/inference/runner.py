@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import numpy as np
-from starlette.concurrency import run_in_threadpool
+from anyio import CapacityLimiter
 
 from services.inference.metrics import QUEUE_WAIT_SECONDS
 from services.inference.servable import Servable
@@ -29,6 +30,7 @@ from shared.errors import ErrorCode, ServiceError
 
 # What a request prepares for its run: the servable and its batch first, then whatever the answer needs.
 PreparedT = TypeVar("PreparedT", bound=tuple[Any, ...])
+ResultT = TypeVar("ResultT")
 
 
 def check_tensor(servable: Servable, tensor: np.ndarray) -> None:
@@ -53,8 +55,12 @@ class _Waiting:
 class Batcher:
     """Coalesces the tensors of concurrent requests for one servable into shared runs."""
 
-    def __init__(self, servable: Servable, *, window_s: float, max_batch: int, max_queue: int) -> None:
+    def __init__(
+        self, servable: Servable, *, window_s: float, max_batch: int, max_queue: int,
+        limiter: CapacityLimiter | None = None,
+    ) -> None:  # fmt: skip
         self.servable = servable
+        self.limiter = limiter
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -120,7 +126,7 @@ class Batcher:
         tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([waiting.tensor for waiting in batch])
         self.runs += 1
         try:
-            rows = await run_in_threadpool(self.servable.predict, tensor)
+            rows = await anyio.to_thread.run_sync(self.servable.predict, tensor, limiter=self.limiter)
         except Exception as exc:  # whatever the run raised is every waiter's answer
             for waiting in batch:
                 if not waiting.future.done():
@@ -152,8 +158,13 @@ class Runner:
     """What the data plane calls to run a servable's batch: batched per model version when enabled, recorded
     either way."""
 
-    def __init__(self, *, batching: bool, window_s: float, max_batch: int, max_queue: int) -> None:
+    def __init__(
+        self, *, batching: bool, window_s: float, max_batch: int, max_queue: int, concurrent_work: int = 2
+    ) -> None:
         self.batching = batching
+        # Blocking work (decoding, the guard, runs) in at most this many threads at once: more only trade places
+        # on the cores and for the GIL, and the requests beyond them wait on the event loop at no cost.
+        self.limiter = CapacityLimiter(concurrent_work)
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -163,7 +174,8 @@ class Runner:
         """The batcher of this servable, created on first use."""
         batcher = self._batchers.get(servable.key)
         if batcher is None or batcher.servable is not servable:
-            batcher = Batcher(servable, window_s=self.window_s, max_batch=self.max_batch, max_queue=self.max_queue)
+            batcher = Batcher(servable, window_s=self.window_s, max_batch=self.max_batch, max_queue=self.max_queue,
+                              limiter=self.limiter)  # fmt: skip
             self._batchers[servable.key] = batcher
         return batcher
 
@@ -171,9 +183,9 @@ class Runner:
         """``prepare()`` (blocking: it loads, decodes, judges; returns the servable and its batch first) and the
         batch's run. Without batching both happen in one worker thread: one hand-off per request."""
         if self.batching:
-            prepared = await run_in_threadpool(prepare)
+            prepared = await self.work(prepare)
             return prepared, await self.batcher(prepared[0]).predict(prepared[1])
-        return await run_in_threadpool(self._prepare_and_run, prepare, time.perf_counter())
+        return await self.work(self._prepare_and_run, prepare, time.perf_counter())
 
     def _prepare_and_run(self, prepare: Callable[[], PreparedT], submitted: float) -> tuple[PreparedT, np.ndarray]:
         waited = time.perf_counter() - submitted  # the wait for a free worker thread
@@ -187,7 +199,11 @@ class Runner:
         if self.batching:
             return await self.batcher(servable).predict(tensor)
         check_tensor(servable, tensor)
-        return await run_in_threadpool(self._run_alone, servable, tensor, time.perf_counter())
+        return await self.work(self._run_alone, servable, tensor, time.perf_counter())
+
+    async def work(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
+        """``function(*args)`` in a worker thread, within the limit on blocking work."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
 
     def _run_alone(self, servable: Servable, tensor: np.ndarray, submitted: float) -> np.ndarray:
         # Without batching, the wait is the one for a free worker thread.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from pydantic import StringConstraints
 
 from services.inference.deps import DataPlaneDep, ModelName, SettingsDep
@@ -21,7 +21,7 @@ from shared.schemas import (
     BatchPredictionOut,
     CompareOut,
 )
-from shared.service import error_responses
+from shared.service import error_responses, json_answer
 from shared.uploads import ImageBytes, read_uploads
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -64,8 +64,8 @@ BatchFiles = Annotated[
 )
 async def compare_models(
     dataplane: DataPlaneDep, data: ImageBytes, models: ModelsQuery, frame: FrameQuery = None
-) -> CompareOut:
-    return CompareOut.from_items(await dataplane.compare(list(dict.fromkeys(models)), data, frame))
+) -> Response:
+    return json_answer(CompareOut.from_items(await dataplane.compare(list(dict.fromkeys(models)), data, frame)))
 
 
 @router.post(

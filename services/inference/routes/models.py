@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from services.inference.deps import DataPlaneDep, ModelDep, ModelName, PixelBatch
 from services.inference.guard_selector import NOT_MRI_422
@@ -19,7 +19,7 @@ from shared.schemas import (
     PixelsPredictionOut,
     PredictionOut,
 )
-from shared.service import error_responses
+from shared.service import error_responses, json_answer
 from shared.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -63,8 +63,8 @@ def list_models(dataplane: DataPlaneDep) -> ModelsOut:
 )
 async def predict_image(
     dataplane: DataPlaneDep, model: ModelName, data: ImageBytes, version: VersionQuery = None, frame: FrameQuery = None
-) -> PredictionOut:
-    return await dataplane.predict(model, version, data, frame)
+) -> Response:
+    return json_answer(await dataplane.predict(model, version, data, frame))
 
 
 @router.get(
