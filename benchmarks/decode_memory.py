@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
-from shared.schemas import registered_name
+from shared.core.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.kit.schemas import registered_name
 
 MODEL = "rf"
 CONCURRENT = 16

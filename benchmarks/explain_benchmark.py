@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 
 from benchmarks.markdown import command_line, write_section
-from shared.contract import CLASS_NAMES
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.schemas import MODEL_FAMILIES
+from shared.core.contract import CLASS_NAMES
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.kit.schemas import MODEL_FAMILIES
 
 SECTION = "explain"
 CNN_BOUND_S = 3.0

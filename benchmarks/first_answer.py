@@ -23,7 +23,7 @@ import httpx
 from benchmarks.markdown import command_line, write_section
 from deploy.processes import PROJECT_ROOT, free_port
 from deploy.stack import DEFAULT_PORTS
-from shared.dataset import SAMPLE_DATA_DIR
+from shared.core.dataset import SAMPLE_DATA_DIR
 
 
 def _first_answer(gateway: str, model: str, image: bytes) -> tuple[float, dict]:

@@ -36,8 +36,8 @@ import numpy as np
 
 from benchmarks.markdown import command_line, write_section
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
-from shared.dataset import SAMPLE_DATA_DIR, discover
-from shared.schemas import registered_name
+from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.kit.schemas import registered_name
 
 SECTION = "gateway-load"
 MODEL = "rf"

@@ -40,8 +40,8 @@ from services.training.ood_guard import (
     guard_scores,
 )
 from services.training.options import TrainingOptions
-from shared.guard_input import FEATURE_NAMES, GUARD_FEATURES_INPUT_NAME, GuardInput, guard_input
-from shared.schemas import GUARD_INPUT_NAME
+from shared.core.guard_input import FEATURE_NAMES, GUARD_FEATURES_INPUT_NAME, GuardInput, guard_input
+from shared.kit.schemas import GUARD_INPUT_NAME
 
 # Every n-th test-split scan is also uploaded re-encoded (a real scan must not be refused for its file format).
 REENCODED_EVERY = 6
@@ -98,7 +98,7 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None) -> str:
 def run_file(guard_file: Path, argv: list[str] | None) -> str:
     """The non-MRI rows for a served guard file, scored by inference's own code."""
     from services.inference.guard import Guard
-    from shared.imaging import DecodedImage
+    from shared.core.imaging import DecodedImage
 
     guard = Guard("file", guard_file)
     guard.load()

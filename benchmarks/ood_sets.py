@@ -157,8 +157,8 @@ def _other_modality_files() -> Iterator[tuple[str, bytes]]:
     decoder for their transfer syntax) are left out."""
     from pydicom.data import get_testdata_file
 
-    from shared.errors import ServiceError
-    from shared.imaging import decode_grayscale
+    from shared.core.imaging import decode_grayscale
+    from shared.kit.errors import ServiceError
 
     for name in OTHER_MODALITY_FILES:
         try:

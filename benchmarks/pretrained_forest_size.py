@@ -13,7 +13,7 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.model_selection import train_test_split
 
-from shared.dataset import discover, load_arrays
+from shared.core.dataset import discover, load_arrays
 
 DATA = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/brain-tumor-mri/Training")
 files = discover(DATA).train

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from benchmarks.markdown import command_line, write_section
 from services.training.report import calibration_markdown
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, MODEL_FAMILIES, registered_name
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, MODEL_FAMILIES, registered_name
 
 
 def _version(client: MlflowClient, family: str, wanted: str | None) -> Any:

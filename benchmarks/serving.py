@@ -38,8 +38,8 @@ from benchmarks.serving_triton import start_triton
 from deploy.credentials import mlflow_auth_from_env
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from services.training.weights import WEIGHTS_FILE
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.schemas import MODEL_FAMILIES, registered_name
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.kit.schemas import MODEL_FAMILIES, registered_name
 
 MODEL = "cnn"
 IMAGE = SAMPLE_DATA_DIR / "glioma" / "glioma_000.jpg"
@@ -154,8 +154,8 @@ class Bodies:
     def __init__(self, folder: Path, inference_url: str) -> None:
         import numpy as np
 
-        from shared.contract import PreprocessingContract
-        from shared.imaging import decode_to_array, to_model_input
+        from shared.core.contract import PreprocessingContract
+        from shared.core.imaging import decode_to_array, to_model_input
 
         folder.mkdir(parents=True, exist_ok=True)
         data = IMAGE.read_bytes()

@@ -51,7 +51,7 @@ def serving_model_uri(tracking_uri: str, name: str, version: str, scratch: Path)
     if not (target / "MLmodel").exists():
         import numpy as np
 
-        from shared.onnx_classifier import OnnxClassifier
+        from shared.core.onnx_classifier import OnnxClassifier
 
         classifier = OnnxClassifier(name, version, onnx_file)
         classifier.load()

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.schemas import MODEL_FAMILIES
+from shared.kit.schemas import MODEL_FAMILIES
 
 BATCH = 32
 # Few epochs: enough for a real fitted graph, cheap on 2 cores.
@@ -47,8 +47,8 @@ def p50_ms(call: Callable[[], object], repeats: int, seconds: float) -> float:
 
 def _sample() -> tuple[list[bytes], np.ndarray]:
     """The embedded sample's files (as a request carries them) and their class indices."""
-    from shared.contract import CLASS_NAMES
-    from shared.dataset import SAMPLE_DATA_DIR
+    from shared.core.contract import CLASS_NAMES
+    from shared.core.dataset import SAMPLE_DATA_DIR
 
     files = [path for name in CLASS_NAMES for path in sorted((SAMPLE_DATA_DIR / name).glob("*.jpg"))]
     return [path.read_bytes() for path in files], np.asarray([CLASS_NAMES.index(path.parent.name) for path in files])
@@ -59,7 +59,7 @@ def measure_family(name: str, raw: list[bytes], labels: np.ndarray, quick: bool)
     from services.training.families import get_family
     from services.training.onnx_export import embed_contract, exported_classifier
     from services.training.search import NOT_MODEL_PARAMS
-    from shared.imaging import decode_to_array
+    from shared.core.imaging import decode_to_array
 
     family = get_family(name, TrainingSettings())
     params = {**family.default_params(), **FIT_OVERRIDES.get(name, {}), "seed": 0}

@@ -56,13 +56,13 @@ def category(frames: list[str]) -> str | None:
 
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("onnxruntime run", ("onnxruntime/",)),
-    ("image decoding and preprocessing", ("PIL/", "shared/imaging.py", "imaging.py")),
+    ("image decoding and preprocessing", ("PIL/", "shared/core/imaging.py", "imaging.py")),
     ("waiting for a batch", ("batching.py",)),
     ("multipart parsing", ("multipart/",)),
     ("JSON and tensor (de)coding", ("json/", "oip_tensors.py", "oip_schemas.py", "orjson")),
     ("calling inference (httpx, httpcore)", ("httpx/", "httpcore/")),
     ("MLflow registry (catalogue refresh)", ("mlflow/", "urllib3/", "requests/")),
-    ("Prometheus metrics", ("prometheus_client/", "shared/metrics.py", "inference/metrics.py")),
+    ("Prometheus metrics", ("prometheus_client/", "shared/kit/metrics.py", "inference/metrics.py")),
     ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic/", "pydantic_core")),
     ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/")),
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.markdown import command_line, write_section
 from deploy.processes import free_port, start_mlflow
-from shared.schemas import MODEL_FAMILIES
+from shared.kit.schemas import MODEL_FAMILIES
 
 # The project's accuracy target per family (a family without one is reported without a verdict).
 TARGETS = {"rf": 0.93, "snn": 0.85, "cnn": 0.97, "mobilenetv2": 0.95}

@@ -31,7 +31,7 @@ def epoch_cost(architecture: str, images: int) -> tuple[float, float]:
     import keras
 
     from services.training.families.cnn import SmallCnnFamily
-    from shared.contract import PreprocessingContract
+    from shared.core.contract import PreprocessingContract
 
     family = SmallCnnFamily()
     params = {**family.default_params(), "architecture": architecture, "seed": 1}

@@ -22,9 +22,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.processes import LOOPBACK, ManagedProcess, loopback_url, start_process
-from shared.errors import DEFAULT_RETRY_AFTER_S
-from shared.service import INTERNAL_KEEPALIVE_S
-from shared.uploads import MULTIPART_OVERHEAD_BYTES
+from shared.kit.errors import DEFAULT_RETRY_AFTER_S
+from shared.kit.service import INTERNAL_KEEPALIVE_S
+from shared.kit.uploads import MULTIPART_OVERHEAD_BYTES
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "nginx"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")

@@ -25,8 +25,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy.processes import PROJECT_ROOT
-from shared.pretrained import (
+from deploy.bundle import (
     BUNDLE_DIR,
     GUARD_KEY,
     BundledEnsemble,
@@ -40,7 +39,8 @@ from shared.pretrained import (
     load_manifest,
     write_bundle,
 )
-from shared.schemas import (
+from deploy.processes import PROJECT_ROOT
+from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MEMBERS_TAG,
     ENSEMBLE_MODEL,
@@ -293,8 +293,8 @@ def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | N
 
 
 def _data_fingerprint(folder: Path) -> str:
-    """The training folder's content hash (shared.dataset: file names, labels and bytes)."""
-    from shared.dataset import discover
+    """The training folder's content hash (shared.core.dataset: file names, labels and bytes)."""
+    from shared.core.dataset import discover
 
     return discover(folder).train.fingerprint()
 

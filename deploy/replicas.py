@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy.processes import ManagedProcess, loopback_url, start_service
-from shared.workers import usable_cpus
+from shared.kit.workers import usable_cpus
 
 WORKERS_ENV = "BT_INFERENCE_WORKERS"
 

@@ -44,8 +44,8 @@ from deploy.processes import (
     stop_process_group,
 )
 from deploy.replicas import gateway_env, replica_count, replica_name, replica_ports, start_replicas
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.schemas import MODEL_FAMILIES, registered_name
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.kit.schemas import MODEL_FAMILIES, registered_name
 
 DEFAULT_PORTS = {"gateway": 8000, "inference": 8001, "training": 8002, "explainer": 8003, "mlflow": 5000}
 
@@ -112,7 +112,7 @@ def up(
         for name in ("explainer", "training", "gateway"):
             # The API token goes to the service whose routes need it, no further.
             own = {API_TOKEN_ENV: secrets.api_token} if name == "training" else {}
-            # The gateway runs as `python -m services.gateway`: its worker processes (shared/workers.py).
+            # The gateway runs as `python -m services.gateway`: its worker processes (shared/kit/workers.py).
             as_module = name == "gateway"
             env_of_service = {**service_env, **own}
             process = start_service(name, ports[name], env_of_service, logs / f"{name}.log", as_module=as_module)
@@ -199,7 +199,7 @@ def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search
 def _register_pretrained(env: dict[str, str]) -> bool:
     """Register the repository's pretrained bundle (deploy/pretrained.py) into an empty registry; False when there
     is no bundle or it was refused (a file differs from its manifest), and the sample is trained on instead."""
-    from shared.pretrained import BUNDLE_DIR, MANIFEST_FILE
+    from deploy.bundle import BUNDLE_DIR, MANIFEST_FILE
 
     if not (BUNDLE_DIR / MANIFEST_FILE).is_file():
         print(f"no pretrained bundle in {BUNDLE_DIR}: training on the embedded sample instead", flush=True)

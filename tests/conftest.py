@@ -27,10 +27,10 @@ if str(ROOT) not in sys.path:
 
 from deploy.credentials import MlflowCredentials  # noqa: E402
 from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
-from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
-from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
-from shared.imaging import decode_to_array, to_model_input  # noqa: E402
-from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
+from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
+from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
+from shared.core.imaging import decode_to_array, to_model_input  # noqa: E402
+from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
 
 # Every MLflow server the tests start requires a user (basic-auth, as the stack runs it). One admin for the whole
 # session, in MLflow's standard variables: every MlflowClient of the tests and every process they start (services,
@@ -242,7 +242,7 @@ def register_onnx_model(
 def _register_bare_onnx_folder(client: Any, name: str, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    from shared.contract import ONNX_ARTIFACT_DIR
+    from shared.core.contract import ONNX_ARTIFACT_DIR
 
     try:
         client.create_registered_model(name)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.contract import CLASS_NAMES
+from shared.core.contract import CLASS_NAMES
 
 GLIOMA = CLASS_NAMES.index("glioma")
 

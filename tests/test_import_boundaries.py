@@ -100,6 +100,6 @@ def test_the_scan_finds_every_form_of_import(source: str, module: str, expected:
 
 
 def test_the_scan_accepts_a_service_importing_itself_and_shared() -> None:
-    source = "from . import config\nfrom .routes import web\nfrom shared.service import health_router\nimport os\n"
+    source = "from . import config\nfrom .routes import web\nfrom shared.kit.service import health_router\nimport os\n"
     services = {service_of(name) for name in imported_modules(source, "services.gateway.main")}
     assert services <= {"gateway", None}

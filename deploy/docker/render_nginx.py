@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.nginx import TEMPLATE_DIR, NginxSettings, _duration, fill, largest_body_bytes, longest_wait_s
-from shared.errors import DEFAULT_RETRY_AFTER_S
-from shared.service import INTERNAL_KEEPALIVE_S
+from shared.kit.errors import DEFAULT_RETRY_AFTER_S
+from shared.kit.service import INTERNAL_KEEPALIVE_S
 
 OUTPUT = Path(__file__).resolve().parent / "nginx.conf"
 # Everything nginx writes (pid, temp folders) under /tmp, which the unprivileged image lets it write.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.hosts import HostSettings
-from shared.service import DEFAULT_MAX_UPLOAD_BYTES
-from shared.upstream import ServiceUrl
+from shared.kit.hosts import HostSettings
+from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.kit.upstream import ServiceUrl
 
 
 class Settings(HostSettings, BaseSettings):

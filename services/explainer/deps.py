@@ -8,8 +8,8 @@ from fastapi import Depends, Query, Request
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
-from shared.errors import ErrorCode, ServiceError
-from shared.service import get_settings
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.service import get_settings
 
 
 def get_inference(request: Request) -> InferenceBatchClient:

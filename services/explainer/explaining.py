@@ -11,11 +11,11 @@ import numpy as np
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
-from shared.errors import ErrorCode, ServiceError
-from shared.imaging import decode_grayscale, resize_gray
-from shared.lime_explanation import Explanation, explain
-from shared.lime_overlay import Overlay, render_overlay
-from shared.schemas import ContractOut, ExplanationOut, OodOut, RegionOut
+from shared.core.imaging import decode_grayscale, resize_gray
+from shared.core.lime_explanation import Explanation, explain
+from shared.core.lime_overlay import Overlay, render_overlay
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import ContractOut, ExplanationOut, OodOut, RegionOut
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import PIXELS_SHAPE_HEADER, ContractOut, OodCheckOut, OodOut, PixelsPredictionOut
-from shared.upstream import FORWARDED_FILENAME, ServiceClient
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import PIXELS_SHAPE_HEADER, ContractOut, OodCheckOut, OodOut, PixelsPredictionOut
+from shared.kit.upstream import FORWARDED_FILENAME, ServiceClient
 
 
 class InferenceBatchClient(ServiceClient):

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from services.explainer.routes import api_router
-from shared.imaging import decode_settings
-from shared.lime_explanation import explain
-from shared.service import build_app, internal_client
+from shared.core.decoding import decode_settings
+from shared.core.lime_explanation import explain
+from shared.kit.service import build_app, internal_client
 
 logger = logging.getLogger(__name__)
 

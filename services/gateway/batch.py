@@ -10,9 +10,9 @@ from fastapi import Depends, File, UploadFile
 
 from services.gateway.deps import SettingsDep
 from services.gateway.upstream import InferenceClient
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import PREDICT_BATCH_MAX_FILES, BatchItem, BatchPredictionOut, ItemError
-from shared.uploads import read_uploads
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import PREDICT_BATCH_MAX_FILES, BatchItem, BatchPredictionOut, ItemError
+from shared.kit.uploads import read_uploads
 
 # The batch route's path ends so: its body holds several files, so the one-file upload limit exempts it.
 BATCH_PATH_SUFFIX = "/predict/batch"

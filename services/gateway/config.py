@@ -7,10 +7,10 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.hosts import HostSettings
-from shared.service import DEFAULT_MAX_UPLOAD_BYTES
-from shared.upstream import ServiceUrl
-from shared.workers import WorkerSettings
+from shared.kit.hosts import HostSettings
+from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.kit.upstream import ServiceUrl
+from shared.kit.workers import WorkerSettings
 
 
 class Settings(HostSettings, WorkerSettings, BaseSettings):

@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from services.gateway.config import Settings
 from services.gateway.upstream import ExplainerClient, InferenceClient
-from shared.service import get_settings
+from shared.kit.service import get_settings
 
 
 def get_inference(request: Request) -> InferenceClient:

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from shared.uploads import too_large
+from shared.kit.uploads import too_large
 
 JSON = "application/json"
 

@@ -16,7 +16,7 @@ from services.gateway.middleware import BatchBodyLimit, RequestIdMiddleware
 from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
-from shared.service import build_app, internal_async_client
+from shared.kit.service import build_app, internal_async_client
 
 logger = logging.getLogger(__name__)
 

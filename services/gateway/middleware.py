@@ -8,9 +8,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ErrorCode, ServiceError
-from shared.uploads import MULTIPART_OVERHEAD_BYTES, forward_within_limit
-from shared.upstream import REQUEST_ID_HEADER
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.uploads import MULTIPART_OVERHEAD_BYTES, forward_within_limit
+from shared.kit.upstream import REQUEST_ID_HEADER
 
 _HEADER = REQUEST_ID_HEADER.encode()
 # A client's id is reused only if it is short and plain; anything else could poison logs.

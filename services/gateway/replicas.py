@@ -26,8 +26,8 @@ import httpx
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
-from shared.errors import ErrorCode, ServiceError
-from shared.upstream import (
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.upstream import (
     READINESS_PATH,
     is_connection_failure,
     parse,

@@ -16,9 +16,9 @@ import httpx
 
 from services.gateway.forwarding import ForwardedBody
 from services.gateway.replicas import ReplicaPool
-from shared.errors import ServiceError
-from shared.schemas import BatchPredictionOut, ExplanationOut, ModelsOut
-from shared.upstream import FORWARDED_FILENAME, AsyncServiceClient, raise_for_error
+from shared.kit.errors import ServiceError
+from shared.kit.schemas import BatchPredictionOut, ExplanationOut, ModelsOut
+from shared.kit.upstream import FORWARDED_FILENAME, AsyncServiceClient, raise_for_error
 
 # The explainer's client waits minutes for an explanation; a readiness probe must not.
 EXPLAINER_STATUS_TIMEOUT_S = 2.0

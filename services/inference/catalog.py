@@ -10,8 +10,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES
 
 
 @dataclass(frozen=True)

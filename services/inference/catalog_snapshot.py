@@ -15,7 +15,7 @@ from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from services.inference.mlflow_store import MlflowStore
-from shared.errors import ServiceError
+from shared.kit.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 

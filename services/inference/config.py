@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.hosts import HostSettings
-from shared.service import DEFAULT_MAX_UPLOAD_BYTES
-from shared.workers import WorkerSettings, usable_cpus
+from shared.kit.hosts import HostSettings
+from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.kit.workers import WorkerSettings, usable_cpus
 
 
 class Settings(HostSettings, WorkerSettings, BaseSettings):

@@ -25,9 +25,9 @@ from services.inference.guard_selector import GuardSelector
 from services.inference.registry import ModelRegistry
 from services.inference.runner import Runner
 from services.inference.servable import Classifier
-from shared.errors import ErrorCode, ServiceError
-from shared.imaging import DecodedImage
-from shared.schemas import BatchItem, CompareItem, ItemError, OodOut, PredictionOut
+from shared.core.imaging import DecodedImage
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import BatchItem, CompareItem, ItemError, OodOut, PredictionOut
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from fastapi import Depends, Header, Path, Request
 from services.inference.config import Settings
 from services.inference.dataplane import DataPlane
 from services.inference.servable import Classifier
-from shared.errors import ErrorCode, ServiceError
-from shared.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
-from shared.schemas import PIXELS_SHAPE_HEADER
-from shared.service import get_settings
-from shared.uploads import read_body
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
+from shared.kit.schemas import PIXELS_SHAPE_HEADER
+from shared.kit.service import get_settings
+from shared.kit.uploads import read_body
 
 
 def get_dataplane(request: Request) -> DataPlane:

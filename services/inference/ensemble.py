@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from services.inference.servable import Classifier
-from shared.contract import PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
-from shared.imaging import DecodedImage
-from shared.onnx_classifier import ClassScores
-from shared.schemas import ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG
+from shared.core.contract import PreprocessingContract
+from shared.core.imaging import DecodedImage
+from shared.core.onnx_classifier import ClassScores
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A small ONNX graph (the upload's thumbnail and a few statistics -> one score) with its threshold and input kind
 in its metadata, opened by the one session factory. Its input row is the thumbnail's pixels and the statistics
-side by side (``shared.guard_input``: defined once for training and inference); its answer is the verdict.
+side by side (``shared.core.guard_input``: defined once for training and inference); its answer is the verdict.
 Which version is the guard, and what a verdict does to a request, is ``guard_selector``'s and the data plane's.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import ErrorCode, ServiceError
-from shared.guard_input import FEATURE_NAMES, GUARD_INPUT_KIND, THUMBNAIL_SIZE, decode_guard_images, guard_input_of
-from shared.imaging import DecodedImage
-from shared.onnx_classifier import open_session
-from shared.schemas import GUARD_METADATA_KEY, OodOut
+from shared.core.guard_input import FEATURE_NAMES, GUARD_INPUT_KIND, THUMBNAIL_SIZE, decode_guard_images, guard_input_of
+from shared.core.imaging import DecodedImage
+from shared.core.onnx_classifier import open_session
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import GUARD_METADATA_KEY, OodOut
 
 logger = logging.getLogger(__name__)
 

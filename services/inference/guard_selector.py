@@ -16,8 +16,8 @@ import time
 from services.inference.catalog import ModelRecord
 from services.inference.guard import GUARD_MODEL, Guard
 from services.inference.mlflow_store import MlflowStore
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import GUARD_REGISTERED_NAME, OodOut
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import GUARD_REGISTERED_NAME, OodOut
 
 logger = logging.getLogger(__name__)
 

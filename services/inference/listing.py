@@ -10,8 +10,8 @@ import logging
 
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.registry import ModelRegistry
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import ENSEMBLE_MODEL, ModelInfo, ModelsOut, ModelVersionInfo
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import ENSEMBLE_MODEL, ModelInfo, ModelsOut, ModelVersionInfo
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from services.inference.metrics import MODEL_LOADS
 from services.inference.servable import Servable
-from shared.errors import ErrorCode, ServiceError
+from shared.kit.errors import ErrorCode, ServiceError
 
 ServableT = TypeVar("ServableT", bound=Servable)
 

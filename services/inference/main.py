@@ -16,8 +16,8 @@ from services.inference.mlflow_store import configure_mlflow_http
 from services.inference.registry import ModelRegistry, open_registry
 from services.inference.routes import api_router, debug_router
 from services.inference.runner import Runner
-from shared.imaging import decode_settings
-from shared.service import build_app
+from shared.core.decoding import decode_settings
+from shared.kit.service import build_app
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from shared.onnx_classifier import RunObserver
+from shared.core.onnx_classifier import RunObserver
 
 # Sub-millisecond to a few seconds: one CNN image takes about 2 ms, a large batch can take seconds.
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

@@ -13,8 +13,8 @@ import yaml
 from mlflow.entities.model_registry import ModelVersion
 
 from services.inference.catalog import VersionRecord
-from shared.contract import ONNX_FILENAME
-from shared.schemas import ENSEMBLE_MEMBERS_TAG, PRETRAINED_TAG
+from shared.core.contract import ONNX_FILENAME
+from shared.kit.schemas import ENSEMBLE_MEMBERS_TAG, PRETRAINED_TAG
 
 # The model-version tag training writes (services.training.tracking.ONNX_SHA256_TAG; no service imports another).
 ONNX_SHA256_TAG = "onnx_sha256"

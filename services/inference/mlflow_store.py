@@ -28,8 +28,8 @@ from services.inference import model_store
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from services.inference.mlflow_records import find_onnx, version_record
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import (
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import (
     CHAMPION_ALIAS,
     GUARD_REGISTERED_NAME,
     REGISTERED_NAME_PREFIX,

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
-from shared.contract import ONNX_FILENAME
-from shared.errors import ErrorCode, ServiceError
+from shared.core.contract import ONNX_FILENAME
+from shared.kit.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
 

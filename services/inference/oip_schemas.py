@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.service import API_VERSION
+from shared.kit.service import API_VERSION
 
 SERVER_NAME = "brain-tumor-inference"
 SERVER_VERSION = API_VERSION

@@ -28,8 +28,8 @@ from services.inference.oip_schemas import (
     RequestInput,
     ResponseOutput,
 )
-from shared.contract import PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
+from shared.core.contract import PreprocessingContract
+from shared.kit.errors import ErrorCode, ServiceError
 
 _LENGTH = struct.Struct("<I")
 

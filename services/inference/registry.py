@@ -20,8 +20,8 @@ from services.inference.loaded_models import LoadedModels
 from services.inference.metrics import run_recorder
 from services.inference.mlflow_store import MlflowStore
 from services.inference.servable import Classifier
-from shared.errors import ErrorCode, ServiceError
-from shared.onnx_classifier import OnnxClassifier
+from shared.core.onnx_classifier import OnnxClassifier
+from shared.kit.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
 

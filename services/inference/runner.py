@@ -26,7 +26,7 @@ from anyio import CapacityLimiter
 
 from services.inference.metrics import QUEUE_WAIT_SECONDS
 from services.inference.servable import Servable
-from shared.errors import ErrorCode, ServiceError
+from shared.kit.errors import ErrorCode, ServiceError
 
 # What a request prepares for its run: the servable and its batch first, then whatever the answer needs.
 PreparedT = TypeVar("PreparedT", bound=tuple[Any, ...])

@@ -5,7 +5,7 @@ A servable is loaded once (``load``; ``ready`` after), turns decoded images into
 and reads one row (``postprocess``). The data plane (``dataplane``) runs every servable the same way, and the
 runner (``runner``) may join the batches of concurrent requests, since every input is one array.
 
-Implemented by the ONNX classifier (``shared.onnx_classifier.OnnxClassifier``), the ensemble (``ensemble``) and
+Implemented by the ONNX classifier (``shared.core.onnx_classifier.OnnxClassifier``), the ensemble (``ensemble``) and
 the guard against non-MRI input (``guard``). Classifiers also carry their preprocessing contract and accept a
 caller's own model tensor (``preprocess_tensor``: the Open Inference Protocol's FP32 input).
 """
@@ -17,9 +17,9 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from shared.contract import PreprocessingContract
-from shared.imaging import DecodedImage
-from shared.onnx_classifier import ClassScores
+from shared.core.contract import PreprocessingContract
+from shared.core.imaging import DecodedImage
+from shared.core.onnx_classifier import ClassScores
 
 AnswerT_co = TypeVar("AnswerT_co", covariant=True)
 

@@ -26,8 +26,8 @@ from scipy.optimize import minimize_scalar
 
 from services.training.data import PreparedData
 from services.training.splits import split_train_test
-from shared.contract import OUTPUT_NAME
-from shared.dataset import LabelledFiles, load_arrays
+from shared.core.contract import OUTPUT_NAME
+from shared.core.dataset import LabelledFiles, load_arrays
 
 # A probability is clipped to this before its log: the forest's zero votes would otherwise be log 0.
 PROBABILITY_EPS = 1e-4

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from services.training.config import TrainingSettings
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
-from shared.errors import ServiceError
-from shared.schemas import MODEL_FAMILIES
+from shared.kit.errors import ServiceError
+from shared.kit.schemas import MODEL_FAMILIES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,9 +12,9 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.hosts import HostSettings
-from shared.service import DEFAULT_MAX_JSON_BODY_BYTES
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.kit.hosts import HostSettings
+from shared.kit.service import DEFAULT_MAX_JSON_BODY_BYTES
 
 # Where the stack keeps data for training (under its state folder, BT_STATE_DIR, var/ by default).
 STATE_DATA_DIR = Path("var/data")

@@ -12,7 +12,7 @@ import numpy as np
 
 from services.training.duplicates import duplicate_groups, group_summary
 from services.training.splits import split_train_test
-from shared.dataset import LabelledFiles, discover, load_arrays
+from shared.core.dataset import LabelledFiles, discover, load_arrays
 
 # Duplicates are looked for at this size whatever size the models use: enough detail for the hash.
 HASH_IMAGE_SIZE = 64

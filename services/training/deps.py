@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from services.training.config import TrainingSettings
 from services.training.jobs import TrainingRunManager
-from shared.service import get_settings
+from shared.kit.service import get_settings
 
 
 def get_manager(request: Request) -> TrainingRunManager:

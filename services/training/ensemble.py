@@ -23,7 +23,7 @@ from scipy.optimize import minimize
 from services.training import plots, tracking
 from services.training.calibration import calibration_metrics, negative_log_likelihood
 from services.training.evaluation import evaluate
-from shared.schemas import (
+from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MEMBERS_TAG,
     ENSEMBLE_MODEL,

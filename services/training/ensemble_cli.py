@@ -24,8 +24,8 @@ from services.training.calibration import CalibrationSlice, carve_calibration_sl
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
 from services.training.ensemble import build_ensemble
-from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import registered_name
+from shared.core.onnx_classifier import OnnxClassifier
+from shared.kit.schemas import registered_name
 
 BATCH = 64
 

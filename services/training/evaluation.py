@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from shared.contract import CLASS_NAMES
+from shared.core.contract import CLASS_NAMES
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from services.training.config import TrainingSettings
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
-from shared.errors import ErrorCode, ServiceError
+from shared.kit.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """LIME overlays of a few test images, logged to the family's MLflow run at training time.
 
-They run the exported ONNX file in process (``shared.onnx_classifier``), the very file that gets
+They run the exported ONNX file in process (``shared.core.onnx_classifier``), the very file that gets
 registered. Needs the ``[explain]`` extra, which ``[train]`` includes.
 """
 
@@ -17,10 +17,10 @@ import mlflow
 import numpy as np
 
 from services.training.tracking import log_bytes
-from shared.contract import CLASS_NAMES
-from shared.lime_explanation import Explanation, PredictFn, explain
-from shared.lime_overlay import render_overlay
-from shared.onnx_classifier import OnnxClassifier
+from shared.core.contract import CLASS_NAMES
+from shared.core.lime_explanation import Explanation, PredictFn, explain
+from shared.core.lime_overlay import render_overlay
+from shared.core.onnx_classifier import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 

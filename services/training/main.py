@@ -11,7 +11,7 @@ from services.training.config import TrainingSettings
 from services.training.jobs import RunFunction, TrainingRunManager
 from services.training.options import FamilyProgress, TrainingOptions
 from services.training.routes import runs
-from shared.service import build_app
+from shared.kit.service import build_app
 
 
 def _run_pipeline(

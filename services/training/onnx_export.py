@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
-from shared.onnx_classifier import OnnxClassifier
+from shared.core.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.core.onnx_classifier import OnnxClassifier
 
 PARITY_MAX_ABS_DIFF = 1e-4
 

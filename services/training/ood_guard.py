@@ -4,7 +4,7 @@ Why one-class: a classifier trained on a few generated negatives learns those ne
 screenshot nobody generated falls anywhere. A model of what MRI slices look like refuses whatever is far from
 them, whatever it is (docs/ood-guard.md gives the measurements behind each choice).
 
-Its input is ``shared.guard_input`` (the same code scores uploads in inference): the 32x32 grayscale thumbnail and
+Its input is ``shared.core.guard_input`` (the same code scores uploads in inference): the 32x32 grayscale thumbnail and
 a few statistics of the image, colour first. The model:
 - PCA of the training thumbnails gives two distances, each over its median on the fitting images: the
   reconstruction error (energy outside the MRI subspace: text, edges, texture) and the Mahalanobis distance of the
@@ -37,7 +37,7 @@ from mlflow import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 
 from services.training import tracking
-from shared.guard_input import (
+from shared.core.guard_input import (
     FEATURE_NAMES,
     GUARD_FEATURES_INPUT_NAME,
     GUARD_INPUT_KIND,
@@ -46,7 +46,7 @@ from shared.guard_input import (
     decode_colour,
     guard_input_of,
 )
-from shared.schemas import (
+from shared.kit.schemas import (
     CHAMPION_ALIAS,
     GUARD_INPUT_NAME,
     GUARD_METADATA_KEY,
@@ -56,7 +56,7 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
-# Thumbnail side (shared.guard_input decides it; re-exported for the pipeline and the benchmark).
+# Thumbnail side (shared.core.guard_input decides it; re-exported for the pipeline and the benchmark).
 GUARD_IMAGE_SIZE = THUMBNAIL_SIZE
 # PCA components kept: enough to rebuild a slice's layout, too few to rebuild arbitrary pictures.
 GUARD_COMPONENTS = 24
@@ -113,7 +113,7 @@ class OodGuard:
 
 
 def files_input(paths: Sequence[Path], thumbnails: np.ndarray) -> GuardInput:
-    """The guard input of training files: their cached thumbnails (decoded as ``shared.imaging`` decodes uploads)
+    """The guard input of training files: their cached thumbnails (decoded as ``shared.core.imaging`` decodes uploads)
     and their colour thumbnails, decoded here (about a millisecond a JPEG)."""
     if len(paths) != len(thumbnails):
         raise ValueError(f"{len(paths)} files but {len(thumbnails)} thumbnails")

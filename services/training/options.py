@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.schemas import MODEL_FAMILIES
+from shared.kit.schemas import MODEL_FAMILIES
 
 if TYPE_CHECKING:
     Family = str
-else:  # the names of shared.schemas.FAMILY_CLASSES, listed as an enum in the API's JSON schema
+else:  # the names of shared.kit.schemas.FAMILY_CLASSES, listed as an enum in the API's JSON schema
     Family = Literal[MODEL_FAMILIES]
 SearchMode = Literal["none", "quick", "seed"]
 IMAGE_SIZE_LIMITS = (16, 512)

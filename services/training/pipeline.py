@@ -38,10 +38,10 @@ from services.training.recipe import champion_ensemble_weights, champion_recipe
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
-from shared.contract import CLASS_NAMES
-from shared.dataset import discover
-from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
+from shared.core.contract import CLASS_NAMES
+from shared.core.dataset import discover
+from shared.core.onnx_classifier import OnnxClassifier
+from shared.kit.schemas import RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
 
 logger = logging.getLogger(__name__)
 

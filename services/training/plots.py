@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from shared.contract import CLASS_NAMES  # noqa: E402
+from shared.core.contract import CLASS_NAMES  # noqa: E402
 
 
 def _png(figure: plt.Figure) -> bytes:

@@ -10,8 +10,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
 
 # Logged by the run, not parameters of the model: the refit sets its own.
 RUN_ONLY_PARAMS = ("test_files_sha256", "data_dir")

@@ -33,9 +33,9 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
 from services.training.onnx_export import embedded_contract
-from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, OUTPUT_NAME, PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
+from shared.core.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, OUTPUT_NAME, PreprocessingContract
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
 
 # Where the contract sits in the MLflow Model's metadata (MLmodel), for MLflow users; inference reads the copy
 # inside the ONNX file.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared.errors import ErrorCode, ServiceError
+from shared.kit.errors import ErrorCode, ServiceError
 
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 WEIGHTS_SETTING = "BT_MOBILENETV2_WEIGHTS"

@@ -20,7 +20,7 @@ from deploy.nginx import NginxSettings, nginx_binary
 from deploy.postgres import DRIVER_SCHEME
 from deploy.processes import PROJECT_ROOT
 from services.training.cli import build_parser
-from shared.dataset import discover
+from shared.core.dataset import discover
 from tests.deploy.contracts import (
     RUNTIME_VARIABLES,
     SERVICES,

@@ -236,7 +236,7 @@ def test_local_overlay_runs_one_replica_of_each() -> None:
     (job_container,) = by_kind(resources, "Job")["train"]["spec"]["template"]["spec"]["containers"]
     data_dir = {item["name"]: item.get("value") for item in job_container["env"]}["BT_TRAINING_DATA_DIR"]
     # Where pip puts shared/sample_data in the image: the same place relative to site-packages as here.
-    from shared.dataset import SAMPLE_DATA_DIR
+    from shared.core.dataset import SAMPLE_DATA_DIR
 
     assert data_dir.endswith("site-packages/" + "/".join(SAMPLE_DATA_DIR.parts[-2:]))
 

@@ -14,7 +14,7 @@ import pytest
 from deploy.credentials import MlflowCredentials
 from deploy.processes import ManagedProcess
 from deploy.stack import _registered_families
-from shared.schemas import CHAMPION_ALIAS, registered_name
+from shared.kit.schemas import CHAMPION_ALIAS, registered_name
 
 ALIAS_API = "/api/2.0/mlflow/registered-models/alias"
 

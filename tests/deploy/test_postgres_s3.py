@@ -28,7 +28,7 @@ import pytest
 from deploy.postgres import PostgresCluster, start_postgres, with_driver
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from deploy.s3 import create_bucket, object_keys, s3_client, s3_env, start_moto
-from shared.schemas import registered_name
+from shared.kit.schemas import registered_name
 
 BUCKET = "bt-models"
 PREFIX = "mlflow"

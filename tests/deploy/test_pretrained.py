@@ -12,10 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from deploy import pretrained
-from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from shared.dataset import SAMPLE_DATA_DIR, discover
-from shared.guard_input import GuardInput
-from shared.pretrained import (
+from deploy.bundle import (
     GUARD_KEY,
     BundledEnsemble,
     BundledGuard,
@@ -24,7 +21,10 @@ from shared.pretrained import (
     load_bundle,
     write_bundle,
 )
-from shared.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, GUARD_REGISTERED_NAME, PRETRAINED_TAG, registered_name
+from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
+from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.guard_input import GuardInput
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, GUARD_REGISTERED_NAME, PRETRAINED_TAG, registered_name
 from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays
 
 # model_zoo has a champion only for rf: bundle one chosen version of each family.

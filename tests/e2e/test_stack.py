@@ -21,12 +21,12 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from deploy.bundle import load_manifest
 from deploy.nginx import front_unavailable
 from deploy.processes import free_port
 from deploy.stack import DEFAULT_PORTS
-from shared.contract import CLASS_NAMES
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.pretrained import load_manifest
+from shared.core.contract import CLASS_NAMES
+from shared.core.dataset import SAMPLE_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("rf", "snn", "cnn", "mobilenetv2")

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from deploy.processes import ManagedProcess, free_port, start_service
-from shared.service import DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
+from shared.kit.service import DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from tests.conftest import ModelZoo
 from tests.error_body import error_body
 

@@ -18,7 +18,7 @@ import pytest
 from pydicom.uid import RLELossless
 
 from deploy.processes import ManagedProcess, free_port, start_service
-from shared.imaging import decode_grayscale
+from shared.core.imaging import decode_grayscale
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME, example_file, with_patient_name, write_dicom
 from tests.error_body import error_body
 from tests.services.gateway import test_web_browser as web

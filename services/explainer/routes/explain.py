@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 
 from services.explainer.deps import InferenceDep, NumSamples, SettingsDep
 from services.explainer.explaining import ExplainRequest, explain_upload
-from shared.errors import ErrorCode, ServiceError
-from shared.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
-from shared.schemas import ExplanationOut
-from shared.service import RequestIdDep, error_responses
-from shared.uploads import ImageBytes
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.kit.schemas import ExplanationOut
+from shared.kit.service import RequestIdDep, error_responses
+from shared.kit.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 

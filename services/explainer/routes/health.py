@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.explainer.deps import InferenceDep
-from shared.service import HealthOut, RequestIdDep, error_responses
+from shared.kit.service import HealthOut, RequestIdDep, error_responses
 
 router = APIRouter()
 

@@ -12,11 +12,11 @@ from fastapi.responses import Response
 from services.gateway.deps import InferenceDep
 from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422, UPLOAD_DESCRIPTION
-from shared.errors import ErrorCode, ServiceError
-from shared.params import NAME_PATTERN, FrameQuery
-from shared.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
-from shared.service import RequestIdDep, error_responses
-from shared.upstream import UpstreamError
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.params import NAME_PATTERN, FrameQuery
+from shared.kit.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
+from shared.kit.service import RequestIdDep, error_responses
+from shared.kit.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query
 
 from services.gateway.deps import ExplainerDep
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
-from shared.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
-from shared.schemas import ExplanationOut
-from shared.service import RequestIdDep, error_responses
-from shared.uploads import ImageBytes
+from shared.kit.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.kit.schemas import ExplanationOut
+from shared.kit.service import RequestIdDep, error_responses
+from shared.kit.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 

@@ -1,4 +1,4 @@
-"""Readiness of the gateway; liveness (``/healthz``) comes with ``shared.service.build_app``."""
+"""Readiness of the gateway; liveness (``/healthz``) comes with ``shared.kit.service.build_app``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from services.gateway.deps import ExplainerDep, InferenceDep
 from services.gateway.replicas import ReplicaStatus
-from shared.service import RequestIdDep, error_responses
+from shared.kit.service import RequestIdDep, error_responses
 
 router = APIRouter()
 

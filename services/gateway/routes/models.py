@@ -7,8 +7,8 @@ from pydantic import Field
 
 from services.gateway.deps import InferenceDep
 from services.gateway.replicas import ReplicaStatus
-from shared.schemas import ModelsOut
-from shared.service import RequestIdDep, error_responses
+from shared.kit.schemas import ModelsOut
+from shared.kit.service import RequestIdDep, error_responses
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -8,10 +8,10 @@ from fastapi.responses import Response
 from services.gateway.batch import BatchFiles, predict_files
 from services.gateway.deps import InferenceDep, SettingsDep
 from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
-from shared.errors import ErrorCode
-from shared.params import FrameQuery, ModelQuery, VersionQuery
-from shared.schemas import BatchPredictionOut, PredictionOut
-from shared.service import RequestIdDep, error_responses
+from shared.kit.errors import ErrorCode
+from shared.kit.params import FrameQuery, ModelQuery, VersionQuery
+from shared.kit.schemas import BatchPredictionOut, PredictionOut
+from shared.kit.service import RequestIdDep, error_responses
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 

@@ -9,9 +9,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from services.gateway.deps import SettingsDep
-from shared.contract import CLASS_NAMES
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import MODEL_FAMILIES
+from shared.core.contract import CLASS_NAMES
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import MODEL_FAMILIES
 
 router = APIRouter()
 

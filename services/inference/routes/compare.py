@@ -13,16 +13,16 @@ from pydantic import StringConstraints
 
 from services.inference.deps import DataPlaneDep, ModelName, SettingsDep
 from services.inference.guard_selector import NOT_MRI_422
-from shared.errors import ErrorCode
-from shared.params import NAME_PATTERN, FrameQuery, VersionQuery
-from shared.schemas import (
+from shared.kit.errors import ErrorCode
+from shared.kit.params import NAME_PATTERN, FrameQuery, VersionQuery
+from shared.kit.schemas import (
     COMPARE_MAX_MODELS,
     PREDICT_BATCH_MAX_FILES,
     BatchPredictionOut,
     CompareOut,
 )
-from shared.service import error_responses, json_answer
-from shared.uploads import ImageBytes, read_uploads
+from shared.kit.service import error_responses, json_answer
+from shared.kit.uploads import ImageBytes, read_uploads
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

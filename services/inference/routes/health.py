@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from services.inference.deps import DataPlaneDep, require_ready
-from shared.service import error_responses, health_router
+from shared.kit.service import error_responses, health_router
 
 # The kit's router carries the "health" tag; tagging this router too would list /healthz under it twice.
 router = APIRouter()

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 from services.inference.deps import DataPlaneDep, ModelDep, ModelName, PixelBatch
 from services.inference.guard_selector import NOT_MRI_422
 from services.inference.listing import list_models as list_registered
-from shared.errors import ErrorCode
-from shared.params import FrameQuery, VersionQuery
-from shared.schemas import (
+from shared.kit.errors import ErrorCode
+from shared.kit.params import FrameQuery, VersionQuery
+from shared.kit.schemas import (
     CHAMPION_ALIAS,
     PIXELS_SHAPE_HEADER,
     ContractOut,
@@ -19,8 +19,8 @@ from shared.schemas import (
     PixelsPredictionOut,
     PredictionOut,
 )
-from shared.service import error_responses, json_answer
-from shared.uploads import ImageBytes
+from shared.kit.service import error_responses, json_answer
+from shared.kit.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

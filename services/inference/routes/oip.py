@@ -2,7 +2,7 @@
 
 What tritonclient, KServe's and MLServer's clients call. Models are the short names (``cnn``); a version
 is a number or an alias, and without one the default version answers (as on ``/v1``). Errors have the
-protocol's body ``{"error": "<message>"}`` (shared.errors maps them on these paths).
+protocol's body ``{"error": "<message>"}`` (shared.kit.errors maps them on these paths).
 
 The guard against non-MRI input (``services.inference.ood``) judges every image file of the ``image`` input: in
 refuse mode one refused file is a 422 for the request (the protocol has no per-element errors; the message names
@@ -44,10 +44,10 @@ from services.inference.oip_schemas import (
 )
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
 from services.inference.servable import Classifier
-from shared.errors import ErrorCode, ServiceError
-from shared.params import NAME_PATTERN
-from shared.schemas import OodOut
-from shared.uploads import read_body
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.params import NAME_PATTERN
+from shared.kit.schemas import OodOut
+from shared.kit.uploads import read_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 

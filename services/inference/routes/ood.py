@@ -8,10 +8,10 @@ from fastapi import APIRouter
 
 from services.inference.deps import DataPlaneDep
 from services.inference.guard_selector import NOT_MRI_422
-from shared.params import FrameQuery
-from shared.schemas import OodCheckOut
-from shared.service import error_responses
-from shared.uploads import ImageBytes
+from shared.kit.params import FrameQuery
+from shared.kit.schemas import OodCheckOut
+from shared.kit.service import error_responses
+from shared.kit.uploads import ImageBytes
 
 router = APIRouter(prefix="/v1", tags=["guard"])
 

@@ -1,6 +1,6 @@
 """The model families. Each one turns uint8 grayscale images into a fitted model and an ONNX graph.
 
-Which families exist is ``shared.schemas.FAMILY_CLASSES`` (short name -> "module:Class"). A family's
+Which families exist is ``shared.kit.schemas.FAMILY_CLASSES`` (short name -> "module:Class"). A family's
 module is imported only when that family is asked for: the forest must not pay for importing TensorFlow.
 """
 
@@ -10,7 +10,7 @@ import importlib
 
 from services.training.config import TrainingSettings
 from services.training.families.base import FittedModel, ModelFamily
-from shared.schemas import FAMILY_CLASSES
+from shared.kit.schemas import FAMILY_CLASSES
 
 
 def family_class(name: str) -> type[ModelFamily]:

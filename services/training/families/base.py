@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 
 from services.training.config import TrainingSettings
-from shared.contract import PreprocessingContract
-from shared.imaging import to_model_input
+from shared.core.contract import PreprocessingContract
+from shared.core.imaging import to_model_input
 
 # Keys every family takes besides its model parameters: they shape the input or the data it trains on.
 COMMON_PARAMS = frozenset({"seed", "image_size", "scaling", "balancing"})

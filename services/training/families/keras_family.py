@@ -12,7 +12,7 @@ import onnx
 from services.training import keras_runtime
 from services.training.families.base import FittedModel, ModelFamily
 from services.training.onnx_export import keep_only_output
-from shared.contract import OUTPUT_NAME, PreprocessingContract
+from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 
 class KerasModelFamily(ModelFamily):

@@ -25,7 +25,7 @@ from services.training.evaluation import evaluate
 from services.training.families.base import FittedModel
 from services.training.families.keras_family import KerasModelFamily
 from services.training.weights import resolve_weights
-from shared.contract import OUTPUT_NAME, PreprocessingContract
+from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 LAST_BLOCK = 16  # MobileNetV2's inverted-residual blocks are block_1 .. block_16
 FEATURE_BATCH = 32  # images per pass through the ImageNet base: bounds its activations' memory

@@ -17,7 +17,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from services.training.families.base import FittedModel, ModelFamily
 from services.training.onnx_export import keep_only_output
-from shared.contract import OUTPUT_NAME, PreprocessingContract
+from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 FORESTS: dict[str, type[RandomForestClassifier] | type[ExtraTreesClassifier]] = {
     "random_forest": RandomForestClassifier,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.training.families.keras_family import KerasFamily
-from shared.contract import OUTPUT_NAME, PreprocessingContract
+from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 
 class ShallowNetFamily(KerasFamily):

@@ -14,10 +14,10 @@ from services.training.deps import ManagerDep, SettingsDep
 from services.training.families import get_family
 from services.training.jobs import TrainingRun
 from services.training.options import TrainingOptions
-from shared.auth import AUTH_RESPONSES, BearerToken
-from shared.dataset import discover
-from shared.errors import ErrorCode, ServiceError
-from shared.service import error_responses
+from shared.core.dataset import discover
+from shared.kit.auth import AUTH_RESPONSES, BearerToken
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.service import error_responses
 
 API_TOKEN_SETTING = "BT_TRAINING_API_TOKEN"
 DATA_ROOTS_SETTING = "BT_TRAINING_DATA_ROOTS"

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from shared.schemas import ExplanationOut
+from shared.kit.schemas import ExplanationOut
 
 
 def test_process_explains_and_documents_itself(explainer_server: Any, sample_images: dict[str, bytes]) -> None:

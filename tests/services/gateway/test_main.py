@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from shared.schemas import CompareOut, ExplanationOut, PredictionOut
+from shared.kit.schemas import CompareOut, ExplanationOut, PredictionOut
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.schemas import MODEL_FAMILIES
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.kit.schemas import MODEL_FAMILIES
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium stalls on a closed network.

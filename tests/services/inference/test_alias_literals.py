@@ -1,4 +1,4 @@
-"""The alias names are defined once, in shared.schemas: the inference service never spells them itself."""
+"""The alias names are defined once, in shared.kit.schemas: the inference service never spells them itself."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 import services.inference
-from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, LATEST_VERSION
+from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, LATEST_VERSION
 
 PACKAGE = Path(services.inference.__file__).parent
 

@@ -15,12 +15,12 @@ from prometheus_client import REGISTRY
 from services.inference.config import Settings
 from services.inference.metrics import run_recorder
 from services.inference.runner import Batcher, Runner
-from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
-from shared.imaging import DecodedImage
-from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import PIXELS_SHAPE_HEADER
-from shared.workers import usable_cpus
+from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.core.imaging import DecodedImage
+from shared.core.onnx_classifier import OnnxClassifier
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import PIXELS_SHAPE_HEADER
+from shared.kit.workers import usable_cpus
 
 T = TypeVar("T")
 # onnxruntime's float32 GEMM sums in another order for a batch than for one row: a row agrees with its lone run to

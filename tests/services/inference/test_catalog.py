@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, LATEST_VERSION
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, LATEST_VERSION
 
 
 def _record(name: str, versions: list[str], aliases: dict[str, str] | None = None) -> ModelRecord:

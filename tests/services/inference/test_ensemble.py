@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deploy.processes import free_port, start_mlflow
-from shared.contract import PreprocessingContract
+from shared.core.contract import PreprocessingContract
 from tests.conftest import register_onnx_model
 
 # Three members as training would register them (versions 1), weights as fitted on a calibration slice.

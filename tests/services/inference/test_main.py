@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from shared.schemas import PredictionOut
+from shared.kit.schemas import PredictionOut
 
 # Serving installs onnxruntime and mlflow-skinny only; none of these may be loaded.
 TRAINING_ONLY_MODULES = {"tensorflow", "keras", "sklearn", "lime", "tf2onnx", "skl2onnx", "tensorboard"}

@@ -12,9 +12,9 @@ import pytest
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
 from services.inference.model_store import cache_path
-from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import REGISTERED_NAME_PREFIX
+from shared.core.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import REGISTERED_NAME_PREFIX
 from tests.conftest import register_onnx_model
 
 

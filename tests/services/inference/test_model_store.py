@@ -20,8 +20,8 @@ from services.inference.mlflow_records import ONNX_SHA256_TAG
 from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
 from services.inference.model_store import cache_path
 from services.inference.registry import open_registry
-from shared.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
+from shared.core.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
+from shared.kit.errors import ErrorCode, ServiceError
 from tests.conftest import register_onnx_model
 
 

@@ -20,10 +20,10 @@ import pytest
 from services.inference.guard import Guard
 from services.inference.mlflow_store import MlflowStore
 from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx
-from shared.dataset import SAMPLE_DATA_DIR, discover
-from shared.errors import ErrorCode, ServiceError
-from shared.guard_input import GuardInput
-from shared.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME
+from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.guard_input import GuardInput
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME
 from tests.conftest import SampleArrays
 from tests.services.inference.test_ood_routes import GUARDED_MODELS, guarded_services, photo_like
 

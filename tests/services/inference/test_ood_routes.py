@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
-from shared.contract import PreprocessingContract
-from shared.schemas import PIXELS_SHAPE_HEADER
+from shared.core.contract import PreprocessingContract
+from shared.kit.schemas import PIXELS_SHAPE_HEADER
 from tests.conftest import SampleArrays, fit_on_sample, register_onnx_model, sklearn_to_onnx
 
 # Two registered models (the same small classifier twice): enough to show one verdict shared by every model.
@@ -48,8 +48,8 @@ def start_guarded_mlflow(folder: Path, sample_arrays: SampleArrays) -> ManagedPr
     from sklearn.linear_model import LogisticRegression
 
     from services.training.ood_guard import GUARD_IMAGE_SIZE, files_input, fit_guard, register_guard
-    from shared.dataset import SAMPLE_DATA_DIR, discover
-    from shared.guard_input import GuardInput
+    from shared.core.dataset import SAMPLE_DATA_DIR, discover
+    from shared.core.guard_input import GuardInput
 
     server = start_mlflow(folder / "store", free_port(), folder / "mlflow.log")
     contract = PreprocessingContract(layout="flat", scaling="unit", image_size=32)

@@ -13,8 +13,8 @@ import pytest
 from services.inference.listing import list_models
 from services.inference.mlflow_store import configure_mlflow_http
 from services.inference.registry import ModelRegistry, open_registry
-from shared.contract import CLASS_NAMES, ONNX_FILENAME
-from shared.errors import ErrorCode, ServiceError
+from shared.core.contract import CLASS_NAMES, ONNX_FILENAME
+from shared.kit.errors import ErrorCode, ServiceError
 
 
 @pytest.fixture(scope="module")

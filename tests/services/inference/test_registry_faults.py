@@ -27,9 +27,9 @@ import pytest
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from services.inference import model_store
-from shared.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
-from shared.onnx_classifier import OnnxClassifier
-from shared.schemas import CHAMPION_ALIAS, registered_name
+from shared.core.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
+from shared.core.onnx_classifier import OnnxClassifier
+from shared.kit.schemas import CHAMPION_ALIAS, registered_name
 from tests.conftest import register_onnx_model
 from tests.prometheus_samples import parse, value
 

@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow
 from services.training.config import TrainingSettings
-from shared.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
-from shared.dataset import SAMPLE_DATA_DIR
-from shared.onnx_classifier import OnnxClassifier
+from shared.core.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
+from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.core.onnx_classifier import OnnxClassifier
 
 
 @pytest.fixture(scope="session")

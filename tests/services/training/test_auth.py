@@ -19,7 +19,7 @@ from deploy.processes import ManagedProcess, free_port, start_service
 from services.training.config import TrainingSettings
 from services.training.main import create_app
 from services.training.options import FamilyProgress, TrainingOptions
-from shared.dataset import SAMPLE_DATA_DIR
+from shared.core.dataset import SAMPLE_DATA_DIR
 
 TOKEN = "training-token-for-tests"
 RIGHT = {"Authorization": f"Bearer {TOKEN}"}

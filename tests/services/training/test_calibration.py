@@ -20,7 +20,7 @@ from services.training.calibration import (
     fit_temperature,
     negative_log_likelihood,
 )
-from shared.contract import OUTPUT_NAME
+from shared.core.contract import OUTPUT_NAME
 
 
 def _overconfident(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from services.training.duplicates import duplicate_groups, group_summary
 from services.training.splits import split_train_test
-from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
+from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
 def reencode(pixels: np.ndarray, quality: int) -> np.ndarray:

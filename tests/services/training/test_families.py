@@ -12,8 +12,8 @@ from services.training.config import TrainingSettings
 from services.training.families import get_family
 from services.training.families.random_forest import FORESTS
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
-from shared.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
-from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
+from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 IMAGE_SIZE = 32
 
@@ -78,7 +78,7 @@ def test_mobilenetv2_frozen_and_fine_tuned(
 
 
 def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
-    from shared.errors import ServiceError
+    from shared.kit.errors import ServiceError
 
     family = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=tmp_path / "absent.h5"))
     pixels, labels = sample

@@ -9,7 +9,7 @@ import pytest
 
 from services.training import keras_runtime
 from services.training.families import get_family
-from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
+from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
 def _one_pass(count: int, batch_size: int, class_weight: dict[int, float] | None = None) -> list[tuple[Any, ...]]:

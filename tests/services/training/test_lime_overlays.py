@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
-from shared.contract import CLASS_NAMES, PreprocessingContract
+from shared.core.contract import CLASS_NAMES, PreprocessingContract
 from tests.lime_models import spot_model_for
 
 spot_model_32 = spot_model_for(32)

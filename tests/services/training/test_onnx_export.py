@@ -8,7 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from services.training.onnx_export import check_parity, embed_contract, keep_only_output
-from shared.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
+from shared.core.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 
 
 def softmax_graph() -> onnx.ModelProto:

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx, guard_scores
-from shared.dataset import SAMPLE_DATA_DIR, discover
-from shared.guard_input import GUARD_FEATURES_INPUT_NAME, GUARD_INPUT_KIND, GuardInput, guard_input
-from shared.schemas import GUARD_INPUT_NAME, GUARD_METADATA_KEY
+from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.guard_input import GUARD_FEATURES_INPUT_NAME, GUARD_INPUT_KIND, GuardInput, guard_input
+from shared.kit.schemas import GUARD_INPUT_NAME, GUARD_METADATA_KEY
 
 SIZE = GUARD_IMAGE_SIZE
 

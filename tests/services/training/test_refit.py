@@ -16,7 +16,7 @@ from services.training import ensemble_cli
 from services.training.config import TrainingSettings
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.pipeline import run_training
-from shared.dataset import SAMPLE_DATA_DIR
+from shared.core.dataset import SAMPLE_DATA_DIR
 
 FAMILIES = ["rf", "snn"]
 

@@ -24,9 +24,9 @@ from mlflow import MlflowClient
 
 from deploy.processes import LOOPBACK, ManagedProcess, free_port, loopback_url, start_mlflow
 from services.training import tracking
-from shared.contract import ONNX_FILENAME, PreprocessingContract
-from shared.errors import ErrorCode, ServiceError
-from shared.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
+from shared.core.contract import ONNX_FILENAME, PreprocessingContract
+from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
 
 SPLIT = "split-of-these-tests"
 

@@ -21,7 +21,7 @@ from services.training.grids import candidates
 from services.training.options import FamilyState, TrainingOptions
 from services.training.pipeline import run_training
 from services.training.search import best_outcome, cv_folds, run_search
-from shared.dataset import SAMPLE_DATA_DIR, discover, load_arrays
+from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays
 
 
 def test_seed_grids_are_the_studys() -> None:

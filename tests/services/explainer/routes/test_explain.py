@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.contract import CLASS_NAMES
-from shared.schemas import ExplanationOut
+from shared.core.contract import CLASS_NAMES
+from shared.kit.schemas import ExplanationOut
 from tests.error_body import error_body
 
 FAST = {"num_samples": "60"}

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.routes.compare import parse_models
-from shared.errors import ServiceError
-from shared.schemas import CompareOut, PredictionOut
+from shared.kit.errors import ServiceError
+from shared.kit.schemas import CompareOut, PredictionOut
 
 
 def _compare(client: Any, data: bytes, **params: str) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.schemas import ExplanationOut
+from shared.kit.schemas import ExplanationOut
 from tests.error_body import error_body
 
 

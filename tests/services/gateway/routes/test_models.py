@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from shared.schemas import ModelsOut
+from shared.kit.schemas import ModelsOut
 
 
 def test_list_models_matches_the_inference_service(gateway_client: Any, inference_server: Any) -> None:

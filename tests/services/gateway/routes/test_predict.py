@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.contract import CLASS_NAMES
-from shared.schemas import PredictionOut
+from shared.core.contract import CLASS_NAMES
+from shared.kit.schemas import PredictionOut
 from tests.error_body import error_body
 
 

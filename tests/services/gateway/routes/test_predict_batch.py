@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.gateway.batch import plan_calls
-from shared.schemas import BatchPredictionOut, PredictionOut
+from shared.kit.schemas import BatchPredictionOut, PredictionOut
 from tests.error_body import error_body
 
 

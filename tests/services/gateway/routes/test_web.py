@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.contract import CLASS_NAMES
-from shared.schemas import MODEL_FAMILIES
+from shared.core.contract import CLASS_NAMES
+from shared.kit.schemas import MODEL_FAMILIES
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from shared import imaging
-from shared.schemas import PREDICT_BATCH_MAX_FILES, BatchPredictionOut, CompareOut, PredictionOut
+from shared.core import imaging
+from shared.kit.schemas import PREDICT_BATCH_MAX_FILES, BatchPredictionOut, CompareOut, PredictionOut
 from tests.error_body import error_body
 
 FAMILIES = ["rf", "snn", "cnn", "mobilenetv2"]

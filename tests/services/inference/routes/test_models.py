@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.contract import CLASS_NAMES
-from shared.schemas import ModelsOut, PredictionOut
+from shared.core.contract import CLASS_NAMES
+from shared.kit.schemas import ModelsOut, PredictionOut
 
 
 def _predict(client: Any, model: str, data: bytes, **params: str) -> Any:
@@ -173,7 +173,7 @@ def test_openapi_documents_every_error_with_the_one_error_body(inference_client:
         if not path.startswith("/v2")
     }
     assert declared == {
-        # 400 on every route: INVALID_HOST (shared/hosts.py), besides a route's own reasons.
+        # 400 on every route: INVALID_HOST (shared/kit/hosts.py), besides a route's own reasons.
         ("/healthz", "get"): ["400"],
         ("/readyz", "get"): ["400", "503"],
         ("/v1/models", "get"): ["400", "503"],

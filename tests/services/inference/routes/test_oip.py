@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from shared.contract import CLASS_NAMES
-from shared.imaging import decode_to_array, to_model_input
+from shared.core.contract import CLASS_NAMES
+from shared.core.imaging import decode_to_array, to_model_input
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -333,7 +333,7 @@ def test_openapi_declares_every_v2_status_with_the_protocol_error_body(inference
     model_errors = ["400", "404", "500", "503"]
     infer_errors = ["400", "404", "413", "422", "500", "503"]  # 422: NOT_A_BRAIN_MRI (the OOD guard)
     assert declared == {
-        # 400 on every route: INVALID_HOST (shared/hosts.py), besides a route's own reasons.
+        # 400 on every route: INVALID_HOST (shared/kit/hosts.py), besides a route's own reasons.
         ("/v2/health/live", "get"): ["400"],
         ("/v2/health/ready", "get"): ["400", "503"],
         ("/v2", "get"): ["400"],

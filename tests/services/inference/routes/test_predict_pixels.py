@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.contract import CLASS_NAMES, PreprocessingContract
-from shared.imaging import decode_to_array, to_model_input
-from shared.schemas import ContractOut, PixelsPredictionOut
+from shared.core.contract import CLASS_NAMES, PreprocessingContract
+from shared.core.imaging import decode_to_array, to_model_input
+from shared.kit.schemas import ContractOut, PixelsPredictionOut
 from tests.error_body import error_body
 
 

@@ -1,0 +1,55 @@
+"""Worker processes for the services that classify (inference, gateway): one uvicorn worker per usable core.
+
+One Python process has one GIL: decoding, the framework and the event loop would share one core however many
+onnxruntime runs go on beside them. Each worker is a whole copy of the app (its own models, its own connections);
+uvicorn's supervisor spreads connections over them.
+
+Prometheus: with several workers each process writes its series to files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
+folder the supervisor makes and removes), and ``/metrics`` of any worker sums them (prometheus-client's
+multiprocess mode, ``shared.kit.metrics``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class WorkerSettings(BaseSettings):
+    """The ``workers`` setting of a service that may run several worker processes."""
+
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Worker processes of `python -m services.<name>` (and the stack); 0: one per usable CPU. "
+        "`uvicorn --factory ...` without --workers runs one.",
+    )
+
+    def process_count(self) -> int:
+        return self.workers or usable_cpus()
+
+
+def share_metrics_between_workers(service: str) -> None:
+    """Give the workers about to start one fresh folder for their Prometheus series (removed at exit)."""
+    folder = tempfile.mkdtemp(prefix=f"bt-{service}-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    atexit.register(shutil.rmtree, folder, True)
+
+
+def metrics_shared_between_workers() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
