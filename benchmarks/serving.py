@@ -39,7 +39,7 @@ from deploy.credentials import mlflow_auth_from_env
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from services.training.weights import WEIGHTS_FILE
 from shared.core.dataset import SAMPLE_DATA_DIR
-from shared.kit.schemas import MODEL_FAMILIES, registered_name
+from shared.kit.schemas import ENSEMBLE_MODEL, MODEL_FAMILIES, registered_name
 
 MODEL = "cnn"
 IMAGE = SAMPLE_DATA_DIR / "glioma" / "glioma_000.jpg"
@@ -95,7 +95,11 @@ def _registered_versions(tracking_uri: str) -> dict[str, str]:
 
 
 def train(env: dict[str, str], data: Path | None, quick: bool, retrain: bool) -> dict[str, str]:
-    """Train and register the families the registry lacks (all with ``retrain``), as the stack does."""
+    """The models served: the pretrained bundle registered into the empty registry, as the stack does (the four
+    families, the ensemble and the guard); with ``retrain`` (or ``data``), the four families trained here."""
+    if not retrain and data is None and not _registered_versions(env["MLFLOW_TRACKING_URI"]):
+        command = [sys.executable, "-m", "deploy.pretrained", "register", "--tracking-uri", env["MLFLOW_TRACKING_URI"]]
+        subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT, check=True, timeout=600)
     have = _registered_versions(env["MLFLOW_TRACKING_URI"])
     missing = list(MODEL_FAMILIES) if retrain else [family for family in MODEL_FAMILIES if family not in have]
     if missing:
@@ -130,6 +134,37 @@ def rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+def tree_rss_mb(pid: int) -> dict[str, Any]:
+    """Resident memory of a service's process and its children (uvicorn's supervisor, its workers): each
+    worker's, and all of them together, in MB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
+    each = {child: rss_mb(child).get("VmRSS", 0.0) for child in pids}
+    workers = [value for child, value in each.items() if child != pid and value > 100]
+    return {"total": sum(each.values()), "workers": workers, "largest_worker": max(workers, default=each[pid])}
+
+
+def in_process_classify_ms(cache_dir: Path, repeats: int) -> float | None:
+    """p50 of the served CNN's file bytes to probabilities in-process (decode, contract, onnxruntime with its
+    default threads), on the very ONNX file inference downloaded: the floor the HTTP routes are measured against."""
+    from shared.core.onnx_classifier import OnnxClassifier
+
+    found = sorted(cache_dir.glob(f"{registered_name(MODEL)}/*/model.onnx"))
+    if not found:
+        return None
+    classifier = OnnxClassifier(MODEL, "served", found[-1])
+    classifier.load()
+    data = IMAGE.read_bytes()
+    for _ in range(20):
+        classifier.classify(data)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        classifier.classify(data)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return float(sorted(times)[len(times) // 2])
+
+
 def inference_settings_fields() -> set[str]:
     from services.inference.config import Settings
 
@@ -138,7 +173,9 @@ def inference_settings_fields() -> set[str]:
 
 def start_inference(stack: Stack, env: dict[str, str], extra: dict[str, str], label: str) -> ManagedProcess:
     service_env = {**env, **extra}
-    process = stack.add(start_service("inference", free_port(), service_env, stack.logs / f"inference-{label}.log"))
+    # As the stack starts it: `python -m services.inference`, one worker per core unless the settings say otherwise.
+    log = stack.logs / f"inference-{label}.log"
+    process = stack.add(start_service("inference", free_port(), service_env, log, as_module=True))
     deadline = time.monotonic() + 300
     # /readyz answers once the default version of every family is loaded.
     while httpx.get(f"{process.url}/readyz", trust_env=False, timeout=10).status_code != 200:
@@ -262,18 +299,20 @@ def serve_ours(stack: Stack, env: dict[str, str], loads: Loads, work: Path, resu
     """Inference (default settings) and the gateway: latency, throughput, compare, memory, profile."""
     inference = start_inference(stack, env, {}, "default")
     gateway_env = {**env, "BT_GATEWAY_INFERENCE_URL": inference.url}
-    gateway = stack.add(start_service("gateway", free_port(), gateway_env, stack.logs / "gateway.log"))
+    gateway = stack.add(start_service("gateway", free_port(), gateway_env, stack.logs / "gateway.log", as_module=True))
     bodies = Bodies(work / "bodies", inference.url)
     results["contract"] = bodies.contract.model_dump()
-    for family in MODEL_FAMILIES:  # every family loaded and used once before memory is read
-        httpx.post(
-            f"{inference.url}/v1/models/{family}/predict",
-            content=bodies.multipart[0].read_bytes(),
-            headers={"content-type": bodies.multipart[1]},
-            trust_env=False,
-            timeout=60,
-        )
-    results["rss_loaded"] = rss_mb(inference.process.pid)
+    for _ in range(8):  # every model (the ensemble too) loaded and used in every worker before memory is read
+        for model in (*MODEL_FAMILIES, ENSEMBLE_MODEL):
+            httpx.post(
+                f"{inference.url}/v1/models/{model}/predict",
+                content=bodies.multipart[0].read_bytes(),
+                headers={"content-type": bodies.multipart[1]},
+                trust_env=False,
+                timeout=60,
+            )
+    results["rss_loaded"] = tree_rss_mb(inference.process.pid)
+    results["in_process_classify_ms"] = in_process_classify_ms(Path(env["BT_INFERENCE_CACHE_DIR"]), 300)
     rows = results["http"] = []
     predict_url = f"{inference.url}/v1/models/{MODEL}/predict"
     rows.append(loads.row("inference `/v1/models/cnn/predict` (image)", predict_url, bodies.multipart,
@@ -287,7 +326,7 @@ def serve_ours(stack: Stack, env: dict[str, str], loads: Loads, work: Path, resu
                           bodies.multipart, inference_url=inference.url))  # fmt: skip
     rows.append(loads.row("gateway `/v1/compare` (four models)", f"{gateway.url}/v1/compare", bodies.multipart, (1,),
                           inference_url=inference.url))  # fmt: skip
-    results["rss_after_load"] = rss_mb(inference.process.pid)
+    results["rss_after_load"] = tree_rss_mb(inference.process.pid)
     results["profile"] = profile(stack, [gateway, inference], f"{gateway.url}/v1/predict?model={MODEL}", bodies, loads)
     results["bodies"] = bodies
     stack.stop(gateway)
@@ -405,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         mlflow = stack.add(start_mlflow(stack.state_dir / "mlflow", free_port(), stack.logs / "mlflow.log"))
         env = _registry_env(mlflow.url, stack.state_dir)
         versions = results["versions"] = train(env, args.data, args.quick, args.retrain)
+        results["models_from"] = (
+            "the four families trained here with `--search none`" if args.retrain or args.data
+            else "the pretrained bundle (shared/pretrained_bundle/)"
+        )
         if set(versions) != set(MODEL_FAMILIES):
             raise RuntimeError(f"only {sorted(versions)} are registered; every family is needed")
         results["in_process"] = [] if args.skip_in_process else in_process(env, args.quick)

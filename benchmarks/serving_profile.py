@@ -23,10 +23,11 @@ def find_py_spy(extra_bin: Path | None) -> str | None:
 
 
 def start_recording(py_spy: str, pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
-    """Sample ``pid`` (and its threads) for ``seconds`` into collapsed stacks (one `a;b;c count` a line)."""
+    """Sample ``pid``, its threads and its worker processes for ``seconds`` into collapsed stacks (one
+    `a;b;c count` a line)."""
     command = [
         py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
-        "--format", "raw", "--output", str(output), "--nonblocking", "--idle",
+        "--format", "raw", "--output", str(output), "--nonblocking", "--idle", "--subprocesses",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -45,8 +46,9 @@ def _label(frame: str) -> str:
 def category(frames: list[str]) -> str | None:
     """What a sampled stack is doing: the category of its innermost frame that has one (a wrapper such as a
     middleware must not claim what runs inside it); None for a thread that is only waiting for work."""
-    if frames[-1].split(" (")[0].rsplit(".", 1)[-1] in IDLE_LEAVES:
-        return "waiting for a batch" if any("batching.py" in frame for frame in frames) else None
+    leaf = frames[-1].split(" (")[0]
+    if leaf.rsplit(".", 1)[-1] in IDLE_LEAVES or leaf in IDLE_FRAMES:
+        return "waiting for a batch" if any("runner.py" in frame for frame in frames) else None
     for frame in reversed(frames):
         for name, needles in CATEGORIES:
             if any(needle in frame for needle in needles):
@@ -57,7 +59,8 @@ def category(frames: list[str]) -> str | None:
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("onnxruntime run", ("onnxruntime/",)),
     ("image decoding and preprocessing", ("PIL/", "shared/core/imaging.py", "imaging.py")),
-    ("waiting for a batch", ("batching.py",)),
+    ("waiting for a batch", ("runner.py",)),
+    ("the guard against non-MRI input", ("guard_input.py", "inference/guard.py")),
     ("multipart parsing", ("multipart/",)),
     ("JSON and tensor (de)coding", ("json/", "oip_tensors.py", "oip_schemas.py", "orjson")),
     ("calling inference (httpx, httpcore)", ("httpx/", "httpcore/")),
@@ -66,8 +69,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic/", "pydantic_core")),
     ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/")),
 ]
-# Innermost frames of threads with nothing to do: the event loop's select, idle pool workers.
+# Innermost frames of threads with nothing to do: the event loop's select (uvloop's run), idle pool workers,
+# uvicorn's supervisor waiting on its workers' pipes.
 IDLE_LEAVES = {"select", "wait", "poll", "get", "accept", "_worker", "sleep", "acquire"}
+IDLE_FRAMES = {"Runner.run", "Connection._recv"}
 
 
 def summarise(collapsed: Path) -> tuple[int, list[tuple[str, float]]]:

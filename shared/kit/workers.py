@@ -12,9 +12,11 @@ multiprocess mode, ``shared.kit.metrics``).
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings
@@ -22,11 +24,25 @@ from pydantic_settings import BaseSettings
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPUs this process may use: its affinity mask where the OS has one, and at most its cgroup's CPU quota
+    (a container limited to 2 CPUs on a 32-core node sees 32 in its mask)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(CGROUP_CPU_MAX)
+    return max(1, min(cpus, quota)) if quota else cpus
+
+
+def cgroup_cpu_quota(cpu_max: Path) -> int | None:
+    """The CPUs a cgroup v2 ``cpu.max`` allows (``"200000 100000"`` -> 2, rounded up), None when unlimited or
+    unreadable."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return math.ceil(int(quota) / int(period)) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class WorkerSettings(BaseSettings):

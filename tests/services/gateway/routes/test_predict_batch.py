@@ -34,7 +34,9 @@ def _check_answers(client: Any, files: list[bytes], out: BatchPredictionOut, **p
                 single.version,
                 single.label,
             )
-            assert item.result.probabilities == pytest.approx(single.probabilities, abs=1e-6)
+            # The calls run at once and inference may batch them together: a row of a batched run agrees with its
+            # lone run to about 1e-6 (onnxruntime sums in another order), not bit for bit.
+            assert item.result.probabilities == pytest.approx(single.probabilities, abs=1e-5)
 
 
 def test_one_bad_file_among_good_ones(gateway_client: Any, sample_images: dict[str, bytes]) -> None:
