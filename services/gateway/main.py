@@ -17,6 +17,7 @@ from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.kit.service import build_app, internal_async_client
+from shared.kit.workers import forget_this_worker
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
+            forget_this_worker()
 
 
 def _client(base_url: str, timeout_s: float, settings: Settings) -> httpx.AsyncClient:

@@ -1,8 +1,8 @@
 """The services behind the gateway: typed calls to inference (one or several replicas) and to the explainer.
 
-A prediction or a comparison forwards the client's multipart body as it came and passes inference's answer back
-unparsed: the gateway decodes nothing and validates nothing twice. Errors they answer with keep their code and
-status; a service that cannot be reached becomes
+A prediction or a comparison forwards the client's multipart body as it came (its file name included: inference
+never reads it) and passes inference's 2xx answer back unparsed: the gateway decodes nothing and validates nothing
+twice. Errors they answer with keep their code and status; a service that cannot be reached becomes
 UPSTREAM_UNAVAILABLE (503), one too slow UPSTREAM_TIMEOUT (503), an answer that makes no sense UPSTREAM_ERROR
 (502). Inference calls go through a ``ReplicaPool`` (replicas.py); the explainer is one service with one URL.
 """

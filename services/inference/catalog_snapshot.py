@@ -54,6 +54,12 @@ class CatalogSnapshot:
                 return current
         return self._refresh_now(current, max_age, allow_stale)
 
+    def fresh(self) -> Catalog | None:
+        """The snapshot when MLflow answered it within the TTL; None otherwise (never asks MLflow)."""
+        with self._lock:
+            current = self._catalog
+        return current if current is not None and not current.from_disk and current.age_s() < self.ttl_s else None
+
     def resolve(self, model: str, version: str | None = None) -> tuple[ModelRecord, VersionRecord]:
         """Find a model and version, or raise MODEL_NOT_FOUND / VERSION_NOT_FOUND naming what exists."""
         catalog = self.current()

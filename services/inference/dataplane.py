@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from services.inference.guard_selector import GuardSelector
+from services.inference.oip_schemas import IMAGE_INPUT_NAME
 from services.inference.registry import ModelRegistry
 from services.inference.runner import Runner
 from services.inference.servable import Classifier
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # An upload as the data plane takes it: the file's bytes, or why it was not read (its own error in a batch).
 Upload = bytes | ServiceError
+ResultT = TypeVar("ResultT")
 
 
 def _ms(started: float) -> float:
@@ -80,13 +84,19 @@ class DataPlane:
         """The loaded servable (blocking: a first use downloads and loads it)."""
         return self.registry.get(model, version)
 
+    async def find(self, model: str, version: str | None = None) -> Classifier:
+        """The loaded servable: at once when it is loaded, else loaded in a thread of its own, outside the limit on
+        blocking work (a download or an in-request catalogue fetch must not hold decoding and runs up)."""
+        loaded = self.registry.loaded_model(model, version)
+        return loaded if loaded is not None else await run_in_threadpool(self.registry.get, model, version)
+
     # -- one upload ----------------------------------------------------------------------------------------
 
     async def predict(self, model: str, version: str | None, data: bytes, frame: int | None = None) -> PredictionOut:
         started = time.perf_counter()
+        classifier = await self.find(model, version)
 
         def prepare() -> tuple[Classifier, np.ndarray, OodOut | None]:
-            classifier = self.registry.get(model, version)
             image, ood = self.admit(data, frame)
             return classifier, classifier.preprocess([image]), ood
 
@@ -100,7 +110,7 @@ class DataPlane:
     ) -> list[BatchItem]:
         """One answer per file, in order; a file that cannot be read, decoded or is refused is its own error.
         The good files run together; an answer's latency is its own admission plus the shared run."""
-        classifier = await self.runner.work(self.registry.get, model, version)
+        classifier = await self.find(model, version)
         prepared = await self.runner.work(lambda: [self._prepare_file(classifier, data, frame) for data in files])
         good = [item[0] for item in prepared if not isinstance(item, ServiceError)]
         started = time.perf_counter()
@@ -130,14 +140,14 @@ class DataPlane:
     async def compare(self, names: list[str], data: bytes, frame: int | None = None) -> list[CompareItem]:
         """Each model's default version on one decoding, side by side; a model that cannot answer is its own
         error. When none can, the image is not even decoded nor judged."""
-        prepared, admit_ms, ood = await self.runner.work(self._prepare_comparison, names, data, frame)
+        loaded = {name: await self._attempt_async(f"loading {name}", self.find(name)) for name in names}
+        prepared, admit_ms, ood = await self.runner.work(self._prepare_comparison, loaded, data, frame)
         runs = [self._compare_one(name, item, admit_ms, ood) for name, item in prepared.items()]
         return list(await asyncio.gather(*runs))
 
     def _prepare_comparison(
-        self, names: list[str], data: bytes, frame: int | None
+        self, loaded: dict[str, Classifier | ServiceError], data: bytes, frame: int | None
     ) -> tuple[dict[str, tuple[Classifier, np.ndarray] | ServiceError], float, OodOut | None]:
-        loaded = {name: self._attempt(f"loading {name}", lambda name=name: self.registry.get(name)) for name in names}
         if all(isinstance(item, ServiceError) for item in loaded.values()):
             return loaded, 0.0, None
         started = time.perf_counter()
@@ -150,9 +160,18 @@ class DataPlane:
         return prepared, _ms(started), ood
 
     @staticmethod
-    def _attempt(what: str, step: Callable) -> object:
+    def _attempt(what: str, step: Callable[[], ResultT]) -> ResultT | ServiceError:
         try:
             return step()
+        except ServiceError as exc:
+            return exc
+        except Exception:
+            return internal(what)
+
+    @staticmethod
+    async def _attempt_async(what: str, step: Awaitable[ResultT]) -> ResultT | ServiceError:
+        try:
+            return await step
         except ServiceError as exc:
             return exc
         except Exception:
@@ -201,7 +220,8 @@ class DataPlane:
             try:
                 image, verdict = self.admit(data)
             except ServiceError as exc:
-                raise ServiceError(exc.code, f"Input 'image' element {index}: {exc.message}", exc.details) from exc
+                message = f"Input {IMAGE_INPUT_NAME!r} element {index}: {exc.message}"
+                raise ServiceError(exc.code, message, exc.details) from exc
             images.append(image)
             verdicts.append(verdict)
         return classifier.preprocess(images), verdicts

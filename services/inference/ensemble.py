@@ -145,6 +145,9 @@ class Ensemble:
     def postprocess(self, row: np.ndarray) -> ClassScores:
         values = np.asarray(row, dtype=np.float64).reshape(-1)
         names = self._contract.class_names
+        if len(values) != len(names):
+            problem = f"Model {self.key}: {len(values)} scores for {len(names)} classes."
+            raise ServiceError(ErrorCode.INVALID_MODEL, problem)
         members = {member.name: member.version for member, _ in self.members}
         probabilities = {name: float(p) for name, p in zip(names, values, strict=True)}
         return ClassScores(names[int(np.argmax(values))], probabilities, members)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from shared.core.guard_input import FEATURE_NAMES, GUARD_INPUT_KIND, THUMBNAIL_SIZE, decode_guard_images, guard_input_of
 from shared.core.imaging import DecodedImage
@@ -39,7 +40,7 @@ class Guard:
         self.ready = False
         self.threshold = float("inf")
         self._feeds: tuple[str, str] = ("", "")
-        self._session = None
+        self._session: ort.InferenceSession | None = None
 
     @property
     def key(self) -> str:
@@ -77,9 +78,15 @@ class Guard:
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
         """Each upload's thumbnail pixels and statistics, side by side (N, pixels + statistics), computed exactly
         as training computed the fitting images' (shared code) from the same decoding the models read."""
-        decoded = [decode_guard_images(image.data or b"", image.frame, image.gray) for image in images]
+        decoded = [decode_guard_images(self._file_of(image), image.frame, image.gray) for image in images]
         inputs = guard_input_of(np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded]))
         return np.concatenate([inputs.pixels, inputs.features], axis=1).astype(np.float32, copy=False)
+
+    def _file_of(self, image: DecodedImage) -> bytes:
+        # Its statistics read the file in colour: only uploads are judged, never pixels a caller holds.
+        if image.data is None:
+            raise ServiceError(ErrorCode.INVALID_REQUEST, f"Model {self.key} judges uploaded files, not pixels.")
+        return image.data
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Scores (N, 1): higher is less like a brain MRI slice."""

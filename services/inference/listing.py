@@ -11,7 +11,7 @@ import logging
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.registry import ModelRegistry
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import ENSEMBLE_MODEL, ModelInfo, ModelsOut, ModelVersionInfo
+from shared.kit.schemas import ModelInfo, ModelsOut, ModelVersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _describe(registry: ModelRegistry, record: ModelRecord) -> ModelInfo:
 
 def _ensemble_fields(registry: ModelRegistry, record: ModelRecord, version_record: VersionRecord) -> dict[str, dict]:
     """An ensemble version's members and weights for the listing; nothing when unreadable (logged)."""
-    if record.short_name != ENSEMBLE_MODEL:
+    if version_record.kind != "ensemble":
         return {}
     try:
         spec = registry.ensemble_spec(record, version_record)

@@ -129,7 +129,7 @@ class MlflowStore:
             versions = self._ready_versions({model.name for model in registered})
         models = {}
         for model in registered:
-            if model.name == GUARD_REGISTERED_NAME:  # the guard is not a classifier: services/inference/ood.py
+            if model.name == GUARD_REGISTERED_NAME:  # the guard is not a classifier: guard_selector.py
                 continue
             short = model.name[len(REGISTERED_NAME_PREFIX) :]
             aliases = {str(alias): str(version) for alias, version in (model.aliases or {}).items()}

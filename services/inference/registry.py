@@ -54,6 +54,15 @@ class ModelRegistry:
         key = f"{record.short_name}/{version_record.version}"
         return self.loaded.get_or_load(key, lambda: self._builders[version_record.kind](record, version_record))
 
+    def loaded_model(self, model: str, version: str | None = None) -> Classifier | None:
+        """The servable if it is loaded and the catalogue is fresh, without waiting on anything (None otherwise):
+        what a request may take on the event loop before it falls back to ``get`` in a worker thread."""
+        catalog = self.snapshot.fresh()
+        if catalog is None or not catalog.has(model, version):
+            return None
+        record, version_record = catalog.resolve(model, version)
+        return self.loaded.ready(f"{record.short_name}/{version_record.version}")
+
     def _build_onnx(self, record: ModelRecord, version_record: VersionRecord) -> Classifier:
         """The version's ONNX file, checked against its sha256 right before onnxruntime opens it."""
         model, version = record.short_name, version_record.version

@@ -95,7 +95,9 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             await self._let_others_join()
-            await self._run(self._take_batch())
+            # The batch is taken once a thread may run it: whoever arrives while the run waits for its turn joins.
+            async with self.limiter or contextlib.nullcontext():
+                await self._run(self._take_batch())
 
     async def _let_others_join(self) -> None:
         deadline = self._waiting[0].arrived + self.window_s
@@ -126,7 +128,7 @@ class Batcher:
         tensor = batch[0].tensor if len(batch) == 1 else np.concatenate([waiting.tensor for waiting in batch])
         self.runs += 1
         try:
-            rows = await anyio.to_thread.run_sync(self.servable.predict, tensor, limiter=self.limiter)
+            rows = await anyio.to_thread.run_sync(self.servable.predict, tensor)
         except Exception as exc:  # whatever the run raised is every waiter's answer
             for waiting in batch:
                 if not waiting.future.done():

@@ -27,6 +27,8 @@ FULL_DECODE_MAX_SIDE = 2048
 REDUCED_MIN_SIDE = 1024
 # What a client is told to wait after SERVER_BUSY: a decode takes well under a second.
 BUSY_RETRY_AFTER_S = 1
+
+
 class DecodeSettings(BaseSettings):
     """Bounds of image decoding, the same in every service (``BT_DECODE_*``); bad values stop a service."""
 

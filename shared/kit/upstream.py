@@ -25,7 +25,9 @@ T = TypeVar("T", bound=BaseModel)
 
 REQUEST_ID_HEADER = "x-request-id"
 READINESS_PATH = "/readyz"
-# The upstream sees a neutral file name: the client's could carry a patient's name.
+# Where a service re-encodes a file for another (a batch, an explanation), the upstream sees a neutral file name:
+# the client's could carry a patient's name. (A forwarded prediction's body goes as it came; inference never reads
+# its file name.)
 FORWARDED_FILENAME = "upload"
 
 

@@ -53,7 +53,8 @@ class WorkerSettings(BaseSettings):
         ge=0,
         le=64,
         description="Worker processes of `python -m services.<name>` (and the stack); 0: one per usable CPU. "
-        "`uvicorn --factory ...` without --workers runs one.",
+        "`uvicorn --factory ...` runs one (with its own --workers, the copies neither share metrics nor size their "
+        "threads to each other).",
     )
 
     def process_count(self) -> int:
@@ -61,10 +62,22 @@ class WorkerSettings(BaseSettings):
 
 
 def share_metrics_between_workers(service: str) -> None:
-    """Give the workers about to start one fresh folder for their Prometheus series (removed at exit)."""
+    """Give the workers about to start one fresh folder for their Prometheus series (removed at exit), unless the
+    operator named one."""
+    if os.environ.get(MULTIPROC_ENV):
+        return
     folder = tempfile.mkdtemp(prefix=f"bt-{service}-metrics-")
     os.environ[MULTIPROC_ENV] = folder
     atexit.register(shutil.rmtree, folder, True)
+
+
+def forget_this_worker() -> None:
+    """At a worker's shutdown: drop its live gauges from the shared series (a gauge's ``liveall`` series would
+    otherwise outlive the worker)."""
+    if metrics_shared_between_workers():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def metrics_shared_between_workers() -> bool:

@@ -4,7 +4,7 @@ What tritonclient, KServe's and MLServer's clients call. Models are the short na
 is a number or an alias, and without one the default version answers (as on ``/v1``). Errors have the
 protocol's body ``{"error": "<message>"}`` (shared.kit.errors maps them on these paths).
 
-The guard against non-MRI input (``services.inference.ood``) judges every image file of the ``image`` input: in
+The guard against non-MRI input (``services.inference.guard``) judges every image file of the ``image`` input: in
 refuse mode one refused file is a 422 for the request (the protocol has no per-element errors; the message names
 the element), otherwise the response's parameters carry the verdicts (``ood_score``, ``ood_flag``: one value per
 element, comma-separated like ``class_names``; ``ood_threshold``, ``ood_guard_version``). The model's FP32 tensor
@@ -20,7 +20,6 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from services.inference.config import Settings
 from services.inference.dataplane import DataPlane
@@ -116,10 +115,9 @@ def read_model_version_metadata(dataplane: DataPlaneDep, model: ModelName, versi
 def _ready(dataplane: DataPlane, model: str, version: str | None) -> ModelReadyOut:
     # Only reports the servable's own ``ready``: a version nobody asked for yet is loaded by its first metadata
     # or infer request.
-    record, version_record = dataplane.registry.resolve(model, version)
-    key = f"{record.short_name}/{version_record.version}"
-    if dataplane.registry.loaded.ready(key) is None:
-        raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {key} is not loaded yet.")
+    record, version_record = dataplane.registry.resolve(model, version)  # 404 for what does not exist
+    if dataplane.registry.loaded_model(model, version) is None:
+        raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {model}/{version_record.version} is not loaded yet.")
     return ModelReadyOut(name=record.short_name)
 
 
@@ -184,7 +182,7 @@ async def _infer(
 ) -> Response:
     if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
-    classifier = await run_in_threadpool(dataplane.model, model, version)
+    classifier = await dataplane.find(model, version)
     body = await read_body(request, settings.max_pixel_batch_bytes)
     infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
     model_input = _model_input(infer_request, segments, classifier, settings)
