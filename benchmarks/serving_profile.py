@@ -63,11 +63,13 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("the guard against non-MRI input", ("guard_input.py", "inference/guard.py")),
     ("multipart parsing", ("multipart/",)),
     ("JSON and tensor (de)coding", ("json/", "oip_tensors.py", "oip_schemas.py", "orjson")),
-    ("calling inference (httpx, httpcore)", ("httpx/", "httpcore/")),
+    ("calling inference (aiohttp)", ("aiohttp/", "replica_http.py", "yarl/", "multidict/")),
+    ("calling another service (httpx, httpcore)", ("httpx/", "httpcore/")),
     ("MLflow registry (catalogue refresh)", ("mlflow/", "urllib3/", "requests/")),
     ("Prometheus metrics", ("prometheus_client/", "shared/kit/metrics.py", "inference/metrics.py")),
     ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic/", "pydantic_core")),
     ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/")),
+    ("event loop and worker threads (asyncio, uvloop, anyio)", ("asyncio/", "uvloop/", "anyio/", "threading.py")),
 ]
 # Innermost frames of threads with nothing to do: the event loop's select (uvloop's run), idle pool workers,
 # uvicorn's supervisor waiting on its workers' pipes.

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.gateway.batch import BATCH_PATH_SUFFIX
 from services.gateway.config import Settings
 from services.gateway.middleware import BatchBodyLimit, RequestIdMiddleware
+from services.gateway.replica_http import new_session
 from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
@@ -54,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as clients:
         replicas = [
-            Replica(url, await clients.enter_async_context(_client(url, settings.request_timeout_s, settings)))
+            Replica(url, await clients.enter_async_context(new_session(url, settings.max_connections)))
             for url in settings.inference_urls
         ]
         explainer_http = await clients.enter_async_context(

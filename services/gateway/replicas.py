@@ -22,19 +22,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
+from services.gateway.replica_http import FailureKind, TransportFailure, UpstreamAnswer, exchange
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.upstream import (
     READINESS_PATH,
-    is_connection_failure,
+    no_answer,
     parse,
     raise_for_error,
     readiness_body,
     request_headers,
-    transport_failure,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Replica:
     """One inference replica: its connection pool and what the gateway knows of it."""
 
     url: str
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     up: bool = False
     reason: str = NOT_CHECKED
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -97,13 +97,12 @@ class Replica:
         )
 
 
-def failure_reason(exc: httpx.HTTPError) -> str:
-    """A short, stable reason for a transport failure (no addresses or tracebacks: /readyz shows it)."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "did not answer in time"
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused or unreachable"
-    return "connection dropped before an answer"
+# A short, stable reason for each kind of transport failure (no addresses or tracebacks: /readyz shows it).
+FAILURE_REASONS: dict[FailureKind, str] = {
+    "timeout": "did not answer in time",
+    "refused": "connection refused or unreachable",
+    "dropped": "connection dropped before an answer",
+}
 
 
 class ReplicaPool:
@@ -148,40 +147,45 @@ class ReplicaPool:
 
     async def _send(
         self, replica: Replica, method: str, path: str, request_id: str | None, timeout_s: float, **kwargs: Any
-    ) -> httpx.Response:
+    ) -> UpstreamAnswer:
         replica.in_flight += 1
         try:
-            return await replica.http.request(
+            return await exchange(
+                replica.http,
                 method,
                 path,
                 headers=request_headers(request_id, kwargs.pop("headers", None)),
-                timeout=httpx.Timeout(timeout_s, connect=self.connect_timeout_s),
+                timeout_s=timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
                 **kwargs,
             )
-        except httpx.HTTPError as exc:
-            replica.mark(False, failure_reason(exc))
+        except TransportFailure as failure:
+            replica.mark(False, FAILURE_REASONS[failure.kind])
             raise
         finally:
             replica.in_flight -= 1
 
     async def send(
         self, method: str, path: str, request_id: str | None = None, *, timeout_s: float, **kwargs: Any
-    ) -> httpx.Response:
+    ) -> UpstreamAnswer:
         """The answer of one replica; after a connection failure, of a second one (see the module's doc)."""
         replica = self.pick()
         try:
             return await self._send(replica, method, path, request_id, timeout_s, **kwargs)
-        except httpx.HTTPError as exc:
-            if not is_connection_failure(exc):
-                raise transport_failure(self.service, method, path, exc, self.retry_after_s) from exc
-            first_failure = exc
+        except TransportFailure as failure:
+            if failure.kind == "timeout":
+                raise self._no_answer(method, path, failure) from failure
+            first_failure = failure
         retry_on = self.pick(exclude=replica)
         RETRIES.labels(replica.url).inc()
         logger.info("%s %s failed on %s (%r); trying %s", method, path, replica.url, first_failure, retry_on.url)
         try:
             return await self._send(retry_on, method, path, request_id, timeout_s, **kwargs)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.service, method, path, exc, self.retry_after_s) from exc
+        except TransportFailure as failure:
+            raise self._no_answer(method, path, failure) from failure
+
+    def _no_answer(self, method: str, path: str, failure: TransportFailure) -> ServiceError:
+        return no_answer(self.service, method, path, failure, failure.kind == "timeout", self.retry_after_s)
 
     async def call(
         self, schema: type[T], method: str, path: str, request_id: str | None = None, *, timeout_s: float, **kwargs: Any
@@ -196,10 +200,13 @@ class ReplicaPool:
     async def check(self, replica: Replica) -> None:
         """Ask one replica's ``/readyz`` and record the outcome."""
         try:
-            response = await replica.http.get(READINESS_PATH, timeout=self.check_timeout_s)
+            response = await exchange(
+                replica.http, "GET", READINESS_PATH, timeout_s=self.check_timeout_s,
+                connect_timeout_s=min(self.connect_timeout_s, self.check_timeout_s),
+            )  # fmt: skip
             body = readiness_body(response, self.service)
-        except httpx.HTTPError as exc:
-            replica.mark(False, failure_reason(exc))
+        except TransportFailure as failure:
+            replica.mark(False, FAILURE_REASONS[failure.kind])
         except ServiceError as exc:
             replica.mark(False, exc.message)
         else:

@@ -30,6 +30,15 @@ def _query(version: str | None, frame: int | None) -> dict[str, str | int] | Non
     return {key: value for key, value in given.items() if value is not None} or None
 
 
+def multipart_files(field: str, files: list[bytes]) -> tuple[bytes, str]:
+    """Files as one multipart body (each under the neutral name) and its content type, encoded once: a call that
+    is sent again to another replica sends the same bytes."""
+    request = httpx.Request("POST", "http://inference", files=[
+        (field, (FORWARDED_FILENAME, data, "application/octet-stream")) for data in files
+    ])  # fmt: skip
+    return request.read(), request.headers["content-type"]
+
+
 class InferenceClient:
     """Calls to the inference replicas: a prediction and the model list wait at most ``predict_timeout_s``; a
     comparison or a batch that long per model or file, up to ``batch_timeout_s``."""
@@ -82,6 +91,7 @@ class InferenceClient:
         frame: int | None = None,
     ) -> BatchPredictionOut:
         """Several images with one model in one call; each image answers or has its error, in order."""
+        body, content_type = multipart_files("files", images)
         return await self.pool.call(
             BatchPredictionOut,
             "POST",
@@ -89,7 +99,8 @@ class InferenceClient:
             request_id,
             timeout_s=self.timeout_for(len(images)),
             params=_query(version, frame),
-            files=[("files", (FORWARDED_FILENAME, image, "application/octet-stream")) for image in images],
+            content=body,
+            headers={"content-type": content_type},
         )
 
     async def list_models(self, request_id: str | None = None) -> ModelsOut:

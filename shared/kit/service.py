@@ -162,13 +162,20 @@ class _Placement(Protocol):
 
 
 def service_main(
-    service: str, settings_type: Callable[[], _Placement], note: str = "", argv: Sequence[str] | None = None
+    service: str,
+    settings_type: Callable[[], _Placement],
+    note: str = "",
+    argv: Sequence[str] | None = None,
+    worker_module: str | None = None,
 ) -> None:
     """``python -m services.<service>``: serve ``services.<service>.main:create_app`` on the host and port
     of its settings. Arguments are refused (``--help`` excepted): settings come from the environment only,
-    so a flag that looks like a setting cannot be silently ignored."""
+    so a flag that looks like a setting cannot be silently ignored. ``worker_module``: the module each worker
+    process imports for ``create_app`` instead of ``services.<service>.main`` (one that prepares the process
+    first)."""
     prefix = f"BT_{service.upper()}_"
     factory = f"services.{service}.main:create_app"
+    worker_factory = f"{worker_module or f'services.{service}.main'}:create_app"
     settings_note = f"Settings come from environment variables {prefix}*, e.g. {prefix}HOST and {prefix}PORT."
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{service}",
@@ -186,8 +193,11 @@ def service_main(
         # Each worker builds its own app from the same environment, checked once above, and knows how many share
         # the CPUs (the inference service sizes its onnxruntime threads by it).
         os.environ[f"{prefix}WORKERS"] = str(workers)
+        # glibc gives each thread that allocates an arena of its own and keeps their pages: two per worker hold
+        # the resident memory of a loaded worker about 50 MB lower under load (docs/benchmarks.md).
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         share_metrics_between_workers(service)
-        uvicorn.run(factory, factory=True, host=settings.host, port=settings.port, workers=workers)
+        uvicorn.run(worker_factory, factory=True, host=settings.host, port=settings.port, workers=workers)
         return
     # The app is built on the settings its host and port came from: the environment is read once.
     app = importlib.import_module(f"services.{service}.main").create_app(settings)

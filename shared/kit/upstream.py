@@ -12,7 +12,8 @@ Readiness means the same everywhere: a service is ready when its own ``/readyz``
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Protocol, TypeVar
 
 import httpx
 from pydantic import AfterValidator, BaseModel, ValidationError
@@ -89,14 +90,22 @@ def transport_failure(
 ) -> ServiceError:
     """UPSTREAM_TIMEOUT when the service took too long to answer, UPSTREAM_UNAVAILABLE when it could not be
     reached; both 503 with ``Retry-After`` (``retry_after_s``, else the default)."""
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        logger.warning("%s %s %s timed out: %r", service, method, path, exc)
+    timed_out = isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+    return no_answer(service, method, path, exc, timed_out, retry_after_s)
+
+
+def no_answer(
+    service: str, method: str, path: str, cause: BaseException, timed_out: bool, retry_after_s: int | None = None
+) -> ServiceError:
+    """``transport_failure`` for any HTTP client: ``timed_out`` says whether the service was reached but slow."""
+    if timed_out:
+        logger.warning("%s %s %s timed out: %r", service, method, path, cause)
         return ServiceError(
             ErrorCode.UPSTREAM_TIMEOUT,
             f"The {service} service did not answer in time; try again.",
             retry_after_s=retry_after_s,
         )
-    logger.warning("%s service unreachable for %s %s: %r", service, method, path, exc)
+    logger.warning("%s service unreachable for %s %s: %r", service, method, path, cause)
     return ServiceError(
         ErrorCode.UPSTREAM_UNAVAILABLE,
         f"The {service} service is unavailable; try again shortly.",
@@ -104,7 +113,25 @@ def transport_failure(
     )
 
 
-def raise_for_error(response: httpx.Response, service: str) -> None:
+class HttpAnswer(Protocol):
+    """What is read of an upstream's answer: an ``httpx.Response``, or the gateway's ``UpstreamAnswer``."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def is_success(self) -> bool: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def json(self) -> Any: ...
+
+
+def raise_for_error(response: HttpAnswer, service: str) -> None:
     """Nothing for a 2xx answer; otherwise the upstream's own error, or UPSTREAM_ERROR without a usable body."""
     if response.is_success:
         return
@@ -122,13 +149,13 @@ def raise_for_error(response: httpx.Response, service: str) -> None:
     raise UpstreamError(code, message, details, response.status_code, _retry_after_s(response))
 
 
-def _retry_after_s(response: httpx.Response) -> int | None:
+def _retry_after_s(response: HttpAnswer) -> int | None:
     """The upstream's own ``Retry-After`` in seconds (passed on with its 503), when it gave a usable one."""
     value = response.headers.get("retry-after", "").strip()
     return int(value) if value.isdigit() and 0 < int(value) <= 3600 else None
 
 
-def parse(response: httpx.Response, schema: type[T], service: str) -> T:
+def parse(response: HttpAnswer, schema: type[T], service: str) -> T:
     """The answer as ``schema``, or UPSTREAM_ERROR."""
     try:
         return schema.model_validate_json(response.content)
@@ -139,7 +166,7 @@ def parse(response: httpx.Response, schema: type[T], service: str) -> T:
         ) from exc
 
 
-def readiness_body(response: httpx.Response, service: str) -> dict[str, Any]:
+def readiness_body(response: HttpAnswer, service: str) -> dict[str, Any]:
     """The JSON object of a 2xx ``/readyz`` answer; anything else is UPSTREAM_UNAVAILABLE saying why, so
     a caller's own readiness fails with 503 whatever the upstream answered."""
     try:
