@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -441,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"load_before": os.getloadavg(), "loads": (loads.latency, loads.throughput)}
     started = time.perf_counter()
     try:
+        # A fresh registry each run (its admin password is made anew); the servers' environments are kept.
+        for disposable in ("mlflow", "models", "cache"):
+            shutil.rmtree(stack.state_dir / disposable, ignore_errors=True)
         mlflow = stack.add(start_mlflow(stack.state_dir / "mlflow", free_port(), stack.logs / "mlflow.log"))
         env = _registry_env(mlflow.url, stack.state_dir)
         versions = results["versions"] = train(env, args.data, args.quick, args.retrain)

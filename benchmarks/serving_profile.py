@@ -47,7 +47,8 @@ def category(frames: list[str]) -> str | None:
     """What a sampled stack is doing: the category of its innermost frame that has one (a wrapper such as a
     middleware must not claim what runs inside it); None for a thread that is only waiting for work."""
     leaf = frames[-1].split(" (")[0]
-    if leaf.rsplit(".", 1)[-1] in IDLE_LEAVES or leaf in IDLE_FRAMES:
+    # multiprocessing's resource tracker (beside uvicorn's workers) spends its life blocked on a pipe.
+    if leaf.rsplit(".", 1)[-1] in IDLE_LEAVES or leaf in IDLE_FRAMES or "resource_tracker.py" in frames[-1]:
         return "waiting for a batch" if any("runner.py" in frame for frame in frames) else None
     for frame in reversed(frames):
         for name, needles in CATEGORIES:
