@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -396,32 +397,47 @@ def external(
         stack.stop(serve)
     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         results["mlflow_serve_note"] = str(exc)[:300]
-    try:
-        bin_dir = mlserver_venv(stack.mlserver_venv)
+    def mlserver() -> ManagedProcess:
         model_dir = local_model_copy(tracking, model_uri, scratch)
-        server = stack.add(start_mlserver(bin_dir, model_dir, MODEL, scratch, stack.logs))
-        url = f"{server.url}/v2/models/{MODEL}/infer"
-        note = _answers(url, bodies.oip)
-        if note is not None:
-            raise RuntimeError(note)
-        rows.append(loads.row("MLServer (mlserver-mlflow) `/v2/models/cnn/infer` (FP32 JSON)", url, bodies.oip))
-        stack.stop(server)
-    except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
-        results["mlserver_note"] = str(exc)[:300]
-    try:
+        return start_mlserver(mlserver_venv(stack.mlserver_venv), model_dir, MODEL, scratch, stack.logs)
+
+    def triton() -> ManagedProcess:
         onnx_file = next(local_model_copy(tracking, model_uri, scratch).rglob("*.onnx"), None)
         if onnx_file is None:
             raise RuntimeError(f"no ONNX file in the MLflow Model {model_uri}")
         shape = tuple(bodies.contract.input_shape(1))
-        triton = stack.add(start_triton(stack.state_dir, onnx_file, bodies.contract.input_name, shape, stack.logs))
-        url = f"{triton.url}/v2/models/{MODEL}/infer"
-        note = _answers(url, bodies.oip)
+        return start_triton(stack.state_dir, onnx_file, bodies.contract.input_name, shape, stack.logs)
+
+    peers = (
+        ("mlserver_note", "MLServer (mlserver-mlflow) `/v2/models/cnn/infer` (FP32 JSON)", mlserver),
+        ("triton_note", "Triton (PyTriton, onnxruntime) `/v2/models/cnn/infer` (FP32 JSON)", triton),
+    )
+    for note_key, name, start in peers:
+        note = _peer_row(stack, loads, bodies.oip, name, start, rows)
+        if note is not None:
+            results[note_key] = note
+
+
+def _peer_row(
+    stack: Stack,
+    loads: Loads,
+    body: tuple[Path, str],
+    name: str,
+    start: Callable[[], ManagedProcess],
+    rows: list[dict[str, Any]],
+) -> str | None:
+    """One Open Inference Protocol peer under the same load as ours; why it has no row, if it cannot run."""
+    try:
+        server = stack.add(start())
+        url = f"{server.url}/v2/models/{MODEL}/infer"
+        note = _answers(url, body)
         if note is not None:
             raise RuntimeError(note)
-        rows.append(loads.row("Triton (PyTriton, onnxruntime) `/v2/models/cnn/infer` (FP32 JSON)", url, bodies.oip))
-        stack.stop(triton)
+        rows.append(loads.row(name, url, body))
+        stack.stop(server)
     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
-        results["triton_note"] = str(exc)[:300]
+        return str(exc)[:300]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
