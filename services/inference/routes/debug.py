@@ -17,4 +17,6 @@ class ModulesOut(BaseModel):
 @router.get("/modules", response_model=ModulesOut)
 async def list_modules() -> ModulesOut:
     """Top-level modules imported in this process: lets a test prove no training stack is loaded."""
-    return ModulesOut(modules=sorted({name.partition(".")[0] for name in list(sys.modules)}))
+    # A name mapped to None is one the process refuses to import (services/inference/lean.py), not a module.
+    loaded = {name.partition(".")[0] for name, module in list(sys.modules.items()) if module is not None}
+    return ModulesOut(modules=sorted(loaded))
