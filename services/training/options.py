@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from shared.kit.params import refuse_unsafe_text
 from shared.kit.schemas import MODEL_FAMILIES
 
 if TYPE_CHECKING:
@@ -61,6 +62,12 @@ class TrainingOptions(BaseModel):
         "ensemble champion's weights) instead of searching; needs search 'none'. With test_fraction 0 this is the "
         "standard last step: the recipe evaluated on a split, refit on every image.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _safe_text(cls, data: Any) -> Any:
+        # A NUL byte or an unpaired surrogate in a path fails deep in the file system (a 500 with a trace).
+        return refuse_unsafe_text(data)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingOptions:

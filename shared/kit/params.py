@@ -1,9 +1,10 @@
 """Query parameters that more than one service takes: model and version names, and the explanation
-parameters the gateway forwards to the explainer unchanged."""
+parameters the gateway forwards to the explainer unchanged; and the text no request may hold."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Query
 
@@ -39,3 +40,23 @@ FrameQuery = Annotated[
         "file holds more than one frame). Other images have one frame: leave it out (or 0).",
     ),
 ]
+
+
+# Text no parameter, path or option holds: NUL and the other C0 controls (tab, line feed and carriage return
+# aside), DEL, and unpaired UTF-16 surrogates (JSON can carry them; no file system or log can take them).
+_UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def refuse_unsafe_text(value: Any) -> Any:
+    """``value`` unchanged when no string in it (at any depth of lists and mappings) holds unsafe text; else a
+    ValueError, which a pydantic validator turns into the request's 422."""
+    if isinstance(value, str) and _UNSAFE_TEXT.search(value):
+        raise ValueError("text must not hold NUL bytes, control characters or unpaired surrogates")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_unsafe_text(key)
+            refuse_unsafe_text(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            refuse_unsafe_text(item)
+    return value

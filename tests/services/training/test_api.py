@@ -79,6 +79,10 @@ def test_second_run_while_one_is_active_gets_409(training_settings: TrainingSett
         ({"families": ["rf"], "seed": -1}, "INVALID_REQUEST"),
         ({"families": ["cnn"], "overrides": {"image_size": 1000}}, "INVALID_REQUEST"),
         ({"families": ["cnn"], "overrides": {"epochs": "many"}}, "INVALID_REQUEST"),
+        # Text no path or parameter holds: a NUL byte, a control character, an unpaired surrogate.
+        ({"data_dir": "/tmp/scans\x00"}, "INVALID_REQUEST"),
+        ({"families": ["rf"], "backend": "dask", "scheduler": "tcp://127.0.0.1:8786\x1b[2J"}, "INVALID_REQUEST"),
+        ({"families": ["rf"], "overrides": {"criterion": "gini\x00"}}, "INVALID_REQUEST"),
     ],
 )
 def test_bad_requests_get_422_before_any_work(training_settings: TrainingSettings, payload: dict, code: str) -> None:
@@ -86,6 +90,16 @@ def test_bad_requests_get_422_before_any_work(training_settings: TrainingSetting
         response = client.post("/v1/training-runs", json=payload)
         assert response.status_code == 422
         assert response.json()["error"]["code"] == code
+        assert client.get("/v1/training-runs").json() == []
+
+
+def test_an_unpaired_surrogate_is_422(training_settings: TrainingSettings) -> None:
+    """JSON may escape half a surrogate pair, which no path can hold: 422, not a 500 from the file system."""
+    with TestClient(create_app(training_settings), **authorized(training_settings)) as client:
+        body = b'{"families": ["rf"], "data_dir": "/tmp/\\ud800scans"}'
+        response = client.post("/v1/training-runs", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "INVALID_REQUEST"
         assert client.get("/v1/training-runs").json() == []
 
 
