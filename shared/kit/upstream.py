@@ -68,23 +68,6 @@ def request_headers(request_id: str | None, extra: dict[str, str] | None = None)
     return headers
 
 
-# Failures where the request may not have reached the service, or its connection broke before an answer: for
-# an idempotent call, trying again (on another replica) is safe. A timeout is not one: the service is there but
-# slow, and a second try would double the wait and the load.
-CONNECTION_FAILURES: tuple[type[httpx.HTTPError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
-)
-
-
-def is_connection_failure(exc: httpx.HTTPError) -> bool:
-    """Whether ``exc`` is a refused, reset or dropped connection (see CONNECTION_FAILURES)."""
-    return isinstance(exc, CONNECTION_FAILURES)
-
-
 def transport_failure(
     service: str, method: str, path: str, exc: httpx.HTTPError, retry_after_s: int | None = None
 ) -> ServiceError:
