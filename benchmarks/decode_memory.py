@@ -62,14 +62,17 @@ def tiny_onnx(contract: PreprocessingContract) -> bytes:
 def register_tiny_model(tracking_uri: str) -> None:
     import mlflow
 
-    from services.training import tracking
+    from services.training import registration, tracking
+    from services.training.registration import LoggedFile
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("decode-memory")
     model_bytes = tiny_onnx(PreprocessingContract(layout="flat", scaling="unit", image_size=32))
     with mlflow.start_run():
         logged = tracking.log_onnx_model(model_bytes, name=MODEL)
-        tracking.register_version(registered_name(MODEL), logged, model_bytes, description="decode benchmark", tags={})
+        registration.register(
+            registered_name(MODEL), LoggedFile.of_model(logged), model_bytes, description="decode benchmark", tags={}
+        )
 
 
 def large_png(side: int) -> bytes:

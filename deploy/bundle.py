@@ -66,8 +66,10 @@ class DataProvenance(BaseModel):
     description: str = Field(description="Human name of the data, e.g. 'brain-tumor-mri Training (5,708 images)'.")
     fingerprint: str = Field(description="sha256 over the data's file list and bytes (or the test split's files).")
     images: int = Field(ge=0, description="Images the bundled models were fitted on.")
-    evaluation: str = Field(description="e.g. 'evaluated on a 20% duplicate-aware test split (seed 42), refit on all "
-                            "5,708 images with the same parameters'.")
+    evaluation: str = Field(
+        description="e.g. 'evaluated on a 20% duplicate-aware test split (seed 42), refit on all "
+        "5,708 images with the same parameters'."
+    )
 
 
 class Manifest(BaseModel):

@@ -40,9 +40,9 @@ from deploy.bundle import (
     write_bundle,
 )
 from deploy.processes import PROJECT_ROOT
+from services.training.registration import Candidate
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
-    ENSEMBLE_MEMBERS_TAG,
     ENSEMBLE_MODEL,
     ENSEMBLE_WEIGHTS_TAG,
     GUARD_REGISTERED_NAME,
@@ -70,34 +70,36 @@ KEPT_TAGS = ("image_size", "test_files_sha256")
 
 
 def register(tracking_uri: str, folder: Path = BUNDLE_DIR) -> dict[str, str]:
-    """Register every model of the bundle in folder (checksums verified first); returns short name -> version."""
+    """Register every model of the bundle in folder (checksums verified first) and make each the champion: the
+    launcher registers a bundle only into a registry that has none of its families, so the promotion is explicit.
+    Returns short name -> version."""
     import mlflow
 
     from services.training import tracking
+    from services.training.registration import promote_run
 
     manifest, files = load_bundle(folder)
     previous_uri = mlflow.get_tracking_uri()
     tracking.use_tracking(tracking_uri, EXPERIMENT)
-    versions: dict[str, str] = {}
     try:
-        for model in manifest.models:
-            versions[model.model] = _register_model(manifest, model, files[model.model])
-        client = mlflow.MlflowClient()
-        for model in manifest.models:
-            client.set_registered_model_alias(model.registered_name, CHAMPION_ALIAS, versions[model.model])
+        candidates = [_register_model(manifest, model, files[model.model]) for model in manifest.models]
+        versions = {model.model: c.version for model, c in zip(manifest.models, candidates, strict=True)}
         if manifest.ensemble is not None and set(manifest.ensemble.weights) <= set(versions):
-            versions[ENSEMBLE_MODEL] = _register_ensemble(manifest, manifest.ensemble, versions)
+            candidates.append(_register_ensemble(manifest, manifest.ensemble, versions))
+            versions[ENSEMBLE_MODEL] = candidates[-1].version
         if manifest.guard is not None:
-            versions[GUARD_KEY] = _register_guard(manifest, manifest.guard, files[GUARD_KEY])
+            candidates.append(_register_guard(manifest, files[GUARD_KEY]))
+            versions[GUARD_KEY] = candidates[-1].version
+        promote_run(candidates, explicit=True)
     finally:
         mlflow.set_tracking_uri(previous_uri)
     return versions
 
 
-def _register_model(manifest: Manifest, model: BundledModel, data: bytes) -> str:
+def _register_model(manifest: Manifest, model: BundledModel, data: bytes) -> Candidate:
     import mlflow
 
-    from services.training import tracking
+    from services.training import registration, tracking
 
     with mlflow.start_run(run_name=f"{model.model}-pretrained"):
         mlflow.set_tags({"family": model.model, "stage": "pretrained", "bundle_commit": manifest.commit})
@@ -106,59 +108,43 @@ def _register_model(manifest: Manifest, model: BundledModel, data: bytes) -> str
         tracking.log_bytes(manifest.model_dump_json(indent=2).encode(), "pretrained/manifest.json")
         tracking.log_onnx(data)
         logged = tracking.log_onnx_model(data, name=model.model)
-        return tracking.register_version(
+        version = registration.register(
             model.registered_name,
-            logged,
+            registration.LoggedFile.of_model(logged),
             data,
             description=f"{model.model} pretrained on {manifest.label()}",
             tags={**model.tags, "family": model.model, PRETRAINED_TAG: manifest.label()},
         )
+    return Candidate(model.registered_name, version, None)
 
 
-def _register_guard(manifest: Manifest, guard: BundledGuard, data: bytes) -> str:
-    """The guard's version, registered as training registers a fitted one (services.training.ood_guard)."""
+def _register_guard(manifest: Manifest, data: bytes) -> Candidate:
+    """The guard's version, registered as training registers a fitted one (services.training.guard_registration)."""
     import mlflow
 
-    from services.training.ood_guard import register_guard_file
+    from services.training.guard_registration import register_guard_file
 
     with mlflow.start_run(run_name="guard-pretrained"):
         mlflow.set_tags({"family": "guard", "stage": "pretrained", "bundle_commit": manifest.commit})
         tags = {PRETRAINED_TAG: manifest.label()}
-        return register_guard_file(data, f"guard pretrained on {manifest.label()}", tags)
+        return register_guard_file(data, f"guard pretrained on {manifest.label()}", tags, manifest.data.fingerprint)
 
 
-def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: dict[str, str]) -> str:
+def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: dict[str, str]) -> Candidate:
     """The ensemble's version: its members pinned to the versions just registered (inference reads the tags)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from services.training import tracking
+    from services.training.ensemble_registration import log_spec, register_spec
 
-    client = mlflow.MlflowClient()
     members = {family: versions[family] for family in ensemble.weights}
     spec = {"members": members, "weights": ensemble.weights}
+    split = next((m.tags["test_files_sha256"] for m in manifest.models if "test_files_sha256" in m.tags), "")
     with mlflow.start_run(run_name=f"{ENSEMBLE_MODEL}-pretrained") as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "pretrained"})
         mlflow.log_metrics(ensemble.test_metrics)
-        tracking.log_bytes(json.dumps(spec, indent=2).encode(), "ensemble/spec.json")
-        source = f"{mlflow.get_artifact_uri()}/ensemble"
-    try:
-        client.create_registered_model(ensemble.registered_name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    tags = {
-        "family": ENSEMBLE_MODEL,
-        ENSEMBLE_MEMBERS_TAG: json.dumps(members, sort_keys=True),
-        ENSEMBLE_WEIGHTS_TAG: json.dumps(ensemble.weights, sort_keys=True),
-        PRETRAINED_TAG: manifest.label(),
-        **{f"member_{family}": version for family, version in members.items()},
-    }
-    version = client.create_model_version(
-        ensemble.registered_name, source, run.info.run_id, tags=tags, description=f"ensemble of {members} (pretrained)"
-    )
-    client.set_registered_model_alias(ensemble.registered_name, CHAMPION_ALIAS, version.version)
-    return str(version.version)
+        tags = {PRETRAINED_TAG: manifest.label()}
+        version = register_spec(log_spec(spec), spec, split, run.info.run_id, "(pretrained)", tags)
+    return Candidate(ensemble.registered_name, version, None)
 
 
 def build(
@@ -341,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("register needs --tracking-uri or MLFLOW_TRACKING_URI")
             versions = register(args.tracking_uri, args.bundle)
             manifest = load_manifest(args.bundle)
-            print(f"registered the pretrained bundle {args.bundle} (commit {manifest.commit[:12]}, "
-                  f"{manifest.label()}): {versions}")
+            print(
+                f"registered the pretrained bundle {args.bundle} (commit {manifest.commit[:12]}, "
+                f"{manifest.label()}): {versions}"
+            )
             return 0
         if not args.from_registry or args.images is None:
             parser.error("build needs --from-registry URI and --images N")

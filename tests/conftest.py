@@ -215,7 +215,8 @@ def register_onnx_model(
     import mlflow
     from mlflow import MlflowClient
 
-    from services.training import tracking
+    from services.training import registration, tracking
+    from services.training.registration import LoggedFile
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -233,7 +234,9 @@ def register_onnx_model(
                 version = _register_bare_onnx_folder(client, name, run.info.run_id)
             else:
                 logged = tracking.log_onnx_model(onnx_bytes, name=model)
-                version = tracking.register_version(name, logged, onnx_bytes, description=f"{model} (tests)", tags={})
+                version = registration.register(
+                    name, LoggedFile.of_model(logged), onnx_bytes, description=f"{model} (tests)", tags={}
+                )
     finally:
         mlflow.set_tracking_uri(previous_uri)
     return version, run.info.run_id

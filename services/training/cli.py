@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.training.config import TrainingSettings
-from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.options import FamilyProgress, FamilyState, Registration, TrainingOptions
 from shared.kit.errors import ServiceError
 from shared.kit.schemas import MODEL_FAMILIES
 
@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refit each family's champion parameters (and the ensemble's weights) on every image: no search, "
         "no test split unless --test-fraction is given",
+    )
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="make this run's versions the champions even where they do not beat them on the same test split",
+    )
+    parser.add_argument(
+        "--guard", action="store_true", help="also fit and register a guard against non-MRI input on these images"
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-register", action="store_true", help="log to MLflow but do not register versions")
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             test_fraction=_test_fraction(args),
             refit_champions=args.refit_champions,
+            promote=args.promote,
+            fit_guard=args.guard,
             seed=args.seed,
             register_models=not args.no_register,
             backend=args.backend,
@@ -121,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
 
-    def show(progress: FamilyProgress) -> None:
+    def show(progress: FamilyProgress | Registration) -> None:
         elapsed = time.perf_counter() - started
+        if isinstance(progress, Registration):
+            moved = "champion" if progress.champion else "registered, not champion"
+            print(f"[{elapsed:7.1f}s] {progress.registered_name} v{progress.version}: {moved} ({progress.reason})")
+            return
         line = f"[{elapsed:7.1f}s] {progress.family:<12} {progress.state.value:<8} {progress.step}"
         if progress.state is FamilyState.DONE:
             accuracy = progress.metrics.get("test_accuracy")

@@ -62,4 +62,3 @@ class TrainingSettings(HostSettings, BaseSettings):
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
-

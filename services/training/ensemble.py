@@ -9,27 +9,21 @@ classifiers and reuses their sessions (``services/inference/ensemble.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from scipy.optimize import minimize
 
 from services.training import plots, tracking
 from services.training.calibration import calibration_metrics, negative_log_likelihood
+from services.training.ensemble_registration import log_spec, register_spec
 from services.training.evaluation import evaluate
 from shared.kit.schemas import (
-    CHAMPION_ALIAS,
-    ENSEMBLE_MEMBERS_TAG,
     ENSEMBLE_MODEL,
-    ENSEMBLE_WEIGHTS_TAG,
     RECIPE_RUN_TAG,
-    registered_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,7 +31,6 @@ logger = logging.getLogger(__name__)
 # Fitted weights are kept only when they beat equal weights by at least this much NLL on the calibration slice:
 # a slice of a few hundred images must show a real gain before one model is trusted over the others.
 EQUAL_WEIGHTS_TOLERANCE = 0.002
-SPEC_ARTIFACT = "ensemble/ensemble.json"
 
 
 def combine(member_probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -67,43 +60,6 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     if nll(result.x) < negative_log_likelihood(combine(member_probabilities, equal), labels) - EQUAL_WEIGHTS_TOLERANCE:
         return fitted, "fitted (NLL on the calibration slice)"
     return equal, "equal (fitted weights were no better on the calibration slice)"
-
-
-def register_version(
-    spec: dict[str, Any], run_id: str, description: str, recipe_tags: dict[str, str] | None = None
-) -> str:
-    """A new version of brain-tumor-ensemble from the active run (its spec artifact), members and weights as tags."""
-    client = MlflowClient()
-    name = registered_name(ENSEMBLE_MODEL)
-    try:
-        client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    tags = {
-        "family": ENSEMBLE_MODEL,
-        ENSEMBLE_MEMBERS_TAG: json.dumps(spec["members"], sort_keys=True),
-        ENSEMBLE_WEIGHTS_TAG: json.dumps(spec["weights"], sort_keys=True),
-        "test_files_sha256": spec["test_files_sha256"],
-        **{f"member_{family}": version for family, version in spec["members"].items()},
-        **(recipe_tags or {}),
-    }
-    source = f"{mlflow.get_artifact_uri()}/ensemble"
-    version = client.create_model_version(
-        name, source, run_id, tags=tags, description=f"ensemble of {spec['members']}: {description}"
-    )
-    return str(version.version)
-
-
-def _members_are_champions(members: dict[str, str]) -> bool:
-    client = MlflowClient()
-    for family, version in members.items():
-        try:
-            if str(client.get_model_version_by_alias(registered_name(family), CHAMPION_ALIAS).version) != version:
-                return False
-        except MlflowException:
-            return False
-    return True
 
 
 def _recipe_weights(members: list[dict[str, Any]], recipe: tuple[dict[str, float], str] | None) -> np.ndarray | None:
@@ -151,7 +107,7 @@ def build_ensemble(
         mlflow.log_params({f"weight_{family}": weight for family, weight in spec["weights"].items()})
         mlflow.set_tags(recipe_tags)
         mlflow.log_metrics(metrics)
-        mlflow.log_text(json.dumps(spec, indent=2, sort_keys=True), SPEC_ARTIFACT)
+        spec_bytes = log_spec(spec)
         if evaluation is not None:
             mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
             confusion = plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL)
@@ -161,9 +117,11 @@ def build_ensemble(
             description = f"test accuracy {metrics['test_accuracy']:.4f}"
         else:
             description = "refit without a test split"
-        version = register_version(spec, run.info.run_id, description, recipe_tags) if register else None
-    if version and _members_are_champions(spec["members"]):
-        MlflowClient().set_registered_model_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS, version)
+        version = (
+            register_spec(spec_bytes, spec, split_sha256, run.info.run_id, description, {**(recipe_tags or {})})
+            if register
+            else None
+        )
     return {
         "family": ENSEMBLE_MODEL, "version": version, "run_id": run.info.run_id, "params": spec,
         "metrics": metrics, "cv": {}, "stages": {}, "search_seconds": 0.0,

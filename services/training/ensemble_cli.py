@@ -3,7 +3,8 @@
 An ensemble of registered versions that did not all train in one run (e.g. a family retrained alone). Each
 member's registered ONNX file, exactly as inference serves it (calibrated), scores the calibration slice and the
 test split of the same data, split and seed as training; the weights are then fitted, the ensemble evaluated,
-logged and registered as a training run does it (``services.training.ensemble.build_ensemble``). Every member
+logged and registered as a training run does it (``services.training.ensemble.build_ensemble``), and promoted by
+the same gate (``--promote`` asks for the move whatever the comparison). Every member
 must have been evaluated on that test split (its ``test_files_sha256`` tag), or nothing is registered.
 """
 
@@ -24,8 +25,9 @@ from services.training.calibration import CalibrationSlice, carve_calibration_sl
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
 from services.training.ensemble import build_ensemble
+from services.training.registration import Candidate, promote_run, standing_on_test_split
 from shared.core.onnx_classifier import OnnxClassifier
-from shared.kit.schemas import registered_name
+from shared.kit.schemas import ENSEMBLE_MODEL, registered_name
 
 BATCH = 64
 
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="the members' run's seed")
     parser.add_argument("--tracking-uri", help="MLflow (default: BT_TRAINING_TRACKING_URI, else MLFLOW_TRACKING_URI)")
     parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
+    parser.add_argument(
+        "--promote", action="store_true", help="make it the ensemble's champion even where it does not beat it"
+    )
     args = parser.parse_args(argv)
     overrides = {"tracking_uri": args.tracking_uri, "cache_dir": args.cache_dir}
     settings = TrainingSettings(**{key: value for key, value in overrides.items() if value is not None})
@@ -89,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     if ensemble is None:
         print("error: an ensemble needs two members at least", file=sys.stderr)
         return 2
-    print(json.dumps({key: ensemble[key] for key in ("version", "run_id", "params", "metrics")}, indent=2))
+    candidate = Candidate(
+        registered_name(ENSEMBLE_MODEL), str(ensemble["version"]), standing_on_test_split(split, ensemble["metrics"])
+    )
+    promotion = promote_run([candidate], explicit=args.promote)[0]
+    shown = {key: ensemble[key] for key in ("version", "run_id", "params", "metrics")}
+    print(json.dumps({**shown, "promotion": promotion.model_dump()}, indent=2))
     return 0
 
 

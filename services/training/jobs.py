@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
 from services.training.config import TrainingSettings
-from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.options import FamilyProgress, FamilyState, Registration, TrainingOptions
 from shared.kit.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class TrainingRun(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     families: dict[str, FamilyProgress]
+    # Every version the run registered (families, ensemble, guard), and whether champion moved to it.
+    registrations: list[Registration] = []
     error: str | None = None
 
 
@@ -56,7 +58,9 @@ for _final in (RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED):
     RUNS_FINISHED.labels(_final.value)
     RUN_SECONDS.labels(_final.value)
 
-RunFunction = Callable[[TrainingOptions, TrainingSettings, Callable[[FamilyProgress], None]], list[FamilyProgress]]
+RunFunction = Callable[
+    [TrainingOptions, TrainingSettings, Callable[[FamilyProgress | Registration], None]], list[FamilyProgress]
+]
 
 
 class TrainingRunManager:
@@ -92,9 +96,12 @@ class TrainingRunManager:
             return run.model_copy(deep=True)
 
     def _execute(self, run: TrainingRun) -> None:
-        def report(progress: FamilyProgress) -> None:
+        def report(progress: FamilyProgress | Registration) -> None:
             with self._lock:
-                run.families[progress.family] = progress.model_copy(deep=True)
+                if isinstance(progress, Registration):
+                    run.registrations.append(progress.model_copy())
+                else:
+                    run.families[progress.family] = progress.model_copy(deep=True)
 
         with self._lock:
             run.state = RunState.RUNNING

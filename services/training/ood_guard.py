@@ -30,13 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import onnx
-from mlflow import MlflowClient
 from onnx import TensorProto, helper, numpy_helper
 
-from services.training import tracking
 from shared.core.guard_input import (
     FEATURE_NAMES,
     GUARD_FEATURES_INPUT_NAME,
@@ -47,11 +44,9 @@ from shared.core.guard_input import (
     guard_input_of,
 )
 from shared.kit.schemas import (
-    CHAMPION_ALIAS,
     GUARD_INPUT_NAME,
     GUARD_METADATA_KEY,
     GUARD_OUTPUT_NAME,
-    GUARD_REGISTERED_NAME,
 )
 
 logger = logging.getLogger(__name__)
@@ -273,39 +268,3 @@ def guard_onnx(guard: OodGuard) -> bytes:
     onnx.helper.set_model_props(model, {GUARD_METADATA_KEY: json.dumps(guard.metadata())})
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def register_guard(guard: OodGuard, split_sha256: str) -> str:
-    """Log the guard's ONNX file as an MLflow Model in the active run, register it as a new version of
-    ``brain-tumor-guard`` (sha256-tagged like every model) and point ``champion`` at it; returns the version."""
-    mlflow.log_metrics(
-        {"guard_threshold": guard.threshold, "guard_fitted_images": guard.fitted_images,
-         "guard_threshold_images": guard.threshold_images}
-    )  # fmt: skip
-    description = f"guard: threshold {guard.threshold:.3f} (quantile {guard.quantile} of held-out MRI images)"
-    return register_guard_file(guard_onnx(guard), description, {"test_files_sha256": split_sha256})
-
-
-def register_guard_file(model_bytes: bytes, description: str, tags: dict[str, str]) -> str:
-    """Register a guard's ONNX file (a fitted one, or the pretrained bundle's) from the active run, as
-    ``register_guard`` does: threshold and input kind tags from its metadata, then the ``champion`` alias."""
-    proto = onnx.load_from_string(model_bytes)
-    metadata = json.loads({prop.key: prop.value for prop in proto.metadata_props}[GUARD_METADATA_KEY])
-    logged = mlflow.onnx.log_model(
-        proto,
-        name="guard",
-        metadata={GUARD_METADATA_KEY: metadata},
-        pip_requirements=mlflow.onnx.get_default_pip_requirements(),
-        onnx_execution_providers=["CPUExecutionProvider"],
-        save_as_external_data=False,
-    )
-    version = tracking.register_version(
-        GUARD_REGISTERED_NAME,
-        logged,
-        model_bytes,
-        description=description,
-        tags={"family": "guard", "threshold": f"{float(metadata['threshold']):.6f}",
-              "input_kind": str(metadata.get("input_kind", "")), **tags},
-    )  # fmt: skip
-    MlflowClient().set_registered_model_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS, version)
-    return version

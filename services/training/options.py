@@ -56,6 +56,18 @@ class TrainingOptions(BaseModel):
     scheduler: str | None = Field(None, description="Dask scheduler address, e.g. tcp://127.0.0.1:8786.")
     jobs: int = Field(1, ge=1, le=32, description="Local worker processes for search trials.")
     register_models: bool = Field(True, description="Register passing models in the MLflow registry.")
+    promote: bool = Field(
+        False,
+        description="Make this run's versions the champions even where they do not beat the champion on the same "
+        "test split (or cannot be compared with it: another split, a refit without one). Without it, champion "
+        "moves only to a version that beats it on the same test split.",
+    )
+    fit_guard: bool = Field(
+        False,
+        description="Also fit and register a new guard against non-MRI input on this run's training images; "
+        "promoted only when its cross-validated false-refusal rate is no worse than the champion guard's on "
+        "the same images.",
+    )
     refit_champions: bool = Field(
         False,
         description="Refit each family's champion recipe (the parameters of its registered champion, and the "
@@ -118,3 +130,12 @@ class FamilyProgress(BaseModel):
     registered_version: str | None = None
     metrics: dict[str, float] = {}
     error: str | None = None
+
+
+class Registration(BaseModel):
+    """A version a run registered, and whether ``champion`` moved to it (and why, or why not)."""
+
+    registered_name: str
+    version: str
+    champion: bool
+    reason: str

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 from mlflow.models.model import ModelInfo
 
-from services.training import ood_guard, plots, tracking
+from services.training import ood_guard, plots, registration, tracking
 from services.training.balancing import apply_balancing
 from services.training.calibration import (
     Calibration,
@@ -31,21 +31,23 @@ from services.training.ensemble import build_ensemble
 from services.training.evaluation import Evaluation, evaluate
 from services.training.families import FittedModel, ModelFamily, get_family
 from services.training.grids import candidates, search_overrides
+from services.training.guard_registration import register_guard_file
 from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
 from services.training.onnx_export import ParityReport, check_parity, embed_contract, exported_classifier
-from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.options import FamilyProgress, FamilyState, Registration, TrainingOptions
 from services.training.recipe import champion_ensemble_weights, champion_recipe
+from services.training.registration import Candidate, LoggedFile, standing_on_test_split
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
 from shared.core.contract import CLASS_NAMES
 from shared.core.dataset import discover
 from shared.core.onnx_classifier import OnnxClassifier
-from shared.kit.schemas import RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
+from shared.kit.schemas import ENSEMBLE_MODEL, RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[FamilyProgress], None]
+ProgressCallback = Callable[[FamilyProgress | Registration], None]
 
 
 def _search(
@@ -259,17 +261,13 @@ def _register(
         description = f"{family_name}: refit on {data.info['train_images']} images, recipe of version {recipe}"
     else:
         description = f"{family_name}: test accuracy {accuracy:.4f}"
-    return tracking.register_version(
+    return registration.register(
         registered_name(family_name),
-        model,
+        LoggedFile.of_model(model),
         model_bytes,
         description=description,
-        tags={
-            "family": family_name,
-            "image_size": str(params["image_size"]),
-            "test_files_sha256": data.info["test_files_sha256"],
-            **recipe_tags,
-        },
+        tags={"family": family_name, "image_size": str(params["image_size"]), **recipe_tags},
+        standing=standing_on_test_split(data.info["test_files_sha256"], {}),
     )
 
 
@@ -404,9 +402,9 @@ def _ensemble(
         return None
 
 
-def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions) -> None:
-    """The guard against non-MRI input (ood_guard): fitted on the training images, its threshold from the
-    calibration slice; a failure is logged and leaves the families registered."""
+def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions) -> Candidate | None:
+    """The guard against non-MRI input (ood_guard), fitted on the training images, its threshold from the
+    calibration slice, registered (not promoted); a failure is logged and leaves the families registered."""
     try:
         with mlflow.start_run(run_name="guard"):
             mlflow.set_tags({"family": "guard", "stage": "guard"})
@@ -415,16 +413,44 @@ def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options:
             fit = ood_guard.files_input(data.train_files.paths, data.train(size))
             held_out = ood_guard.files_input(calibration_slice.files.paths, calibration_slice.pixels(size))
             guard = ood_guard.fit_guard(fit, held_out, seed=options.seed)
-            if options.register_models:
-                ood_guard.register_guard(guard, data.info["test_files_sha256"])
+            mlflow.log_metrics(
+                {"guard_threshold": guard.threshold, "guard_fitted_images": guard.fitted_images,
+                 "guard_threshold_images": guard.threshold_images}
+            )  # fmt: skip
+            if not options.register_models:
+                return None
+            description = f"guard: threshold {guard.threshold:.3f} (quantile {guard.quantile} of held-out MRI images)"
+            return register_guard_file(ood_guard.guard_onnx(guard), description, {}, data.info["pool_fingerprint"])
     except Exception:
         logger.exception("the OOD guard could not be fitted or registered")
+        return None
+
+
+def _promote(
+    rows: list[dict[str, Any]], ensemble: dict[str, Any] | None, guard: Candidate | None, split: str,
+    options: TrainingOptions, report: ProgressCallback,
+) -> None:  # fmt: skip
+    """The promotion gate over everything the run registered, once all of it is registered."""
+    families = [
+        Candidate(registered_name(row["family"]), str(row["version"]), standing_on_test_split(split, row["metrics"]))
+        for row in rows
+        if row.get("version")
+    ]
+    candidates = list(families)
+    if ensemble is not None and ensemble.get("version"):
+        standing = standing_on_test_split(split, ensemble["metrics"])
+        candidates.append(Candidate(registered_name(ENSEMBLE_MODEL), str(ensemble["version"]), standing))
+    if guard is not None:
+        candidates.append(guard)
+    for outcome in registration.promote_run(candidates, options.promote, best_of=families):
+        report(outcome)
 
 
 def run_training(
     options: TrainingOptions, settings: TrainingSettings, report: ProgressCallback | None = None
 ) -> list[FamilyProgress]:
-    """Train, evaluate, convert and register every family asked for. A failing family does not stop the rest."""
+    """Train, evaluate, convert and register every family asked for (a failing family does not stop the rest),
+    then the ensemble and, when asked, the guard; champion moves only through the promotion gate."""
     callback = report or (lambda progress: None)
     data_dir = Path(options.data_dir or settings.data_dir)
     discover(data_dir)  # a bad folder fails before anything else
@@ -444,11 +470,10 @@ def run_training(
             progress.state, progress.error = FamilyState.FAILED, f"{type(exc).__name__}: {exc}"
             callback(progress)
         results.append(progress)
-    if rows and options.register_models:
-        tracking.set_aliases(rows, data.info["test_files_sha256"])
     ensemble = _ensemble(rows, calibration_slice, data, options)
-    if rows:
-        _fit_guard(data, calibration_slice, options)
+    guard = _fit_guard(data, calibration_slice, options) if rows and options.fit_guard else None
+    if rows and options.register_models:
+        _promote(rows, ensemble, guard, data.info["test_files_sha256"], options, callback)
     if rows and len(data.test_labels):  # a refit has no test split: its recipe's report stands
         write_comparison(rows, data.info, options, time.perf_counter() - started, settings.report_dir, ensemble)
     return results

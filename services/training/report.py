@@ -17,7 +17,6 @@ from services.training.options import TrainingOptions
 logger = logging.getLogger(__name__)
 
 
-
 def _study_accuracy(family_name: str) -> float | None:
     """What the original student study reported for the family (its split leaked rotated copies of test images)."""
     return family_class(family_name).study_accuracy

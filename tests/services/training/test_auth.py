@@ -43,9 +43,7 @@ def recorded() -> RecordedRuns:
 
 
 @pytest.fixture
-def make_client(
-    tmp_path: Path, unused_url: str, recorded: RecordedRuns
-) -> Iterator[Callable[..., TestClient]]:
+def make_client(tmp_path: Path, unused_url: str, recorded: RecordedRuns) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:

@@ -26,7 +26,6 @@ SECONDS_SUM = "bt_training_run_duration_seconds_sum"
 RUN_SECONDS = 0.3
 
 
-
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     key = (name, frozenset(labels.items()))
     return after.get(key, 0.0) - before.get(key, 0.0)
@@ -70,4 +69,3 @@ def test_runs_are_counted_by_final_state_and_timed(tmp_path: Path, unused_url: s
             assert moved(before, after, FINISHED, state=state) == (1 if state == outcome else 0), state
             assert moved(before, after, SECONDS_COUNT, state=state) == (1 if state == outcome else 0), state
         assert moved(before, after, SECONDS_SUM, state=outcome) >= RUN_SECONDS
-

@@ -28,7 +28,8 @@ from deploy.processes import LOOPBACK, ManagedProcess, free_port, loopback_url, 
 from services.training.config import TrainingSettings
 from services.training.options import FamilyState, TrainingOptions
 from services.training.pipeline import run_training
-from services.training.tracking import MODEL_METADATA_CONTRACT_KEY, ONNX_SHA256_TAG
+from services.training.registration import ONNX_SHA256_TAG
+from services.training.tracking import MODEL_METADATA_CONTRACT_KEY
 from shared.core.contract import CLASS_NAMES, ONNX_ARTIFACT_DIR, ONNX_FILENAME, OUTPUT_NAME
 from shared.core.imaging import decode_to_array, to_model_input
 from shared.core.onnx_classifier import OnnxClassifier

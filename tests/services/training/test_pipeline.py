@@ -10,7 +10,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from services.training.config import TrainingSettings
-from services.training.options import FamilyProgress, FamilyState, TrainingOptions
+from services.training.options import FamilyProgress, FamilyState, Registration, TrainingOptions
 from services.training.pipeline import run_training
 
 
@@ -18,7 +18,7 @@ def test_run_registers_passing_families_and_reports_failures(
     training_settings: TrainingSettings, tmp_path: Path, served_contract: Callable[[MlflowClient, str], Any]
 ) -> None:
     settings = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "missing.h5"})
-    seen: list[FamilyProgress] = []
+    seen: list[FamilyProgress | Registration] = []
     results = run_training(
         TrainingOptions(families=["rf", "cnn", "mobilenetv2"], search="none", image_size=32, epochs=1),
         settings,
@@ -29,8 +29,12 @@ def test_run_registers_passing_families_and_reports_failures(
     assert by_family["mobilenetv2"].state is FamilyState.FAILED
     assert "BT_MOBILENETV2_WEIGHTS" in (by_family["mobilenetv2"].error or "")
     assert {"refitting on all training data", "converting to ONNX", "registering"} <= {
-        p.step for p in seen if p.family == "rf"
+        p.step for p in seen if isinstance(p, FamilyProgress) and p.family == "rf"
     }
+    # Every version registered goes through the promotion gate and says what it did; no guard unless asked.
+    registered = {p.registered_name: p for p in seen if isinstance(p, Registration)}
+    assert set(registered) == {"brain-tumor-rf", "brain-tumor-cnn", "brain-tumor-ensemble"}
+    assert all(p.reason for p in registered.values())
 
     client = MlflowClient(settings.tracking_uri)
     for family in ("rf", "cnn"):

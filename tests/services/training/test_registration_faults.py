@@ -1,5 +1,5 @@
 """Registration when MLflow goes away midway, against a real MLflow server of this module's own (never the
-session's): the registration functions of ``services.training.tracking`` are driven through a proxy that
+session's): the registration functions of ``services.training.registration`` are driven through a proxy that
 notices the very request at which MLflow should be gone, then either kills the real server (SIGKILL) or
 cuts every connection to it. Afterwards MLflow is asked directly: no version without its file, no alias
 pointing at a version that does not exist, and the error names the step.
@@ -23,7 +23,8 @@ import pytest
 from mlflow import MlflowClient
 
 from deploy.processes import LOOPBACK, ManagedProcess, free_port, loopback_url, start_mlflow
-from services.training import tracking
+from services.training import registration, tracking
+from services.training.registration import Candidate, LoggedFile, standing_on_test_split
 from shared.core.contract import ONNX_FILENAME, PreprocessingContract
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name
@@ -182,7 +183,16 @@ def _logged(onnx_bytes: bytes, family: str, accuracy: float) -> Any:
 
 
 def _register(name: str, logged: Any, onnx_bytes: bytes) -> str:
-    return tracking.register_version(name, logged, onnx_bytes, "tests", {"test_files_sha256": SPLIT})
+    return registration.register(name, LoggedFile.of_model(logged), onnx_bytes, "tests", {"test_files_sha256": SPLIT})
+
+
+def _promote(rows: list[dict[str, Any]]) -> None:
+    """The run's promotion step, as the pipeline drives it once every family is registered."""
+    candidates = [
+        Candidate(registered_name(row["family"]), row["version"], standing_on_test_split(SPLIT, row["metrics"]))
+        for row in rows
+    ]
+    registration.promote_run(candidates, explicit=False, best_of=candidates)
 
 
 def _assert_nothing_half_registered(client: MlflowClient) -> None:
@@ -198,13 +208,13 @@ def _assert_nothing_half_registered(client: MlflowClient) -> None:
                     artifact_uri=f"{uri}/{ONNX_FILENAME}", dst_path=folder, tracking_uri=client.tracking_uri
                 )
                 sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            assert version.tags[tracking.ONNX_SHA256_TAG] == sha256, f"{model.name} v{version.version}"
+            assert version.tags[registration.ONNX_SHA256_TAG] == sha256, f"{model.name} v{version.version}"
 
 
 @pytest.mark.parametrize(
     ("name", "step", "request_line"),
     [
-        ("cut-at-file-check", "checking the logged model's file", b"GET /api/2.0/mlflow-artifacts/artifacts/"),
+        ("cut-at-file-check", "checking the logged file", b"GET /api/2.0/mlflow-artifacts/artifacts/"),
         ("cut-at-model", "creating the registered model", b"POST /api/2.0/mlflow/registered-models/create"),
         ("cut-at-version", "creating the version", b"POST /api/2.0/mlflow/model-versions/create"),
     ],
@@ -269,7 +279,7 @@ def test_mlflow_gone_while_aliases_move_leaves_none_dangling(
     registration_mlflow.proxy.arm(b"POST /api/2.0/mlflow/registered-models/alias", occurrence=2)
 
     with pytest.raises(ServiceError) as caught:
-        tracking.set_aliases(rows, SPLIT)
+        _promote(rows)
 
     assert caught.value.code is ErrorCode.REGISTRY_UNAVAILABLE
     assert "while moving the aliases" in caught.value.message
@@ -280,7 +290,7 @@ def test_mlflow_gone_while_aliases_move_leaves_none_dangling(
     assert BEST_ALIAS not in client.get_registered_model(registered_name("snn")).aliases
     _assert_nothing_half_registered(client)
     # MLflow back: moving them again completes the run's aliases.
-    tracking.set_aliases(rows, SPLIT)
+    _promote(rows)
     assert client.get_registered_model(registered_name("rf")).aliases == {
         CHAMPION_ALIAS: rows[0]["version"],
         BEST_ALIAS: rows[0]["version"],
