@@ -62,7 +62,10 @@ BUNDLED_FOREST = "--set n_estimators=100"
 TRAIN_COMMAND = (
     f".venv/bin/python -m services.training.cli --data {FULL_DATA} --search quick --test-fraction 0.2 {BUNDLED_FOREST}"
 )
-REFIT_COMMAND = f".venv/bin/python -m services.training.cli --data {FULL_DATA} --refit-champions {BUNDLED_FOREST}"
+# A refit has no test split of its own: its versions (and the guard it fits) become champions only when asked.
+REFIT_COMMAND = (
+    f".venv/bin/python -m services.training.cli --data {FULL_DATA} --refit-champions --promote --guard {BUNDLED_FOREST}"
+)
 # The budget for all the bundle's files: the repository stays cloneable.
 MAX_BUNDLE_BYTES = 40_000_000
 # Registered-version tags copied into the bundle (the rest are run-specific).

@@ -188,7 +188,10 @@ def _train_missing(env: dict[str, str], data: Path | None, retrain: bool, search
         return
     print(f"training {', '.join(families)} on {data or 'the embedded sample'} ...", flush=True)
     # Fixed parameters on the sample: a search on 120 images would only add minutes.
-    command = [sys.executable, "-m", "services.training.cli", "--families", ",".join(families), "--search", search]
+    # --guard: the stack refuses non-MRI uploads only with a guard; the promotion gate keeps a better one in place.
+    command = [
+        sys.executable, "-m", "services.training.cli", "--families", ",".join(families), "--search", search, "--guard",
+    ]  # fmt: skip
     if data is not None:
         command += ["--data", str(data.resolve())]
     result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT_ROOT, check=False)
