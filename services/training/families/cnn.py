@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.training.families.keras_family import KerasFamily
+from services.training.families.keras_family import KerasFamily, mirror_averaged
 from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 ARCHITECTURES = ("study", "batchnorm")
+AUGMENTS = ("none", "flip", "flip_noise", "light")
+# The training-time noise of `flip_noise` and `light`, on 0-255 (the robustness check adds sigma 10).
+NOISE_SIGMA = 8.0
+ROTATION_DEGREES = 10.0
+ZOOM = 0.05  # up to 5% in or out
+CONTRAST = 0.1
 
 
 class SmallCnnFamily(KerasFamily):
@@ -72,7 +78,7 @@ class SmallCnnFamily(KerasFamily):
         }
 
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
-        return _average_with_mirror(trained, contract) if params.get("test_time_flip", False) else trained
+        return mirror_averaged(trained, contract) if params.get("test_time_flip", False) else trained
 
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         import keras
@@ -80,11 +86,8 @@ class SmallCnnFamily(KerasFamily):
 
         inputs = keras.Input(shape=contract.input_shape()[1:], name=contract.input_name)
         x = inputs
-        augment = params.get("augment", "none")
-        if augment == "flip":
-            x = layers.RandomFlip("horizontal", name="augment_flip")(x)
-        elif augment != "none":
-            raise ValueError(f"unknown augment {augment!r}; expected none or flip")
+        for layer in _augmentation(params.get("augment", "none"), contract):
+            x = layer(x)
         architecture = params.get("architecture", "study")
         if architecture == "study":
             x = _study_body(x, params)
@@ -94,6 +97,35 @@ class SmallCnnFamily(KerasFamily):
             raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
         outputs = layers.Dense(len(contract.class_names), activation="softmax", name=OUTPUT_NAME)(x)
         return keras.Model(inputs, outputs, name="cnn")
+
+
+def _augmentation(augment: str, contract: PreprocessingContract) -> list[Any]:
+    """The training-only layers of `augment` (Keras leaves them out at inference, so the served graph and its
+    ONNX export are the plain network):
+
+    - `flip`: left-right flips (a mirrored slice is still a plausible slice of the same class);
+    - `flip_noise`: flips, then Gaussian noise on every pixel (robustness to noisy scans);
+    - `light`: flips, rotations up to ROTATION_DEGREES, zooms of ZOOM, contrast jitter of CONTRAST, then the
+      noise (earlier, stronger geometric and intensity jitter cost accuracy: docs/benchmarks.md).
+    """
+    from keras import layers
+
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTS}")
+    if augment == "none":
+        return []
+    chain = [layers.RandomFlip("horizontal", name="augment_flip")]
+    if augment == "light":
+        chain += [
+            # Zero fill: the slices lie on a black background, which a reflection would fill with tissue.
+            layers.RandomRotation(ROTATION_DEGREES / 360, fill_mode="constant", name="augment_rotation"),
+            layers.RandomZoom(ZOOM, fill_mode="constant", name="augment_zoom"),
+            layers.RandomContrast(CONTRAST, name="augment_contrast"),
+        ]
+    if augment in ("flip_noise", "light"):
+        unit = 255.0 if contract.scaling == "raw" else 1.0  # the network's input scale for a 0-255 pixel
+        chain.append(layers.GaussianNoise(NOISE_SIGMA * unit / 255.0, name="augment_noise"))
+    return chain
 
 
 def _study_body(x: Any, params: dict[str, Any]) -> Any:
@@ -130,15 +162,3 @@ def _batchnorm_body(x: Any, params: dict[str, Any], image_size: int) -> Any:
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return layers.Dropout(float(params["dropout"]))(x)
-
-
-def _average_with_mirror(network: Any, contract: PreprocessingContract) -> Any:
-    """The trained network wrapped to average its output on the image and on the image mirrored left-right
-    (one graph, so the ONNX export and every client get it)."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input(shape=contract.input_shape()[1:], name=contract.input_name)
-    mirrored = layers.Lambda(lambda images: images[:, :, ::-1, :], name="mirror")(inputs)
-    outputs = layers.Average(name=OUTPUT_NAME)([network(inputs), network(mirrored)])
-    return keras.Model(inputs, outputs, name="cnn_mirror_averaged")

@@ -57,3 +57,15 @@ class KerasFamily(KerasModelFamily):
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """The model to predict with and export, built around the trained one (by default, itself)."""
         return trained
+
+
+def mirror_averaged(network: Any, contract: PreprocessingContract) -> Any:
+    """The trained network wrapped to average its output on the image and on the image mirrored left-right
+    (one graph, so the ONNX export and every client get it)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=contract.input_shape()[1:], name=contract.input_name)
+    mirrored = layers.Lambda(lambda images: images[:, :, ::-1, :], name="mirror")(inputs)
+    outputs = layers.Average(name=OUTPUT_NAME)([network(inputs), network(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{network.name}_mirror_averaged")
