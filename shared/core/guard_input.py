@@ -25,7 +25,7 @@ from shared.core.dicom import is_dicom
 from shared.core.imaging import decode_grayscale, resize_gray
 
 # Bump when anything below changes what the guard is fed: a guard fitted on another kind is refused.
-GUARD_INPUT_KIND = "gray32-colour64-v2"
+GUARD_INPUT_KIND = "gray32-colour64-v3"
 # The ONNX graph's second input (its first is shared.kit.schemas.GUARD_INPUT_NAME, the thumbnail's pixels).
 GUARD_FEATURES_INPUT_NAME = "features"
 # The grayscale thumbnail's side: a slice's layout (skull ring, dark background, symmetry) survives at 32 px.
@@ -34,9 +34,11 @@ THUMBNAIL_SIZE = 32
 COLOUR_SIZE = 64
 # The 2-pixel ring whose brightness is a feature: slices sit on a black background.
 BORDER_PIXELS = 2
-# Modes whose pixels are one high-depth channel (no colour): stretched to 8 bits like the grayscale decoding does.
 # Below this (of 1) a pixel is background: an MRI slice's black surround.
 DARK_LEVEL = 0.08
+# A pixel between these (of 1) is mid-gray: photos and pages have many, a slice's tissue fewer.
+MID_GRAY = (0.3, 0.7)
+# Modes whose pixels are one high-depth channel (no colour): stretched to 8 bits like the grayscale decoding does.
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA")
 
@@ -136,6 +138,11 @@ def image_features(thumbnails: np.ndarray, colours: np.ndarray) -> np.ndarray:
         "foreground_texture": _foreground_texture(gray),
         "fine_foreground_texture": _foreground_texture(fine),
         "fine_foreground_laplacian": _foreground_laplacian(fine),
+        "block_contrast": _block_contrast(fine),
+        "centre_share": _centre_share(fine),
+        "orientation_coherence": _orientation_coherence(fine),
+        "local_coherence": _local_coherence(fine),
+        "mid_gray_fraction": ((fine > MID_GRAY[0]) & (fine < MID_GRAY[1])).reshape(n, -1).mean(axis=1),
     }
     return np.stack([columns[name] for name in FEATURE_NAMES], axis=1).astype(np.float32)
 
@@ -170,6 +177,52 @@ def _foreground_laplacian(images: np.ndarray) -> np.ndarray:
     return (np.abs(laplacian) * bright).reshape(n, -1).sum(axis=1) / np.maximum(bright.reshape(n, -1).sum(axis=1), 1)
 
 
+def _block_contrast(images: np.ndarray) -> np.ndarray:
+    """Spread of the brightness of a 4x4 grid of blocks over their mean: a slice (even cropped) is bright tissue
+    next to dark surround and ventricles; a texture, a page or noise is about as bright everywhere."""
+    n, side = images.shape[:2]
+    cell = side // 4
+    blocks = images[:, : cell * 4, : cell * 4].reshape(n, 4, cell, 4, cell).mean(axis=(2, 4)).reshape(n, -1)
+    return blocks.std(axis=1) / (blocks.mean(axis=1) + 0.05)
+
+
+def _centre_share(images: np.ndarray) -> np.ndarray:
+    """The centre disc's brightness over itself plus the corners': near 1 for a slice on black (still well above
+    1/2 when cropped to 70% or rotated), about 1/2 for anything as bright at its corners as at its centre."""
+    side = images.shape[1]
+    yy, xx = np.mgrid[0:side, 0:side]
+    radius = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2) / (side / 2)
+    centre, corners = images[:, radius < 0.4].mean(axis=1), images[:, radius > 1.05].mean(axis=1)
+    return centre / (centre + corners + 0.02)
+
+
+def _structure_tensor(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    down = images[:, 2:, 1:-1] - images[:, :-2, 1:-1]
+    across = images[:, 1:-1, 2:] - images[:, 1:-1, :-2]
+    return across * across, down * down, across * down
+
+
+def _orientation_coherence(images: np.ndarray) -> np.ndarray:
+    """How much the image's edges share one orientation (0: every direction, 1: one), whatever that orientation is
+    (so a rotation does not change it): text, bricks, plots and screens are lines; a slice's edges go every way."""
+    xx, yy, xy = (part.sum(axis=(1, 2)) for part in _structure_tensor(images))
+    return np.sqrt((xx - yy) ** 2 + 4 * xy**2) / (xx + yy + 1e-6)
+
+
+def _local_coherence(images: np.ndarray, cell: int = 8) -> np.ndarray:
+    """The orientation coherence of 8x8 cells, averaged weighted by their edge energy: strokes, fibres and grass
+    are locally straight; a slice's local edges less so."""
+    n = len(images)
+    parts = []
+    for part in _structure_tensor(images):
+        cells = part.shape[1] // cell
+        parts.append(part[:, : cells * cell, : cells * cell].reshape(n, cells, cell, cells, cell).sum(axis=(2, 4)))
+    xx, yy, xy = parts
+    energy = xx + yy
+    coherence = np.sqrt((xx - yy) ** 2 + 4 * xy**2) / (energy + 1e-4)
+    return (coherence * energy).sum(axis=(1, 2)) / (energy.sum(axis=(1, 2)) + 1e-6)
+
+
 FEATURE_NAMES = (
     "chroma_mean",
     "border",
@@ -180,4 +233,9 @@ FEATURE_NAMES = (
     "foreground_texture",
     "fine_foreground_texture",
     "fine_foreground_laplacian",
+    "block_contrast",
+    "centre_share",
+    "orientation_coherence",
+    "local_coherence",
+    "mid_gray_fraction",
 )

@@ -11,7 +11,20 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw
 
-from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx, guard_scores
+from services.training.ood_guard import (
+    FLAG_QUANTILE,
+    GUARD_IMAGE_SIZE,
+    REFUSAL_TAIL,
+    OodGuard,
+    clopper_pearson,
+    files_input,
+    fit_guard,
+    fit_guard_cv,
+    guard_folds,
+    guard_onnx,
+    guard_scores,
+    thresholds_from_scores,
+)
 from shared.core.dataset import SAMPLE_DATA_DIR, discover
 from shared.core.guard_input import GUARD_FEATURES_INPUT_NAME, GUARD_INPUT_KIND, GuardInput, guard_input
 from shared.kit.schemas import GUARD_INPUT_NAME, GUARD_METADATA_KEY
@@ -109,3 +122,64 @@ def test_fit_refuses_too_few_images(sample_split) -> None:
     fit, _, _ = sample_split
     with pytest.raises(ValueError, match="at least 2 images"):
         fit_guard(_part(fit, np.arange(1)), _part(fit, np.arange(1)))
+
+
+def test_flag_threshold_is_in_the_metadata_and_never_above_the_refusal_threshold(guard: OodGuard) -> None:
+    meta = guard.metadata()
+    assert meta["flag_threshold"] <= meta["threshold"]
+    proto_meta = json.loads(
+        ort.InferenceSession(guard_onnx(guard), providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map[GUARD_METADATA_KEY]
+    )
+    assert proto_meta["flag_threshold"] == pytest.approx(guard.flag)
+
+
+def test_thresholds_from_scores_extrapolate_an_exponential_tail() -> None:
+    scores = np.random.default_rng(0).exponential(1.0, 200_000)
+    refusal, flag = thresholds_from_scores(scores)
+    assert flag == pytest.approx(np.log(1 / (1 - FLAG_QUANTILE)), abs=0.05)
+    assert refusal == pytest.approx(np.log(1 / REFUSAL_TAIL), abs=0.15)
+    assert (scores > refusal).mean() == pytest.approx(REFUSAL_TAIL, rel=0.3)
+
+
+def test_clopper_pearson_interval() -> None:
+    assert clopper_pearson(0, 100) == pytest.approx((0.0, 0.0362), abs=1e-4)
+    low, high = clopper_pearson(5, 1000)
+    assert low == pytest.approx(0.00162, abs=1e-4) and high == pytest.approx(0.01164, abs=1e-4)
+
+
+def test_folds_keep_each_duplicate_group_whole() -> None:
+    groups = np.repeat(np.arange(30), 3)
+    labels = np.arange(90) % 4
+    folds = guard_folds(groups, labels, 5, seed=1)
+    assert set(folds) == set(range(5))
+    for group in range(30):
+        assert len(set(folds[groups == group])) == 1
+    with pytest.raises(ValueError, match="2 duplicate groups"):
+        guard_folds(np.zeros(10, dtype=int), None, 5, seed=1)
+
+
+def test_cross_validated_fit_reports_honest_rates_and_both_thresholds(sample_arrays) -> None:
+    pixels, labels = sample_arrays(SIZE)
+    paths = discover(SAMPLE_DATA_DIR).train.paths
+    groups = np.arange(len(paths)) // 2  # pairs as duplicate groups
+    guard, validation = fit_guard_cv(paths, pixels, groups, labels, seed=3, folds=3, copies=1)
+    assert guard.fitted_images == 2 * len(paths)  # every slice and one re-upload of each
+    assert guard.flag <= guard.threshold
+    assert set(validation.folds) == {0, 1, 2}
+    for group in np.unique(groups):
+        assert len(set(validation.folds[groups == group])) == 1
+    assert validation.refused == int(validation.refused_mask().sum())
+    meta = guard.metadata()
+    assert meta["false_refusal_cv"] == pytest.approx(validation.refused / len(paths))
+    assert meta["flag_rate_cv"] == pytest.approx(validation.flagged / len(paths))
+    low, high = meta["false_refusal_cv_interval"]
+    assert 0 <= low <= meta["false_refusal_cv"] <= high <= 1
+    assert meta["cv_images"] == len(paths) and meta["cv_folds"] == 3 and meta["augmented_copies"] == 1
+    # a fold's thresholds come from the other folds' scores only
+    for fold, fold_guard in enumerate(validation.fold_guards):
+        expected = thresholds_from_scores(validation.scores[validation.folds != fold])
+        assert (fold_guard.threshold, fold_guard.flag_threshold) == pytest.approx(expected)
+    # 120 slices: a crude tail, so only the plainest non-MRI images (checkerboard, flat gray, colour) are asked for
+    assert (guard_scores(guard, non_mri_images())[2:5] > guard.threshold).all()

@@ -112,3 +112,21 @@ def test_a_decoding_the_caller_holds_gives_the_same_input(sample_images: dict[st
         np.testing.assert_array_equal(alone.features, shared.features)
         inverted = guard_input(data, gray=ImageOps.invert(gray))
         np.testing.assert_allclose(inverted.pixels, 1.0 - alone.pixels, atol=1.01 / 255)
+
+
+def test_structure_statistics_see_lines_and_a_slice_on_black(sample_images: dict[str, bytes]) -> None:
+    """Orientation coherence is high for lines whatever their angle; a slice's centre is brighter than its corners."""
+    from PIL import ImageDraw
+
+    coherence, centre = FEATURE_NAMES.index("orientation_coherence"), FEATURE_NAMES.index("centre_share")
+    stripes = Image.new("L", (128, 128), 0)
+    draw = ImageDraw.Draw(stripes)
+    for x in range(0, 128, 8):
+        draw.rectangle((x, 0, x + 3, 127), fill=255)
+    upright = guard_input(encode(stripes)).features[0]
+    rotated = guard_input(encode(stripes.rotate(30, fillcolor=0))).features[0]
+    mri = guard_input(sample_images["glioma"]).features[0]
+    assert upright[coherence] > 0.9 and rotated[coherence] > 0.6
+    assert mri[coherence] < 0.5
+    assert mri[centre] > 0.7
+    assert upright[centre] == pytest.approx(0.5, abs=0.1)
