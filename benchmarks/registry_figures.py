@@ -22,7 +22,8 @@ from mlflow.exceptions import MlflowException
 
 from benchmarks.markdown import command_line, write_section
 from services.training.report import calibration_markdown
-from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, MODEL_FAMILIES, registered_name
+from shared.core.ensemble_spec import WEIGHTS_TAG
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, MODEL_FAMILIES, registered_name
 
 
 def _version(client: MlflowClient, family: str, wanted: str | None) -> Any:
@@ -43,7 +44,7 @@ def _row(client: MlflowClient, family: str, version: Any) -> dict[str, Any]:
 def _ensemble_row(client: MlflowClient, version: Any) -> dict[str, Any]:
     row = _row(client, ENSEMBLE_MODEL, version)
     members = {k[len("member_") :]: v for k, v in version.tags.items() if k.startswith("member_")}
-    weights = json.loads(version.tags.get(ENSEMBLE_WEIGHTS_TAG, "{}"))
+    weights = json.loads(version.tags.get(WEIGHTS_TAG, "{}"))
     row["params"] = {"members": members, "weights": weights, "weighting": row["tags"].get("weighting", "")}
     return row
 

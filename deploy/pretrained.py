@@ -41,10 +41,10 @@ from deploy.bundle import (
 )
 from deploy.processes import PROJECT_ROOT
 from services.training.registration import Candidate
+from shared.core.ensemble_spec import WEIGHTS_TAG
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MODEL,
-    ENSEMBLE_WEIGHTS_TAG,
     GUARD_REGISTERED_NAME,
     MODEL_FAMILIES,
     PRETRAINED_TAG,
@@ -274,7 +274,7 @@ def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | N
     version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
     if version is None:
         return None
-    weights = {str(k): float(v) for k, v in json.loads(version.tags.get(ENSEMBLE_WEIGHTS_TAG, "{}")).items()}  # type: ignore[attr-defined]
+    weights = {str(k): float(v) for k, v in json.loads(version.tags.get(WEIGHTS_TAG, "{}")).items()}  # type: ignore[attr-defined]
     if not weights or not set(weights) <= families:
         return None
     metrics = _test_metrics(client, version)

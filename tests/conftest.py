@@ -264,6 +264,23 @@ def set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
     )
 
 
+def with_conformal_sets(onnx_bytes: bytes, fitted: Any, image_size: int, sample_arrays: SampleArrays) -> bytes:
+    """The model with prediction sets' thresholds in its metadata, fitted on the sample's own probabilities: this
+    tests how sets are served, not how well they cover (a weak model on its training images: some sets of two)."""
+    import onnx
+
+    from shared.core.conformal import CONFORMAL_METADATA_KEY, fit_conformal
+
+    pixels, labels = sample_arrays(image_size)
+    flat = PreprocessingContract(layout="flat", scaling="unit", image_size=image_size)
+    sets = fit_conformal(fitted.predict_proba(to_model_input(pixels, flat)), labels)
+    proto = onnx.load_from_string(onnx_bytes)
+    onnx.helper.set_model_props(
+        proto, {**{p.key: p.value for p in proto.metadata_props}, CONFORMAL_METADATA_KEY: sets.to_json()}
+    )
+    return proto.SerializeToString()
+
+
 def fit_on_sample(estimator: Any, image_size: int, sample_arrays: SampleArrays) -> Any:
     """Fit a scikit-learn classifier on the sample images as flat unit-scaled pixels."""
     pixels, labels = sample_arrays(image_size)
@@ -322,7 +339,8 @@ def model_zoo(mlflow_server: ManagedProcess, sample_arrays: SampleArrays) -> Mod
 
     - rf: versions 1 and 2 (random forests), alias champion -> 1 (so the default is not the latest)
     - snn: version 1 (logistic regression), alias best -> 1, no champion
-    - cnn: versions 1 and 2, "nhwc" layout, no alias (default: latest = 2)
+    - cnn: versions 1 and 2, "nhwc" layout, no alias (default: latest = 2); version 2 carries prediction sets'
+      thresholds (shared.core.conformal), the others were "registered before them"
     - mobilenetv2: version 1, "nhwc" layout, "raw" scaling, 24 px images
     """
     from sklearn.ensemble import RandomForestClassifier
@@ -344,9 +362,10 @@ def model_zoo(mlflow_server: ManagedProcess, sample_arrays: SampleArrays) -> Mod
     for index, (model, estimator, contract) in enumerate(plan):
         fitted = fit_on_sample(estimator, contract.image_size, sample_arrays)
         metrics = {"test_accuracy": round(0.5 + index / 20, 3), "test_f1_macro": round(0.45 + index / 20, 3)}
-        version, run_id = register_onnx_model(
-            zoo.tracking_uri, model, sklearn_to_onnx(fitted, contract), metrics=metrics
-        )
+        onnx_bytes = sklearn_to_onnx(fitted, contract)
+        if index == 4:
+            onnx_bytes = with_conformal_sets(onnx_bytes, fitted, contract.image_size, sample_arrays)
+        version, run_id = register_onnx_model(zoo.tracking_uri, model, onnx_bytes, metrics=metrics)
         zoo.versions.setdefault(model, []).append(TrainedVersion(version, fitted, contract, run_id, metrics))
     for model, alias, version in (("rf", CHAMPION_ALIAS, "1"), ("snn", BEST_ALIAS, "1")):
         set_alias(zoo.tracking_uri, model, alias, version)

@@ -93,6 +93,9 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
     metric_prefixes: tuple[str, ...] = Field(
         (
             "test_accuracy",
+            "test_images",
+            "test_set_",
+            "train_images",
             "test_f1_macro",
             "test_precision_macro",
             "test_recall_macro",
@@ -107,6 +110,13 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         "refuse",
         description="The guard against non-MRI input (docs/ood-guard.md): refuse answers 422 NOT_A_BRAIN_MRI above "
         "its threshold, flag answers with ood.flag true, off skips it. Without a registered guard nothing is refused.",
+    )
+    referral_alpha: float = Field(
+        0.05,
+        ge=0.01,
+        le=0.3,
+        description="Miscoverage of the prediction sets every answer carries (docs/referral.md): a set holds the true "
+        "class with probability at least 1 - alpha; an answer whose set holds more than one class is referred.",
     )
     ood_refresh_s: float = Field(30.0, ge=0, description="Seconds between looks for a new champion of the guard.")
     debug_endpoints: bool = Field(

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.inference.guard_selector import GuardSelector
 from services.inference.oip_schemas import IMAGE_INPUT_NAME
+from services.inference.referral import Referral, referral_of
 from services.inference.registry import ModelRegistry
 from services.inference.runner import Runner
 from services.inference.servable import Classifier
@@ -43,12 +44,16 @@ def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def answer(classifier: Classifier, row: np.ndarray, latency_ms: float, ood: OodOut | None) -> PredictionOut:
-    """One row of a classifier's output as the answer for its image."""
+def answer(
+    classifier: Classifier, row: np.ndarray, latency_ms: float, ood: OodOut | None, alpha: float
+) -> PredictionOut:
+    """One row of a classifier's output as the answer for its image, with its prediction set and referral."""
     scores = classifier.postprocess(row)
+    referral = referral_of(row, classifier.contract.class_names, classifier.conformal, alpha, ood)
     return PredictionOut(model=classifier.name, version=classifier.version, label=scores.label,
                          probabilities=scores.probabilities, latency_ms=round(latency_ms, 3), members=scores.members,
-                         ood=ood)  # fmt: skip
+                         ood=ood, prediction_set=referral.prediction_set, referral=referral.refer,
+                         referral_reason=referral.reason)  # fmt: skip
 
 
 def internal(what: str) -> ServiceError:
@@ -60,11 +65,14 @@ def internal(what: str) -> ServiceError:
 class DataPlane:
     """Runs servables for the routes: the registry's models, the selector's guard, through one runner."""
 
-    def __init__(self, registry: ModelRegistry, guards: GuardSelector, runner: Runner, pixel_run_batch: int) -> None:
+    def __init__(
+        self, registry: ModelRegistry, guards: GuardSelector, runner: Runner, pixel_run_batch: int, alpha: float
+    ) -> None:
         self.registry = registry
         self.guards = guards
         self.runner = runner
         self.pixel_run_batch = pixel_run_batch
+        self.alpha = alpha  # the prediction sets' miscoverage (referral)
 
     # -- admission: decode once, judge once ----------------------------------------------------------------
 
@@ -101,7 +109,7 @@ class DataPlane:
             return classifier, classifier.preprocess([image]), ood
 
         (classifier, _, ood), rows = await self.runner.run(prepare)
-        return answer(classifier, rows[0], _ms(started), ood)
+        return answer(classifier, rows[0], _ms(started), ood, self.alpha)
 
     # -- several uploads, one model ------------------------------------------------------------------------
 
@@ -119,7 +127,9 @@ class DataPlane:
         return [
             BatchItem(index=index, ok=False, error=ItemError.from_error(item))
             if isinstance(item, ServiceError)
-            else BatchItem(index=index, ok=True, result=answer(classifier, next(rows), item[1] + run_ms, item[2]))
+            else BatchItem(
+                index=index, ok=True, result=answer(classifier, next(rows), item[1] + run_ms, item[2], self.alpha)
+            )
             for index, item in enumerate(prepared)
         ]
 
@@ -187,7 +197,8 @@ class DataPlane:
         try:
             rows = await self.runner.predict(classifier, batch)
             # Each answer's latency counts the shared decoding once, as a single predict would.
-            return CompareItem(model=name, ok=True, result=answer(classifier, rows[0], admit_ms + _ms(started), ood))
+            result = answer(classifier, rows[0], admit_ms + _ms(started), ood, self.alpha)
+            return CompareItem(model=name, ok=True, result=result)
         except ServiceError as exc:
             return CompareItem.failed(name, exc)
         except Exception:
@@ -211,6 +222,17 @@ class DataPlane:
                 verdicts += judged
             parts.append(await self.runner.predict(classifier, batch))
         return np.concatenate(parts), verdicts
+
+    def referrals(
+        self, classifier: Classifier, probabilities: np.ndarray, verdicts: list[OodOut | None]
+    ) -> list[Referral]:
+        """Each row's prediction set and referral (``verdicts``: the files' guard verdicts; none for a tensor)."""
+        names = classifier.contract.class_names
+        judged = verdicts if len(verdicts) == len(probabilities) else [None] * len(probabilities)
+        return [
+            referral_of(row, names, classifier.conformal, self.alpha, ood)
+            for row, ood in zip(probabilities, judged, strict=True)
+        ]
 
     def _admit_elements(
         self, classifier: Classifier, files: list[bytes], first_index: int

@@ -1,5 +1,6 @@
 """The ensemble model: a registered version of ``brain-tumor-ensemble`` names member versions and weights
-(version tags written by training); it answers the weighted mean of the members' (calibrated) probabilities.
+(version tags written by training, ``shared.core.ensemble_spec``); it answers the weighted mean of the members'
+(calibrated) probabilities, with prediction sets from its own conformal thresholds.
 
 It has no ONNX graph of its own: the members take different image sizes and scalings, so it reuses their
 loaded classifiers (the same onnxruntime sessions as ``model=<member>``) and is one more servable
@@ -15,45 +16,26 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.inference.servable import Classifier
+from shared.core.conformal import ConformalSets
 from shared.core.contract import PreprocessingContract
+from shared.core.ensemble_spec import SPEC_TAGS, EnsembleSpec, SpecError, combine
 from shared.core.imaging import DecodedImage
 from shared.core.onnx_classifier import ClassScores
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EnsembleSpec:
-    """Member model -> pinned version, and member model -> weight (summing to 1)."""
-
-    members: dict[str, str]
-    weights: dict[str, float]
-
-    @classmethod
-    def from_tags(cls, tags: dict[str, str], label: str) -> EnsembleSpec:
-        try:
-            members = {str(k): str(v) for k, v in json.loads(tags[ENSEMBLE_MEMBERS_TAG]).items()}
-            weights = {str(k): float(v) for k, v in json.loads(tags[ENSEMBLE_WEIGHTS_TAG]).items()}
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise ServiceError(
-                ErrorCode.INVALID_MODEL,
-                f"Model {label} cannot be served: its version has no valid {ENSEMBLE_MEMBERS_TAG!r} and "
-                f"{ENSEMBLE_WEIGHTS_TAG!r} tags.",
-            ) from exc
-        if not members or set(members) != set(weights) or sum(weights.values()) <= 0:
-            raise ServiceError(
-                ErrorCode.INVALID_MODEL, f"Model {label} cannot be served: its members and weights do not match."
-            )
-        total = sum(weights.values())
-        return cls(members, {name: weight / total for name, weight in weights.items()})
+def _spec_of(tags: dict[str, str], label: str) -> EnsembleSpec:
+    try:
+        return EnsembleSpec.from_tags(tags)
+    except SpecError as exc:
+        raise ServiceError(ErrorCode.INVALID_MODEL, f"Model {label} cannot be served: {exc}.") from exc
 
 
 def _spec_cache(cache_dir: Path, registered_name: str, version: str, run_id: str | None) -> Path:
@@ -70,21 +52,24 @@ def read_spec(
     path = _spec_cache(cache_dir, registered_name, version, run_id)
     if path.is_file():
         try:
-            return EnsembleSpec.from_tags(json.loads(path.read_text()), label)
+            return _spec_of(json.loads(path.read_text()), label)
         except (ValueError, ServiceError):
             logger.warning("ignoring an unreadable cached ensemble spec %s", path)
     tags = fetch_tags()
-    spec = EnsembleSpec.from_tags(tags, label)
+    spec = _spec_of(tags, label)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({key: tags[key] for key in (ENSEMBLE_MEMBERS_TAG, ENSEMBLE_WEIGHTS_TAG)}))
+    path.write_text(json.dumps({key: tags[key] for key in SPEC_TAGS if key in tags}))
     return spec
 
 
 class Ensemble:
     """The weighted mean of pinned member classifiers' probabilities, served like one classifier."""
 
-    def __init__(self, name: str, version: str, members: list[tuple[Classifier, float]]) -> None:
+    def __init__(
+        self, name: str, version: str, members: list[tuple[Classifier, float]], conformal: ConformalSets | None = None
+    ) -> None:
         self.name, self.version, self.members = name, str(version), members
+        self.conformal = conformal
         self.ready = False
         class_names = {member.contract.class_names for member, _ in members}
         if len(class_names) != 1:
@@ -138,9 +123,7 @@ class Ensemble:
             part = batch[:, start : start + width].reshape(len(batch), *member.input_shape)
             outputs.append(member.predict(np.ascontiguousarray(part)))
             start += width
-        weights = [weight for _, weight in self.members]
-        combined = sum(w * p.astype(np.float64) for w, p in zip(weights, outputs, strict=True))
-        return np.asarray(combined, dtype=np.float32)
+        return combine(outputs, [weight for _, weight in self.members]).astype(np.float32)
 
     def postprocess(self, row: np.ndarray) -> ClassScores:
         values = np.asarray(row, dtype=np.float64).reshape(-1)
@@ -158,6 +141,6 @@ def build_ensemble(
 ) -> Ensemble:
     """The ensemble of the pinned member versions, each loaded (or reused) through ``get_member``."""
     members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.members.items()]
-    ensemble = Ensemble(name, version, members)
+    ensemble = Ensemble(name, version, members, spec.conformal)
     ensemble.load()
     return ensemble

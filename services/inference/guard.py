@@ -39,6 +39,7 @@ class Guard:
         self.intra_op_threads = intra_op_threads
         self.ready = False
         self.threshold = float("inf")
+        self.flag_threshold = float("inf")
         self._feeds: tuple[str, str] = ("", "")
         self._session: ort.InferenceSession | None = None
 
@@ -71,6 +72,8 @@ class Guard:
                 "(retrain, or register a guard of this input kind)"
             )
         self.threshold = float(meta["threshold"])
+        # Guards fitted before the "unusual" verdict have one threshold: nothing is unusual without being refused.
+        self.flag_threshold = float(meta.get("flag_threshold", self.threshold))
         self._feeds = (str(meta["input_name"]), str(meta["features_input_name"]))
         self._session = session
         self.ready = True
@@ -98,4 +101,5 @@ class Guard:
     def postprocess(self, row: np.ndarray) -> OodOut:
         score = float(np.asarray(row).reshape(-1)[0])
         return OodOut(score=round(score, 4), threshold=round(self.threshold, 4), flag=score > self.threshold,
+                      flag_threshold=round(self.flag_threshold, 4), unusual=score > self.flag_threshold,
                       guard_version=self.version)  # fmt: skip

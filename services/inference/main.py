@@ -57,7 +57,7 @@ def build_dataplane(settings: Settings) -> DataPlane:
         max_queue=settings.max_queue,
         concurrent_work=settings.work_threads(),
     )
-    return DataPlane(registry, guards, runner, settings.pixel_run_batch)
+    return DataPlane(registry, guards, runner, settings.pixel_run_batch, settings.referral_alpha)
 
 
 @asynccontextmanager

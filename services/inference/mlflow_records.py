@@ -14,7 +14,8 @@ from mlflow.entities.model_registry import ModelVersion
 
 from services.inference.catalog import VersionRecord
 from shared.core.contract import ONNX_FILENAME
-from shared.kit.schemas import ENSEMBLE_MEMBERS_TAG, PRETRAINED_TAG
+from shared.core.ensemble_spec import MEMBERS_TAG
+from shared.kit.schemas import PRETRAINED_TAG
 
 # The model-version tag training writes (services.training.tracking.ONNX_SHA256_TAG; no service imports another).
 ONNX_SHA256_TAG = "onnx_sha256"
@@ -74,6 +75,6 @@ def version_record(mv: ModelVersion) -> VersionRecord:
         source=mv.source or "",
         created_at=_iso_millis(mv.creation_timestamp),
         onnx_sha256=tags.get(ONNX_SHA256_TAG) or None,
-        kind="ensemble" if ENSEMBLE_MEMBERS_TAG in tags else "onnx",
+        kind="ensemble" if MEMBERS_TAG in tags else "onnx",
         pretrained_on=tags.get(PRETRAINED_TAG) or None,
     )

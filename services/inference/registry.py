@@ -15,11 +15,12 @@ from pathlib import Path
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.catalog_snapshot import CatalogSnapshot
 from services.inference.circuit import CircuitBreaker
-from services.inference.ensemble import EnsembleSpec, build_ensemble, read_spec
+from services.inference.ensemble import build_ensemble, read_spec
 from services.inference.loaded_models import LoadedModels
 from services.inference.metrics import run_recorder
 from services.inference.mlflow_store import MlflowStore
 from services.inference.servable import Classifier
+from shared.core.ensemble_spec import EnsembleSpec
 from shared.core.onnx_classifier import OnnxClassifier
 from shared.kit.errors import ErrorCode, ServiceError
 

@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from shared.core.conformal import ConformalSets
 from shared.core.contract import PreprocessingContract
 from shared.core.imaging import DecodedImage
 from shared.core.onnx_classifier import ClassScores
@@ -51,7 +52,10 @@ class Servable(Protocol[AnswerT_co]):
 
 
 class Classifier(Servable[ClassScores], Protocol):
-    """A servable that answers the four classes: an ONNX classifier or the ensemble."""
+    """A servable that answers the four classes: an ONNX classifier or the ensemble; ``conformal``: its prediction
+    sets' thresholds (None for a version registered before them)."""
+
+    conformal: ConformalSets | None
 
     @property
     def contract(self) -> PreprocessingContract: ...

@@ -26,6 +26,7 @@ from scipy.optimize import minimize_scalar
 
 from services.training.data import PreparedData
 from services.training.splits import split_train_test
+from shared.core.conformal import CONFORMAL_METADATA_KEY, ConformalSets
 from shared.core.contract import OUTPUT_NAME
 from shared.core.dataset import LabelledFiles, load_arrays
 
@@ -145,6 +146,28 @@ def calibration_metrics(probabilities: np.ndarray, labels: np.ndarray, prefix: s
     }
 
 
+# The miscoverage the run's own figures report prediction sets at (a service may serve another, docs/referral.md).
+REPORTED_ALPHA = 0.05
+
+
+def set_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, conformal: ConformalSets, alpha: float = REPORTED_ALPHA,
+    prefix: str = "test_",
+) -> dict[str, float]:  # fmt: skip
+    """Prediction sets on labelled images: how often they hold the true class, their mean size, how often they
+    hold more than one class (referred), and the accuracy of the answers not referred."""
+    sets = [conformal.prediction_set(row, alpha) for row in probabilities]
+    covered = np.array([label in members for members, label in zip(sets, labels, strict=True)])
+    single = np.array([len(members) == 1 for members in sets])
+    right = np.asarray(probabilities).argmax(axis=1) == np.asarray(labels)
+    return {
+        f"{prefix}set_coverage": float(covered.mean()),
+        f"{prefix}set_mean_size": float(np.mean([len(members) for members in sets])),
+        f"{prefix}set_referral_rate": float(1.0 - single.mean()),
+        f"{prefix}accuracy_not_referred": float(right[single].mean()) if single.any() else float("nan"),
+    }
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A fitted temperature and how it was fitted (written into the model's metadata)."""
@@ -153,6 +176,8 @@ class Calibration:
     eps: float = PROBABILITY_EPS
     calibration_images: int = 0
     method: str = "temperature scaling of log(clip(p, eps, 1))"
+    # The prediction sets' thresholds, fitted on the same slice's calibrated probabilities (shared.core.conformal).
+    conformal: ConformalSets | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -169,6 +194,11 @@ def _rename_output(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         node.output[:] = [new if name == old else name for name in node.output]
         node.input[:] = [new if name == old else name for name in node.input]
+
+
+def _set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
+    entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
+    entry.key, entry.value = key, value
 
 
 def calibrate_graph(proto: onnx.ModelProto, calibration: Calibration) -> onnx.ModelProto:
@@ -201,10 +231,9 @@ def calibrate_graph(proto: onnx.ModelProto, calibration: Calibration) -> onnx.Mo
         proto.opset_import.append(helper.make_opsetid("", 13))
     elif default_opset.version < 11:
         default_opset.version = 13
-    entry = next((p for p in proto.metadata_props if p.key == CALIBRATION_METADATA_KEY), None) or (
-        proto.metadata_props.add()
-    )
-    entry.key, entry.value = CALIBRATION_METADATA_KEY, calibration.to_json()
+    _set_metadata(proto, CALIBRATION_METADATA_KEY, calibration.to_json())
+    if calibration.conformal is not None:
+        _set_metadata(proto, CONFORMAL_METADATA_KEY, calibration.conformal.to_json())
     onnx.checker.check_model(proto)
     return proto
 

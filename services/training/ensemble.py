@@ -18,9 +18,11 @@ import numpy as np
 from scipy.optimize import minimize
 
 from services.training import plots, tracking
-from services.training.calibration import calibration_metrics, negative_log_likelihood
+from services.training.calibration import calibration_metrics, negative_log_likelihood, set_metrics
 from services.training.ensemble_registration import log_spec, register_spec
 from services.training.evaluation import evaluate
+from shared.core.conformal import fit_conformal
+from shared.core.ensemble_spec import combine
 from shared.kit.schemas import (
     ENSEMBLE_MODEL,
     RECIPE_RUN_TAG,
@@ -31,12 +33,6 @@ logger = logging.getLogger(__name__)
 # Fitted weights are kept only when they beat equal weights by at least this much NLL on the calibration slice:
 # a slice of a few hundred images must show a real gain before one model is trusted over the others.
 EQUAL_WEIGHTS_TOLERANCE = 0.002
-
-
-def combine(member_probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """The weighted mean of the members' probabilities (weights sum to 1)."""
-    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probabilities])
-    return np.tensordot(np.asarray(weights, dtype=np.float64), stacked, axes=1)
 
 
 def _simplex(z: np.ndarray) -> np.ndarray:
@@ -96,11 +92,16 @@ def build_ensemble(
         test_probabilities = combine([row["test_probabilities"] for row in members], weights)
         evaluation = evaluate(test_labels, test_probabilities)
         metrics = {**evaluation.metrics, **calibration_metrics(test_probabilities, test_labels)}
+    calibration_probabilities = combine([row["calibration_probabilities"] for row in members], weights)
+    conformal = fit_conformal(calibration_probabilities, calibration_labels)
+    if evaluation is not None:
+        metrics.update(set_metrics(test_probabilities, test_labels, conformal))
     spec = {
         "members": {row["family"]: str(row.get("version") or "") for row in members},
         "weights": {row["family"]: round(float(w), 6) for row, w in zip(members, weights, strict=True)},
         "weighting": how,
         "test_files_sha256": split_sha256,
+        "conformal": conformal.model_dump(),
     }
     with mlflow.start_run(run_name=ENSEMBLE_MODEL) as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "ensemble", "weighting": how})

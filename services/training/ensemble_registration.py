@@ -1,6 +1,6 @@
-"""The ensemble's spec (members {family: version} and weights) as a logged file and a registered version of
-``brain-tumor-ensemble``, through the one registration path (``registration``): its sha256 checked like a model's
-file. Members and weights are also version tags: inference reads them (``services/inference/ensemble.py``).
+"""The ensemble's spec (members {family: version}, weights and prediction sets) as a logged file and a registered
+version of ``brain-tumor-ensemble``, through the one registration path (``registration``): its sha256 checked like
+a model's file. Members, weights and sets are also version tags (``shared.core.ensemble_spec``): inference reads those.
 Imports MLflow only, so the pretrained bundle registers its ensemble from the serving install too."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import mlflow
 
 from services.training import registration, tracking
 from services.training.registration import LoggedFile, standing_on_test_split
-from shared.kit.schemas import ENSEMBLE_MEMBERS_TAG, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
+from shared.core.conformal import ConformalSets
+from shared.core.ensemble_spec import EnsembleSpec
+from shared.kit.schemas import ENSEMBLE_MODEL, registered_name
 
 SPEC_FOLDER = "ensemble"
 SPEC_ARTIFACT = f"{SPEC_FOLDER}/ensemble.json"
@@ -23,6 +25,10 @@ def log_spec(spec: dict[str, Any]) -> bytes:
     data = json.dumps(spec, indent=2, sort_keys=True).encode()
     tracking.log_bytes(data, SPEC_ARTIFACT)
     return data
+
+
+def _conformal(spec: dict[str, Any]) -> ConformalSets | None:
+    return ConformalSets.model_validate(spec["conformal"]) if spec.get("conformal") else None
 
 
 def register_spec(
@@ -38,8 +44,7 @@ def register_spec(
         description=f"ensemble of {members}: {description}",
         tags={
             "family": ENSEMBLE_MODEL,
-            ENSEMBLE_MEMBERS_TAG: json.dumps(members, sort_keys=True),
-            ENSEMBLE_WEIGHTS_TAG: json.dumps(spec["weights"], sort_keys=True),
+            **EnsembleSpec(members, spec["weights"], _conformal(spec)).to_tags(),
             **{f"member_{family}": version for family, version in members.items()},
             **tags,
         },

@@ -24,6 +24,7 @@ from services.training.calibration import (
     calibration_metrics,
     carve_calibration_slice,
     fit_temperature,
+    set_metrics,
 )
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
@@ -40,6 +41,7 @@ from services.training.registration import Candidate, LoggedFile, standing_on_te
 from services.training.report import write_comparison
 from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcome, run_search
 from services.training.splits import split_train_test
+from shared.core.conformal import fit_conformal
 from shared.core.contract import CLASS_NAMES
 from shared.core.dataset import discover
 from shared.core.onnx_classifier import OnnxClassifier
@@ -213,15 +215,18 @@ def _export(
 def _calibrate(
     family: ModelFamily, fitted: FittedModel, calibration_slice: CalibrationSlice, size: int
 ) -> tuple[Calibration, np.ndarray]:
-    """The temperature fitted on the calibration slice, and the slice's calibrated probabilities."""
+    """The temperature fitted on the calibration slice, the prediction sets' thresholds fitted on its calibrated
+    probabilities (shared.core.conformal), and those probabilities."""
     if len(calibration_slice.labels) == 0:  # no slice could be carved: the model stays as trained
         mlflow.log_metrics({"calibration_temperature": 1.0, "calibration_images": 0})
         return Calibration(1.0), np.empty((0, len(CLASS_NAMES)))
     native = family.predict_native(fitted, calibration_slice.pixels(size))
     temperature = fit_temperature(native, calibration_slice.labels)
-    calibration = Calibration(temperature, calibration_images=len(calibration_slice.labels))
+    calibrated = apply_temperature(native, temperature)
+    conformal = fit_conformal(calibrated, calibration_slice.labels)
+    calibration = Calibration(temperature, calibration_images=len(calibration_slice.labels), conformal=conformal)
     mlflow.log_metrics({"calibration_temperature": temperature, "calibration_images": len(calibration_slice.labels)})
-    return calibration, apply_temperature(native, temperature)
+    return calibration, calibrated
 
 
 def _calibrated_export(
@@ -241,8 +246,10 @@ def _calibrated_export(
     if len(test_labels) == 0:  # a refit: the figures are the recipe's, on its test split
         return calibrated, expected, {"calibrated_parity_max_abs_diff": parity.max_abs_diff, "reliability_png": b""}
     before = calibration_metrics(native, test_labels)
+    sets = {} if calibration.conformal is None else set_metrics(expected, test_labels, calibration.conformal)
     metrics = {
         **calibration_metrics(expected, test_labels),
+        **sets,
         **{f"{key}_uncalibrated": value for key, value in before.items()},
         "calibrated_parity_max_abs_diff": parity.max_abs_diff,
     }

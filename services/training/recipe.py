@@ -10,8 +10,9 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from shared.core.ensemble_spec import WEIGHTS_TAG
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, ENSEMBLE_WEIGHTS_TAG, registered_name
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, registered_name
 
 # Logged by the run, not parameters of the model: the refit sets its own.
 RUN_ONLY_PARAMS = ("test_files_sha256", "data_dir")
@@ -58,5 +59,5 @@ def champion_ensemble_weights() -> tuple[dict[str, float], str] | None:
         version = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     except MlflowException:
         return None
-    weights = json.loads(version.tags.get(ENSEMBLE_WEIGHTS_TAG, "{}"))
+    weights = json.loads(version.tags.get(WEIGHTS_TAG, "{}"))
     return {str(k): float(v) for k, v in weights.items()}, str(version.run_id)

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
+from shared.core.conformal import CONFORMAL_METADATA_KEY, ConformalSets
 from shared.core.contract import METADATA_KEY, OUTPUT_NAME, PreprocessingContract
 from shared.core.imaging import DecodedImage, to_model_input
 from shared.kit.errors import ErrorCode, ServiceError
@@ -88,6 +89,8 @@ class OnnxClassifier:
         self.ready = False
         self._session: ort.InferenceSession | None = None
         self._contract: PreprocessingContract | None = None
+        # The prediction sets' thresholds, when training wrote them (shared.core.conformal).
+        self.conformal: ConformalSets | None = None
         self._batch_limit: int | None = None
         self._load_lock = threading.Lock()
 
@@ -118,6 +121,7 @@ class OnnxClassifier:
                 logger.exception("cannot open %s", self._where())
                 raise self._invalid("the ONNX file could not be opened.") from exc
             self._contract = self._read_contract(session)
+            self.conformal = self._read_conformal(session)
             self._batch_limit = self._check_signature(session, self._contract)
             self._session = session
             self.ready = True
@@ -134,6 +138,15 @@ class OnnxClassifier:
             return PreprocessingContract.from_json(raw)
         except (ValueError, ValidationError) as exc:
             raise self._invalid(f"its {METADATA_KEY!r} metadata is not a valid contract.") from exc
+
+    def _read_conformal(self, session: ort.InferenceSession) -> ConformalSets | None:
+        raw = session.get_modelmeta().custom_metadata_map.get(CONFORMAL_METADATA_KEY)
+        if raw is None:
+            return None  # registered before prediction sets: answered without them
+        try:
+            return ConformalSets.from_json(raw)
+        except (ValueError, ValidationError) as exc:
+            raise self._invalid(f"its {CONFORMAL_METADATA_KEY!r} metadata is not valid.") from exc
 
     def _check_signature(self, session: ort.InferenceSession, contract: PreprocessingContract) -> int | None:
         """Check input and output names and shapes; return a fixed batch size if the graph has one."""

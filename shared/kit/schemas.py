@@ -32,8 +32,6 @@ COMPARE_MAX_MODELS = 16
 # The ensemble: served like a model (brain-tumor-ensemble) but not a training family; its registered versions
 # pin their members ({family: version}) and weights in these tags (JSON objects).
 ENSEMBLE_MODEL = "ensemble"
-ENSEMBLE_MEMBERS_TAG = "ensemble_members"
-ENSEMBLE_WEIGHTS_TAG = "ensemble_weights"
 # Versions registered from the pretrained bundle (deploy/pretrained.py): what they were trained and evaluated on.
 PRETRAINED_TAG = "pretrained_on"
 # On a version refit from a champion's recipe: the recipe's version and MLflow run (its test-split figures).
@@ -63,8 +61,12 @@ class OodOut(BaseModel):
     """What the guard says about an uploaded image (docs/ood-guard.md)."""
 
     score: float = Field(description="Out-of-distribution score: higher is less like a brain MRI slice.")
-    threshold: float = Field(description="Scores above this are not brain MRI slices.")
+    threshold: float = Field(description="Scores above this are not brain MRI slices (refused in refuse mode).")
     flag: bool = Field(description="True when the score is above the threshold.")
+    flag_threshold: float | None = Field(
+        None, description="Scores above this are unusual for a brain MRI slice: answered, and referred."
+    )
+    unusual: bool = Field(False, description="True when the score is above flag_threshold.")
     guard_version: str = Field(description="Registered version of brain-tumor-guard that scored the image.")
 
 
@@ -87,6 +89,17 @@ class PredictionOut(BaseModel):
     ood: OodOut | None = Field(
         None, description="The guard's verdict on the image; null when no guard is registered or it is off."
     )
+    prediction_set: list[str] | None = Field(
+        None,
+        description="The classes the model cannot rule out at the service's alpha (BT_INFERENCE_REFERRAL_ALPHA, "
+        "default 0.05): the true class is in the set with probability at least 1 - alpha (split-conformal, "
+        "docs/referral.md); most probable first. Null for a version registered without conformal thresholds.",
+    )
+    referral: bool = Field(
+        False, description="True when a radiologist should check this answer: the set holds more than one class, or "
+        "the guard found the image unusual."
+    )  # fmt: skip
+    referral_reason: str | None = Field(None, description="Why the answer is referred, in words; null when it is not.")
 
     @model_serializer(mode="wrap")
     def _ensemble_fields_only_for_ensembles(self, handler):

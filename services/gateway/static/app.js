@@ -235,6 +235,13 @@
     const members = card.querySelector(".members");
     members.hidden = !body.members;
     members.textContent = body.members ? "weighted mean of " + describeMembers(body.members) : "";
+    // The classes the model cannot rule out (split-conformal set), and whether a radiologist should check.
+    const set = card.querySelector(".prediction-set");
+    set.hidden = !body.prediction_set;
+    set.textContent = body.prediction_set ? "Cannot rule out: " + body.prediction_set.join(" · ") : "";
+    const referral = card.querySelector(".referral");
+    referral.hidden = !body.referral;
+    referral.textContent = body.referral ? "Refer to a radiologist: " + body.referral_reason + "." : "";
     // The guard in flag mode answers, but says the image does not look like a brain MRI slice.
     const warning = card.querySelector(".ood-warning");
     const flagged = Boolean(body.ood && body.ood.flag);
@@ -465,6 +472,29 @@
     state.catalog = {};
     for (const info of answer.body.models) state.catalog[info.model] = info;
     fillVersionPickers();
+    byId("served-models").textContent = describeServed();
+  }
+
+  // What each card serves by default, from the registry: pretrained (and on what) or trained here (on how many).
+  function describeServed() {
+    const parts = [];
+    for (const model of [CONSENSUS_MODEL, ...state.models]) {
+      const info = state.catalog[model];
+      const served = info && info.versions.find((v) => v.version === info.default_version);
+      if (!served) continue;
+      const m = served.metrics || {};
+      let origin;
+      if (served.pretrained_on) {
+        origin = "pretrained on " + served.pretrained_on;
+      } else if (typeof m.train_images === "number") {
+        origin = "trained here on " + m.train_images + " images" +
+          (m.test_images ? ", tested on " + m.test_images : ", no test split of its own");
+      } else {
+        origin = "trained here";
+      }
+      parts.push(model + " v" + served.version + ": " + origin);
+    }
+    return parts.length ? "Served: " + parts.join("; ") + "." : "No model is registered yet.";
   }
 
   async function start() {

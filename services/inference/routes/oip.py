@@ -42,6 +42,7 @@ from services.inference.oip_schemas import (
     oip_error_responses,
 )
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
+from services.inference.referral import Referral
 from services.inference.servable import Classifier
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import NAME_PATTERN
@@ -148,9 +149,19 @@ def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
     return {
         "ood_score": ",".join(str(verdict.score) for verdict in judged),
         "ood_flag": ",".join("true" if verdict.flag else "false" for verdict in judged),
+        "ood_unusual": ",".join("true" if verdict.unusual else "false" for verdict in judged),
         "ood_threshold": judged[0].threshold,
         "ood_guard_version": judged[0].guard_version,
     }
+
+
+def referral_parameters(referrals: list[Referral]) -> Parameters:
+    """Each element's prediction set (its classes joined by "|"; elements comma-separated like ``class_names``) and
+    referral; no sets for a version registered without conformal thresholds."""
+    parameters: Parameters = {"referral": ",".join("true" if r.refer else "false" for r in referrals)}
+    if referrals and all(r.prediction_set is not None for r in referrals):
+        parameters["prediction_set"] = ",".join("|".join(r.prediction_set or []) for r in referrals)
+    return parameters
 
 
 def _model_input(
@@ -188,7 +199,10 @@ async def _infer(
     model_input = _model_input(infer_request, segments, classifier, settings)
     probabilities, verdicts = await dataplane.infer(classifier, model_input)
     class_names = classifier.contract.class_names
-    parameters = ood_parameters(verdicts)
+    parameters = {
+        **(ood_parameters(verdicts) or {}),
+        **referral_parameters(dataplane.referrals(classifier, probabilities, verdicts)),
+    }
     return infer_response(infer_request, classifier.name, classifier.version, class_names, probabilities, parameters)
 
 
@@ -200,8 +214,10 @@ _INFER = {
     "is FP32 [N, classes] in the contract's class order (also in the output's `class_names` parameter). "
     f"The binary tensor extension is supported (`{BINARY_HEADER}`, `binary_data_size`, `binary_data`, "
     "`binary_data_output`). The OOD guard judges each image file (not a tensor): its verdicts are the "
-    "response's parameters `ood_score` and `ood_flag` (one per file, comma-separated), `ood_threshold` and "
-    "`ood_guard_version`; in refuse mode a file that is not a brain MRI slice is a 422 for the request.",
+    "response's parameters `ood_score`, `ood_flag` and `ood_unusual` (one per file, comma-separated), "
+    "`ood_threshold` and `ood_guard_version`; in refuse mode a file that is not a brain MRI slice is a 422 for the "
+    "request. Every element's prediction set and referral (docs/referral.md) are the parameters `prediction_set` "
+    "(classes joined by `|`, elements comma-separated) and `referral` (`true`/`false` per element).",
     "responses": {
         200: {"content": {"application/octet-stream": {}}, "description": "JSON, or JSON then binary data."},
         **oip_error_responses(400, 404, 413, 500, 503),

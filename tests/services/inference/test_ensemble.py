@@ -3,7 +3,6 @@ image sizes and scalings, answering the weighted mean of their probabilities (re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ def ensemble_registry(
     import mlflow
     from sklearn.ensemble import RandomForestClassifier
 
-    from services.training.ensemble import register_version
+    from services.training.ensemble_registration import log_spec, register_spec
 
     state = tmp_path_factory.mktemp("ensemble-mlflow")
     server = start_mlflow(state / "store", free_port(), state / "mlflow.log")
@@ -46,8 +45,7 @@ def ensemble_registry(
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_name="ensemble") as run:
-            mlflow.log_text(json.dumps(spec), "ensemble/ensemble.json")
-            register_version(spec, run.info.run_id, "test accuracy 0.5")
+            register_spec(log_spec(spec), spec, "tests", run.info.run_id, "test accuracy 0.5", {})
     finally:
         mlflow.set_tracking_uri(previous)
     yield uri

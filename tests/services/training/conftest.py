@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow
 from services.training.config import TrainingSettings
-from shared.core.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME, PreprocessingContract
+from shared.core.contract import ONNX_ARTIFACT_DIR, ONNX_FILENAME
 from shared.core.dataset import SAMPLE_DATA_DIR
 from shared.core.onnx_classifier import OnnxClassifier
 
@@ -41,13 +41,13 @@ def training_settings(
 
 
 @pytest.fixture
-def served_contract() -> Callable[[MlflowClient, str], PreprocessingContract]:
-    """Reads the contract of a run's ONNX model as the inference service does when it loads it."""
+def served_model() -> Callable[[MlflowClient, str], OnnxClassifier]:
+    """Loads a run's ONNX model as the inference service does (contract and prediction sets read back)."""
 
-    def read(client: MlflowClient, run_id: str) -> PreprocessingContract:
+    def read(client: MlflowClient, run_id: str) -> OnnxClassifier:
         path = client.download_artifacts(run_id, f"{ONNX_ARTIFACT_DIR}/{ONNX_FILENAME}")
         model = OnnxClassifier("model", run_id, Path(path))
         model.load()
-        return model.contract
+        return model
 
     return read

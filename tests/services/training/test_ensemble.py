@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from services.training.calibration import negative_log_likelihood
-from services.training.ensemble import combine, fit_weights
+from services.training.ensemble import fit_weights
+from shared.core.ensemble_spec import combine
 
 
 def _member(labels: np.ndarray, accuracy: float, confidence: float, seed: int) -> np.ndarray:
@@ -16,11 +17,6 @@ def _member(labels: np.ndarray, accuracy: float, confidence: float, seed: int) -
     probabilities = np.full((len(labels), 4), (1 - confidence) / 3)
     probabilities[np.arange(len(labels)), chosen] = confidence
     return probabilities
-
-
-def test_combine_is_the_weighted_mean() -> None:
-    a, b = np.array([[0.9, 0.1, 0, 0]]), np.array([[0.1, 0.9, 0, 0]])
-    np.testing.assert_allclose(combine([a, b], np.array([0.75, 0.25])), [[0.7, 0.3, 0, 0]])
 
 
 def test_fitted_weights_favour_the_better_member_and_lower_the_nll() -> None:

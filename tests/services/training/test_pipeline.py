@@ -15,7 +15,7 @@ from services.training.pipeline import run_training
 
 
 def test_run_registers_passing_families_and_reports_failures(
-    training_settings: TrainingSettings, tmp_path: Path, served_contract: Callable[[MlflowClient, str], Any]
+    training_settings: TrainingSettings, tmp_path: Path, served_model: Callable[[MlflowClient, str], Any]
 ) -> None:
     settings = training_settings.model_copy(update={"mobilenetv2_weights": tmp_path / "missing.h5"})
     seen: list[FamilyProgress | Registration] = []
@@ -52,9 +52,17 @@ def test_run_registers_passing_families_and_reports_failures(
             "test_brier",
             "test_brier_uncalibrated",
             "calibration_temperature",
+            "test_set_coverage",
+            "test_set_mean_size",
+            "test_set_referral_rate",
         ):
             assert metric in run.data.metrics
         assert run.data.metrics["parity_max_abs_diff"] <= 1e-4
+        served = served_model(client, result.mlflow_run_id)
+        assert (
+            served.conformal is not None
+            and served.conformal.calibration_images == run.data.metrics["calibration_images"]
+        )
         assert run.data.metrics["calibrated_parity_max_abs_diff"] <= 1e-4
         # Neither the forest nor the cosine-scheduled CNN watches a held-out slice: the 96 training images less
         # the calibration slice (a tenth, whole duplicate groups) train.
@@ -74,6 +82,8 @@ def test_run_registers_passing_families_and_reports_failures(
     members = {family: by_family[family].registered_version for family in ("rf", "cnn")}
     assert json.loads(ensemble.tags["ensemble_members"]) == members
     weights = json.loads(ensemble.tags["ensemble_weights"])
+    # Its prediction sets' thresholds, fitted on the calibration slice like its weights (shared.core.conformal).
+    assert set(json.loads(ensemble.tags["ensemble_conformal"])["thresholds"]) >= {"0.05", "0.1"}
     assert set(weights) == {"rf", "cnn"} and abs(sum(weights.values()) - 1) < 1e-4
     ensemble_metrics = client.get_run(ensemble.run_id).data.metrics
     assert {"test_accuracy", "test_ece", "test_brier"} <= set(ensemble_metrics)

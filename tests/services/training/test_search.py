@@ -52,7 +52,7 @@ def test_rotation_oversampling_balances_only_what_it_is_given() -> None:
 
 
 def test_seed_search_logs_parent_and_child_runs(
-    training_settings: TrainingSettings, served_contract: Callable[[MlflowClient, str], Any]
+    training_settings: TrainingSettings, served_model: Callable[[MlflowClient, str], Any]
 ) -> None:
     results = run_training(
         TrainingOptions(families=["rf", "cnn"], search="seed", max_trials=2, image_size=32, epochs=1),

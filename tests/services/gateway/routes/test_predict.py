@@ -28,7 +28,8 @@ def test_predict_every_model(gateway_client: Any, model_zoo: Any, sample_images:
     response = _predict(gateway_client, image, model=model)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"model", "version", "label", "probabilities", "latency_ms", "ood"}
+    answer_fields = {"model", "version", "label", "probabilities", "latency_ms", "ood"}
+    assert set(body) == answer_fields | {"prediction_set", "referral", "referral_reason"}
     prediction = PredictionOut.model_validate(body)
     assert prediction.model == model
     assert prediction.version == model_zoo.default_version(model)

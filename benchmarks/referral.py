@@ -1,0 +1,170 @@
+"""Prediction sets and referral, estimated by cross-validation over every training image:
+`python -m benchmarks.referral --data PATH [--families rf,snn,cnn,mobilenetv2] [--folds 5] [--alpha 0.05]`.
+
+The whole training folder is cut into K stratified folds that keep near-duplicate groups together. Each fold is
+held out in turn: every family is fitted on the other folds as a run's refit fits it (its defaults, less the
+pipeline's own calibration slice and, for a network that watches one, its early-stopping slice), its temperature
+and conformal thresholds (``shared.core.conformal``) fitted on that calibration slice, and the fold scored; with
+two families or more, their ensemble too (weights fitted on the slice, as training does). So every image is
+scored once, by models that never saw it or its duplicates, and the figures are over all of them: coverage of
+the sets, their mean size, the referral rate (sets of more than one class), the accuracy of the answers not
+referred, and overall accuracy, each count with its 95% Wilson interval. Writes its table to docs/benchmarks.md
+(section "referral-cv"). On 2 cores a fold costs what one refit costs (the forest about a minute, the CNN about
+eleven).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.model_selection import StratifiedGroupKFold
+
+from benchmarks.markdown import command_line, write_section
+from services.training.calibration import apply_temperature, calibration_split, fit_temperature
+from services.training.config import TrainingSettings
+from services.training.data import PreparedData, prepare_data
+from services.training.ensemble import fit_weights
+from services.training.families import get_family
+from services.training.search import NOT_MODEL_PARAMS
+from services.training.splits import split_train_test
+from shared.core.conformal import fit_conformal
+from shared.core.ensemble_spec import combine
+
+SECTION = "referral-cv"
+
+
+@dataclass
+class Scored:
+    """One model's out-of-fold answers: for each image, whether its set covered the truth, the set's size, and
+    whether the top class was right."""
+
+    covered: np.ndarray
+    size: np.ndarray
+    right: np.ndarray
+    seconds: float = 0.0
+    folds: list[float] = field(default_factory=list)  # each fold's coverage
+
+    @classmethod
+    def empty(cls, count: int) -> Scored:
+        return cls(np.zeros(count, bool), np.zeros(count, int), np.zeros(count, bool))
+
+
+def _fit_fold(family_name: str, data: PreparedData, fit_idx: np.ndarray, seed: int) -> tuple[object, object, int]:
+    """The family fitted as a refit fits it, on ``fit_idx`` (less an early-stopping slice if it watches one)."""
+    family = get_family(family_name, TrainingSettings())
+    params = {**family.default_params(), "seed": seed}
+    size = int(params["image_size"])
+    model_params = {key: value for key, value in params.items() if key not in NOT_MODEL_PARAMS}
+    pixels, labels = data.train(size)[fit_idx], data.train_labels[fit_idx]
+    validation = None
+    if family.holds_out(model_params):
+        keep, stop = split_train_test(labels, data.train_groups[fit_idx], 0.1, seed + 1)
+        validation = (pixels[stop], labels[stop])
+        pixels, labels = pixels[keep], labels[keep]
+    fitted = family.fit(pixels, labels, model_params, family.contract(size, params.get("scaling")), validation)
+    return family, fitted, size
+
+
+def _score(scored: Scored, test_idx: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, sets: object,
+           alpha: float) -> None:  # fmt: skip
+    members = [sets.prediction_set(row, alpha) for row in probabilities]  # type: ignore[attr-defined]
+    covered = np.array([label in m for m, label in zip(members, labels, strict=True)])
+    scored.covered[test_idx] = covered
+    scored.size[test_idx] = [len(m) for m in members]
+    scored.right[test_idx] = probabilities.argmax(axis=1) == labels
+    scored.folds.append(float(covered.mean()))
+
+
+def cross_validate(data: PreparedData, families: list[str], folds: int, alpha: float, seed: int) -> dict[str, Scored]:
+    labels, groups = data.train_labels, data.train_groups
+    count = len(labels)
+    results = {name: Scored.empty(count) for name in families}
+    if len(families) > 1:
+        results["ensemble"] = Scored.empty(count)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(count), labels, groups)):
+        fit_rel, cal_rel = calibration_split(labels[train_idx], groups[train_idx], seed)
+        fit_idx, cal_idx = train_idx[fit_rel], train_idx[cal_rel]
+        calibrated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in families:
+            started = time.perf_counter()
+            family, fitted, size = _fit_fold(name, data, fit_idx, seed)
+            cal = family.predict_native(fitted, data.train(size)[cal_idx])
+            test = family.predict_native(fitted, data.train(size)[test_idx])
+            temperature = fit_temperature(cal, labels[cal_idx])
+            calibrated[name] = (apply_temperature(cal, temperature), apply_temperature(test, temperature))
+            sets = fit_conformal(calibrated[name][0], labels[cal_idx])
+            _score(results[name], test_idx, calibrated[name][1], labels[test_idx], sets, alpha)
+            results[name].seconds += time.perf_counter() - started
+            print(f"fold {fold + 1}/{folds} {name}: coverage {results[name].folds[-1]:.4f}", flush=True)
+        if len(families) > 1:
+            weights, _ = fit_weights([calibrated[name][0] for name in families], labels[cal_idx])
+            cal = combine([calibrated[name][0] for name in families], weights)
+            test = combine([calibrated[name][1] for name in families], weights)
+            _score(results["ensemble"], test_idx, test, labels[test_idx], fit_conformal(cal, labels[cal_idx]), alpha)
+    return results
+
+
+def _rate(successes: int, total: int) -> str:
+    if total == 0:
+        return "-"
+    interval = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return f"{successes / total:.2%} ({interval.low:.2%}-{interval.high:.2%})"
+
+
+def table(results: dict[str, Scored], alpha: float) -> str:
+    lines = [
+        f"| model | coverage at alpha {alpha} (target >= {1 - alpha:.0%}) | mean set size (<= 1.05) | referred (<= 5%) "
+        "| accuracy not referred (>= 99.7%) | accuracy | coverage by fold | minutes |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, scored in results.items():
+        count = len(scored.covered)
+        single = scored.size == 1
+        lines.append(
+            f"| {name} | {_rate(int(scored.covered.sum()), count)} | {scored.size.mean():.3f} "
+            f"| {_rate(int((~single).sum()), count)} | {_rate(int(scored.right[single].sum()), int(single.sum()))} "
+            f"| {_rate(int(scored.right.sum()), count)} | {', '.join(f'{c:.3f}' for c in scored.folds)} "
+            f"| {scored.seconds / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"))
+    parser.add_argument("--families", default="rf")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    data = prepare_data(args.data, 0.0, args.seed, args.cache_dir)  # every image: the folds are the test sets
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    results = cross_validate(data, families, args.folds, args.alpha, args.seed)
+    body = (
+        f"## Prediction sets and referral, cross-validated over every training image\n\n"
+        f"`{command_line('benchmarks.referral', argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()}, {len(data.train_labels)} images, {args.folds} duplicate-aware folds, "
+        f"{(time.perf_counter() - started) / 60:.1f} minutes). Every image scored once by models fitted without it "
+        "or its duplicates; each family at its defaults, calibrated and given conformal thresholds on the "
+        "pipeline's calibration slice of the other folds. Intervals: 95% Wilson.\n\n" + table(results, args.alpha)
+    )
+    print(body)
+    if not args.no_write:
+        write_section(SECTION, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The ensemble, defined once for training (which fits and registers it) and inference (which serves it): a
+registered version of ``brain-tumor-ensemble`` names member versions and weights, and carries its prediction
+sets' thresholds, as version tags; its answer is the weighted mean of the members' calibrated probabilities."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.core.conformal import ConformalSets
+
+MEMBERS_TAG = "ensemble_members"
+WEIGHTS_TAG = "ensemble_weights"
+CONFORMAL_TAG = "ensemble_conformal"
+SPEC_TAGS = (MEMBERS_TAG, WEIGHTS_TAG, CONFORMAL_TAG)
+
+
+class SpecError(ValueError):
+    """The tags do not describe a servable ensemble."""
+
+
+def combine(member_probabilities: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The weighted mean of the members' probabilities (weights summing to 1), in float64."""
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probabilities])
+    return np.tensordot(np.asarray(weights, dtype=np.float64), stacked, axes=1)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """Member model -> pinned version, member model -> weight (summing to 1), and the prediction sets."""
+
+    members: dict[str, str]
+    weights: dict[str, float]
+    conformal: ConformalSets | None = None
+
+    def to_tags(self) -> dict[str, str]:
+        tags = {
+            MEMBERS_TAG: json.dumps(self.members, sort_keys=True),
+            WEIGHTS_TAG: json.dumps(self.weights, sort_keys=True),
+        }
+        if self.conformal is not None:
+            tags[CONFORMAL_TAG] = self.conformal.to_json()
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> EnsembleSpec:
+        """The spec a version's tags describe; SpecError naming what is wrong. Versions registered before
+        prediction sets have no conformal tag: they answer without sets."""
+        try:
+            members = {str(k): str(v) for k, v in json.loads(tags[MEMBERS_TAG]).items()}
+            weights = {str(k): float(v) for k, v in json.loads(tags[WEIGHTS_TAG]).items()}
+            conformal = ConformalSets.from_json(tags[CONFORMAL_TAG]) if CONFORMAL_TAG in tags else None
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise SpecError(f"its version has no valid {MEMBERS_TAG!r} and {WEIGHTS_TAG!r} tags") from exc
+        if not members or set(members) != set(weights) or sum(weights.values()) <= 0:
+            raise SpecError("its members and weights do not match")
+        total = sum(weights.values())
+        return cls(members, {name: weight / total for name, weight in weights.items()}, conformal)

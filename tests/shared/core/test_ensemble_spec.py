@@ -1,0 +1,31 @@
+"""The ensemble's one definition: its weighted mean, and its spec through version tags and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.core.conformal import fit_conformal
+from shared.core.ensemble_spec import CONFORMAL_TAG, EnsembleSpec, SpecError, combine
+
+
+def test_combine_is_the_weighted_mean() -> None:
+    a, b = np.array([[0.9, 0.1, 0, 0]]), np.array([[0.1, 0.9, 0, 0]])
+    np.testing.assert_allclose(combine([a, b], np.array([0.75, 0.25])), [[0.7, 0.3, 0, 0]])
+
+
+def test_a_spec_survives_its_tags_and_weights_are_normalised() -> None:
+    conformal = fit_conformal(np.eye(4)[[0, 1, 2, 3] * 5] * 0.9 + 0.025, np.array([0, 1, 2, 3] * 5))
+    spec = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 3.0, "rf": 1.0}, conformal)
+    back = EnsembleSpec.from_tags(spec.to_tags())
+    assert back.members == spec.members and back.weights == {"cnn": 0.75, "rf": 0.25}
+    assert back.conformal == conformal
+
+
+def test_a_spec_without_sets_is_served_without_them_and_a_broken_one_is_refused() -> None:
+    tags = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 0.5, "rf": 0.5}).to_tags()
+    assert CONFORMAL_TAG not in tags and EnsembleSpec.from_tags(tags).conformal is None
+    with pytest.raises(SpecError, match="do not match"):
+        EnsembleSpec.from_tags({**tags, "ensemble_weights": '{"cnn": 1.0}'})
+    with pytest.raises(SpecError, match="no valid"):
+        EnsembleSpec.from_tags({**tags, CONFORMAL_TAG: "{not json"})
