@@ -6,7 +6,9 @@ features are computed once per image set and the head is trained on them: on 2 C
 most of the cost saved, and it is what a search's trials train on. `fine_tune_blocks` N > 0 then
 unfreezes the top N inverted-residual blocks and trains them with a small learning rate on cached
 outputs of the frozen lower part; the fine-tuned model is kept only if it beats the frozen one on
-the held-out slice. Why the recipe is what it is: docs/model-families.md.
+the held-out slice. `fine_tune_blocks` 16 (every block, the stem too) trains the whole network end to end on
+the images instead, with the `augment` layers and mixup the cached path cannot apply, and keeps it whatever
+a frozen head would score. Why the recipe is what it is: docs/model-families.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from services.training import keras_runtime
 from services.training.config import TrainingSettings
 from services.training.evaluation import evaluate
 from services.training.families.base import FittedModel
-from services.training.families.keras_family import KerasModelFamily
+from services.training.families.keras_family import KerasModelFamily, mirror_averaged
 from services.training.weights import resolve_weights
 from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
@@ -72,14 +75,19 @@ class MobileNetV2Family(KerasModelFamily):
             "fine_tune_blocks": 4,
             "fine_tune_epochs": 20,
             "fine_tune_learning_rate": 1e-4,
+            # Training-only layers of the whole-network fine-tuning (`fine_tune_blocks` 16): none or flip.
+            "augment": "none",
+            # Serve the mean of the predictions for the image and its mirror image (twice the inference cost).
+            "test_time_flip": False,
         }
 
     def check_available(self) -> None:
         resolve_weights(self.weights)
 
     def holds_out(self, params: dict[str, Any]) -> bool:
-        # Fine-tuning is kept only if it beats the frozen base on the held-out slice.
-        return int(params.get("fine_tune_blocks", 0)) > 0 or keras_runtime.watches_validation(params)
+        # Fine-tuning some blocks is kept only if it beats the frozen base on the held-out slice; the whole
+        # network's is kept regardless.
+        return 0 < int(params.get("fine_tune_blocks", 0)) < LAST_BLOCK or keras_runtime.watches_validation(params)
 
     def _imagenet_base(self, size: int) -> Any:
         import keras
@@ -117,9 +125,7 @@ class MobileNetV2Family(KerasModelFamily):
         key = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest() + f"-{contract.image_size}"
         if key not in self._features:
             extractor = self.extractor(contract)
-            self._features[key] = keras_runtime.predict_batches(
-                extractor, self.tensor(pixels, contract), FEATURE_BATCH
-            )
+            self._features[key] = keras_runtime.predict_batches(extractor, self.tensor(pixels, contract), FEATURE_BATCH)
         return self._features[key]
 
     @staticmethod
@@ -193,13 +199,74 @@ class MobileNetV2Family(KerasModelFamily):
         validation: Validation = None,
     ) -> FittedModel:
         blocks = int(params.get("fine_tune_blocks", 0))
-        if blocks > 0:
-            return self._fit_fine_tuned(pixels, labels, params, contract, validation, blocks)
+        if blocks == LAST_BLOCK:
+            fitted = self._fit_whole(pixels, labels, params, contract, validation)
+        elif blocks > 0:
+            fitted = self._fit_fine_tuned(pixels, labels, params, contract, validation, blocks)
+        else:
+            fitted = self._fit_frozen(pixels, labels, params, contract, validation)
+        if params.get("test_time_flip", False):
+            fitted = replace(fitted, native=mirror_averaged(fitted.native, contract))
+        return fitted
+
+    def _fit_frozen(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: Validation,
+    ) -> FittedModel:
+        """The frozen ImageNet base and a head trained on its pooled features."""
         val_features = None if validation is None else (self.features(validation[0], contract), validation[1])
         started = time.perf_counter()
         head, history = self.fit_head(self.features(pixels, contract), labels, params, contract, val_features)
         extras = {"head_seconds": time.perf_counter() - started}
         return FittedModel(self.compose(head, contract), contract, dict(params), history, extras)
+
+    def _fit_whole(
+        self,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        contract: PreprocessingContract,
+        validation: Validation,
+    ) -> FittedModel:
+        """Every layer of the ImageNet base (BatchNorm frozen) and a fresh head, trained together on the images
+        at the small learning rate: each epoch costs a forward and backward pass of the whole base, but the
+        training images can be flipped and mixed, which cached features cannot."""
+        import keras
+        from keras import layers
+
+        keras_runtime.seed_everything(int(params.get("seed", 0)) + 1)
+        base = self._imagenet_base(contract.image_size)
+        for layer in base.layers:
+            layer.trainable = not isinstance(layer, layers.BatchNormalization)
+        head = self._head(int(base.output.shape[-1]), len(contract.class_names), params)
+        inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
+        x = inputs
+        augment = params.get("augment", "none")
+        if augment == "flip":  # inactive at inference: the served graph has no such layer
+            x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+        elif augment != "none":
+            raise ValueError(f"unknown augment {augment!r}; expected none or flip")
+        # training=False keeps BatchNorm on its ImageNet statistics; the other layers' weights still learn.
+        x = base(self._preprocessing(contract)(x), training=False)
+        x = layers.GlobalAveragePooling2D(name="pooled_features")(x)
+        model = keras.Model(inputs, head(x), name="mobilenetv2_classifier")
+        started = time.perf_counter()
+        # No validation pass per epoch (nothing is decided on it, and at 224 px it costs a quarter of an epoch).
+        history = keras_runtime.compile_and_fit(
+            model,
+            self.tensor(pixels, contract),
+            labels,
+            None,
+            params,
+            learning_rate=float(params["fine_tune_learning_rate"]),
+            epochs=int(params["fine_tune_epochs"]),
+        )
+        extras = {"fine_tune_seconds": time.perf_counter() - started}
+        return FittedModel(model, contract, dict(params), history, extras)
 
     def _split_base(self, contract: PreprocessingContract, blocks: int) -> tuple[Any, Any]:
         """(lower, upper): the frozen lower part of the ImageNet base and its top `blocks` blocks."""
@@ -210,7 +277,7 @@ class MobileNetV2Family(KerasModelFamily):
         names = {layer.name for layer in base.layers}
         cut_name = next((n for n in (f"block_{cut}_add", f"block_{cut}_project_BN") if n in names), None)
         if cut_name is None or not 1 <= blocks <= LAST_BLOCK - 1:
-            raise ValueError(f"fine_tune_blocks must be between 1 and {LAST_BLOCK - 1}, got {blocks}")
+            raise ValueError(f"fine_tune_blocks must be between 0 and {LAST_BLOCK}, got {blocks}")
         cut_tensor = base.get_layer(cut_name).output
         lower = keras.Model(base.input, cut_tensor, name="mobilenetv2_lower")
         upper = keras.Model(cut_tensor, base.output, name="mobilenetv2_upper")

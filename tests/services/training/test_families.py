@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from services.training.config import TrainingSettings
-from services.training.families import get_family
+from services.training.families import FittedModel, ModelFamily, get_family
 from services.training.families.random_forest import FORESTS
 from services.training.onnx_export import check_parity, embed_contract, onnx_probabilities
 from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract
@@ -75,6 +75,39 @@ def test_mobilenetv2_frozen_and_fine_tuned(
         assert not any("bn" in w.path.lower() or "batch" in w.path.lower() for w in trainable), "BatchNorm frozen"
     with pytest.raises(ValueError, match="fine_tune_blocks"):
         family.fit(pixels, labels, {**params, "fine_tune_blocks": 99}, family.contract(IMAGE_SIZE))
+
+
+def _onnx_agrees(family: ModelFamily, fitted: FittedModel, pixels: np.ndarray) -> None:
+    model_bytes = embed_contract(family.to_onnx(fitted), fitted.contract, {})
+    native = family.predict_native(fitted, pixels)
+    parity = check_parity(native, onnx_probabilities(model_bytes, family.tensor(pixels, fitted.contract)))
+    assert parity.passed, parity
+
+
+def test_mobilenetv2_whole_network_with_flips_and_mirror_averaging(
+    sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
+) -> None:
+    pixels, labels = sample
+    family = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=mobilenetv2_weights))
+    params = {**family.default_params(), "fine_tune_blocks": 16, "fine_tune_epochs": 1, "augment": "flip"}
+    params["test_time_flip"] = True
+    assert not family.holds_out(params), "the whole network is kept: nothing is decided on a held-out slice"
+    fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
+    assert fitted.native.name.endswith("mirror_averaged") and fitted.extras["fine_tune_seconds"] > 0
+    _onnx_agrees(family, fitted, pixels[:16])
+    with pytest.raises(ValueError, match="unknown augment"):
+        family.fit(pixels, labels, {**params, "augment": "light"}, family.contract(IMAGE_SIZE))
+
+
+@pytest.mark.parametrize("augment", ["flip_noise", "light"])
+def test_cnn_augmentation_is_left_out_of_the_served_graph(augment: str, sample: tuple[np.ndarray, np.ndarray]) -> None:
+    pixels, labels = sample
+    family = get_family("cnn")
+    params = {**family.default_params(), "image_size": IMAGE_SIZE, "filters": 8, "epochs": 1, "augment": augment}
+    fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
+    first, again = family.predict_native(fitted, pixels[:16]), family.predict_native(fitted, pixels[:16])
+    np.testing.assert_array_equal(first, again)  # no noise, rotation or zoom at inference
+    _onnx_agrees(family, fitted, pixels[:16])
 
 
 def test_missing_weights_name_the_setting(tmp_path: Path, sample: tuple[np.ndarray, np.ndarray]) -> None:
