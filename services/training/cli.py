@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = TrainingSettings(**overrides)
         options = TrainingOptions(
-            data_dir=args.data or settings.data_dir,
+            data_dir=args.data,
             families=[name.strip() for name in args.families.split(",") if name.strip()],
             search="none" if args.refit_champions else args.search,
             max_trials=args.max_trials,

@@ -62,3 +62,8 @@ class TrainingSettings(HostSettings, BaseSettings):
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
+
+    def data_folder(self, requested: Path | None) -> Path:
+        """The folder a run trains on: the one it names, else this service's default (the one place the default
+        applies: command line, HTTP and the pipeline all ask here)."""
+        return Path(requested) if requested is not None else self.data_dir

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -43,7 +42,6 @@ from services.training.search import NOT_MODEL_PARAMS, TrialOutcome, best_outcom
 from services.training.splits import split_train_test
 from shared.core.conformal import fit_conformal
 from shared.core.contract import CLASS_NAMES
-from shared.core.dataset import discover
 from shared.core.onnx_classifier import OnnxClassifier
 from shared.kit.schemas import ENSEMBLE_MODEL, RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
 
@@ -459,11 +457,10 @@ def run_training(
     """Train, evaluate, convert and register every family asked for (a failing family does not stop the rest),
     then the ensemble and, when asked, the guard; champion moves only through the promotion gate."""
     callback = report or (lambda progress: None)
-    data_dir = Path(options.data_dir or settings.data_dir)
-    discover(data_dir)  # a bad folder fails before anything else
     tracking.use_tracking(settings.tracking_uri, settings.experiment)
     started = time.perf_counter()
-    data = prepare_data(data_dir, options.test_fraction, options.seed, settings.cache_dir)
+    # Finds the images first: a missing or empty folder fails before anything trains.
+    data = prepare_data(settings.data_folder(options.data_dir), options.test_fraction, options.seed, settings.cache_dir)
     # Carved before anything trains: the search and the refit never see the calibration slice.
     data, calibration_slice = carve_calibration_slice(data, options.seed)
     results: list[FamilyProgress] = []

@@ -67,7 +67,8 @@ def start_training_run(options: TrainingOptions, settings: SettingsDep, manager:
     """Start training the chosen families on a folder under the service's data roots. One run at a time (409).
     Needs ``Authorization: Bearer <BT_TRAINING_API_TOKEN>``."""
     # The service's own default folder is the operator's choice; a folder a client names must be under a root.
-    data_dir = within_data_roots(options.data_dir, settings.data_roots) if options.data_dir else settings.data_dir
+    named = within_data_roots(options.data_dir, settings.data_roots) if options.data_dir else None
+    data_dir = settings.data_folder(named)
     discover(data_dir)  # 422 before any work starts when the folder is missing or empty
     for name in options.families:  # 422 when a family lacks what it needs (MobileNetV2's weights file)
         get_family(name, settings).check_available()
