@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -139,3 +140,7 @@ class Registration(BaseModel):
     version: str
     champion: bool
     reason: str
+
+
+# What a run reports as it goes: each family's progress, and each version it registered.
+ProgressCallback = Callable[[FamilyProgress | Registration], None]

@@ -123,7 +123,7 @@ def test_cv_folds_keep_groups_together() -> None:
 
 def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Path) -> None:
     from services.training.data import prepare_data
-    from services.training.pipeline import _search
+    from services.training.search_step import _search
 
     data = prepare_data(SAMPLE_DATA_DIR, 0.2, 0, tmp_path)
     family = get_family("rf")
@@ -140,7 +140,7 @@ def test_quick_search_tries_the_forest_cheaply_and_refits_it_whole(tmp_path: Pat
 
 def test_refit_takes_the_winning_sub_grid_own_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from services.training.data import prepare_data
-    from services.training.pipeline import _search
+    from services.training.search_step import _search
 
     # Sub-grids with different keys; forests of stumps lose, so the second sub-grid wins.
     grid = [{"forest": ["random_forest"], "max_depth": [1]}, {"forest": ["extra_trees"], "min_samples_split": [3]}]
