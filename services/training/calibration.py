@@ -249,6 +249,7 @@ class CalibrationSlice:
 
     files: LabelledFiles
     cache_dir: Path | None
+    groups: np.ndarray  # each image's near-duplicate group (the guard's cross-validation keeps groups together)
     _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -269,4 +270,4 @@ def carve_calibration_slice(data: PreparedData, seed: int) -> tuple[PreparedData
     slice_files = LabelledFiles(tuple(files.paths[i] for i in calibration_idx), files.labels[calibration_idx])
     info = {**data.info, "train_images": len(fit_idx), "calibration_images": len(calibration_idx)}
     fit_data = replace(data, train_files=fit_files, train_groups=data.train_groups[fit_idx], info=info, _arrays={})
-    return fit_data, CalibrationSlice(slice_files, data.cache_dir)
+    return fit_data, CalibrationSlice(slice_files, data.cache_dir, data.train_groups[calibration_idx])

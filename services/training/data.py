@@ -63,12 +63,7 @@ def prepare_data(data_dir: Path, test_fraction: float, seed: int, cache_dir: Pat
     layout = discover(data_dir)
     hash_pixels = load_arrays(layout.train, HASH_IMAGE_SIZE, cache_dir)
     groups = duplicate_groups(hash_pixels)
-    # What the guard's cross-validated figures are measured over: every image of the training folder.
-    info: dict[str, Any] = {
-        "data_dir": str(layout.root),
-        "train_pool_images": len(layout.train),
-        "pool_fingerprint": layout.train.fingerprint(),
-    }
+    info: dict[str, Any] = {"data_dir": str(layout.root), "train_pool_images": len(layout.train)}
     info.update(group_summary(groups))
     if layout.test is not None:
         # The Kaggle Testing/ folder shares near-duplicates with Training/: drop those from training.

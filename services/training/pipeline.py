@@ -4,11 +4,14 @@ registered (``registration``) and the comparison report."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 
 from services.training import ood_guard, registration, tracking
 from services.training.calibration import CalibrationSlice, carve_calibration_slice
@@ -43,24 +46,33 @@ def _ensemble(
 
 
 def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions) -> Candidate | None:
-    """The guard against non-MRI input (ood_guard), fitted on the training images, its threshold from the
-    calibration slice, registered (not promoted); a failure is logged and leaves the families registered."""
+    """The guard against non-MRI input (ood_guard.fit_guard_cv), fitted on every image but the test split, its
+    thresholds and false-refusal rate cross-validated over them; registered, not promoted (the gate decides). A
+    failure is logged and leaves the families registered."""
     try:
         with mlflow.start_run(run_name="guard"):
             mlflow.set_tags({"family": "guard", "stage": "guard"})
             size = ood_guard.GUARD_IMAGE_SIZE
-            # The cached gray thumbnails, plus each file's colour thumbnail (decoded again: the cache is gray).
-            fit = ood_guard.files_input(data.train_files.paths, data.train(size))
-            held_out = ood_guard.files_input(calibration_slice.files.paths, calibration_slice.pixels(size))
-            guard = ood_guard.fit_guard(fit, held_out, seed=options.seed)
-            mlflow.log_metrics(
-                {"guard_threshold": guard.threshold, "guard_fitted_images": guard.fitted_images,
-                 "guard_threshold_images": guard.threshold_images}
-            )  # fmt: skip
+            paths = [*data.train_files.paths, *calibration_slice.files.paths]
+            guard, validation = ood_guard.fit_guard_cv(
+                paths,
+                np.concatenate([data.train(size), calibration_slice.pixels(size)]),
+                np.concatenate([data.train_groups, calibration_slice.groups]),
+                np.concatenate([data.train_labels, calibration_slice.labels]),
+                seed=options.seed,
+            )
+            figures = {key: value for key, value in guard.metadata().items() if isinstance(value, int | float)}
+            mlflow.log_metrics({f"guard_{key}": float(value) for key, value in figures.items()})
+            mlflow.log_metric("guard_fit_seconds", validation.fit_seconds)
             if not options.register_models:
                 return None
-            description = f"guard: threshold {guard.threshold:.3f} (quantile {guard.quantile} of held-out MRI images)"
-            return register_guard_file(ood_guard.guard_onnx(guard), description, {}, data.info["pool_fingerprint"])
+            description = (
+                f"guard: refuses {guard.validation['false_refusal_cv']:.2%} of real slices (cross-validated over "
+                f"{guard.threshold_images}), flags {guard.validation['flag_rate_cv']:.2%}"
+            )
+            # What the gate compares guards on: their rates were measured over the same images.
+            images = hashlib.sha256("\n".join(sorted(Path(p).name for p in paths)).encode()).hexdigest()
+            return register_guard_file(ood_guard.guard_onnx(guard), description, {}, images)
     except Exception:
         logger.exception("the OOD guard could not be fitted or registered")
         return None

@@ -117,8 +117,15 @@ def test_a_demo_run_leaves_the_bundles_champions_and_an_explicit_promotion_moves
         # Asked only for the forest: no guard was fitted, the bundle's stays the only one.
         assert [v.version for v in client.search_model_versions(f"name='{guard}'")] == [bundled["guard"]]
 
-        promoted = run_training(demo.model_copy(update={"promote": True}), settings)
+        # Asked for both: the forest and a guard fitted on the sample, its false refusals cross-validated.
+        seen.clear()
+        promoted = run_training(demo.model_copy(update={"promote": True, "fit_guard": True}), settings, seen.append)
         assert client.get_model_version_by_alias(rf, CHAMPION_ALIAS).version == promoted[0].registered_version
         assert promoted[0].registered_version != bundled["rf"]
+        new_guard = client.get_model_version_by_alias(guard, CHAMPION_ALIAS)
+        assert new_guard.version != bundled["guard"]
+        assert {p.registered_name for p in seen if isinstance(p, Registration) and p.champion} == {rf, guard}
+        rate = client.get_run(new_guard.run_id).data.metrics["guard_false_refusal_cv"]
+        assert 0 <= rate <= 1 and new_guard.tags["guard_images_sha256"]
     finally:
         server.stop()
