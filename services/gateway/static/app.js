@@ -238,7 +238,11 @@
     // The classes the model cannot rule out (split-conformal set), and whether a radiologist should check.
     const set = card.querySelector(".prediction-set");
     set.hidden = !body.prediction_set;
-    set.textContent = body.prediction_set ? "Cannot rule out: " + body.prediction_set.join(" · ") : "";
+    set.textContent = !body.prediction_set
+      ? ""
+      : body.prediction_set.length
+        ? "Cannot rule out: " + body.prediction_set.join(" · ")
+        : "No class is sure enough to answer.";
     const referral = card.querySelector(".referral");
     referral.hidden = !body.referral;
     referral.textContent = body.referral ? "Refer to a radiologist: " + body.referral_reason + "." : "";

@@ -87,6 +87,9 @@ def test_page_compares_the_four_models_and_explains_one(
     assert rf_options[0] == "default (v1)"
     assert any(text.startswith("v1 · champion") for text in rf_options)
     assert any(text.startswith("v2") for text in rf_options)
+    # The footer says what each card serves, read from the registry (the zoo's versions were trained by tests).
+    served = page.locator("#served-models").inner_text()
+    assert served.startswith("Served: ") and "rf v1: trained here" in served and "cnn v2: trained here" in served
 
     _upload(page, str(SCAN), 1)
 
@@ -101,6 +104,18 @@ def test_page_compares_the_four_models_and_explains_one(
         assert card.locator(".version-served").inner_text() == expected[model]["version"]
         assert card.locator(".bars li").count() == 4
         assert "ms" in card.locator(".latency").inner_text()
+        # The prediction set and the referral as the API gave them (cnn v2 has sets; the others predate them).
+        members = expected[model]["prediction_set"]
+        set_line = card.locator(".prediction-set")
+        assert set_line.is_visible() == (members is not None)
+        if members:
+            assert set_line.inner_text() == "Cannot rule out: " + " · ".join(members)
+        elif members == []:
+            assert set_line.inner_text() == "No class is sure enough to answer."
+        referral = card.locator(".referral")
+        assert referral.is_visible() == expected[model]["referral"]
+        if expected[model]["referral"]:
+            assert referral.inner_text() == f"Refer to a radiologist: {expected[model]['referral_reason']}."
     badge = page.locator("#agreement")
     assert badge.get_attribute("data-state") == ("agree" if compared["agree"] else "disagree")
 
