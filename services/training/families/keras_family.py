@@ -51,12 +51,18 @@ class KerasFamily(KerasModelFamily):
         keras_runtime.seed_everything(int(params.get("seed", 0)))
         model = self.build(contract, params)
         val = None if validation is None else (self.tensor(validation[0], contract), validation[1])
-        history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params)
+        noise = self.training_noise(params, contract)
+        history = keras_runtime.compile_and_fit(model, self.tensor(pixels, contract), labels, val, params, noise=noise)
         return FittedModel(self.serving_model(model, contract, params), contract, dict(params), history)
 
     def serving_model(self, trained: Any, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         """The model to predict with and export, built around the trained one (by default, itself)."""
         return trained
+
+    def training_noise(self, params: dict[str, Any], contract: PreprocessingContract) -> tuple[float, float] | None:
+        """(largest sigma, largest input value) of the Gaussian noise added to the training batches, in the
+        network's input units; None: no noise (the default)."""
+        return None
 
 
 def mirror_averaged(network: Any, contract: PreprocessingContract) -> Any:

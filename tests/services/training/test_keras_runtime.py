@@ -98,3 +98,16 @@ def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights() -> None:
     assert norms[5.0] < 0.9 * norms[None], "a strong decay pulls the weights towards zero"
     with pytest.raises(ValueError, match="weight_decay"):
         keras_runtime.make_optimizer("adam", 1e-3, -0.1)
+
+
+def test_training_noise_has_a_sigma_per_image_within_the_input_range() -> None:
+    keras_runtime.seed_everything(3)
+    count, top = 64, 1.0
+    images, labels = np.full((count, 16, 16, 1), 0.5, np.float32), np.arange(count) % 4
+    batches = keras_runtime.mixup_batches(images, labels, 4, 32, 0.0, seed=3, noise=(0.1, top))
+    noisy = np.concatenate([np.asarray(batch[0]) for batch in batches])
+    sigmas = (noisy - 0.5).reshape(count, -1).std(axis=1)
+    assert noisy.min() >= 0.0 and noisy.max() <= top
+    assert sigmas.max() < 0.12 and sigmas.min() < 0.03 < 0.07 < sigmas.max(), "each image its own sigma up to 0.1"
+    targets = np.concatenate([np.asarray(batch[1]) for batch in batches])
+    assert set(targets.max(axis=1)) == {1.0}, "alpha 0: nothing is blended"
