@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.training.families.keras_family import KerasFamily, mirror_averaged
+from services.training.families.keras_family import TRAINING_NOISE_SIGMA, KerasFamily, mirror_averaged
 from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
 ARCHITECTURES = ("study", "batchnorm")
 AUGMENTS = ("none", "flip", "flip_noise", "light")
-# The largest sigma of the training noise of `flip_noise` and `light`, on 0-255 (each image draws its own,
-# uniform from 0; the robustness check adds sigma 10).
-NOISE_SIGMA = 12.0
 ROTATION_DEGREES = 10.0
 ZOOM = 0.05  # up to 5% in or out
 CONTRAST = 0.1
@@ -85,7 +82,7 @@ class SmallCnnFamily(KerasFamily):
         if params.get("augment", "none") not in ("flip_noise", "light"):
             return None
         top = 255.0 if contract.scaling == "raw" else 1.0  # the network's input for a 255 pixel (image_max: <= 1)
-        return NOISE_SIGMA * top / 255.0, top
+        return TRAINING_NOISE_SIGMA * top / 255.0, top
 
     def build(self, contract: PreprocessingContract, params: dict[str, Any]) -> Any:
         import keras

@@ -14,6 +14,10 @@ from services.training.families.base import FittedModel, ModelFamily
 from services.training.onnx_export import keep_only_output
 from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
+# The largest sigma, on 0-255, of the Gaussian noise a family's `flip_noise` augmentation adds to its training
+# batches (each image draws its own, uniform from 0; the robustness check of benchmarks.family_variants adds 10).
+TRAINING_NOISE_SIGMA = 12.0
+
 
 class KerasModelFamily(ModelFamily):
     """A family whose native model is one Keras model taking the contract's tensor."""

@@ -26,7 +26,7 @@ from services.training import keras_runtime
 from services.training.config import TrainingSettings
 from services.training.evaluation import evaluate
 from services.training.families.base import FittedModel
-from services.training.families.keras_family import KerasModelFamily, mirror_averaged
+from services.training.families.keras_family import TRAINING_NOISE_SIGMA, KerasModelFamily, mirror_averaged
 from services.training.weights import resolve_weights
 from shared.core.contract import OUTPUT_NAME, PreprocessingContract
 
@@ -75,7 +75,8 @@ class MobileNetV2Family(KerasModelFamily):
             "fine_tune_blocks": 4,
             "fine_tune_epochs": 20,
             "fine_tune_learning_rate": 1e-4,
-            # Training-only layers of the whole-network fine-tuning (`fine_tune_blocks` 16): none or flip.
+            # What the whole-network fine-tuning (`fine_tune_blocks` 16) does to its training images: none, flip
+            # (a layer inactive at inference) or flip_noise (flips, and Gaussian noise in the training batches).
             "augment": "none",
             # Serve the mean of the predictions for the image and its mirror image (twice the inference cost).
             "test_time_flip": False,
@@ -246,10 +247,11 @@ class MobileNetV2Family(KerasModelFamily):
         inputs = keras.Input(shape=(contract.image_size, contract.image_size, 1), name=contract.input_name)
         x = inputs
         augment = params.get("augment", "none")
-        if augment == "flip":  # inactive at inference: the served graph has no such layer
+        if augment not in ("none", "flip", "flip_noise"):
+            raise ValueError(f"unknown augment {augment!r}; expected none, flip or flip_noise")
+        if augment != "none":  # inactive at inference: the served graph has no such layer
             x = layers.RandomFlip("horizontal", name="augment_flip")(x)
-        elif augment != "none":
-            raise ValueError(f"unknown augment {augment!r}; expected none or flip")
+        noise = (TRAINING_NOISE_SIGMA, 255.0) if augment == "flip_noise" else None  # raw 0-255 input
         # training=False keeps BatchNorm on its ImageNet statistics; the other layers' weights still learn.
         x = base(self._preprocessing(contract)(x), training=False)
         x = layers.GlobalAveragePooling2D(name="pooled_features")(x)
@@ -264,6 +266,7 @@ class MobileNetV2Family(KerasModelFamily):
             params,
             learning_rate=float(params["fine_tune_learning_rate"]),
             epochs=int(params["fine_tune_epochs"]),
+            noise=noise,
         )
         extras = {"fine_tune_seconds": time.perf_counter() - started}
         return FittedModel(model, contract, dict(params), history, extras)

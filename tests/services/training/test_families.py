@@ -84,12 +84,12 @@ def _onnx_agrees(family: ModelFamily, fitted: FittedModel, pixels: np.ndarray) -
     assert parity.passed, parity
 
 
-def test_mobilenetv2_whole_network_with_flips_and_mirror_averaging(
+def test_mobilenetv2_whole_network_with_flips_noise_and_mirror_averaging(
     sample: tuple[np.ndarray, np.ndarray], mobilenetv2_weights: Path
 ) -> None:
     pixels, labels = sample
     family = get_family("mobilenetv2", TrainingSettings(mobilenetv2_weights=mobilenetv2_weights))
-    params = {**family.default_params(), "fine_tune_blocks": 16, "fine_tune_epochs": 1, "augment": "flip"}
+    params = {**family.default_params(), "fine_tune_blocks": 16, "fine_tune_epochs": 1, "augment": "flip_noise"}
     params["test_time_flip"] = True
     assert not family.holds_out(params), "the whole network is kept: nothing is decided on a held-out slice"
     fitted = family.fit(pixels, labels, params, family.contract(IMAGE_SIZE))
