@@ -117,18 +117,23 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: 
         f"and features, {cost[1]:.3f} ms the ONNX graph. See docs/ood-guard.md.\n\n"
         + _table("real MRI slices", cv_rows)
         + "\n\n"
-        + _table(f"held-out slices re-uploaded (every {variant_every}th slice): accepted", variant_rows)
+        + _table(f"held-out slices re-uploaded (1 slice in {variant_every}): accepted", variant_rows)
         + "\n\n"
         + _table("non-MRI images: refused by the shipped guard", ood_rows)
         + "\n\n"
         + f"Non-MRI images accepted (score; refusal threshold {guard.threshold:.2f}): {missed or 'none'}.\n\n"
         + f"The repository's {len(sample)} sample slices (shared/sample_data; fitted on, so not a test): "
-        f"{int((sample_scores > guard.threshold).sum())} refused, {int((sample_scores > guard.flag).sum())} "
-        f"flagged or refused.\n\n"
+        f"refused {_names(sample, sample_scores > guard.threshold)}; flagged (answered) "
+        f"{_names(sample, (sample_scores > guard.flag) & (sample_scores <= guard.threshold))}.\n\n"
         + f"Targets: at most 0.2% of real slices refused: {'met' if real_ok else 'NOT met'}; at least 99% of "
         f"each realistic variant accepted: {'met' if worst >= MIN_VARIANT_ACCEPTANCE else 'NOT met'} (lowest "
         f"{worst:.1%}); at least 98% of non-MRI images refused: {'met' if other_ok else 'NOT met'}."
     )
+
+
+def _names(paths: list[Path] | tuple[Path, ...], mask: np.ndarray) -> str:
+    chosen = [f"{path.parent.name}/{path.name}" for path, hit in zip(paths, mask, strict=True) if hit]
+    return ", ".join(chosen) if chosen else "none"
 
 
 def _variant_rows(validation, paths, every: int) -> tuple[list[tuple[str, int, int, str]], float]:
