@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from shared.core.conformal import ConformalSets
+
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "shared" / "pretrained_bundle"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -43,11 +45,13 @@ class BundledModel(BaseModel):
 
 
 class BundledEnsemble(BaseModel):
-    """The ensemble of the bundle's models: no file of its own, only its members' weights."""
+    """The ensemble of the bundle's models: no file of its own, only its members' weights and its prediction sets'
+    thresholds (shared.core.conformal)."""
 
     registered_name: str
     weights: dict[str, float] = Field(description="Short name of each member -> its weight.")
     test_metrics: dict[str, float] = Field(default_factory=dict)
+    conformal: ConformalSets | None = Field(None, description="Absent in bundles made before prediction sets.")
 
 
 class BundledGuard(BaseModel):

@@ -41,7 +41,7 @@ from deploy.bundle import (
 )
 from deploy.processes import PROJECT_ROOT
 from services.training.registration import Candidate
-from shared.core.ensemble_spec import WEIGHTS_TAG
+from shared.core.ensemble_spec import WEIGHTS_TAG, EnsembleSpec
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MODEL,
@@ -141,6 +141,8 @@ def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: 
 
     members = {family: versions[family] for family in ensemble.weights}
     spec = {"members": members, "weights": ensemble.weights}
+    if ensemble.conformal is not None:
+        spec["conformal"] = ensemble.conformal.model_dump()
     split = next((m.tags["test_files_sha256"] for m in manifest.models if "test_files_sha256" in m.tags), "")
     with mlflow.start_run(run_name=f"{ENSEMBLE_MODEL}-pretrained") as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "pretrained"})
@@ -278,7 +280,10 @@ def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | N
     if not weights or not set(weights) <= families:
         return None
     metrics = _test_metrics(client, version)
-    return BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics)
+    conformal = EnsembleSpec.from_tags(version.tags).conformal  # type: ignore[attr-defined]
+    return BundledEnsemble(
+        registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics, conformal=conformal
+    )
 
 
 def _data_fingerprint(folder: Path) -> str:

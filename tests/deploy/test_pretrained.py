@@ -22,7 +22,9 @@ from deploy.bundle import (
     write_bundle,
 )
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
+from shared.core.conformal import ConformalSets
 from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.ensemble_spec import EnsembleSpec
 from shared.core.guard_input import GuardInput
 from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, GUARD_REGISTERED_NAME, PRETRAINED_TAG, registered_name
 from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays
@@ -30,6 +32,7 @@ from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays
 # model_zoo has a champion only for rf: bundle one chosen version of each family.
 ZOO_VERSIONS = {"rf": "1", "snn": "1", "cnn": "2", "mobilenetv2": "1"}
 WEIGHTS = {"rf": 0.5, "cnn": 0.25, "mobilenetv2": 0.25}
+SETS = ConformalSets(calibration_images=24, thresholds={"0.05": 0.6, "0.1": 0.4})
 
 
 def sample_guard(sample_arrays: SampleArrays) -> bytes:
@@ -48,7 +51,7 @@ def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: p
                           evaluation="evaluated on the tests' fixtures, refit on all 120 images")
     manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
     # The zoo has no ensemble and no guard: add them, as a full-data run's bundle carries them.
-    ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS)
+    ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS)
     guard = BundledGuard(registered_name=GUARD_REGISTERED_NAME, file="guard.onnx", sha256="0" * 64, size_bytes=1)
     files = {**load_bundle(folder)[1], GUARD_KEY: sample_guard(sample_arrays)}
     write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble, "guard": guard}), files)
@@ -112,6 +115,7 @@ def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fr
         assert client.get_run(version.run_id).data.metrics == model.test_metrics
     ensemble = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     assert ensemble.tags["member_rf"] == registered["rf"]
+    assert EnsembleSpec.from_tags(ensemble.tags).conformal == SETS  # its prediction sets, registered as trained
     guard = client.get_model_version_by_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS)
     assert guard.version == registered[GUARD_KEY]
     assert manifest.guard is not None and guard.tags["onnx_sha256"] == manifest.guard.sha256
