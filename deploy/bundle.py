@@ -62,6 +62,7 @@ class BundledGuard(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(gt=0)
     source_version: str | None = None
+    command: str | None = Field(None, description="How this guard was fitted, when apart from the models' runs.")
 
 
 class DataProvenance(BaseModel):

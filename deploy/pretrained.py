@@ -298,6 +298,29 @@ def _git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+GUARD_COMMAND = ".venv/bin/python -m deploy.pretrained refit-guard --data {data} --seed {seed}"
+
+
+def refit_guard(data_dir: Path, folder: Path = BUNDLE_DIR, seed: int = 42) -> BundledGuard:
+    """Replace the bundle's guard by one fitted on every image of ``data_dir`` (``ood_guard.fit_guard_cv``: its
+    thresholds and false-refusal rate cross-validated over them), as a refit run with ``--guard`` fits it; the
+    families are left alone. For a change of the guard's input kind, which makes the bundled guard unusable."""
+    from services.training.data import prepare_data
+    from services.training.ood_guard import GUARD_IMAGE_SIZE, fit_guard_cv, guard_onnx
+
+    manifest, files = load_bundle(folder)
+    data = prepare_data(data_dir, 0.0, seed, PROJECT_ROOT / "var" / "cache")
+    guard, _ = fit_guard_cv(
+        data.train_files.paths, data.train(GUARD_IMAGE_SIZE), data.train_groups, data.train_labels, seed=seed
+    )
+    command = GUARD_COMMAND.format(data=data_dir, seed=seed)
+    entry = BundledGuard(
+        registered_name=GUARD_REGISTERED_NAME, file="guard.onnx", sha256="0" * 64, size_bytes=1, command=command
+    )
+    updated = manifest.model_copy(update={"guard": entry})
+    return write_bundle(folder, updated, {**files, GUARD_KEY: guard_onnx(guard)}).guard or entry
+
+
 def _parse_versions(text: str | None) -> dict[str, str]:
     pairs = [item.split("=", 1) for item in (text or "").split(",") if item]
     return {family.strip(): version.strip() for family, version in pairs}
@@ -305,7 +328,8 @@ def _parse_versions(text: str | None) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["register", "build", "train-command"])
+    parser.add_argument("command", choices=["register", "build", "train-command", "refit-guard"])
+    parser.add_argument("--seed", type=int, default=42, help="refit-guard: the folds' and the mixture's seed")
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle folder (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="register: target")
     parser.add_argument("--from-registry", help="build: the MLflow of the finished full-data run")
@@ -328,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train-command":
         print(f"{TRAIN_COMMAND}\n{REFIT_COMMAND}")
+        return 0
+    if args.command == "refit-guard":
+        if args.data is None:
+            parser.error("refit-guard needs --data (the full training folder)")
+        guard = refit_guard(args.data, args.bundle, args.seed)
+        print(f"the bundle's guard is now {guard.file} ({guard.size_bytes} bytes, sha256 {guard.sha256[:12]}...)")
         return 0
     try:
         if args.command == "register":

@@ -47,8 +47,12 @@ def sample_guard(sample_arrays: SampleArrays) -> bytes:
 @pytest.fixture(scope="module")
 def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bundle")
-    data = DataProvenance(description="the embedded sample (120 images)", fingerprint="", images=120,
-                          evaluation="evaluated on the tests' fixtures, refit on all 120 images")
+    data = DataProvenance(
+        description="the embedded sample (120 images)",
+        fingerprint="",
+        images=120,
+        evaluation="evaluated on the tests' fixtures, refit on all 120 images",
+    )
     manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
     # The zoo has no ensemble and no guard: add them, as a full-data run's bundle carries them.
     ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS)
@@ -60,8 +64,12 @@ def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: p
 
 @pytest.fixture(scope="module")
 def fresh_mlflow(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) -> Iterator[ManagedProcess]:
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow-fresh"), free_port(), service_logs / "mlflow-fresh.log",
-                          credentials=TEST_MLFLOW_CREDENTIALS)
+    server = start_mlflow(
+        tmp_path_factory.mktemp("mlflow-fresh"),
+        free_port(),
+        service_logs / "mlflow-fresh.log",
+        credentials=TEST_MLFLOW_CREDENTIALS,
+    )
     yield server
     server.stop()
 
@@ -72,8 +80,12 @@ def registered(bundle: Path, fresh_mlflow: ManagedProcess) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def served(registered: dict[str, str], fresh_mlflow: ManagedProcess, tmp_path_factory: pytest.TempPathFactory,
-           service_logs: Path) -> Iterator[ManagedProcess]:
+def served(
+    registered: dict[str, str],
+    fresh_mlflow: ManagedProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    service_logs: Path,
+) -> Iterator[ManagedProcess]:
     env = {
         "MLFLOW_TRACKING_URI": fresh_mlflow.url,
         "BT_INFERENCE_TRACKING_URI": fresh_mlflow.url,
@@ -103,8 +115,9 @@ def test_build_refuses_a_bundle_over_its_size_budget(model_zoo: ModelZoo, tmp_pa
     assert not (tmp_path / "b").exists()
 
 
-def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fresh_mlflow: ManagedProcess,
-                                                  bundle: Path) -> None:
+def test_register_tags_metrics_and_champion_alias(
+    registered: dict[str, str], fresh_mlflow: ManagedProcess, bundle: Path
+) -> None:
     manifest, files = load_bundle(bundle)
     client = MlflowClient(tracking_uri=fresh_mlflow.url, registry_uri=fresh_mlflow.url)
     for model in manifest.models:
@@ -121,8 +134,9 @@ def test_register_tags_metrics_and_champion_alias(registered: dict[str, str], fr
     assert manifest.guard is not None and guard.tags["onnx_sha256"] == manifest.guard.sha256
 
 
-def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedProcess, model_zoo: ModelZoo,
-                                                               sample_images: dict[str, bytes], bundle: Path) -> None:
+def test_served_bundle_answers_as_the_models_it_was_built_from(
+    served: ManagedProcess, model_zoo: ModelZoo, sample_images: dict[str, bytes], bundle: Path
+) -> None:
     image = sample_images["glioma"]
     with httpx.Client(base_url=served.url, timeout=60.0, trust_env=False) as client:
         for model, zoo_version in ZOO_VERSIONS.items():
@@ -140,8 +154,9 @@ def test_served_bundle_answers_as_the_models_it_was_built_from(served: ManagedPr
         assert answer.json()["members"] == {"rf": "1", "cnn": "1", "mobilenetv2": "1"}
 
 
-def test_a_tampered_bundle_is_refused_before_registering(bundle: Path, tmp_path: Path,
-                                                         fresh_mlflow: ManagedProcess) -> None:
+def test_a_tampered_bundle_is_refused_before_registering(
+    bundle: Path, tmp_path: Path, fresh_mlflow: ManagedProcess
+) -> None:
     tampered = tmp_path / "bundle"
     shutil.copytree(bundle, tampered)
     data = bytearray((tampered / "cnn.onnx").read_bytes())
@@ -154,3 +169,25 @@ def test_a_tampered_bundle_is_refused_before_registering(bundle: Path, tmp_path:
     assert pretrained.main(["register", "--bundle", str(tampered), "--tracking-uri", fresh_mlflow.url]) == 1
     after = {m.name: m.latest_versions for m in client.search_registered_models()}
     assert len(after) == len(before) and all(len(after[n]) == len(before[n]) for n in before)
+
+
+def test_refit_guard_replaces_the_guard_alone_and_records_how(bundle: Path, tmp_path: Path) -> None:
+    import json
+
+    import onnx
+
+    from shared.core.guard_input import GUARD_INPUT_KIND
+    from shared.kit.schemas import GUARD_METADATA_KEY
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    before, before_files = load_bundle(folder)
+    guard = pretrained.refit_guard(SAMPLE_DATA_DIR, folder, seed=3)
+    after, files = load_bundle(folder)  # every checksum verified again
+    assert after.guard == guard and guard.command is not None and "refit-guard" in guard.command
+    assert guard.sha256 != before.guard.sha256  # type: ignore[union-attr]
+    assert after.models == before.models and all(files[m.model] == before_files[m.model] for m in after.models)
+    proto = onnx.load_from_string(files[GUARD_KEY])
+    metadata = json.loads({p.key: p.value for p in proto.metadata_props}[GUARD_METADATA_KEY])
+    assert metadata["input_kind"] == GUARD_INPUT_KIND and metadata["cv_images"] == 120
+    assert metadata["flag_threshold"] <= metadata["threshold"]
