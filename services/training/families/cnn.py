@@ -65,9 +65,11 @@ class SmallCnnFamily(KerasFamily):
             "batch_size": 32,
             # The cosine schedule spreads its decay over all of them (no early stopping).
             "epochs": 40,
-            # Left-right flips of the training batches only (the layer is inactive at inference):
-            # a brain slice mirrored is still a plausible slice of the same class.
-            "augment": "flip",
+            # Left-right flips of the training batches only (the layer is inactive at inference): a brain slice
+            # mirrored is still a plausible slice of the same class. And Gaussian noise, each training image its
+            # own sigma up to 12 on 0-255: without it, noise of sigma 10 on the input cost 14 points of
+            # validation accuracy; with it 0.7, for the same clean accuracy (docs/experiments.md).
+            "augment": "flip_noise",
             # Each training image blended with another (weight >= 0.5) and the targets alike: a regulariser
             # that keeps the geometry, which the network reads (the dataset's sources differ in framing).
             "mixup_alpha": 0.2,
