@@ -140,9 +140,7 @@ def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: 
     from services.training.ensemble_registration import log_spec, register_spec
 
     members = {family: versions[family] for family in ensemble.weights}
-    spec = {"members": members, "weights": ensemble.weights}
-    if ensemble.conformal is not None:
-        spec["conformal"] = ensemble.conformal.model_dump()
+    spec = EnsembleSpec(members, ensemble.weights, ensemble.conformal)
     split = next((m.tags["test_files_sha256"] for m in manifest.models if "test_files_sha256" in m.tags), "")
     with mlflow.start_run(run_name=f"{ENSEMBLE_MODEL}-pretrained") as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "pretrained"})

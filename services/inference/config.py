@@ -116,7 +116,7 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         ge=0.01,
         le=0.3,
         description="Miscoverage of the prediction sets every answer carries (docs/referral.md): a set holds the true "
-        "class with probability at least 1 - alpha; an answer whose set holds more than one class is referred.",
+        "class with probability at least 1 - alpha; an answer whose set is not exactly one class is referred.",
     )
     ood_refresh_s: float = Field(30.0, ge=0, description="Seconds between looks for a new champion of the guard.")
     debug_endpoints: bool = Field(

@@ -1,9 +1,10 @@
 """Referral: which answers a radiologist should check (docs/referral.md).
 
 Every answer carries the model's prediction set (``shared.core.conformal``: the classes it cannot rule out at the
-service's ``alpha``) and ``referral``: true when the set holds more than one class, or when the guard found the
-image unusual for a brain MRI slice (answered, not refused), with the reasons in words; an empty set (no class
-as likely as the true class is on ``1 - alpha`` of calibration images) is referred too.
+service's ``alpha``) and ``referral``: true unless the set is exactly one class (an empty set: no class is as
+likely as the true class is on ``1 - alpha`` of calibration images; several: the model cannot tell them apart),
+and true when the guard found the image unusual for a brain MRI slice (answered, not refused); the reasons in
+words.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def set_metrics(
     prefix: str = "test_",
 ) -> dict[str, float]:  # fmt: skip
     """Prediction sets on labelled images: how often they hold the true class, their mean size, how often they
-    hold more than one class (referred), and the accuracy of the answers not referred."""
+    hold anything but exactly one class (referred: none or several), and the accuracy of the answers not referred."""
     sets = [conformal.prediction_set(row, alpha) for row in probabilities]
     covered = np.array([label in members for members, label in zip(sets, labels, strict=True)])
     single = np.array([len(members) == 1 for members in sets])

@@ -22,7 +22,7 @@ from services.training.calibration import calibration_metrics, negative_log_like
 from services.training.ensemble_registration import log_spec, register_spec
 from services.training.evaluation import evaluate
 from shared.core.conformal import fit_conformal
-from shared.core.ensemble_spec import combine
+from shared.core.ensemble_spec import EnsembleSpec, combine
 from shared.kit.schemas import (
     ENSEMBLE_MODEL,
     RECIPE_RUN_TAG,
@@ -108,7 +108,8 @@ def build_ensemble(
         mlflow.log_params({f"weight_{family}": weight for family, weight in spec["weights"].items()})
         mlflow.set_tags(recipe_tags)
         mlflow.log_metrics(metrics)
-        spec_bytes = log_spec(spec)
+        served = EnsembleSpec(spec["members"], spec["weights"], conformal)
+        spec_bytes = log_spec(served, {"weighting": how, "test_files_sha256": split_sha256})
         if evaluation is not None:
             mlflow.log_text(evaluation.report, "evaluation/classification_report.txt")
             confusion = plots.confusion_png(evaluation.confusion, ENSEMBLE_MODEL)
@@ -119,7 +120,7 @@ def build_ensemble(
         else:
             description = "refit without a test split"
         version = (
-            register_spec(spec_bytes, spec, split_sha256, run.info.run_id, description, {**(recipe_tags or {})})
+            register_spec(spec_bytes, served, split_sha256, run.info.run_id, description, recipe_tags)
             if register
             else None
         )

@@ -12,7 +12,6 @@ import mlflow
 
 from services.training import registration, tracking
 from services.training.registration import LoggedFile, standing_on_test_split
-from shared.core.conformal import ConformalSets
 from shared.core.ensemble_spec import EnsembleSpec
 from shared.kit.schemas import ENSEMBLE_MODEL, registered_name
 
@@ -20,32 +19,30 @@ SPEC_FOLDER = "ensemble"
 SPEC_ARTIFACT = f"{SPEC_FOLDER}/ensemble.json"
 
 
-def log_spec(spec: dict[str, Any]) -> bytes:
-    """Log the spec in the active run; returns the bytes logged (what registration checks)."""
-    data = json.dumps(spec, indent=2, sort_keys=True).encode()
+def log_spec(spec: EnsembleSpec, notes: dict[str, Any] | None = None) -> bytes:
+    """Log the spec (and ``notes``: how the weights were chosen, the test split) in the active run; returns the
+    bytes logged (what registration checks)."""
+    conformal = None if spec.conformal is None else spec.conformal.model_dump()
+    document = {"members": spec.members, "weights": spec.weights, "conformal": conformal, **(notes or {})}
+    data = json.dumps(document, indent=2, sort_keys=True).encode()
     tracking.log_bytes(data, SPEC_ARTIFACT)
     return data
 
 
-def _conformal(spec: dict[str, Any]) -> ConformalSets | None:
-    return ConformalSets.model_validate(spec["conformal"]) if spec.get("conformal") else None
-
-
 def register_spec(
-    spec_bytes: bytes, spec: dict[str, Any], split_sha256: str, run_id: str, description: str, tags: dict[str, str]
+    spec_bytes: bytes, spec: EnsembleSpec, split_sha256: str, run_id: str, description: str, tags: dict[str, str]
 ) -> str:
     """A new version of brain-tumor-ensemble from the active run's logged spec; ``champion`` is the caller's."""
     root = mlflow.get_artifact_uri()
-    members = spec["members"]
     return registration.register(
         registered_name(ENSEMBLE_MODEL),
         LoggedFile(f"{root}/{SPEC_FOLDER}", f"{root}/{SPEC_ARTIFACT}", run_id),
         spec_bytes,
-        description=f"ensemble of {members}: {description}",
+        description=f"ensemble of {spec.members}: {description}",
         tags={
             "family": ENSEMBLE_MODEL,
-            **EnsembleSpec(members, spec["weights"], _conformal(spec)).to_tags(),
-            **{f"member_{family}": version for family, version in members.items()},
+            **spec.to_tags(),
+            **{f"member_{family}": version for family, version in spec.members.items()},
             **tags,
         },
         standing=standing_on_test_split(split_sha256, {}),

@@ -96,7 +96,7 @@ class PredictionOut(BaseModel):
         "docs/referral.md); most probable first. Null for a version registered without conformal thresholds.",
     )
     referral: bool = Field(
-        False, description="True when a radiologist should check this answer: the set holds more than one class, or "
+        False, description="True when a radiologist should check this answer: its set is not exactly one class, or "
         "the guard found the image unusual."
     )  # fmt: skip
     referral_reason: str | None = Field(None, description="Why the answer is referred, in words; null when it is not.")

@@ -27,6 +27,7 @@ def ensemble_registry(
     from sklearn.ensemble import RandomForestClassifier
 
     from services.training.ensemble_registration import log_spec, register_spec
+    from shared.core.ensemble_spec import EnsembleSpec
 
     state = tmp_path_factory.mktemp("ensemble-mlflow")
     server = start_mlflow(state / "store", free_port(), state / "mlflow.log")
@@ -40,12 +41,13 @@ def ensemble_registry(
         "mobilenetv2": make_onnx(PreprocessingContract(layout="nhwc", scaling="raw", image_size=24))[0],
     }
     versions = {model: register_onnx_model(uri, model, onnx_bytes)[0] for model, onnx_bytes in members.items()}
-    spec = {"members": versions, "weights": WEIGHTS, "weighting": "fitted", "test_files_sha256": "tests"}
+    spec = EnsembleSpec(versions, WEIGHTS)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_name="ensemble") as run:
-            register_spec(log_spec(spec), spec, "tests", run.info.run_id, "test accuracy 0.5", {})
+            logged = log_spec(spec, {"weighting": "fitted"})
+            register_spec(logged, spec, "tests", run.info.run_id, "test accuracy 0.5", {})
     finally:
         mlflow.set_tracking_uri(previous)
     yield uri
