@@ -57,6 +57,9 @@ def _stage_line(row: dict[str, Any]) -> str:
     head_minutes = (stages.get("lower_features_seconds", 0) + stages.get("head_seconds", 0)) / 60
     tune_minutes = stages["fine_tune_seconds"] / 60
     blocks = row["params"].get("fine_tune_blocks")
+    if frozen is None:  # trained whole from the start (fine_tune_blocks=16): there is no frozen stage to compare
+        family = row["family"]
+        return f"- **{family}**: trained whole ({blocks} blocks) {tuned:.4f} test accuracy ({tune_minutes:.1f} min)."
     line = (
         f"- **{row['family']}**: frozen base + head {frozen:.4f} test accuracy ({head_minutes:.1f} min); "
         f"with the top {blocks} blocks fine-tuned {tuned:.4f} ({tuned - frozen:+.4f} for {tune_minutes:.1f} more min)."

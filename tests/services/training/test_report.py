@@ -53,6 +53,13 @@ def test_report_compares_families_and_the_cost_of_fine_tuning() -> None:
     assert "3 groups holding 7 images" in text
 
 
+def test_report_of_a_network_trained_whole_has_no_frozen_stage() -> None:
+    whole = row("mobilenetv2", {"fine_tune_seconds": 1200})
+    whole["params"] = {"fine_tune_blocks": 16}
+    text = comparison_markdown([whole], INFO, TrainingOptions(), 1300)
+    assert "trained whole (16 blocks) 0.9600 test accuracy (20.0 min)" in text
+
+
 def test_report_without_fine_tuning_says_so() -> None:
     text = comparison_markdown([row("rf", {})], INFO, TrainingOptions(search="none"), 60)
     assert "No family was fine-tuned in this run." in text and "--search none" in text
