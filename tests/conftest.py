@@ -10,7 +10,9 @@ imports (scikit-learn, skl2onnx, mlflow) happen inside fixtures, so tests that n
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.credentials import MlflowCredentials  # noqa: E402
+from deploy.postgres import PostgresCluster, start_postgres  # noqa: E402
 from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
 from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
@@ -325,6 +328,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) 
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(service_logs: Path) -> Iterator[PostgresCluster]:
+    """A real PostgreSQL cluster of our own (Debian's server, initdb into a temporary folder, a free loopback
+    port, fsync off), as ``deploy.stack up --postgres`` runs one: MLflow's backend store, the audit trail's."""
+    # Not under pytest's folder: as root, the cluster runs as the postgres user, who cannot enter root's 0700
+    # pytest folder. /tmp is open to every user.
+    folder = Path(tempfile.mkdtemp(prefix="bt-postgres-"))
+    try:
+        cluster = start_postgres(folder, free_port(), service_logs / "postgres.log", durable=False)
+        yield cluster
+        cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
