@@ -41,6 +41,12 @@ from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # no
 TEST_MLFLOW_CREDENTIALS = MlflowCredentials.generate("tests-admin")
 os.environ.update(TEST_MLFLOW_CREDENTIALS.client_env())
 
+# Every service the tests start keeps its audit trail in a temporary folder, not in the repository's var/ (the
+# trail's tests give their services trails of their own).
+_AUDIT_FOLDER = Path(tempfile.mkdtemp(prefix="bt-tests-audit-"))
+for _service in ("GATEWAY", "INFERENCE"):
+    os.environ.setdefault(f"BT_{_service}_AUDIT_URI", f"sqlite:///{_AUDIT_FOLDER / 'trail.sqlite'}")
+
 # The base URL of in-process TestClients: a Host the services accept by default (their allowed hosts are loopback).
 LOOPBACK_BASE_URL = "http://127.0.0.1"
 
@@ -392,8 +398,15 @@ def model_zoo(mlflow_server: ManagedProcess, sample_arrays: SampleArrays) -> Mod
 
 
 @pytest.fixture(scope="session")
+def inference_audit_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The audit trail of ``inference_server`` (its /v2 answers), and of ``gateway_server``: one trail, as in a
+    stack."""
+    return f"sqlite:///{tmp_path_factory.mktemp('audit') / 'trail.sqlite'}"
+
+
+@pytest.fixture(scope="session")
 def inference_server(
-    model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+    model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path, inference_audit_uri: str
 ) -> Iterator[ManagedProcess]:
     """The inference service as a real process serving the zoo, started as the stack starts it
     (``uvicorn --factory services.inference.main:create_app``).
@@ -405,6 +418,7 @@ def inference_server(
         "BT_INFERENCE_TRACKING_URI": model_zoo.tracking_uri,
         "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("inference-cache")),
         "BT_INFERENCE_DEBUG_ENDPOINTS": "true",
+        "BT_INFERENCE_AUDIT_URI": inference_audit_uri,
     }
     server = start_service("inference", free_port(), env, service_logs / "inference.log")
     yield server

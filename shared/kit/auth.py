@@ -110,8 +110,12 @@ def token_hash(token: str) -> str:
 def read_caller_tokens(path: Path) -> dict[str, str]:
     """A caller-tokens file as {token hash: name}; a ValueError names the first bad line (a service refuses to
     start with it)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the caller-tokens file {path} cannot be read: {type(exc).__name__}") from exc
     tokens: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
