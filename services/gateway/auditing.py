@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from typing import Any
 
 from services.gateway.forwarding import ForwardedBody, part_sha256
 from shared.kit.audit.requests import Auditor
@@ -20,17 +22,23 @@ def _upload_sha256(upload: ForwardedBody) -> str:
     return part_sha256(upload.content, upload.content_type, UPLOAD_FIELD) or UNKNOWN_INPUT
 
 
-async def record_prediction(auditor: Auditor, content: bytes, upload: ForwardedBody) -> None:
-    if auditor.on:
-        await auditor.record([("0", _upload_sha256(upload), json.loads(content))])
-
-
-async def record_comparison(auditor: Auditor, content: bytes, upload: ForwardedBody) -> None:
-    if not auditor.on:
+def _answers(content: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(item, answer) of inference's answer: a prediction's one, a comparison's for each model that answered;
+    something else raises, which the auditor counts as a record lost."""
+    body = json.loads(content)
+    if "results" not in body:
+        yield "0", body
         return
-    digest = _upload_sha256(upload)
-    results = json.loads(content).get("results", [])
-    await auditor.record((item["model"], digest, item["result"]) for item in results if item.get("ok"))
+    for result in body["results"]:
+        if result["ok"]:
+            yield result["model"], result["result"]
+
+
+async def record_prediction(auditor: Auditor, content: bytes, upload: ForwardedBody) -> None:
+    """A prediction's or a comparison's answer, as inference gave it."""
+    if auditor.on:
+        digest = _upload_sha256(upload)
+        await auditor.record((item, digest, answer) for item, answer in _answers(content))
 
 
 async def record_batch(auditor: Auditor, files: list[bytes | Exception], answer: BatchPredictionOut) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from services.gateway.auditing import record_comparison
+from services.gateway.auditing import record_prediction
 from services.gateway.deps import InferenceDep
 from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422, UPLOAD_DESCRIPTION
@@ -98,5 +98,5 @@ async def compare_models(
 ) -> Response:
     content = await inference.compare(parse_models(models), upload, request_id, frame)
     raise_if_all_failed_alike(content)
-    await record_comparison(auditor, content, upload)
+    await record_prediction(auditor, content, upload)
     return json_passthrough(content)

@@ -3,6 +3,7 @@ and the request id; the route hands it each answer with the sha256 of the input 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -10,9 +11,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from shared.kit.audit.records import from_prediction
-from shared.kit.audit.trail import AuditTrail
+from shared.kit.audit.trail import RECORDS_FAILED, AuditTrail
 from shared.kit.auth import CallerName
+from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.upstream import REQUEST_ID_HEADER
+
+logger = logging.getLogger(__name__)
 
 # (item, sha256 of the input, the answer shaped like PredictionOut)
 Answer = tuple[str, str, dict[str, Any]]
@@ -35,11 +39,19 @@ class Auditor:
         """One record per answer; see ``AuditTrail.record`` for what a failure does."""
         if self.trail is None:
             return
-        records = [
-            from_prediction(answer, caller=self.caller, route=self.route, request_id=self.request_id, item=item,
-                            input_sha256=digest)
-            for item, digest, answer in answers
-        ]  # fmt: skip
+        try:
+            records = [
+                from_prediction(answer, caller=self.caller, route=self.route, request_id=self.request_id, item=item,
+                                input_sha256=digest)
+                for item, digest, answer in answers
+            ]  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # An answer that cannot be read (it passed through unparsed) is a record lost, never a 500.
+            RECORDS_FAILED.inc()
+            logger.error("audit trail: an answer on %s could not be read into a record: %r", self.route, exc)
+            if self.trail.required:
+                raise ServiceError(ErrorCode.AUDIT_UNAVAILABLE, "The answer could not be recorded.") from exc
+            return
         await self.trail.record(records)
 
 
