@@ -11,14 +11,18 @@ import base64
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg2
 import pytest
 
+from deploy.postgres import PostgresCluster
 from deploy.processes import ManagedProcess
 from tests.error_body import error_body
 from tests.prometheus_samples import parse, value
@@ -229,3 +233,35 @@ def test_required_records_refuse_the_answer_with_503(
     )
     assert post_file(f"{good.url}/v1/predict", sample_images["glioma"], "recorded", model="rf").status_code == 200
     assert value(parse(httpx.get(f"{good.url}/metrics", trust_env=False).text), "bt_audit_records_written_total") == 1
+
+
+def test_the_trail_on_postgresql(
+    start_gateway: Callable[..., ManagedProcess],
+    ready_inference: ManagedProcess,
+    postgres_cluster: PostgresCluster,
+    sample_images: dict[str, bytes],
+) -> None:
+    """As compose and Kubernetes run it: the gateway's records in a PostgreSQL database, verified by bt-audit."""
+    admin = psycopg2.connect(postgres_cluster.dsn)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS audit_gateway")
+        cursor.execute("CREATE DATABASE audit_gateway")
+    admin.close()
+    dsn = postgres_cluster.dsn_of("audit_gateway")
+    gateway = start_gateway(inference_url=ready_inference.url, audit_uri=dsn, audit_required="true")
+    for number in range(3):
+        answer = post_file(f"{gateway.url}/v1/predict", sample_images["pituitary"], f"pg-{number}", model="cnn")
+        assert answer.status_code == 200, answer.text
+    connection = psycopg2.connect(dsn)
+    with connection, connection.cursor() as cursor:
+        cursor.execute("SELECT request_id, model, version, caller, input_sha256 FROM audit_records ORDER BY seq")
+        rows = cursor.fetchall()
+    connection.close()
+    digest = hashlib.sha256(sample_images["pituitary"]).hexdigest()
+    assert rows == [(f"pg-{number}", "cnn", "2", "anonymous", digest) for number in range(3)]
+    verified = subprocess.run(
+        [sys.executable, "-m", "shared.kit.audit", "--uri", dsn, "verify"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0 and "OK: 3 record(s), positions 1..3" in verified.stdout, verified.stdout
