@@ -18,6 +18,7 @@ from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.kit.audit.requests import open_trail
+from shared.kit.auth import install_caller_tokens
 from shared.kit.hosts import LOOPBACK_HOSTS
 from shared.kit.service import build_app, internal_async_client
 from shared.kit.workers import forget_this_worker
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so it runs first: even the size limits' 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
-    app.state.caller_tokens = settings.caller_tokens()
+    install_caller_tokens(app, settings)
     if app.state.caller_tokens is None and settings.host not in LOOPBACK_HOSTS:
         logger.warning(
             "the prediction routes take anonymous callers on %s: set BT_GATEWAY_API_TOKENS (docs/deploy.md)",

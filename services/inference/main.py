@@ -19,6 +19,7 @@ from services.inference.routes import api_router, debug_router
 from services.inference.runner import Runner
 from shared.core.decoding import decode_settings
 from shared.kit.audit.requests import open_trail
+from shared.kit.auth import install_caller_tokens
 from shared.kit.service import build_app
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit_exempt=("/predict-pixels", "/infer"),
     )
     app.include_router(api_router)
-    app.state.caller_tokens = settings.caller_tokens()  # the /v2 infer routes' callers (shared.kit.auth)
+    install_caller_tokens(app, settings)  # the /v2 infer routes' callers
     if settings.debug_endpoints:
         app.include_router(debug_router)
     return app

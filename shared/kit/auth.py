@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
@@ -98,6 +98,12 @@ CALLER_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
+# The callers' scheme, apart from the service token's: the schema of a service without caller tokens drops it.
+CALLER_SCHEME = "CallerToken"
+_caller_scheme = HTTPBearer(
+    auto_error=False, scheme_name=CALLER_SCHEME, description="A caller's token (the service's `*_API_TOKENS` file)."
+)
+
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -136,7 +142,7 @@ def read_caller_tokens(path: Path) -> dict[str, str]:
 
 def caller_name(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_caller_scheme)],
 ) -> str:
     """The dependency of the prediction routes: the caller's name, ``anonymous`` when caller tokens are off; 401
     when they are on and the request's token is missing or not listed. The table is ``app.state.caller_tokens``
@@ -177,3 +183,32 @@ class CallerTokenSettings(BaseSettings):
     def caller_tokens(self) -> dict[str, str] | None:
         """{token hash: name}, or None when caller tokens are off."""
         return read_caller_tokens(self.api_tokens) if self.api_tokens is not None else None
+
+
+def install_caller_tokens(app: FastAPI, settings: CallerTokenSettings) -> None:
+    """Read the settings' caller tokens into the app (``caller_name`` checks them). Without tokens, the schema
+    says so: the routes' caller scheme and their 401 are dropped, since no request can get one."""
+    app.state.caller_tokens = settings.caller_tokens()
+    if app.state.caller_tokens is not None:
+        return
+    build = app.openapi
+
+    def openapi_without_callers() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    security = operation.get("security", [])
+                    if not any(CALLER_SCHEME in requirement for requirement in security):
+                        continue
+                    kept = [requirement for requirement in security if CALLER_SCHEME not in requirement]
+                    if kept:
+                        operation["security"] = kept
+                    else:
+                        operation.pop("security")
+                    operation.get("responses", {}).pop("401", None)
+            schema.get("components", {}).get("securitySchemes", {}).pop(CALLER_SCHEME, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_without_callers  # type: ignore[method-assign]

@@ -131,6 +131,10 @@ def test_every_classifying_route_writes_one_record_per_answer(
     assert json.loads(predicted["probabilities"]) == answer["probabilities"]
     # Nothing of the upload but its hash: the file name is nowhere in the trail's file.
     assert FILE_NAME.encode() not in trail_path.read_bytes()
+    # Without caller tokens the schema declares no caller scheme and no 401: no request can get one.
+    schema = httpx.get(f"{url}/openapi.json", trust_env=False).json()
+    assert "401" not in schema["paths"]["/v1/predict"]["post"]["responses"]
+    assert "CallerToken" not in schema["components"].get("securitySchemes", {})
     trail_file = trail_path.parent
     assert not any(FILE_NAME.encode() in path.read_bytes() for path in trail_file.iterdir() if path.is_file())
 
@@ -164,6 +168,7 @@ def test_caller_tokens_name_the_caller_and_refuse_others(
     schema = httpx.get(f"{gateway.url}/openapi.json", trust_env=False).json()
     for path in ("/v1/predict", "/v1/predict/batch", "/v1/compare", "/v1/explain"):
         assert "401" in schema["paths"][path]["post"]["responses"], path
+        assert schema["paths"][path]["post"]["security"] == [{"CallerToken": []}]
 
 
 def test_a_bad_tokens_file_stops_the_gateway_at_start_up(tmp_path: Path) -> None:
