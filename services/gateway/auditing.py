@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from services.gateway.forwarding import ForwardedBody, part_sha256
+from services.gateway.upstream import InferenceClient
 from shared.kit.audit.requests import Auditor
-from shared.kit.schemas import BatchPredictionOut, ExplanationOut
+from shared.kit.errors import ServiceError
+from shared.kit.schemas import ENSEMBLE_MODEL, BatchPredictionOut, ExplanationOut
+
+logger = logging.getLogger(__name__)
 
 UPLOAD_FIELD = "file"
 # A record's input hash when the forwarded body's file part could not be found (inference answered anyway).
@@ -52,7 +57,24 @@ async def record_batch(auditor: Auditor, files: list[bytes | Exception], answer:
     await auditor.record(answered)
 
 
-async def record_explanation(auditor: Auditor, image: bytes, answer: ExplanationOut) -> None:
+async def pinned_members(inference: InferenceClient, model: str, version: str, request_id: str) -> dict | None:
+    """An ensemble version's members as the catalogue pins them (the explainer's answer does not carry them); None
+    when the catalogue cannot be read now: the record then goes without them, and the log says so."""
+    try:
+        listing = await inference.list_models(request_id or None)
+    except ServiceError as exc:
+        logger.error("audit trail: the members of %s/%s could not be read: %s", model, version, exc.message)
+        return None
+    for info in listing.models:
+        for known in info.versions if info.model == model else []:
+            if known.version == version:
+                return known.members
+    return None
+
+
+async def record_explanation(
+    auditor: Auditor, inference: InferenceClient, image: bytes, answer: ExplanationOut
+) -> None:
     if not auditor.on:
         return
     # The explained answer is the model's on the unperturbed image: its predicted label, not the label explained.
@@ -63,4 +85,6 @@ async def record_explanation(auditor: Auditor, image: bytes, answer: Explanation
         "probabilities": answer.probabilities,
         "ood": answer.ood.model_dump() if answer.ood is not None else None,
     }
+    if answer.model == ENSEMBLE_MODEL:
+        prediction["members"] = await pinned_members(inference, answer.model, answer.version, auditor.request_id)
     await auditor.record([("0", hashlib.sha256(image).hexdigest(), prediction)])

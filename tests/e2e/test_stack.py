@@ -252,6 +252,23 @@ def test_every_answer_is_in_one_verifiable_trail(stack: dict[str, str], stack_en
     assert json.loads(members) == body["members"]
     assert json.loads(guard)["guard_version"] == body["ood"]["guard_version"]
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    explained = httpx.post(
+        f"{stack['gateway']}/v1/explain", params={"model": "ensemble", "num_samples": 50},
+        headers={"x-request-id": "e2e-audit-explain"}, files={"file": (path.name, path.read_bytes())}, timeout=300,
+    )  # fmt: skip
+    assert explained.status_code == 200, explained.text
+    deadline = time.monotonic() + 15
+    while True:
+        with sqlite3.connect(trail) as connection:
+            found = connection.execute(
+                "SELECT version, members FROM audit_records WHERE request_id = 'e2e-audit-explain'"
+            ).fetchone()
+        if found is not None:
+            break
+        assert time.monotonic() < deadline, "the explanation was not recorded"
+        time.sleep(0.3)
+    # The explainer's answer has no members: the record takes them from the catalogue's pinned version.
+    assert (found[0], json.loads(found[1])) == (body["version"], body["members"])
     verified = subprocess.run(
         [sys.executable, "-m", "shared.kit.audit", "--uri", f"sqlite:///{trail}", "verify"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from services.gateway.auditing import record_explanation
-from services.gateway.deps import ExplainerDep
+from services.gateway.deps import ExplainerDep, InferenceDep
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
 from shared.kit.audit.requests import AuditorDep
 from shared.kit.auth import CALLER_RESPONSES
@@ -43,6 +43,7 @@ SamplesQuery = Annotated[
 )
 async def explain_image(
     explainer: ExplainerDep,
+    inference: InferenceDep,
     auditor: AuditorDep,
     image: ImageBytes,
     request_id: RequestIdDep,
@@ -58,5 +59,5 @@ async def explain_image(
     params: dict[str, str | int] = {key: value for key, value in given.items() if value is not None}
     params.update(seed=seed, num_regions=num_regions)
     answer = await explainer.explain(image, params, request_id)
-    await record_explanation(auditor, image, answer)
+    await record_explanation(auditor, inference, image, answer)
     return answer
