@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 
 from benchmarks.markdown import command_line, write_section
+from benchmarks.serving_audit import SECTION as AUDIT_SECTION
+from benchmarks.serving_audit import measure_audit_cost, render_audit
 from benchmarks.serving_external import (
     local_model_copy,
     mlserver_venv,
@@ -328,6 +330,7 @@ def serve_ours(stack: Stack, env: dict[str, str], loads: Loads, work: Path, resu
                           bodies.multipart, inference_url=inference.url))  # fmt: skip
     rows.append(loads.row("gateway `/v1/compare` (four models)", f"{gateway.url}/v1/compare", bodies.multipart, (1,),
                           inference_url=inference.url))  # fmt: skip
+    results["audit"] = measure_audit_cost(stack.add, env, inference.url, bodies.multipart, MODEL, stack.state_dir)
     results["rss_after_load"] = tree_rss_mb(inference.process.pid)
     results["profile"] = profile(stack, [gateway, inference], f"{gateway.url}/v1/predict?model={MODEL}", bodies, loads)
     results["bodies"] = bodies
@@ -397,6 +400,7 @@ def external(
         stack.stop(serve)
     except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         results["mlflow_serve_note"] = str(exc)[:300]
+
     def mlserver() -> ManagedProcess:
         model_dir = local_model_copy(tracking, model_uri, scratch)
         return start_mlserver(mlserver_venv(stack.mlserver_venv), model_dir, MODEL, scratch, stack.logs)
@@ -452,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "--mlserver-venv", type=Path, default=Path("var/serving-bench/mlserver-venv"), help="built when missing"
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md")
+    parser.add_argument(
+        "--audit-only", action="store_true", help="only the audit trail's cost on the gateway (its own section)"
+    )
     args = parser.parse_args(argv)
     stack = Stack(args.state_dir.resolve(), args.mlserver_venv.resolve())
     loads = Loads(args.quick)
@@ -465,11 +472,14 @@ def main(argv: list[str] | None = None) -> int:
         env = _registry_env(mlflow.url, stack.state_dir)
         versions = results["versions"] = train(env, args.data, args.quick, args.retrain)
         results["models_from"] = (
-            "the four families trained here with `--search none`" if args.retrain or args.data
+            "the four families trained here with `--search none`"
+            if args.retrain or args.data
             else "the pretrained bundle (shared/pretrained_bundle/)"
         )
         if set(versions) != set(MODEL_FAMILIES):
             raise RuntimeError(f"only {sorted(versions)} are registered; every family is needed")
+        if args.audit_only:
+            return audit_only(stack, env, argv, args.no_write, results)
         results["in_process"] = [] if args.skip_in_process else in_process(env, args.quick)
         serve_ours(stack, env, loads, stack.state_dir, results)
         batching(stack, env, loads, results["bodies"], results)
@@ -483,8 +493,26 @@ def main(argv: list[str] | None = None) -> int:
     kept = {key: value for key, value in results.items() if key != "bodies"}
     (stack.state_dir / "results.json").write_text(json.dumps(kept, indent=1, default=str))
     print(body)
+    audit = render_audit(results["audit"], command_line("benchmarks.serving", argv), results["load_before"])
+    print(audit)
     if not args.no_write:
         write_section(SECTION, body)
+        write_section(AUDIT_SECTION, audit)
+    return 0
+
+
+def audit_only(
+    stack: Stack, env: dict[str, str], argv: list[str] | None, no_write: bool, results: dict[str, Any]
+) -> int:
+    """The trail on and off through two gateways in front of one inference process; its own section."""
+    inference = start_inference(stack, env, {}, "audit")
+    bodies = Bodies(stack.state_dir / "bodies", inference.url)
+    result = measure_audit_cost(stack.add, env, inference.url, bodies.multipart, MODEL, stack.state_dir)
+    (stack.state_dir / "audit-results.json").write_text(json.dumps(result, indent=1))
+    body = render_audit(result, command_line("benchmarks.serving", argv), results["load_before"])
+    print(body)
+    if not no_write:
+        write_section(AUDIT_SECTION, body)
     return 0
 
 

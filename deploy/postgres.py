@@ -27,6 +27,8 @@ from deploy.processes import LOOPBACK, ManagedProcess, stop_process_group
 # The role and database MLflow uses; the role owns the cluster, so it may create the database.
 ROLE = "mlflow"
 DATABASE = "mlflow"
+# The audit trail's database (shared/kit/audit), in the same cluster when the stack runs on PostgreSQL.
+AUDIT_DATABASE = "audit"
 # SQLAlchemy 2.1 reads a bare "postgresql://" as psycopg 3; the driver installed with the project is psycopg2.
 DRIVER_SCHEME = "postgresql+psycopg2"
 
@@ -84,7 +86,11 @@ class PostgresCluster:
     @property
     def dsn(self) -> str:
         """libpq's URI of MLflow's database (psycopg2.connect, psql)."""
-        return f"postgresql://{ROLE}:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/{DATABASE}"
+        return self.dsn_of(DATABASE)
+
+    def dsn_of(self, database: str) -> str:
+        """libpq's URI of one of the cluster's databases (``AUDIT_DATABASE``: the audit trail's)."""
+        return f"postgresql://{ROLE}:{quote(self.password, safe='')}@{LOOPBACK}:{self.port}/{database}"
 
     @property
     def uri(self) -> str:
@@ -188,7 +194,7 @@ def start_postgres(
 
 
 def _wait_and_create_database(cluster: PostgresCluster, timeout: float) -> None:
-    """Poll until the server takes a login, then create MLflow's database if it is not there yet."""
+    """Poll until the server takes a login, then create MLflow's and the audit trail's databases if missing."""
     import psycopg2
 
     deadline = time.monotonic() + timeout
@@ -216,8 +222,9 @@ def _wait_and_create_database(cluster: PostgresCluster, timeout: float) -> None:
     try:
         connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-            if cursor.fetchone() is None:
-                cursor.execute(f"CREATE DATABASE {DATABASE}")
+            for database in (DATABASE, AUDIT_DATABASE):
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f"CREATE DATABASE {database}")
     finally:
         connection.close()

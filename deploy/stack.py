@@ -32,7 +32,7 @@ from deploy.credentials import (
     stack_secrets,
 )
 from deploy.nginx import PROXIED_SERVICES, front_unavailable, internal_ports, start_front
-from deploy.postgres import stack_port, start_postgres, with_driver
+from deploy.postgres import AUDIT_DATABASE, stack_port, start_postgres, with_driver
 from deploy.processes import (
     LOOPBACK,
     PROJECT_ROOT,
@@ -81,7 +81,7 @@ def up(
     started: list[ManagedProcess] = []
     try:
         secrets = stack_secrets(state_dir)
-        backend_uri = None
+        backend_uri = audit_uri = None
         if postgres:
             print(
                 f"starting PostgreSQL on {LOOPBACK}:{stack_port()} (data in {state_dir / 'postgres'}) ...", flush=True
@@ -90,6 +90,7 @@ def up(
             started.append(cluster.process)
             _save(state_dir, started)
             backend_uri = cluster.uri
+            audit_uri = cluster.dsn_of(AUDIT_DATABASE)
         print(f"starting MLflow on {LOOPBACK}:{ports['mlflow']} (state in {state_dir}) ...", flush=True)
         mlflow = start_mlflow(
             state_dir / "mlflow",
@@ -103,6 +104,7 @@ def up(
         env = {**_registry_env(state_dir, mlflow.url), **_security_env(state_dir, secrets, data)}
         _train_missing(env, data, retrain, search)
         service_env = {**env, **_service_urls(ports), **gateway_env(ports["inference"], replicas)}
+        service_env.update(_audit_env(state_dir, audit_uri))
 
         def keep(process: ManagedProcess) -> None:
             started.append(process)
@@ -163,6 +165,13 @@ def _print_secrets(secrets: StackSecrets) -> None:
         f"  MLflow password  {password}\n"
         f"                   user '{secrets.mlflow.username}': the MLflow UI asks for it"
     )
+
+
+def _audit_env(state_dir: Path, postgres_uri: str | None) -> dict[str, str]:
+    """One audit trail for the gateway and inference (docs/reliability.md): the stack's PostgreSQL cluster when it
+    runs one, else a SQLite file in the state folder (``bt-audit --uri ... verify`` reads either)."""
+    uri = postgres_uri or f"sqlite:///{(state_dir / 'audit' / 'trail.sqlite').resolve()}"
+    return {"BT_GATEWAY_AUDIT_URI": uri, "BT_INFERENCE_AUDIT_URI": uri}
 
 
 def _registry_env(state_dir: Path, tracking_uri: str) -> dict[str, str]:

@@ -10,7 +10,9 @@ imports (scikit-learn, skl2onnx, mlflow) happen inside fixtures, so tests that n
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.credentials import MlflowCredentials  # noqa: E402
+from deploy.postgres import PostgresCluster, start_postgres  # noqa: E402
 from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
 from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
@@ -37,6 +40,12 @@ from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # no
 # training, other MLflow servers) authenticates with it. Set at import, before any fixture starts a server.
 TEST_MLFLOW_CREDENTIALS = MlflowCredentials.generate("tests-admin")
 os.environ.update(TEST_MLFLOW_CREDENTIALS.client_env())
+
+# Every service the tests start keeps its audit trail in a temporary folder, not in the repository's var/ (the
+# trail's tests give their services trails of their own).
+_AUDIT_FOLDER = Path(tempfile.mkdtemp(prefix="bt-tests-audit-"))
+for _service in ("GATEWAY", "INFERENCE"):
+    os.environ.setdefault(f"BT_{_service}_AUDIT_URI", f"sqlite:///{_AUDIT_FOLDER / 'trail.sqlite'}")
 
 # The base URL of in-process TestClients: a Host the services accept by default (their allowed hosts are loopback).
 LOOPBACK_BASE_URL = "http://127.0.0.1"
@@ -328,6 +337,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, service_logs: Path) 
 
 
 @pytest.fixture(scope="session")
+def postgres_cluster(service_logs: Path) -> Iterator[PostgresCluster]:
+    """A real PostgreSQL cluster of our own (Debian's server, initdb into a temporary folder, a free loopback
+    port, fsync off), as ``deploy.stack up --postgres`` runs one: MLflow's backend store, the audit trail's."""
+    # Not under pytest's folder: as root, the cluster runs as the postgres user, who cannot enter root's 0700
+    # pytest folder. /tmp is open to every user.
+    folder = Path(tempfile.mkdtemp(prefix="bt-postgres-"))
+    try:
+        cluster = start_postgres(folder, free_port(), service_logs / "postgres.log", durable=False)
+        yield cluster
+        cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def mlflow_credentials() -> MlflowCredentials:
     """The admin of every MLflow server the tests start (also in MLFLOW_TRACKING_USERNAME / _PASSWORD)."""
     return TEST_MLFLOW_CREDENTIALS
@@ -374,8 +398,15 @@ def model_zoo(mlflow_server: ManagedProcess, sample_arrays: SampleArrays) -> Mod
 
 
 @pytest.fixture(scope="session")
+def inference_audit_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The audit trail of ``inference_server`` (its /v2 answers), and of ``gateway_server``: one trail, as in a
+    stack."""
+    return f"sqlite:///{tmp_path_factory.mktemp('audit') / 'trail.sqlite'}"
+
+
+@pytest.fixture(scope="session")
 def inference_server(
-    model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path
+    model_zoo: ModelZoo, tmp_path_factory: pytest.TempPathFactory, service_logs: Path, inference_audit_uri: str
 ) -> Iterator[ManagedProcess]:
     """The inference service as a real process serving the zoo, started as the stack starts it
     (``uvicorn --factory services.inference.main:create_app``).
@@ -387,6 +418,7 @@ def inference_server(
         "BT_INFERENCE_TRACKING_URI": model_zoo.tracking_uri,
         "BT_INFERENCE_CACHE_DIR": str(tmp_path_factory.mktemp("inference-cache")),
         "BT_INFERENCE_DEBUG_ENDPOINTS": "true",
+        "BT_INFERENCE_AUDIT_URI": inference_audit_uri,
     }
     server = start_service("inference", free_port(), env, service_logs / "inference.log")
     yield server

@@ -7,13 +7,15 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.kit.audit.settings import AuditSettings
+from shared.kit.auth import CallerTokenSettings
 from shared.kit.hosts import HostSettings
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.kit.upstream import ServiceUrl
 from shared.kit.workers import WorkerSettings
 
 
-class Settings(HostSettings, WorkerSettings, BaseSettings):
+class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings, BaseSettings):
     """Everything the gateway can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_GATEWAY_", extra="ignore")

@@ -19,7 +19,6 @@ def get_explainer(request: Request) -> ExplainerClient:
     return request.app.state.explainer
 
 
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
 ExplainerDep = Annotated[ExplainerClient, Depends(get_explainer)]

@@ -10,6 +10,7 @@ malformed body holds is the inference service's to refuse.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -46,6 +47,55 @@ def largest_part_bytes(body: bytes, content_type: str) -> int:
     except MultipartParseError:
         return 0
     return max(sizes)
+
+
+class _PartHasher:
+    """python-multipart's callbacks that hash the data of the first part named ``field``."""
+
+    def __init__(self, field: str) -> None:
+        self.wanted = field.encode()
+        self.digest: str | None = None
+        self.on_part_begin()
+
+    def on_part_begin(self) -> None:
+        self.header, self.value, self.name, self.hash = b"", b"", None, hashlib.sha256()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header.lower() == b"content-disposition":
+            self.name = parse_options_header(self.value)[1].get(b"name")
+        self.header, self.value = b"", b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.hash.update(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self.name == self.wanted and self.digest is None:
+            self.digest = self.hash.hexdigest()
+
+    def callbacks(self) -> dict[str, Any]:
+        names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_part_data", "on_part_end")
+        return {name: getattr(self, name) for name in names}
+
+
+def part_sha256(body: bytes, content_type: str, field: str) -> str | None:
+    """The sha256 of the multipart part named ``field`` (the uploaded file's bytes, what the audit trail records);
+    None when the body is not multipart or holds no such part (inference refuses it then)."""
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        return None
+    hasher = _PartHasher(field)
+    try:
+        MultipartParser(boundary, hasher.callbacks()).write(body)
+    except MultipartParseError:
+        return None
+    return hasher.digest
 
 
 async def read_forwarded_body(request: Request) -> ForwardedBody:

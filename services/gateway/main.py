@@ -17,6 +17,9 @@ from services.gateway.replica_http import new_session
 from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
 from services.gateway.upstream import ExplainerClient, InferenceClient
+from shared.kit.audit.requests import open_trail
+from shared.kit.auth import install_caller_tokens
+from shared.kit.hosts import LOOPBACK_HOSTS
 from shared.kit.service import build_app, internal_async_client
 from shared.kit.workers import forget_this_worker
 
@@ -77,12 +80,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.explainer_url,
         )
         watcher = asyncio.create_task(pool.watch(), name="inference-replica-checks")
+        app.state.audit_trail = trail = open_trail(settings)
         try:
             yield
         finally:
             watcher.cancel()
             with suppress(asyncio.CancelledError):
                 await watcher
+            if trail is not None:
+                await asyncio.to_thread(trail.close)  # what is queued is written before the process ends
             forget_this_worker()
 
 
@@ -111,4 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so it runs first: even the size limits' 413 carries the request id.
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
+    install_caller_tokens(app, settings)
+    if app.state.caller_tokens is None and settings.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "the prediction routes take anonymous callers on %s: set BT_GATEWAY_API_TOKENS (docs/deploy.md)",
+            settings.host,
+        )
     return app

@@ -8,12 +8,14 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.kit.audit.settings import AuditSettings
+from shared.kit.auth import CallerTokenSettings
 from shared.kit.hosts import HostSettings
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.kit.workers import WorkerSettings, usable_cpus
 
 
-class Settings(HostSettings, WorkerSettings, BaseSettings):
+class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings, BaseSettings):
     """Everything the inference service can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_INFERENCE_", populate_by_name=True, extra="ignore")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from services.inference.registry import ModelRegistry, open_registry
 from services.inference.routes import api_router, debug_router
 from services.inference.runner import Runner
 from shared.core.decoding import decode_settings
+from shared.kit.audit.requests import open_trail
+from shared.kit.auth import install_caller_tokens
 from shared.kit.service import build_app
 
 logger = logging.getLogger(__name__)
@@ -79,10 +82,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         f"on (window {settings.batch_window_ms} ms, at most {settings.max_batch})" if settings.batching else "off",
         settings.session_threads(),
     )
+    # The Open Inference Protocol's answers are recorded here (services/inference/auditing.py).
+    app.state.audit_trail = trail = open_trail(settings)
     try:
         yield
     finally:
         await dataplane.runner.close()
+        if trail is not None:
+            await asyncio.to_thread(trail.close)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit_exempt=("/predict-pixels", "/infer"),
     )
     app.include_router(api_router)
+    install_caller_tokens(app, settings)  # the /v2 infer routes' callers
     if settings.debug_endpoints:
         app.include_router(debug_router)
     return app

@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     INVALID_HOST = "INVALID_HOST"
     NOT_A_BRAIN_MRI = "NOT_A_BRAIN_MRI"
     UNSUPPORTED_DICOM = "UNSUPPORTED_DICOM"
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -79,6 +80,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_HOST: 400,
     ErrorCode.NOT_A_BRAIN_MRI: 422,
     ErrorCode.UNSUPPORTED_DICOM: 415,
+    # The answer could not be recorded and the service is told to give no unrecorded answers (audit_required).
+    ErrorCode.AUDIT_UNAVAILABLE: 503,
 }
 
 # Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).

@@ -116,7 +116,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     500: "INVALID_MODEL: the registered model file cannot be served.",
     502: "UPSTREAM_ERROR: an upstream service answered something unexpected.",
     503: "Not available now, with Retry-After: e.g. UPSTREAM_UNAVAILABLE, REGISTRY_UNAVAILABLE (MLflow down) or "
-    "SERVER_BUSY (more images being decoded at once than the service's decode slots).",
+    "SERVER_BUSY (more images being decoded at once than the service's decode slots); AUDIT_UNAVAILABLE: the "
+    "answer could not be recorded in the audit trail and the service requires its records (audit_required).",
 }
 
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import httpx
 import psycopg2
 import pytest
 
-from deploy.postgres import PostgresCluster, start_postgres, with_driver
+from deploy.postgres import PostgresCluster, with_driver
 from deploy.processes import PROJECT_ROOT, ManagedProcess, free_port, start_mlflow, start_service
 from deploy.s3 import create_bucket, object_keys, s3_client, s3_env, start_moto
 from shared.kit.schemas import registered_name
@@ -41,23 +38,15 @@ class BackingStores:
 
 
 @pytest.fixture(scope="module")
-def stores(service_logs: Path) -> Iterator[BackingStores]:
-    """The PostgreSQL cluster and the S3 store, started side by side (neither needs the other)."""
-    # Not under pytest's folder: as root, the cluster runs as the postgres user, who cannot enter root's 0700
-    # pytest folder. /tmp is open to every user.
-    folder = Path(tempfile.mkdtemp(prefix="bt-postgres-"))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        cluster = pool.submit(start_postgres, folder, free_port(), service_logs / "postgres.log", durable=False)
-        store = pool.submit(start_moto, free_port(), service_logs / "moto.log")
-        started = [future.result() for future in (cluster, store) if future.exception() is None]
+def stores(postgres_cluster: PostgresCluster, service_logs: Path) -> Iterator[BackingStores]:
+    """The PostgreSQL cluster (the session's, tests/conftest.py) and the S3 store."""
+    store = start_moto(free_port(), service_logs / "moto.log")
     try:
-        backing = BackingStores(cluster.result(), store.result())
+        backing = BackingStores(postgres_cluster, store)
         create_bucket(backing.s3.url, BUCKET)
         yield backing
     finally:
-        for process in started:
-            process.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        store.stop()
 
 
 @pytest.fixture(scope="module")

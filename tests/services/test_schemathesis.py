@@ -9,11 +9,14 @@ yet not an image, so 415 is right) and ``negative_data_rejection`` (a schema-vio
 refused: the text ``null`` in a file field is still a file's bytes).
 
 The training service runs with an API token that Schemathesis is never given: every POST is 401, so fuzzing
-never starts a run; its MLflow address is a closed port.
+never starts a run; its MLflow address is a closed port. The gateway runs with caller tokens on, as compose and
+Kubernetes run it, and Schemathesis is given one (so the predictions are fuzzed, and its authentication checks get
+their 401s). Inference runs without caller tokens, and its schema then declares neither the scheme nor a 401.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -29,11 +32,20 @@ SEED = 42
 LEFT_OUT = "positive_data_acceptance,negative_data_rejection"
 
 
+CALLER_TOKEN = "schemathesis-caller-token"
+
+
 @pytest.fixture(scope="module")
 def gateway(
     inference_server: ManagedProcess, explainer_server: ManagedProcess, service_logs: Path
 ) -> Iterator[ManagedProcess]:
-    env = {"BT_GATEWAY_INFERENCE_URL": inference_server.url, "BT_GATEWAY_EXPLAINER_URL": explainer_server.url}
+    tokens = service_logs / "schemathesis-callers"
+    tokens.write_text(f"schemathesis {hashlib.sha256(CALLER_TOKEN.encode()).hexdigest()}\n")
+    env = {
+        "BT_GATEWAY_INFERENCE_URL": inference_server.url,
+        "BT_GATEWAY_EXPLAINER_URL": explainer_server.url,
+        "BT_GATEWAY_API_TOKENS": str(tokens),
+    }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-schemathesis.log")
     yield server
     server.stop()
@@ -50,7 +62,8 @@ def training(service_logs: Path) -> Iterator[ManagedProcess]:
     server.stop()
 
 
-def run_schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(url: str, report: Path, service: str) -> subprocess.CompletedProcess[str]:
+    headers = ["--header", f"Authorization: Bearer {CALLER_TOKEN}"] if service == "gateway" else []
     command = [
         sys.executable,
         "-m",
@@ -61,6 +74,7 @@ def run_schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]
         "all",
         "--exclude-checks",
         LEFT_OUT,
+        *headers,
         "--max-examples",
         str(EXAMPLES),
         "--seed",
@@ -84,7 +98,7 @@ def test_every_answer_conforms_to_the_services_schema(
 ) -> None:
     fixture = {"inference": "inference_server", "explainer": "explainer_server"}.get(service, service)
     server: ManagedProcess = request.getfixturevalue(fixture)
-    result = run_schemathesis(server.url, tmp_path / "junit.xml")
+    result = run_schemathesis(server.url, tmp_path / "junit.xml", service)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     generated = re.search(r"(\d+) generated", output)

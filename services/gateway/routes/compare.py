@@ -9,9 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from services.gateway.auditing import record_prediction
 from services.gateway.deps import InferenceDep
 from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422, UPLOAD_DESCRIPTION
+from shared.kit.audit.requests import AuditorDep
+from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import NAME_PATTERN, FrameQuery
 from shared.kit.schemas import COMPARE_MAX_MODELS, MODEL_FAMILIES, CompareOut, ItemError
@@ -79,11 +82,15 @@ def raise_if_all_failed_alike(content: bytes) -> None:
     "same label. A file that is not an image is one 415; when every model fails for the same reason (e.g. none "
     "of the names exists), that error is returned. The inference service's guard judges the image once: every "
     "result carries its `ood` verdict, and an image it refuses is one 422 NOT_A_BRAIN_MRI.",
-    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    },
     openapi_extra=multipart_upload("file", UPLOAD_DESCRIPTION),
 )
 async def compare_models(
     inference: InferenceDep,
+    auditor: AuditorDep,
     upload: ForwardedUpload,
     request_id: RequestIdDep,
     models: ModelsQuery = None,
@@ -91,4 +98,5 @@ async def compare_models(
 ) -> Response:
     content = await inference.compare(parse_models(models), upload, request_id, frame)
     raise_if_all_failed_alike(content)
+    await record_prediction(auditor, content, upload)
     return json_passthrough(content)

@@ -6,8 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.gateway.deps import ExplainerDep
+from services.gateway.auditing import record_explanation
+from services.gateway.deps import ExplainerDep, InferenceDep
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
+from shared.kit.audit.requests import AuditorDep
+from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
 from shared.kit.schemas import ExplanationOut
 from shared.kit.service import RequestIdDep, error_responses
@@ -33,10 +36,15 @@ SamplesQuery = Annotated[
     "with their weights and `overlay_png`, a base64 PNG of the heat map over the scan (warm: supports the "
     "class, cool: opposes it). Deterministic for a given `seed`. The guard judges the image first: its verdict "
     "is `ood`, and an image it refuses is a 422 NOT_A_BRAIN_MRI, never explained.",
-    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    },
 )
 async def explain_image(
     explainer: ExplainerDep,
+    inference: InferenceDep,
+    auditor: AuditorDep,
     image: ImageBytes,
     request_id: RequestIdDep,
     model: ModelQuery,
@@ -50,4 +58,6 @@ async def explain_image(
     given = {"model": model, "version": version, "label": label, "num_samples": num_samples, "frame": frame}
     params: dict[str, str | int] = {key: value for key, value in given.items() if value is not None}
     params.update(seed=seed, num_regions=num_regions)
-    return await explainer.explain(image, params, request_id)
+    answer = await explainer.explain(image, params, request_id)
+    await record_explanation(auditor, inference, image, answer)
+    return answer

@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from services.gateway.auditing import record_batch, record_prediction
 from services.gateway.batch import BatchFiles, predict_files
 from services.gateway.deps import InferenceDep, SettingsDep
 from services.gateway.forwarding import ForwardedUpload, json_passthrough, multipart_upload
+from shared.kit.audit.requests import AuditorDep
+from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.errors import ErrorCode
 from shared.kit.params import FrameQuery, ModelQuery, VersionQuery
 from shared.kit.schemas import BatchPredictionOut, PredictionOut
@@ -34,18 +37,24 @@ NOT_A_BRAIN_MRI_422 = (
     "pituitary), the probability of every class and the model's latency, and `ood`, the inference service's "
     "verdict on whether the image looks like a brain MRI slice (null without a registered guard); an image "
     "the guard refuses is a 422 NOT_A_BRAIN_MRI.",
-    responses=error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
+    },
     openapi_extra=multipart_upload("file", UPLOAD_DESCRIPTION),
 )
 async def predict_image(
     inference: InferenceDep,
+    auditor: AuditorDep,
     upload: ForwardedUpload,
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
     frame: FrameQuery = None,
 ) -> Response:
-    return json_passthrough(await inference.predict(model, version, upload, request_id, frame))
+    content = await inference.predict(model, version, upload, request_id, frame)
+    await record_prediction(auditor, content, upload)
+    return json_passthrough(content)
 
 
 @router.post(
@@ -58,22 +67,26 @@ async def predict_image(
     "(code, message, status; e.g. INVALID_IMAGE 415, FILE_TOO_LARGE 413, NOT_A_BRAIN_MRI 422 for a file the "
     "inference service's guard refuses) while the other files still answer; each `result` carries its file's "
     "`ood` verdict. An unknown model or version fails the whole request (404).",
-    responses=error_responses(
-        400,
-        404,
-        413,
-        422,
-        502,
-        503,
-        descriptions={
-            400: "INVALID_REQUEST: the multipart body could not be parsed (or holds more than 1000 parts).",
-            413: "FILE_TOO_LARGE: the body is larger than max_batch_files files at the upload limit.",
-            422: "INVALID_REQUEST: no `files` field, more files than max_batch_files, or a malformed parameter.",
-        },
-    ),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(
+            400,
+            404,
+            413,
+            422,
+            502,
+            503,
+            descriptions={
+                400: "INVALID_REQUEST: the multipart body could not be parsed (or holds more than 1000 parts).",
+                413: "FILE_TOO_LARGE: the body is larger than max_batch_files files at the upload limit.",
+                422: "INVALID_REQUEST: no `files` field, more files than max_batch_files, or a malformed parameter.",
+            },
+        ),
+    },
 )
 async def predict_batch(
     inference: InferenceDep,
+    auditor: AuditorDep,
     files: BatchFiles,
     settings: SettingsDep,
     request_id: RequestIdDep,
@@ -81,4 +94,6 @@ async def predict_batch(
     version: VersionQuery = None,
     frame: FrameQuery = None,
 ) -> BatchPredictionOut:
-    return await predict_files(inference, model, version, files, settings.max_upload_bytes, request_id, frame)
+    answer = await predict_files(inference, model, version, files, settings.max_upload_bytes, request_id, frame)
+    await record_batch(auditor, files, answer)
+    return answer

@@ -28,11 +28,27 @@
 
   // -- talking to the API ----------------------------------------------------------------------
 
+  // Caller tokens (BT_GATEWAY_API_TOKENS): asked for at the first 401, kept for this tab only.
+  const TOKEN_KEY = "bt-api-token";
+
+  function withToken(options) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return options;
+    return { ...options, headers: { ...(options.headers || {}), Authorization: "Bearer " + token } };
+  }
+
   async function callApi(path, options = {}) {
     const started = performance.now();
     let response;
     try {
-      response = await fetch(path, options);
+      response = await fetch(path, withToken(options));
+      if (response.status === 401) {
+        const token = window.prompt("This gateway needs an API token (ask its operator):");
+        if (token) {
+          sessionStorage.setItem(TOKEN_KEY, token.trim());
+          response = await fetch(path, withToken(options));
+        }
+      }
     } catch (err) {
       return {
         ok: false,

@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from services.inference.auditing import record_inference
 from services.inference.config import Settings
 from services.inference.dataplane import DataPlane
 from services.inference.deps import DataPlaneDep, ModelName, SettingsDep, require_ready
@@ -44,6 +45,8 @@ from services.inference.oip_schemas import (
 from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
 from services.inference.referral import Referral
 from services.inference.servable import Classifier
+from shared.kit.audit.requests import Auditor, AuditorDep
+from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import NAME_PATTERN
 from shared.kit.schemas import OodOut
@@ -189,7 +192,7 @@ def _model_input(
 
 
 async def _infer(
-    request: Request, dataplane: DataPlane, settings: Settings, model: str, version: str | None
+    request: Request, dataplane: DataPlane, settings: Settings, auditor: Auditor, model: str, version: str | None
 ) -> Response:
     if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
@@ -198,6 +201,7 @@ async def _infer(
     infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
     model_input = _model_input(infer_request, segments, classifier, settings)
     probabilities, verdicts = await dataplane.infer(classifier, model_input)
+    await record_inference(auditor, classifier, model_input, probabilities, verdicts, infer_request.id)
     class_names = classifier.contract.class_names
     parameters = {
         **(ood_parameters(verdicts) or {}),
@@ -221,6 +225,7 @@ _INFER = {
     "responses": {
         200: {"content": {"application/octet-stream": {}}, "description": "JSON, or JSON then binary data."},
         **oip_error_responses(400, 404, 413, 500, 503),
+        **{401: {**CALLER_RESPONSES[401], "model": OipErrorOut}},
         422: {
             "model": OipErrorOut,
             "description": f"{ErrorCode.NOT_A_BRAIN_MRI}: an image file of the `{IMAGE_INPUT_NAME}` input does not "
@@ -233,12 +238,19 @@ _INFER = {
 
 
 @router.post("/models/{model}/infer", **_INFER)
-async def infer(request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model: ModelName) -> Response:
-    return await _infer(request, dataplane, settings, model, None)
+async def infer(
+    request: Request, dataplane: DataPlaneDep, settings: SettingsDep, auditor: AuditorDep, model: ModelName
+) -> Response:
+    return await _infer(request, dataplane, settings, auditor, model, None)
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER)
 async def infer_version(
-    request: Request, dataplane: DataPlaneDep, settings: SettingsDep, model: ModelName, version: VersionPath
+    request: Request,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    model: ModelName,
+    version: VersionPath,
 ) -> Response:
-    return await _infer(request, dataplane, settings, model, version)
+    return await _infer(request, dataplane, settings, auditor, model, version)

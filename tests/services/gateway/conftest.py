@@ -18,13 +18,14 @@ from deploy.processes import ManagedProcess, free_port, loopback_url, start_serv
 
 
 @pytest.fixture
-def gateway_app_client(app_clients: Callable[..., Any]) -> Callable[..., Any]:
-    """``make(**settings) -> TestClient`` for an in-process gateway app, lifespan running."""
+def gateway_app_client(tmp_path: Path, app_clients: Callable[..., Any]) -> Callable[..., Any]:
+    """``make(**settings) -> TestClient`` for an in-process gateway app, lifespan running; its audit trail in the
+    test's folder unless given."""
     from services.gateway.config import Settings
     from services.gateway.main import create_app
 
     def make(**settings: Any) -> Any:
-        return app_clients(create_app, Settings(**settings))
+        return app_clients(create_app, Settings(**{"audit_uri": f"sqlite:///{tmp_path / 'audit.sqlite'}", **settings}))
 
     return make
 
@@ -57,6 +58,7 @@ def gateway_server(
     inference_server: ManagedProcess,
     explainer_server: ManagedProcess,
     service_logs: Path,
+    inference_audit_uri: str,
 ) -> Iterator[ManagedProcess]:
     """The gateway as a real process (``python -m services.gateway``) in front of ``inference_server``
     and ``explainer_server``, linking to ``mlflow_server`` as its MLflow UI."""
@@ -64,6 +66,7 @@ def gateway_server(
         "BT_GATEWAY_INFERENCE_URL": inference_server.url,
         "BT_GATEWAY_EXPLAINER_URL": explainer_server.url,
         "BT_GATEWAY_MLFLOW_UI_URL": mlflow_server.url,
+        "BT_GATEWAY_AUDIT_URI": inference_audit_uri,
     }
     server = start_service("gateway", free_port(), env, service_logs / "gateway.log", as_module=True)
     yield server
@@ -71,7 +74,7 @@ def gateway_server(
 
 
 @pytest.fixture
-def start_gateway(service_logs: Path) -> Iterator[Callable[..., ManagedProcess]]:
+def start_gateway(service_logs: Path, tmp_path: Path) -> Iterator[Callable[..., ManagedProcess]]:
     """``start(**BT_GATEWAY_settings) -> ManagedProcess``: one more gateway process with its own
     settings (e.g. an inference URL where nothing listens); stopped at teardown. One worker process unless
     ``workers`` says otherwise: these tests watch one gateway's view of its replicas, which each worker keeps."""
@@ -79,7 +82,8 @@ def start_gateway(service_logs: Path) -> Iterator[Callable[..., ManagedProcess]]
 
     def start(**settings: str) -> ManagedProcess:
         port = free_port()
-        env = {f"BT_GATEWAY_{key.upper()}": value for key, value in {"workers": "1", **settings}.items()}
+        defaults = {"workers": "1", "audit_uri": f"sqlite:///{tmp_path / f'audit-{port}.sqlite'}"}
+        env = {f"BT_GATEWAY_{key.upper()}": value for key, value in {**defaults, **settings}.items()}
         server = start_service("gateway", port, env, service_logs / f"gateway-{port}.log", as_module=True)
         started.append(server)
         return server

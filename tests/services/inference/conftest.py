@@ -25,7 +25,11 @@ def inference_app_client(tmp_path: Path, app_clients: Callable[..., Any]) -> Cal
     from services.inference.main import create_app
 
     def make(**settings: Any) -> Any:
-        defaults = {"cache_dir": tmp_path / "inference-cache", "preload": False}
+        defaults = {
+            "cache_dir": tmp_path / "inference-cache",
+            "preload": False,
+            "audit_uri": f"sqlite:///{tmp_path / 'audit.sqlite'}",
+        }
         return app_clients(create_app, Settings(**{**defaults, **settings}))
 
     return make
