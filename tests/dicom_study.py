@@ -22,6 +22,7 @@ from shared.core.imaging import decode_grayscale
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME, to_bytes, write_dicom
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
@@ -101,7 +102,7 @@ def make_study() -> Study:
     for jpeg in jpegs[6:8]:
         slice_of("MONOCHROME1", write_dicom(255 - gray(jpeg), photometric="MONOCHROME1"), jpeg)
     frames = jpegs[1:4]
-    dataset = study.add("multi-frame", write_dicom(np.stack([gray(jpeg) for jpeg in frames]), frames=True))
+    dataset = study.add("multi-frame", _enhanced(write_dicom(np.stack([gray(jpeg) for jpeg in frames]), frames=True)))
     for index, jpeg in enumerate(frames):
         study.slices.append(
             Slice(str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), index, jpeg, "multi-frame")
@@ -113,6 +114,13 @@ def make_study() -> Study:
     pdf = study.add("PDF", _pdf())
     study.not_mr[str(pdf.SOPInstanceUID)] = "DOC"
     return study
+
+
+def _enhanced(data: bytes) -> bytes:
+    """Multi-frame MR as scanners write it: the Enhanced MR storage class, whose frames a report can reference."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = ENHANCED_MR_IMAGE_STORAGE
+    return to_bytes(dataset)
 
 
 def _ct(pixels: np.ndarray) -> bytes:

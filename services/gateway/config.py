@@ -7,13 +7,14 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.gateway.dicomweb.settings import DicomWebSettings
 from shared.kit.hosts import HostSettings
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.kit.upstream import ServiceUrl
 from shared.kit.workers import WorkerSettings
 
 
-class Settings(HostSettings, WorkerSettings, BaseSettings):
+class Settings(DicomWebSettings, HostSettings, WorkerSettings, BaseSettings):
     """Everything the gateway can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_GATEWAY_", extra="ignore")

@@ -50,6 +50,9 @@ class ErrorCode(StrEnum):
     INVALID_HOST = "INVALID_HOST"
     NOT_A_BRAIN_MRI = "NOT_A_BRAIN_MRI"
     UNSUPPORTED_DICOM = "UNSUPPORTED_DICOM"
+    # DICOMweb (issue 27): no server configured; a study larger than the gateway takes in one request.
+    DICOMWEB_NOT_CONFIGURED = "DICOMWEB_NOT_CONFIGURED"
+    TOO_MANY_INSTANCES = "TOO_MANY_INSTANCES"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -79,6 +82,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_HOST: 400,
     ErrorCode.NOT_A_BRAIN_MRI: 422,
     ErrorCode.UNSUPPORTED_DICOM: 415,
+    ErrorCode.DICOMWEB_NOT_CONFIGURED: 503,
+    ErrorCode.TOO_MANY_INSTANCES: 413,
 }
 
 # Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).

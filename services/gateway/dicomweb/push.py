@@ -1,0 +1,71 @@
+"""A STOW-RS-style body: ``multipart/related; type="application/dicom"``, one DICOM Part 10 file per part.
+
+The route bounds the body as it arrives (``max_instances`` files at the upload limit each); this module splits it
+with python-multipart's streaming parser and reads each part's header with the one DICOM reader
+(shared.core.dicom). What is refused and why is said without any of the content.
+"""
+
+from __future__ import annotations
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from services.gateway.dicomweb.classify import SourceInstance
+from shared.core.dicom import read_dicom
+from shared.kit.errors import ErrorCode, ServiceError
+
+DICOM_MEDIA_TYPE = b"application/dicom"
+STOW_CONTENT_TYPE = 'multipart/related; type="application/dicom"; boundary=...'
+
+
+def invalid(message: str) -> ServiceError:
+    return ServiceError(ErrorCode.INVALID_REQUEST, message)
+
+
+def split_parts(body: bytes, content_type: str) -> list[bytes]:
+    """The parts of a multipart/related body of DICOM files; 422 for another content type or broken framing."""
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/related" or not boundary:
+        raise invalid(f"Expected a body of content type {STOW_CONTENT_TYPE}, one DICOM file per part.")
+    if options.get(b"type", DICOM_MEDIA_TYPE).lower() != DICOM_MEDIA_TYPE:
+        raise invalid('Only type="application/dicom" is accepted: DICOM Part 10 files, one per part.')
+    parts: list[bytearray] = []
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1] += data[start:end]
+
+    parser = MultipartParser(
+        boundary, {"on_part_begin": lambda: parts.append(bytearray()), "on_part_data": on_part_data}
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise invalid("The multipart/related body could not be parsed (check its boundary).") from exc
+    if not parts:
+        raise invalid("The body holds no DICOM file.")
+    return [bytes(part) for part in parts]
+
+
+def read_instances(parts: list[bytes], max_instances: int) -> list[SourceInstance]:
+    """Each part as an instance of one study; 413 above ``max_instances``, 415 for a part that is not DICOM."""
+    if len(parts) > max_instances:
+        raise too_many(len(parts), max_instances)
+    instances = [SourceInstance(read_dicom(part), part) for part in parts]
+    studies = {str(instance.dataset.get("StudyInstanceUID", "")) for instance in instances}
+    if len(studies) != 1 or "" in studies:
+        raise invalid(f"The instances must belong to one study (they name {len(studies)} study UIDs or none).")
+    for instance in instances:
+        if not instance.dataset.get("SOPInstanceUID") or not instance.dataset.get("SeriesInstanceUID"):
+            raise invalid("Every instance needs a SOP Instance UID and a Series Instance UID.")
+    return instances
+
+
+def too_many(count: int, limit: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.TOO_MANY_INSTANCES,
+        f"The request holds {count} instances; at most {limit} are classified in one request "
+        "(BT_GATEWAY_DICOMWEB_MAX_INSTANCES): send one series, or fewer instances.",
+        {"instances": count, "max_instances": limit},
+    )
