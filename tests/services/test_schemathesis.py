@@ -9,11 +9,12 @@ yet not an image, so 415 is right) and ``negative_data_rejection`` (a schema-vio
 refused: the text ``null`` in a file field is still a file's bytes).
 
 The training service runs with an API token that Schemathesis is never given: every POST is 401, so fuzzing
-never starts a run; its MLflow address is a closed port.
+never starts a run; its MLflow address is a closed port. The gateway's DICOMweb routes point at an empty Orthanc.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.orthanc import start_orthanc
 from deploy.processes import ManagedProcess, free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXAMPLES = 10
 SEED = 42
@@ -31,12 +35,22 @@ LEFT_OUT = "positive_data_acceptance,negative_data_rejection"
 
 @pytest.fixture(scope="module")
 def gateway(
-    inference_server: ManagedProcess, explainer_server: ManagedProcess, service_logs: Path
+    inference_server: ManagedProcess,
+    explainer_server: ManagedProcess,
+    service_logs: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ManagedProcess]:
-    env = {"BT_GATEWAY_INFERENCE_URL": inference_server.url, "BT_GATEWAY_EXPLAINER_URL": explainer_server.url}
+    # An empty PACS behind the DICOMweb routes: a study or report Schemathesis names is then a 404, not a 503.
+    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc-schemathesis"), service_logs / "orthanc-schemathesis.log")
+    env = {
+        "BT_GATEWAY_INFERENCE_URL": inference_server.url,
+        "BT_GATEWAY_EXPLAINER_URL": explainer_server.url,
+        **pacs.gateway_env(),
+    }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-schemathesis.log")
     yield server
     server.stop()
+    pacs.stop()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +89,8 @@ def run_schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]
         "--report-junit-path",
         str(report),
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=ROOT)
 
 
 @pytest.mark.parametrize("service", ["gateway", "inference", "explainer", "training"])
