@@ -8,9 +8,11 @@ on one loopback HTTP port and requires a generated user; it is given a free port
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 # Where Debian's orthanc-dicomweb installs the plugin (`dpkg -L orthanc-dicomweb`).
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 DICOMWEB_ROOT = "/dicom-web"
+DEFAULT_PORT = 8042  # Orthanc's own default
 INSTALL_HINT = "install Debian's orthanc and orthanc-dicomweb (deploy/test.sh does)"
 
 
@@ -135,3 +138,22 @@ def _wait_for_dicomweb(process: ManagedProcess, user: OrthancUser, timeout: floa
             pass
         time.sleep(0.2)
     raise TimeoutError(f"Orthanc's DICOMweb did not answer within {timeout:.0f}s:\n{process.log_tail()}")
+
+
+def orthanc_port() -> int:
+    return int(os.environ.get("BT_ORTHANC_PORT", DEFAULT_PORT))
+
+
+def start_stack_pacs(state_dir: Path, logs: Path, keep: Callable[[ManagedProcess], None]) -> Orthanc:
+    """The stack's PACS (``python -m deploy.stack up --pacs``): its studies kept in <state>/orthanc across restarts,
+    a new user each time (printed, and given to the gateway)."""
+    print(
+        f"starting Orthanc (DICOMweb) on 127.0.0.1:{orthanc_port()} (data in {state_dir / 'orthanc'}) ...", flush=True
+    )
+    pacs = start_orthanc(state_dir / "orthanc", logs / "orthanc.log", http_port=orthanc_port())
+    keep(pacs.process)
+    print(
+        f"  Orthanc web page {pacs.url}/app/explorer.html, DICOMweb {pacs.dicomweb_url}\n"
+        f"  user {pacs.user.username}, password {pacs.user.password} (also in the gateway's BT_GATEWAY_DICOMWEB_*)"
+    )
+    return pacs
