@@ -11,7 +11,6 @@ read from /proc. Then `down`. Writes its section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -24,43 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from benchmarks.markdown import command_line, write_section
 from deploy.processes import PROJECT_ROOT, free_port
+from deploy.sample_series import series_files
 from deploy.stack import DEFAULT_PORTS
-from shared.core.dataset import SAMPLE_DATA_DIR
 
 SLICES = 24
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def series_files(count: int) -> tuple[str, list[bytes]]:
-    """``count`` 8-bit MR slices of one new study and series, from the sample JPEGs (classes interleaved)."""
-    paths = sorted(SAMPLE_DATA_DIR.glob("*/*.jpg"))
-    chosen = [paths[(index * 7) % len(paths)] for index in range(count)]
-    study, series = generate_uid(), generate_uid()
-    files = []
-    for number, path in enumerate(chosen, start=1):
-        pixels = np.asarray(Image.open(path).convert("L"))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MR_IMAGE_STORAGE, generate_uid()
-        meta.TransferSyntaxUID, meta.ImplementationClassUID = ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "MR"
-        ds.PatientName, ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "Bench^Mark", "BENCH-1", 1, number
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = pixels.tobytes()
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        files.append(buffer.getvalue())
-    return study, files
 
 
 def stow(dicomweb_url: str, auth: tuple[str, str], files: list[bytes]) -> None:
