@@ -108,9 +108,8 @@ def slice_group(item: Classified, identity: ModelIdentity, index: int) -> hd.sr.
         hd.sr.QualitativeEvaluation(codes.SCT.Neoplasm, codes.SCT.Present if tumour else codes.SCT.Absent),
     ]
     measurements = [
-        hd.sr.Measurement(
-            name=probability_code(name), value=float(value), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
-        )
+        # The group's algorithm identification covers its measurements: not repeated on each (a third of the size).
+        hd.sr.Measurement(name=probability_code(name), value=float(value), unit=codes.UCUM.NoUnits)
         for name, value in item.prediction.probabilities.items()
         if name in CLASS_CODES
     ]
