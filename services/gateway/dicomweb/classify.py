@@ -17,7 +17,7 @@ from services.gateway.dicomweb.schemas import SkippedOut, SliceOut, SummaryOut
 from services.gateway.forwarding import ForwardedBody
 from services.gateway.upstream import InferenceClient, multipart_files
 from shared.core.contract import CLASS_NAMES
-from shared.kit.errors import ServiceError
+from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import ItemError, PredictionOut
 
 NO_TUMOUR = "notumor"
@@ -106,7 +106,7 @@ async def classify_instances(
             except ServiceError as error:
                 # A model or version that does not exist, or inference being down, fails every slice alike: the
                 # whole request answers that error rather than a list of identical refusals.
-                if error.code.value in ("MODEL_NOT_FOUND", "VERSION_NOT_FOUND") or error.status == 503:
+                if error.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.VERSION_NOT_FOUND) or error.status == 503:
                     raise
                 return SkippedOut(
                     sop_instance_uid=instance.sop_uid,
