@@ -42,7 +42,7 @@ class SourceInstance:
 
     @property
     def frames(self) -> int:
-        """Frames to classify: every frame of a multi-frame instance (None when it has one)."""
+        """How many frames it holds (1 for a single-frame instance): each is classified."""
         return max(1, int(self.dataset.get("NumberOfFrames", 1) or 1))
 
 

@@ -59,12 +59,14 @@ class PacsClient:
         # One try each: the caller is waiting, and a study request already bounds its own time.
         self.client.set_http_retry_params(retry=False)
 
-    async def find_instances(self, study_uid: str, series_uid: str | None = None) -> list[Dataset]:
-        """QIDO-RS: the instances of a study (or of one of its series), as datasets of the fields asked for."""
+    async def find_instances(self, study_uid: str, series_uid: str | None, limit: int) -> list[Dataset]:
+        """QIDO-RS: at most ``limit`` instances of a study (or of one of its series), as datasets of the fields
+        asked for. The limit is sent, so that a server's own default page size never truncates a study silently:
+        the caller asks for one more than it takes, and more than it takes is refused."""
         found = await self._run(
             "search",
             lambda: self.client.search_for_instances(
-                study_instance_uid=study_uid, series_instance_uid=series_uid, fields=list(INSTANCE_FIELDS)
+                study_instance_uid=study_uid, series_instance_uid=series_uid, fields=list(INSTANCE_FIELDS), limit=limit
             ),
         )
         return [Dataset.from_json(item) for item in found]

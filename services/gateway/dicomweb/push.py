@@ -62,10 +62,12 @@ def read_instances(parts: list[bytes], max_instances: int) -> list[SourceInstanc
     return instances
 
 
-def too_many(count: int, limit: int) -> ServiceError:
+def too_many(count: int, limit: int, *, counted: bool = True) -> ServiceError:
+    """413 TOO_MANY_INSTANCES; ``counted`` false when only "more than the limit" is known (a bounded search)."""
+    held = f"{count} instances" if counted else f"more than {limit} instances"
     return ServiceError(
         ErrorCode.TOO_MANY_INSTANCES,
-        f"The request holds {count} instances; at most {limit} are classified in one request "
-        "(BT_GATEWAY_DICOMWEB_MAX_INSTANCES): send one series, or fewer instances.",
-        {"instances": count, "max_instances": limit},
+        f"The request holds {held}; at most {limit} are classified in one request "
+        "(BT_GATEWAY_DICOMWEB_MAX_INSTANCES): ask for one series, or send fewer instances.",
+        {"instances": count, "max_instances": limit} if counted else {"max_instances": limit},
     )

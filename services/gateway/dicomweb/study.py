@@ -52,13 +52,14 @@ async def pull_study(
 ) -> StudyClassificationOut:
     """QIDO-RS for the study's (or series') instances, WADO-RS for its MR ones, then ``answer``."""
     start = time.perf_counter()
-    found = await pacs.find_instances(study_uid, series_uid)
+    limit = request.settings.dicomweb_max_instances
+    found = await pacs.find_instances(study_uid, series_uid, limit + 1)
     if not found:
         what = "series of this study" if series_uid else "study"
         raise ServiceError(ErrorCode.NOT_FOUND, f"The DICOMweb server holds no instance of this {what}.")
-    limit = request.settings.dicomweb_max_instances
     if len(found) > limit:
-        raise too_many(len(found), limit)
+        # Asked for one more than the limit: "more than" is all that is known, not how many.
+        raise too_many(len(found), limit, counted=False)
     skipped = [not_mr(item) for item in found if not is_mr(item)]
     gate = asyncio.Semaphore(request.settings.dicomweb_concurrency)
 

@@ -68,3 +68,15 @@ def test_with_storing_off_the_report_is_made_but_not_stored(
     )  # fmt: skip
     assert found.status_code in (200, 204) and (found.status_code == 204 or found.json() == [])
     error_body(client.get(f"/v1/reports/{report['sop_instance_uid']}"), 404, "NOT_FOUND")
+
+
+def test_a_study_above_the_limit_is_413_not_truncated(
+    gateway_with: Callable[..., httpx.Client], orthanc: Orthanc, pacs_study: Study
+) -> None:
+    settings = {key.removeprefix("BT_GATEWAY_").lower(): value for key, value in orthanc.gateway_env().items()}
+    client = gateway_with(**settings, dicomweb_max_instances="3")
+    answer = client.post(f"/v1/studies/{pacs_study.study_uid}/classify", params={"model": "cnn"})
+    error = error_body(answer, 413, "TOO_MANY_INSTANCES")
+    assert error["details"] == {"max_instances": 3} and "more than 3" in error["message"]
+    # One series within the limit still answers.
+    assert classify(client, pacs_study, pacs_study.series["MONOCHROME1"]).status_code == 200
