@@ -88,8 +88,8 @@ def largest_body_bytes(name: str, settings: Any) -> int:
     one_file = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if hasattr(settings, "max_upload_bytes") else 0
     if name == "gateway":
         batch = settings.max_batch_files * settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-        # A pushed study (POST /v1/studies): up to dicomweb_max_instances files, each with its part's framing.
-        pushed = settings.dicomweb_max_instances * (settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+        # A pushed study (POST /v1/studies) has its own limit.
+        pushed = settings.dicomweb_max_push_bytes
         return max(one_file, batch, pushed)
     if name == "inference":
         # Pixel batches (the explainer's) and Open Inference Protocol bodies have their own limit.

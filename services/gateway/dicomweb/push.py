@@ -1,6 +1,6 @@
 """A STOW-RS-style body: ``multipart/related; type="application/dicom"``, one DICOM Part 10 file per part.
 
-The route bounds the body as it arrives (``max_instances`` files at the upload limit each); this module splits it
+The route bounds the body as it arrives (``dicomweb_max_push_bytes``); this module splits it
 with python-multipart's streaming parser and reads each part's header with the one DICOM reader
 (shared.core.dicom). What is refused and why is said without any of the content.
 """
@@ -13,6 +13,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from services.gateway.dicomweb.classify import SourceInstance
 from shared.core.dicom import read_dicom
 from shared.kit.errors import ErrorCode, ServiceError
+from shared.kit.uploads import too_large
 
 DICOM_MEDIA_TYPE = b"application/dicom"
 STOW_CONTENT_TYPE = 'multipart/related; type="application/dicom"; boundary=...'
@@ -48,10 +49,13 @@ def split_parts(body: bytes, content_type: str) -> list[bytes]:
     return [bytes(part) for part in parts]
 
 
-def read_instances(parts: list[bytes], max_instances: int) -> list[SourceInstance]:
-    """Each part as an instance of one study; 413 above ``max_instances``, 415 for a part that is not DICOM."""
+def read_instances(parts: list[bytes], max_instances: int, max_file_bytes: int) -> list[SourceInstance]:
+    """Each part as an instance of one study; 413 above ``max_instances`` or for a part above ``max_file_bytes``
+    (the upload limit of every other route), 415 for a part that is not DICOM."""
     if len(parts) > max_instances:
         raise too_many(len(parts), max_instances)
+    if any(len(part) > max_file_bytes for part in parts):
+        raise too_large(max_file_bytes)
     instances = [SourceInstance(read_dicom(part), part) for part in parts]
     studies = {str(instance.dataset.get("StudyInstanceUID", "")) for instance in instances}
     if len(studies) != 1 or "" in studies:

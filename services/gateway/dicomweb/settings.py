@@ -27,7 +27,13 @@ class DicomWebSettings(BaseSettings):
         ge=1,
         le=1000,
         description="Most instances one study request classifies (pulled, or pushed in one body); more is 413 "
-        "TOO_MANY_INSTANCES. A pushed body may hold this many times max_upload_bytes.",
+        "TOO_MANY_INSTANCES.",
+    )
+    dicomweb_max_push_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Largest pushed body (POST /v1/studies), read into memory as it arrives; each of its files is "
+        "also within max_upload_bytes. Larger is 413 FILE_TOO_LARGE.",
     )
     dicomweb_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one DICOMweb request.")
     dicomweb_concurrency: int = Field(

@@ -16,7 +16,7 @@ from services.gateway.dicomweb.study import StudyRequest, fetch_report, pull_stu
 from shared.kit.errors import ErrorCode
 from shared.kit.params import ModelQuery, VersionQuery
 from shared.kit.service import RequestIdDep, error_responses, json_answer
-from shared.kit.uploads import MULTIPART_OVERHEAD_BYTES, read_body
+from shared.kit.uploads import read_body
 
 router = APIRouter(prefix="/v1", tags=["studies"])
 
@@ -37,7 +37,7 @@ NOT_CONFIGURED_503 = (
 )
 TOO_MANY_413 = (
     f"{ErrorCode.TOO_MANY_INSTANCES}: more instances than BT_GATEWAY_DICOMWEB_MAX_INSTANCES in one request; "
-    "FILE_TOO_LARGE: a pushed body larger than that many files at the upload limit."
+    "FILE_TOO_LARGE: a pushed body above BT_GATEWAY_DICOMWEB_MAX_PUSH_BYTES, or a file in it above the upload limit."
 )
 STUDY_ANSWER = (
     "Answers one entry per classified slice (SOP Instance UID, frame, label, probabilities, the guard's verdict, "
@@ -140,10 +140,9 @@ async def receive_instances(
     model: ModelQuery,
     version: VersionQuery = None,
 ) -> Response:
-    limit = settings.dicomweb_max_instances * (settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
-    body = await read_body(http_request, limit)
+    body = await read_body(http_request, settings.dicomweb_max_push_bytes)
     parts = split_parts(body, http_request.headers.get("content-type", ""))
-    instances = read_instances(parts, settings.dicomweb_max_instances)
+    instances = read_instances(parts, settings.dicomweb_max_instances, settings.max_upload_bytes)
     request = StudyRequest(inference, settings, model, version, request_id)
     return json_answer(await push_study(request, instances, pacs))
 

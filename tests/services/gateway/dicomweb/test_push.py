@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from deploy.processes import ManagedProcess
-from tests.dicom_files import PATIENT_ID, PATIENT_NAME
+from tests.dicom_files import PATIENT_ID, PATIENT_NAME, write_dicom
 from tests.dicom_study import Study, stow_body
 from tests.error_body import error_body
 from tests.services.gateway.dicomweb.conftest import start_gateway
 
 SECRETS = (PATIENT_NAME, *PATIENT_NAME.split("^"), PATIENT_ID)
+# The no-PACS gateway's limits: a file, and a pushed body.
+FILE_LIMIT = 400_000
+PUSH_LIMIT = 2_000_000
 
 
 def push(client: httpx.Client, files: list[bytes], **params: str) -> httpx.Response:
@@ -29,7 +33,10 @@ def push(client: httpx.Client, files: list[bytes], **params: str) -> httpx.Respo
 @pytest.fixture(scope="module")
 def no_pacs_gateway(bundle_inference: ManagedProcess, service_logs: Path) -> Iterator[httpx.Client]:
     """A gateway with no DICOMweb server configured, and at most 3 instances per request."""
-    server = start_gateway(bundle_inference, service_logs / "gateway-no-pacs.log", dicomweb_max_instances="3")
+    server = start_gateway(
+        bundle_inference, service_logs / "gateway-no-pacs.log", dicomweb_max_instances="3",
+        max_upload_bytes=str(FILE_LIMIT), dicomweb_max_push_bytes=str(PUSH_LIMIT),
+    )  # fmt: skip
     with httpx.Client(base_url=server.url, timeout=300.0, trust_env=False) as http:
         yield http
     server.stop()
@@ -113,6 +120,15 @@ def test_more_instances_than_the_limit_is_413(no_pacs_gateway: httpx.Client, pac
     files = [pacs_study.files[item.sop_uid] for item in pacs_study.slices[:4]]
     error = error_body(push(no_pacs_gateway, files), 413, "TOO_MANY_INSTANCES")
     assert error["details"] == {"instances": 4, "max_instances": 3}
+
+
+def test_a_pushed_file_or_body_above_its_limit_is_413(no_pacs_gateway: httpx.Client) -> None:
+    big = write_dicom(np.zeros((500, 1000), np.uint8))
+    error = error_body(push(no_pacs_gateway, [big]), 413, "FILE_TOO_LARGE")
+    assert error["details"] == {"max_bytes": FILE_LIMIT}
+    within = write_dicom(np.zeros((600, 600), np.uint8))
+    error = error_body(push(no_pacs_gateway, [within] * 6), 413, "FILE_TOO_LARGE")
+    assert error["details"] == {"max_bytes": PUSH_LIMIT}
 
 
 def test_every_status_is_declared_in_openapi(client: httpx.Client) -> None:
