@@ -66,9 +66,9 @@ def read_instances(parts: list[bytes], max_instances: int, max_file_bytes: int) 
     return instances
 
 
-def too_many(count: int, limit: int, *, counted: bool = True) -> ServiceError:
+def too_many(count: int, limit: int, *, counted: bool = True, what: str = "instances") -> ServiceError:
     """413 TOO_MANY_INSTANCES; ``counted`` false when only "more than the limit" is known (a bounded search)."""
-    held = f"{count} instances" if counted else f"more than {limit} instances"
+    held = f"{count} {what}" if counted else f"more than {limit} {what}"
     return ServiceError(
         ErrorCode.TOO_MANY_INSTANCES,
         f"The request holds {held}; at most {limit} are classified in one request "

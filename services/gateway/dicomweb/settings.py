@@ -26,8 +26,8 @@ class DicomWebSettings(BaseSettings):
         64,
         ge=1,
         le=1000,
-        description="Most instances one study request classifies (pulled, or pushed in one body); more is 413 "
-        "TOO_MANY_INSTANCES.",
+        description="Most instances one study request classifies (pulled, or pushed in one body), and most slices "
+        "(each frame of a multi-frame instance is one); more is 413 TOO_MANY_INSTANCES.",
     )
     dicomweb_max_push_bytes: int = Field(
         256 * 1024 * 1024,

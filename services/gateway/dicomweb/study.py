@@ -92,6 +92,11 @@ async def answer(
 ) -> StudyClassificationOut:
     """Classify every slice, build one report per classified series, store them (when a PACS is set and storing
     is on), and say all of it in the JSON answer."""
+    limit = request.settings.dicomweb_max_instances
+    slices = sum(instance.frames for instance in instances)
+    if slices > limit:
+        # Each frame of a multi-frame instance is a slice to classify: the bound is on the work, not the files.
+        raise too_many(slices, limit, what="slices (frames of multi-frame instances count one each)")
     start = time.perf_counter()
     classified, refused = await classify_instances(
         request.inference,

@@ -122,6 +122,16 @@ def test_more_instances_than_the_limit_is_413(no_pacs_gateway: httpx.Client, pac
     assert error["details"] == {"instances": 4, "max_instances": 3}
 
 
+def test_frames_count_as_slices_against_the_limit(no_pacs_gateway: httpx.Client, pacs_study: Study) -> None:
+    multi = next(item.sop_uid for item in pacs_study.slices if item.frame is not None)
+    one = next(item.sop_uid for item in pacs_study.slices if item.frame is None)
+    # One 3-frame instance and one slice: 2 instances, 4 slices, above the limit of 3.
+    error = error_body(
+        push(no_pacs_gateway, [pacs_study.files[multi], pacs_study.files[one]]), 413, "TOO_MANY_INSTANCES"
+    )
+    assert error["details"] == {"instances": 4, "max_instances": 3} and "4 slices" in error["message"]
+
+
 def test_a_pushed_file_or_body_above_its_limit_is_413(no_pacs_gateway: httpx.Client) -> None:
     big = write_dicom(np.zeros((500, 1000), np.uint8))
     error = error_body(push(no_pacs_gateway, [big]), 413, "FILE_TOO_LARGE")
