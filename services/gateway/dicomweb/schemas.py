@@ -67,3 +67,8 @@ class StudyClassificationOut(BaseModel):
     summary: SummaryOut
     reports: list[ReportOut] = Field(description="One Comprehensive 3D SR (TID 1500) per classified series.")
     timings_ms: dict[str, float] = Field(description="Where the time went: fetch, classify, report, store.")
+    fhir: dict | None = Field(
+        None,
+        description="With fhir=true: the same result as a FHIR R5 Bundle (a preliminary DiagnosticReport and one "
+        "Observation per slice), for an EHR; no patient data, linked by the study's UID.",
+    )

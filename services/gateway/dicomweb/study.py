@@ -21,6 +21,7 @@ from services.gateway.dicomweb.classify import (
     not_mr,
     summarise,
 )
+from services.gateway.dicomweb.fhir import build_bundle
 from services.gateway.dicomweb.pacs import PacsClient, part10_bytes
 from services.gateway.dicomweb.push import too_many
 from services.gateway.dicomweb.report import MANUFACTURER, BuiltReport, ModelIdentity, build_reports
@@ -41,6 +42,7 @@ class StudyRequest:
     model: str
     version: str | None
     request_id: str | None
+    fhir: bool = False
 
 
 def _ms(start: float) -> float:
@@ -118,13 +120,15 @@ async def answer(
         await pacs.store([report.dataset for report in reports])  # type: ignore[union-attr]
     timings["store"] = _ms(start)
     skipped = skipped + refused
+    summary = summarise(classified, len(skipped))
+    bundle = build_bundle(study_uid, classified, identity, summary, reports) if request.fhir and identity else None
     return StudyClassificationOut(
         study_instance_uid=study_uid,
         model=identity.model if identity else request.model,
         version=identity.version if identity else None,
         slices=[item.out() for item in classified],
         skipped=skipped,
-        summary=summarise(classified, len(skipped)),
+        summary=summary,
         reports=[
             ReportOut(
                 source_series_instance_uid=report.source_series_uid,
@@ -135,6 +139,7 @@ async def answer(
             for report in reports
         ],
         timings_ms=timings,
+        fhir=bundle,
     )
 
 

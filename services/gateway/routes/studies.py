@@ -29,6 +29,9 @@ SeriesQuery = Annotated[
     str | None,
     Query(pattern=UID_PATTERN, max_length=64, description="Series Instance UID: classify this series only."),
 ]
+FhirQuery = Annotated[
+    bool, Query(description="Also answer the result as a FHIR R5 Bundle (DiagnosticReport + Observations) in `fhir`.")
+]
 ReportUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="The report's SOP Instance UID.")]
 
 NOT_CONFIGURED_503 = (
@@ -93,8 +96,9 @@ async def classify_study(
     model: ModelQuery,
     version: VersionQuery = None,
     series: SeriesQuery = None,
+    fhir: FhirQuery = False,
 ) -> Response:
-    request = StudyRequest(inference, settings, model, version, request_id)
+    request = StudyRequest(inference, settings, model, version, request_id, fhir)
     return json_answer(await pull_study(request, pacs, study_uid, series))
 
 
@@ -139,11 +143,12 @@ async def receive_instances(
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
+    fhir: FhirQuery = False,
 ) -> Response:
     body = await read_body(http_request, settings.dicomweb_max_push_bytes)
     parts = split_parts(body, http_request.headers.get("content-type", ""))
     instances = read_instances(parts, settings.dicomweb_max_instances, settings.max_upload_bytes)
-    request = StudyRequest(inference, settings, model, version, request_id)
+    request = StudyRequest(inference, settings, model, version, request_id, fhir)
     return json_answer(await push_study(request, instances, pacs))
 
 
