@@ -3,9 +3,13 @@ classified through inference as /v1/predict does, and the results stored back as
 
 settings.py   what the gateway is told about the PACS (a mixin of the gateway's one Settings object)
 pacs.py       the DICOMweb client (dicomweb-client, blocking, run in threads) and its errors
-instances.py  what a study holds: MR slices to classify, everything else skipped with its reason
-classify.py   each slice through inference, the per-instance answers and the study summary
+classify.py   each slice through inference, the per-slice answers and the study summary
 report.py     one Comprehensive 3D SR per classified series on TID 1500 (highdicom)
+fhir.py       the same result as a FHIR R5 DiagnosticReport with Observations (fhir.resources), on request
 push.py       a multipart/related body of DICOM instances, read within bounds
+study.py      the way through: pull or push, classify, report, store
 schemas.py    the JSON answer
+
+Only settings, pacs and schemas are imported at the gateway's start-up; the rest (pydicom, highdicom, fhir.resources)
+on the first study request (routes/studies.py).
 """

@@ -11,14 +11,13 @@ import asyncio
 import io
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import requests
-from dicomweb_client import DICOMwebClient
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.gateway.dicomweb.settings import DicomWebSettings
 from shared.kit.errors import ErrorCode, ServiceError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,11 @@ class PacsClient:
     def __init__(self, settings: DicomWebSettings) -> None:
         if settings.dicomweb_url is None:
             raise not_configured()
+        # Imported here: dicomweb-client, requests and pydicom cost the gateway's start-up a third of a second, and
+        # README command 1 needs no PACS.
+        import requests
+        from dicomweb_client import DICOMwebClient
+
         session = requests.Session()
         # The PACS is named in settings; proxies from the environment are not the gateway's to use for it.
         session.trust_env = False
@@ -69,6 +73,8 @@ class PacsClient:
                 study_instance_uid=study_uid, series_instance_uid=series_uid, fields=list(INSTANCE_FIELDS), limit=limit
             ),
         )
+        from pydicom.dataset import Dataset
+
         return [Dataset.from_json(item) for item in found]
 
     async def find_instance(self, sop_uid: str) -> Dataset | None:
@@ -80,6 +86,8 @@ class PacsClient:
                 fields=["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"],
             ),
         )
+        from pydicom.dataset import Dataset
+
         return Dataset.from_json(found[0]) if found else None
 
     async def fetch(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
@@ -96,6 +104,8 @@ class PacsClient:
             )
 
     async def _run(self, action: str, call: Callable[[], T]) -> T:
+        import requests
+
         try:
             return await asyncio.to_thread(call)
         except requests.Timeout as exc:

@@ -10,9 +10,7 @@ from fastapi.responses import Response
 
 from services.gateway.deps import InferenceDep, SettingsDep
 from services.gateway.dicomweb.pacs import PacsClient
-from services.gateway.dicomweb.push import read_instances, split_parts
 from services.gateway.dicomweb.schemas import StudyClassificationOut
-from services.gateway.dicomweb.study import StudyRequest, fetch_report, pull_study, push_study
 from shared.kit.errors import ErrorCode
 from shared.kit.params import ModelQuery, VersionQuery
 from shared.kit.service import RequestIdDep, error_responses, json_answer
@@ -50,6 +48,10 @@ STUDY_ANSWER = (
     "stored with STOW-RS unless BT_GATEWAY_DICOMWEB_STORE_REPORTS is false, then downloadable from "
     "GET /v1/reports/{sop_instance_uid}. No patient data is ever in the answer."
 )
+
+
+# The handlers import the study's way (pydicom, highdicom, fhir.resources: about half a second) on the first study
+# request, not at the gateway's start-up: README command 1 needs no PACS.
 
 
 def get_pacs(settings: SettingsDep) -> PacsClient:
@@ -98,6 +100,8 @@ async def classify_study(
     series: SeriesQuery = None,
     fhir: FhirQuery = False,
 ) -> Response:
+    from services.gateway.dicomweb.study import StudyRequest, pull_study
+
     request = StudyRequest(inference, settings, model, version, request_id, fhir)
     return json_answer(await pull_study(request, pacs, study_uid, series))
 
@@ -145,6 +149,9 @@ async def receive_instances(
     version: VersionQuery = None,
     fhir: FhirQuery = False,
 ) -> Response:
+    from services.gateway.dicomweb.push import read_instances, split_parts
+    from services.gateway.dicomweb.study import StudyRequest, push_study
+
     body = await read_body(http_request, settings.dicomweb_max_push_bytes)
     parts = split_parts(body, http_request.headers.get("content-type", ""))
     instances = read_instances(parts, settings.dicomweb_max_instances, settings.max_upload_bytes)
@@ -174,4 +181,6 @@ async def receive_instances(
     },
 )
 async def download_report(pacs: PacsDep, sop_uid: ReportUid) -> Response:
+    from services.gateway.dicomweb.study import fetch_report
+
     return Response(await fetch_report(pacs, sop_uid), media_type="application/dicom")
