@@ -62,16 +62,25 @@ async def pull_study(
     if len(found) > limit:
         # Asked for one more than the limit: "more than" is all that is known, not how many.
         raise too_many(len(found), limit, counted=False)
-    skipped = [not_mr(item) for item in found if not is_mr(item)]
+    if any(not item.get("SOPInstanceUID") or not (item.get("SeriesInstanceUID") or series_uid) for item in found):
+        raise ServiceError(
+            ErrorCode.UPSTREAM_ERROR, "The DICOMweb server's search answer lacks instances' or series' UIDs."
+        )
+    # A server may leave the series-level Modality out of an instance search: those instances are fetched and
+    # their own header decides.
+    skipped = [not_mr(item) for item in found if item.get("Modality") and not is_mr(item)]
     gate = asyncio.Semaphore(request.settings.dicomweb_concurrency)
 
     async def fetch(item: Dataset) -> SourceInstance:
+        series = str(item.get("SeriesInstanceUID") or series_uid)
         async with gate:
-            dataset = await pacs.fetch(study_uid, str(item.SeriesInstanceUID), str(item.SOPInstanceUID))
+            dataset = await pacs.fetch(study_uid, series, str(item.SOPInstanceUID))
         return SourceInstance(dataset, part10_bytes(dataset))
 
-    instances = await asyncio.gather(*(fetch(item) for item in found if is_mr(item)))
-    return await answer(request, study_uid, list(instances), skipped, pacs, {"fetch": _ms(start)})
+    fetched = await asyncio.gather(*(fetch(item) for item in found if is_mr(item) or not item.get("Modality")))
+    skipped += [not_mr(instance.dataset) for instance in fetched if not is_mr(instance.dataset)]
+    instances = [instance for instance in fetched if is_mr(instance.dataset)]
+    return await answer(request, study_uid, instances, skipped, pacs, {"fetch": _ms(start)})
 
 
 async def push_study(
