@@ -43,7 +43,7 @@ class Study:
     files: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> Part 10 file
     series: dict[str, str] = field(default_factory=dict)  # kind -> Series Instance UID
     slices: list[Slice] = field(default_factory=list)
-    not_mr: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> modality
+    not_mr: dict[str, str | None] = field(default_factory=dict)  # SOP Instance UID -> modality (None: none given)
     not_a_brain: list[str] = field(default_factory=list)  # MR instances the guard refuses
 
     def add(self, kind: str, data: bytes) -> Dataset:
@@ -86,7 +86,8 @@ def page_of_text() -> np.ndarray:
 
 
 def make_study() -> Study:
-    """The study the DICOMweb tests upload: 4 + 2 + 2 single-frame slices, 3 frames, 1 refused MR, CT, PDF."""
+    """The study the DICOMweb tests upload: 4 + 2 + 2 single-frame slices, 3 frames, 1 refused MR, CT, PDF, and an
+    image without a modality."""
     study = Study(generate_uid())
     jpegs = sample_jpegs(2)
 
@@ -113,6 +114,9 @@ def make_study() -> Study:
     study.not_mr[str(ct.SOPInstanceUID)] = "CT"
     pdf = study.add("PDF", _pdf())
     study.not_mr[str(pdf.SOPInstanceUID)] = "DOC"
+    # An image without a modality: a search cannot tell, so the gateway fetches it and its header decides.
+    unnamed = study.add("no modality", _without_modality(write_dicom(gray(jpegs[1]))))
+    study.not_mr[str(unnamed.SOPInstanceUID)] = None
     return study
 
 
@@ -120,6 +124,12 @@ def _enhanced(data: bytes) -> bytes:
     """Multi-frame MR as scanners write it: the Enhanced MR storage class, whose frames a report can reference."""
     dataset = pydicom.dcmread(io.BytesIO(data))
     dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = ENHANCED_MR_IMAGE_STORAGE
+    return to_bytes(dataset)
+
+
+def _without_modality(data: bytes) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    del dataset.Modality
     return to_bytes(dataset)
 
 
