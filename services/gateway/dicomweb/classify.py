@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from services.gateway.dicomweb.frames import single_frame
 from services.gateway.dicomweb.schemas import SkippedOut, SliceOut, SummaryOut
 from services.gateway.forwarding import ForwardedBody
 from services.gateway.upstream import InferenceClient, multipart_files
@@ -99,10 +100,14 @@ async def classify_instances(
     ]
 
     async def one(instance: SourceInstance, frame: int | None) -> Classified | SkippedOut:
-        body, content_type = multipart_files("file", [instance.data])
+        # A frame goes alone when it can be cut out; else the whole instance, with inference's frame parameter.
+        alone = single_frame(instance.dataset, frame, instance.frames) if frame is not None else None
+        body, content_type = multipart_files("file", [alone if alone is not None else instance.data])
         async with gate:
             try:
-                answer = await inference.predict(model, version, ForwardedBody(body, content_type), request_id, frame)
+                answer = await inference.predict(
+                    model, version, ForwardedBody(body, content_type), request_id, None if alone is not None else frame
+                )
             except ServiceError as error:
                 # A model or version that does not exist, or inference being down, fails every slice alike: the
                 # whole request answers that error rather than a list of identical refusals.
