@@ -87,7 +87,10 @@ def largest_body_bytes(name: str, settings: Any) -> int:
     """The largest request body service ``name`` accepts with ``settings``: nginx refuses anything larger."""
     one_file = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if hasattr(settings, "max_upload_bytes") else 0
     if name == "gateway":
-        return max(one_file, settings.max_batch_files * settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+        batch = settings.max_batch_files * settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        # A pushed study (POST /v1/studies) has its own limit.
+        pushed = settings.dicomweb_max_push_bytes
+        return max(one_file, batch, pushed)
     if name == "inference":
         # Pixel batches (the explainer's) and Open Inference Protocol bodies have their own limit.
         return max(one_file, settings.max_pixel_batch_bytes)

@@ -32,6 +32,7 @@ from deploy.credentials import (
     stack_secrets,
 )
 from deploy.nginx import PROXIED_SERVICES, front_unavailable, internal_ports, start_front
+from deploy.orthanc import orthanc_port, start_stack_pacs
 from deploy.postgres import AUDIT_DATABASE, stack_port, start_postgres, with_driver
 from deploy.processes import (
     LOOPBACK,
@@ -64,7 +65,13 @@ def _registered_families(tracking_uri: str, auth: httpx.Auth | None = None) -> s
 
 
 def up(
-    state_dir: Path, data: Path | None, retrain: bool, search: str = "none", replicas: int = 1, postgres: bool = False
+    state_dir: Path,
+    data: Path | None,
+    retrain: bool,
+    search: str = "none",
+    replicas: int = 1,
+    postgres: bool = False,
+    pacs: bool = False,
 ) -> int:
     public_ports = _ports()
     # nginx takes the public ports and the services move to internal ones; without nginx they bind the public ones.
@@ -73,6 +80,7 @@ def up(
     front_ports = {} if no_front else {f"nginx-{name}": public_ports[name] for name in PROXIED_SERVICES}
     inference_ports = {replica_name(n): port for n, port in enumerate(replica_ports(ports["inference"], replicas))}
     wanted = {**ports, **inference_ports, **front_ports, **({"postgres": stack_port()} if postgres else {})}
+    wanted.update({"orthanc": orthanc_port()} if pacs else {})
     busy = [f"{name} ({port})" for name, port in wanted.items() if port_in_use(port)]
     if busy:
         print(f"ports already in use: {', '.join(busy)}. Is the stack up already? Try: python -m deploy.stack down")
@@ -111,9 +119,12 @@ def up(
             _save(state_dir, started)
 
         start_replicas(service_env, ports["inference"], replicas, state_dir, keep)
+        # A PACS beside the stack (docs/hospital.md): the gateway gets its DICOMweb URL and user.
+        pacs_env = start_stack_pacs(state_dir, logs, keep).gateway_env() if pacs else {}
         for name in ("explainer", "training", "gateway"):
             # The API token goes to the service whose routes need it, no further.
             own = {API_TOKEN_ENV: secrets.api_token} if name == "training" else {}
+            own = {**own, **pacs_env} if name == "gateway" else own
             # The gateway runs as `python -m services.gateway`: its worker processes (shared/kit/workers.py).
             as_module = name == "gateway"
             env_of_service = {**service_env, **own}
@@ -275,7 +286,8 @@ def status(state_dir: Path) -> int:
     for name, entry in json.loads(state_file.read_text()).items():
         path = "/health" if name == "mlflow" else "/healthz"
         try:
-            if entry["url"].startswith("postgresql://"):  # not HTTP: up when its port takes connections
+            # PostgreSQL is not HTTP, Orthanc wants its user: up when their port takes connections.
+            if entry["url"].startswith("postgresql://") or name == "orthanc":
                 ok = port_in_use(int(entry["url"].rsplit(":", 1)[1]))
             else:
                 ok = httpx.get(entry["url"] + path, timeout=2.0, trust_env=False).status_code == 200
@@ -307,10 +319,18 @@ def main(argv: list[str] | None = None) -> int:
         help="MLflow's backend store on a PostgreSQL cluster of the stack's own, in <state>/postgres on "
         "BT_POSTGRES_PORT (5433); Debian's postgresql server package (deploy/postgres.py)",
     )
+    parser.add_argument(
+        "--pacs",
+        action="store_true",
+        help="Orthanc with its DICOMweb plugin beside the stack, on BT_ORTHANC_PORT (8042), data in <state>/orthanc, "
+        "the gateway's DICOMweb routes wired to it (Debian's orthanc and orthanc-dicomweb; docs/hospital.md)",
+    )
     args = parser.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "up":
-        return up(args.state_dir.resolve(), args.data, args.retrain, args.search, args.replicas, args.postgres)
+        return up(
+            args.state_dir.resolve(), args.data, args.retrain, args.search, args.replicas, args.postgres, args.pacs
+        )
     if args.command == "down":
         return down(args.state_dir)
     return status(args.state_dir)

@@ -1,11 +1,12 @@
 # Sourced by test.sh (and by up.sh for nginx): installs the Debian packages named in BT_SYSTEM_PACKAGES that are
-# missing, as "command:package" pairs. CI runs as root; elsewhere sudo is used. No browser, database or proxy is
-# ever downloaded from anywhere but Debian's archive.
+# missing, as "command:package" pairs (a command, or a path the package installs). CI runs as root; elsewhere sudo
+# is used. No browser, database, proxy or PACS is ever downloaded from anywhere but Debian's archive.
 _bt_missing=""
 for _bt_pair in ${BT_SYSTEM_PACKAGES:-}; do
   _bt_command=${_bt_pair%%:*}
   _bt_package=${_bt_pair#*:}
-  if ! command -v "$_bt_command" >/dev/null 2>&1 && [ ! -x "$_bt_command" ]; then
+  # A path that exists counts as installed: not every one is an executable (a plugin's shared library is not).
+  if ! command -v "$_bt_command" >/dev/null 2>&1 && [ ! -e "$_bt_command" ]; then
     _bt_missing="$_bt_missing $_bt_package"
   fi
 done

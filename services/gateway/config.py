@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.gateway.dicomweb.settings import DicomWebSettings
 from shared.kit.audit.settings import AuditSettings
 from shared.kit.auth import CallerTokenSettings
 from shared.kit.hosts import HostSettings
@@ -15,7 +16,7 @@ from shared.kit.upstream import ServiceUrl
 from shared.kit.workers import WorkerSettings
 
 
-class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings, BaseSettings):
+class Settings(DicomWebSettings, HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings, BaseSettings):
     """Everything the gateway can be told; bad values stop it at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="BT_GATEWAY_", extra="ignore")

@@ -16,6 +16,7 @@ from services.gateway.middleware import BatchBodyLimit, RequestIdMiddleware
 from services.gateway.replica_http import new_session
 from services.gateway.replicas import Replica, ReplicaPool
 from services.gateway.routes import api_router
+from services.gateway.routes.studies import STOW_PATH_SUFFIX
 from services.gateway.upstream import ExplainerClient, InferenceClient
 from shared.kit.audit.requests import open_trail
 from shared.kit.auth import install_caller_tokens
@@ -46,6 +47,7 @@ Send `x-request-id` to correlate a call with the services' logs; it is echoed in
 OPENAPI_TAGS = [
     {"name": "predictions", "description": "Classify an uploaded MRI image."},
     {"name": "explanations", "description": "LIME explanations: which regions of the scan drove an answer."},
+    {"name": "studies", "description": "Studies over DICOMweb: pulled from a PACS or pushed; results as DICOM SR."},
     {"name": "models", "description": "The registered models, their versions, aliases and metrics."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
@@ -105,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         lifespan,
         max_upload_bytes=settings.max_upload_bytes,
-        upload_limit_exempt=(BATCH_PATH_SUFFIX,),
+        upload_limit_exempt=(BATCH_PATH_SUFFIX, STOW_PATH_SUFFIX),
         openapi_tags=OPENAPI_TAGS,
     )
     app.add_middleware(

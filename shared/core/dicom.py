@@ -61,6 +61,14 @@ def is_dicom(data: bytes) -> bool:
     return data[PREAMBLE_BYTES : PREAMBLE_BYTES + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
+def read_dicom(data: bytes) -> Dataset:
+    """A DICOM Part 10 file's dataset, read as decoding reads it (no pixel decoded, pydicom's warnings off, a
+    deflated syntax refused); 415 INVALID_IMAGE for anything else, without a word of its content."""
+    if not is_dicom(data):
+        raise ServiceError(ErrorCode.INVALID_IMAGE, "The file is not a DICOM Part 10 file (no DICM preamble).")
+    return _read_dataset(_import_pydicom(), data)
+
+
 def decode_dicom(data: bytes, frame: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """One frame of a DICOM Part 10 file as an 8-bit grayscale (mode L) image.
 

@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
     NOT_A_BRAIN_MRI = "NOT_A_BRAIN_MRI"
     UNSUPPORTED_DICOM = "UNSUPPORTED_DICOM"
     AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    # DICOMweb (issue 27): no server configured; a study larger than the gateway takes in one request.
+    DICOMWEB_NOT_CONFIGURED = "DICOMWEB_NOT_CONFIGURED"
+    TOO_MANY_INSTANCES = "TOO_MANY_INSTANCES"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -82,6 +85,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_DICOM: 415,
     # The answer could not be recorded and the service is told to give no unrecorded answers (audit_required).
     ErrorCode.AUDIT_UNAVAILABLE: 503,
+    ErrorCode.DICOMWEB_NOT_CONFIGURED: 503,
+    ErrorCode.TOO_MANY_INSTANCES: 413,
 }
 
 # Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).

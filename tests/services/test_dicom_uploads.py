@@ -188,7 +188,8 @@ def test_the_open_inference_protocol_takes_one_frame_dicoms(
 
 @pytest.mark.parametrize(
     ("name", "named"),
-    [("MR_small_jpeg_ls_lossless.dcm", "JPEG-LS Lossless"), ("JPGExtended.dcm", "JPEG Extended")],
+    # JPEG Lossless (Process 14) has no decoder here; JPEG-LS has one where pyjpegls is installed (highdicom's).
+    [("SC_rgb_jpeg_gdcm.dcm", "JPEG Lossless"), ("JPGExtended.dcm", "JPEG Extended")],
 )
 def test_an_undecodable_syntax_is_a_415_naming_it(client: httpx.Client, name: str, named: str) -> None:
     data = with_patient_name(example_file(name))
@@ -222,7 +223,7 @@ def test_no_patient_data_in_any_answer_or_log(
         "ok": (write_dicom(gray), None),
         "no frame": (three_frames(gray), None),
         "bad frame": (three_frames(gray), 9),
-        "JPEG-LS": (with_patient_name(example_file("MR_small_jpeg_ls_lossless.dcm")), None),
+        "JPEG Lossless": (with_patient_name(example_file("SC_rgb_jpeg_gdcm.dcm")), None),
         "no pixels": (with_patient_name(example_file("rtplan.dcm")), None),
         "truncated": (write_dicom(gray)[:-700], None),
     }

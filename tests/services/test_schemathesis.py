@@ -11,12 +11,14 @@ refused: the text ``null`` in a file field is still a file's bytes).
 The training service runs with an API token that Schemathesis is never given: every POST is 401, so fuzzing
 never starts a run; its MLflow address is a closed port. The gateway runs with caller tokens on, as compose and
 Kubernetes run it, and Schemathesis is given one (so the predictions are fuzzed, and its authentication checks get
-their 401s). Inference runs without caller tokens, and its schema then declares neither the scheme nor a 401.
+their 401s). Inference runs without caller tokens, and its schema then declares neither the scheme nor a 401. The
+gateway's DICOMweb routes point at an empty Orthanc.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.orthanc import start_orthanc
 from deploy.processes import ManagedProcess, free_port, start_service
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXAMPLES = 10
 SEED = 42
@@ -37,18 +42,25 @@ CALLER_TOKEN = "schemathesis-caller-token"
 
 @pytest.fixture(scope="module")
 def gateway(
-    inference_server: ManagedProcess, explainer_server: ManagedProcess, service_logs: Path
+    inference_server: ManagedProcess,
+    explainer_server: ManagedProcess,
+    service_logs: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ManagedProcess]:
     tokens = service_logs / "schemathesis-callers"
     tokens.write_text(f"schemathesis {hashlib.sha256(CALLER_TOKEN.encode()).hexdigest()}\n")
+    # An empty PACS behind the DICOMweb routes: a study or report Schemathesis names is then a 404, not a 503.
+    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc-schemathesis"), service_logs / "orthanc-schemathesis.log")
     env = {
         "BT_GATEWAY_INFERENCE_URL": inference_server.url,
         "BT_GATEWAY_EXPLAINER_URL": explainer_server.url,
         "BT_GATEWAY_API_TOKENS": str(tokens),
+        **pacs.gateway_env(),
     }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-schemathesis.log")
     yield server
     server.stop()
+    pacs.stop()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +101,8 @@ def run_schemathesis(url: str, report: Path, service: str) -> subprocess.Complet
         "--report-junit-path",
         str(report),
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=ROOT)
 
 
 @pytest.mark.parametrize("service", ["gateway", "inference", "explainer", "training"])

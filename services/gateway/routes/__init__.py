@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.gateway.routes import compare, explain, health, models, predict, web
+from services.gateway.routes import compare, explain, health, models, predict, studies, web
 
 api_router = APIRouter()
-for module in (health, models, predict, compare, explain, web):
+for module in (health, models, predict, compare, explain, studies, web):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

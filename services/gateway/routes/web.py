@@ -21,6 +21,7 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    "study.js": "text/javascript; charset=utf-8",
 }
 # The page is small and changes with the code: always revalidate, never a stale script.
 NO_CACHE = {"cache-control": "no-cache"}
@@ -39,6 +40,12 @@ class ConfigOut(BaseModel):
 @router.get("/", include_in_schema=False)
 async def read_index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=NO_CACHE)
+
+
+@router.get("/study", include_in_schema=False)
+async def read_study_page() -> FileResponse:
+    """A study by UID from the configured PACS (docs/hospital.md): every slice's answer and the summary."""
+    return FileResponse(STATIC_DIR / "study.html", media_type="text/html; charset=utf-8", headers=NO_CACHE)
 
 
 @router.get("/static/{name}", include_in_schema=False)

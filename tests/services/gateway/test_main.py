@@ -37,7 +37,7 @@ def test_process_serves_predict_compare_and_docs(gateway_server: Any, sample_ima
     predict = schema["paths"]["/v1/predict"]["post"]
     assert predict["summary"] and predict["description"]
     assert {"404", "413", "415", "422", "503"} <= set(predict["responses"])
-    assert {tag["name"] for tag in schema["tags"]} == {"predictions", "explanations", "models", "health"}
+    assert {tag["name"] for tag in schema["tags"]} == {"predictions", "explanations", "studies", "models", "health"}
     explain = schema["paths"]["/v1/explain"]["post"]
     assert explain["summary"] and explain["description"]
     assert {"404", "413", "415", "422", "502", "503"} <= set(explain["responses"])
