@@ -57,6 +57,16 @@ async def record_batch(auditor: Auditor, files: list[bytes | Exception], answer:
     await auditor.record(answered)
 
 
+async def record_study(auditor: Auditor, answered: list[tuple[bytes, int | None, dict[str, Any]]]) -> None:
+    """A study's slices (DICOMweb pull or push): one record per slice answered, the input hash of its instance's
+    file (a frame of a multi-frame instance: the item says which). Never a UID or anything of the patient's."""
+    if auditor.on:
+        await auditor.record(
+            (str(index) if frame is None else f"{index}:frame {frame}", hashlib.sha256(data).hexdigest(), answer)
+            for index, (data, frame, answer) in enumerate(answered)
+        )
+
+
 async def pinned_members(inference: InferenceClient, model: str, version: str, request_id: str) -> dict | None:
     """An ensemble version's members as the catalogue pins them (the explainer's answer does not carry them); None
     when the catalogue cannot be read now: the record then goes without them, and the log says so."""

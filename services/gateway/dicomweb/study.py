@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from services.gateway.auditing import record_study
 from services.gateway.dicomweb.classify import (
     Classified,
     SourceInstance,
@@ -28,6 +29,7 @@ from services.gateway.dicomweb.report import MANUFACTURER, BuiltReport, ModelIde
 from services.gateway.dicomweb.schemas import ReportOut, SkippedOut, StudyClassificationOut
 from services.gateway.dicomweb.settings import DicomWebSettings
 from services.gateway.upstream import InferenceClient
+from shared.kit.audit.requests import Auditor
 from shared.kit.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class StudyRequest:
     model: str
     version: str | None
     request_id: str | None
+    auditor: Auditor
     fhir: bool = False
 
 
@@ -118,6 +121,7 @@ async def answer(
         request.settings.dicomweb_concurrency,
     )
     timings["classify"] = _ms(start)
+    await record_study(request.auditor, [(c.instance.data, c.frame, c.prediction.model_dump()) for c in classified])
     start = time.perf_counter()
     identity = ModelIdentity(classified[0].prediction.model, classified[0].prediction.version) if classified else None
     # highdicom builds in Python: off the event loop, so other requests keep being served meanwhile.

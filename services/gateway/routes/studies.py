@@ -11,6 +11,8 @@ from fastapi.responses import Response
 from services.gateway.deps import InferenceDep, SettingsDep
 from services.gateway.dicomweb.pacs import PacsClient
 from services.gateway.dicomweb.schemas import StudyClassificationOut
+from shared.kit.audit.requests import AuditorDep
+from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.errors import ErrorCode
 from shared.kit.params import ModelQuery, VersionQuery
 from shared.kit.service import RequestIdDep, error_responses, json_answer
@@ -73,25 +75,30 @@ OptionalPacsDep = Annotated[PacsClient | None, Depends(get_optional_pacs)]
     summary="Classify a study (or one series) pulled from the PACS",
     description="Finds the study's instances with QIDO-RS on the configured DICOMweb server, fetches the MR ones "
     "with WADO-RS and classifies every slice (every frame of a multi-frame instance) with `model`. " + STUDY_ANSWER,
-    responses=error_responses(
-        404,
-        413,
-        422,
-        502,
-        503,
-        descriptions={
-            404: "NOT_FOUND: the DICOMweb server holds no instance of the study (or series); MODEL_NOT_FOUND or "
-            "VERSION_NOT_FOUND.",
-            413: TOO_MANY_413,
-            422: "INVALID_REQUEST: a malformed UID or parameter.",
-            502: "UPSTREAM_ERROR: the DICOMweb server refused the request or answered something that is not DICOMweb.",
-            503: NOT_CONFIGURED_503,
-        },
-    ),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(
+            404,
+            413,
+            422,
+            502,
+            503,
+            descriptions={
+                404: "NOT_FOUND: the DICOMweb server holds no instance of the study (or series); MODEL_NOT_FOUND or "
+                "VERSION_NOT_FOUND.",
+                413: TOO_MANY_413,
+                422: "INVALID_REQUEST: a malformed UID or parameter.",
+                502: "UPSTREAM_ERROR: the DICOMweb server refused the request or answered something that is not "
+                "DICOMweb.",
+                503: NOT_CONFIGURED_503,
+            },
+        ),
+    },
 )
 async def classify_study(
     pacs: PacsDep,
     inference: InferenceDep,
+    auditor: AuditorDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     study_uid: StudyUid,
@@ -102,7 +109,7 @@ async def classify_study(
 ) -> Response:
     from services.gateway.dicomweb.study import StudyRequest, pull_study
 
-    request = StudyRequest(inference, settings, model, version, request_id, fhir)
+    request = StudyRequest(inference, settings, model, version, request_id, auditor, fhir)
     return json_answer(await pull_study(request, pacs, study_uid, series))
 
 
@@ -113,23 +120,26 @@ async def classify_study(
     description='Takes a body of content type `multipart/related; type="application/dicom"`, one DICOM Part 10 '
     "file per part, all of one study (at most BT_GATEWAY_DICOMWEB_MAX_INSTANCES). Works without a DICOMweb "
     "server; with one, the reports are stored there. " + STUDY_ANSWER,
-    responses=error_responses(
-        404,
-        413,
-        415,
-        422,
-        502,
-        503,
-        descriptions={
-            404: "MODEL_NOT_FOUND or VERSION_NOT_FOUND.",
-            413: TOO_MANY_413,
-            415: "INVALID_IMAGE: a part is not a readable DICOM Part 10 file.",
-            422: "INVALID_REQUEST: not a multipart/related body of application/dicom parts, instances of several "
-            "studies, or a malformed parameter.",
-            502: "UPSTREAM_ERROR: the DICOMweb server refused to store a report.",
-            503: "UPSTREAM_UNAVAILABLE / UPSTREAM_TIMEOUT: inference or the DICOMweb server cannot be reached.",
-        },
-    ),
+    responses={
+        **CALLER_RESPONSES,
+        **error_responses(
+            404,
+            413,
+            415,
+            422,
+            502,
+            503,
+            descriptions={
+                404: "MODEL_NOT_FOUND or VERSION_NOT_FOUND.",
+                413: TOO_MANY_413,
+                415: "INVALID_IMAGE: a part is not a readable DICOM Part 10 file.",
+                422: "INVALID_REQUEST: not a multipart/related body of application/dicom parts, instances of several "
+                "studies, or a malformed parameter.",
+                502: "UPSTREAM_ERROR: the DICOMweb server refused to store a report.",
+                503: "UPSTREAM_UNAVAILABLE / UPSTREAM_TIMEOUT: inference or the DICOMweb server cannot be reached.",
+            },
+        ),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -143,6 +153,7 @@ async def receive_instances(
     http_request: Request,
     pacs: OptionalPacsDep,
     inference: InferenceDep,
+    auditor: AuditorDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     model: ModelQuery,
@@ -155,7 +166,7 @@ async def receive_instances(
     body = await read_body(http_request, settings.dicomweb_max_push_bytes)
     parts = split_parts(body, http_request.headers.get("content-type", ""))
     instances = read_instances(parts, settings.dicomweb_max_instances, settings.max_upload_bytes)
-    request = StudyRequest(inference, settings, model, version, request_id, fhir)
+    request = StudyRequest(inference, settings, model, version, request_id, auditor, fhir)
     return json_answer(await push_study(request, instances, pacs))
 
 
