@@ -36,6 +36,14 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
     max_pixel_batch_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest predict-pixels body (N x H x W bytes of uint8 pixels)."
     )
+    max_json_rows: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Rows of the model's FP32 tensor an Open Inference Protocol JSON body may carry: its byte limit is "
+        "this many rows of the largest input a loaded model takes, at 24 bytes a number, plus 1 MiB (e.g. base64 image "
+        "files). Larger batches go as binary data (tritonclient's default). Bounds what parsing a body costs.",
+    )
     pixel_run_batch: int = Field(
         64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."
     )

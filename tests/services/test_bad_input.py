@@ -355,3 +355,86 @@ def test_the_training_services_json_body_is_small(training_server: ManagedProces
     assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
     assert str(DEFAULT_MAX_JSON_BODY_BYTES) in answer.body["error"]["message"]
     assert answer.body_bytes_sent < 10 * 1024 * 1024
+
+
+# -- Open Inference Protocol JSON bodies: a byte limit before parsing, parsing bounded in memory ------------------
+
+
+def _memory_mb(pid: int, field: str) -> float:
+    """A process's VmRSS or VmHWM (its peak since the last reset) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _reset_peak(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current resident size (Linux 4.0+), for the process's owner.
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_growth_mb(process: ManagedProcess, send: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``send()`` returns and how far the process's resident memory rose above where it was, in MB."""
+    pid = process.process.pid
+    _reset_peak(pid)
+    before = _memory_mb(pid, "VmRSS")
+    result = send()
+    return result, _memory_mb(pid, "VmHWM") - before
+
+
+INFER_PATH = "/v2/models/cnn/infer"
+JSON_HEAD = {"Content-Type": "application/json"}
+SIXTY_MIB = 60 * 1024 * 1024
+# The figure of the issue: a 60 MiB JSON body took inference from 364 to 1,504 MB.
+MAX_GROWTH_MB = 50
+
+
+def _warm_up_infer(url: str) -> None:
+    tensor = {"name": "pixels", "shape": [1, 32, 32, 1], "datatype": "FP32", "data": [0.5] * 1024}
+    metadata = httpx.get(url + "/v2/models/cnn", timeout=60.0, trust_env=False).json()
+    tensor["name"] = metadata["inputs"][0]["name"]
+    response = httpx.post(url + INFER_PATH, json={"inputs": [tensor]}, timeout=60.0, trust_env=False)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_60_mib_json_infer_body_is_413_and_costs_little_memory(
+    inference_server: ManagedProcess, chunked: bool, record_property: Callable[[str, object], None]
+) -> None:
+    _warm_up_infer(inference_server.url)
+    prefix = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":['
+    answer, growth = _peak_growth_mb(
+        inference_server, lambda: send_raw(inference_server.url, INFER_PATH, JSON_HEAD, SIXTY_MIB, chunked, prefix)
+    )
+    record_property("growth_mb", round(growth, 1))
+    assert answer.status == 413, answer
+    assert "binary" in answer.body["error"], answer.body  # the protocol's body, saying how to send more
+    assert growth <= MAX_GROWTH_MB, f"inference grew by {growth:.0f} MB"
+    assert answer.body_bytes_sent < SIXTY_MIB // 2, answer.body_bytes_sent
+
+
+def test_json_bodies_just_under_the_limit_parse_in_bounded_memory(
+    inference_server: ManagedProcess, record_property: Callable[[str, object], None]
+) -> None:
+    """The costliest body the limit lets through (numbers as short as JSON allows), four at once: each is
+    parsed off the event loop, one at a time, and refused for its shape (400), not for the memory it took."""
+    from services.inference.oip_tensors import json_body_limit
+
+    _warm_up_infer(inference_server.url)
+    # The zoo's largest input is 32x32x1; the default 8 rows.
+    limit = json_body_limit([(32, 32, 1)], 8)
+    head = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,32,32,1],"data":[0.0'
+    count = (limit - len(head) - 16) // 4
+    body = head + b",0.0" * count + b"]}]}"
+    assert limit - 64 < len(body) <= limit
+
+    def send_four() -> list[httpx.Response]:
+        with httpx.Client(timeout=60.0, trust_env=False) as http, ThreadPoolExecutor(4) as pool:
+            post = lambda _: http.post(inference_server.url + INFER_PATH, content=body, headers=JSON_HEAD)  # noqa: E731
+            return list(pool.map(post, range(4)))
+
+    answers, growth = _peak_growth_mb(inference_server, send_four)
+    record_property("growth_mb", round(growth, 1))
+    for answer in answers:
+        assert answer.status_code == 400 and "values" in answer.json()["error"], answer.text
+    assert growth <= MAX_GROWTH_MB, f"inference grew by {growth:.0f} MB"
