@@ -29,6 +29,12 @@ class Settings(HostSettings, WorkerSettings, BaseSettings):
         Path("var/inference/models"),
         description="Where downloaded ONNX files are kept, one folder per version.",
     )
+    cache_key_file: Path | None = Field(
+        None,
+        description="A secret file (at least 16 bytes, outside cache_dir) whose key signs the cache's records: the "
+        "kept catalogue and each file's verified sha256. Unset: a key derived from MLFLOW_TRACKING_PASSWORD, else one "
+        "of this process only (docs/reliability.md).",
+    )
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     max_pixel_batch_images: int = Field(
         2048, ge=1, description="Most images in one predict-pixels request (the explainer's perturbed batches)."
