@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +200,58 @@ def test_a_service_that_is_down_gets_503_with_retry_after(proxy: Proxy) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
     assert int(response.headers["retry-after"]) > 0
+
+
+# -- large legal images at once through the public port: busy answers in time, memory given back --------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def _large_png(side: int = 4000) -> bytes:
+    """A legal 4000x4000 RGBA PNG of a few tens of KB (a smooth gradient compresses well): within every limit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    gradient = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).convert("RGBA").save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def test_eight_large_pngs_at_once_get_answers_or_server_busy_in_time(
+    proxy: Proxy, inference_server: ManagedProcess, sample_images: dict[str, bytes],
+    record_property: Callable[[str, object], None],
+) -> None:  # fmt: skip
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{proxy.url('gateway')}/v1/predict"
+    with httpx.Client(timeout=60.0, trust_env=False) as http:
+        warm = http.post(url, params={"model": "rf"}, files={"file": ("a.jpg", sample_images["glioma"], "image/jpeg")})
+        assert warm.status_code == 200, warm.text
+        idle = _rss_mb(inference_server.process.pid)
+        large = _large_png()
+        assert len(large) < 100_000  # under the gateway's upload limit here
+
+        def post(_: int) -> httpx.Response:
+            return http.post(url, params={"model": "rf"}, files={"file": ("large.png", large, "image/png")})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+    statuses = [answer.status_code for answer in answers]
+    record_property("statuses", statuses)
+    for answer in answers:
+        if answer.status_code != 200:
+            assert answer.status_code == 503 and answer.json()["error"]["code"] == "SERVER_BUSY", answer.text
+            assert int(answer.headers["retry-after"]) >= 1
+    time.sleep(1.0)  # the decodes of requests answered busy may still be finishing
+    after = _rss_mb(inference_server.process.pid)
+    record_property("rss_idle_mb", round(idle, 1))
+    record_property("rss_after_mb", round(after, 1))
+    assert after - idle <= 100, f"inference kept {after - idle:.0f} MB after the burst (idle {idle:.0f} MB)"

@@ -438,3 +438,16 @@ def test_json_bodies_just_under_the_limit_parse_in_bounded_memory(
     for answer in answers:
         assert answer.status_code == 400 and "values" in answer.json()["error"], answer.text
     assert growth <= MAX_GROWTH_MB, f"inference grew by {growth:.0f} MB"
+
+
+def test_work_that_could_not_answer_within_the_callers_budget_is_server_busy(
+    client: httpx.Client, inference_server: ManagedProcess
+) -> None:
+    """The gateway's x-request-timeout-ms: with less left than a decode and a run take, inference does not start
+    the work (the caller would have given up) and says so at once, with Retry-After."""
+    path = f"{inference_server.url}/v1/models/{MODEL}/predict"
+    files = {"file": ("scan.png", GOOD, "image/png")}
+    error_body(client.post(path, files=files, headers={"x-request-timeout-ms": "100"}), 503, "SERVER_BUSY")
+    answer = client.post(path, files=files, headers={"x-request-timeout-ms": "100"})
+    assert int(answer.headers["retry-after"]) >= 1
+    assert client.post(path, files=files, headers={"x-request-timeout-ms": "5000"}).status_code == 200
