@@ -218,8 +218,13 @@ class Runner:
             raise busy(f"all {int(self.limiter.total_tokens)} work threads were taken")
         try:
             budget.check()
-            # The thread is counted by the limiter acquired above; anyio's default limiter only bounds its pool.
-            return await anyio.to_thread.run_sync(function, *args)
+            # The answer is due by the deadline even when the work is slower than foreseen (a large decode on busy
+            # cores): past it the request answers SERVER_BUSY at once, the thread finishes and its result is dropped
+            # (the decode slots still bound the decodes). The thread is counted by the limiter acquired above.
+            with anyio.fail_after(max(0.0, budget.deadline - time.monotonic())):
+                return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+        except TimeoutError:
+            raise busy("its work did not finish by the deadline") from None
         finally:
             self.limiter.release()
 

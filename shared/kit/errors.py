@@ -50,6 +50,10 @@ class ErrorCode(StrEnum):
     INVALID_HOST = "INVALID_HOST"
     NOT_A_BRAIN_MRI = "NOT_A_BRAIN_MRI"
     UNSUPPORTED_DICOM = "UNSUPPORTED_DICOM"
+    # Answered by nginx at the edge (deploy/nginx.py), never by a service: in the table so the body is the same.
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -79,6 +83,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_HOST: 400,
     ErrorCode.NOT_A_BRAIN_MRI: 422,
     ErrorCode.UNSUPPORTED_DICOM: 415,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.URI_TOO_LONG: 414,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
 }
 
 # Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).

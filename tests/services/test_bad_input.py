@@ -10,9 +10,6 @@ training service's JSON body has its own small limit.
 from __future__ import annotations
 
 import io
-import json
-import select
-import socket
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,6 +27,7 @@ from deploy.processes import ManagedProcess, free_port, start_service
 from shared.kit.service import DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from tests.conftest import ModelZoo
 from tests.error_body import error_body
+from tests.raw_http import send_raw
 
 MODEL = "rf"
 BATCH_FILES = 2
@@ -210,57 +208,6 @@ def test_bad_input_table(client: httpx.Client, service: Service, sent: Send, sta
 
 
 # -- oversized bodies on a raw socket: refused after at most the limit's worth of bytes ---------------
-
-
-@dataclass
-class RawAnswer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    body_bytes_sent: int
-
-
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body[:length] or b"{}")
-
-
-def send_raw(
-    url: str, path: str, headers: dict[str, str], body_bytes: int, chunked: bool, prefix: bytes = b""
-) -> RawAnswer:
-    """POST ``prefix`` then zeros, ``body_bytes`` in all, stopping as soon as the server answers or stops reading;
-    returns the answer and how many body bytes were sent before it."""
-    host, port = url.removeprefix("http://").split(":")
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    framing = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
-    sent = 0
-    piece = b"\x00" * 65536
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}{framing}\r\n".encode())
-        if prefix:
-            sock.sendall(b"%x\r\n%s\r\n" % (len(prefix), prefix) if chunked else prefix)
-            sent += len(prefix)
-        try:
-            while sent < body_bytes and not select.select([sock], [], [], 0)[0]:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                sent += len(piece)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the server stopped reading: its answer is waiting
-        status, answer_headers, body = _read_answer(sock)
-    return RawAnswer(status, body, answer_headers, sent)
 
 
 MULTIPART_HEAD = {"Content-Type": "multipart/form-data; boundary=bt-boundary"}
