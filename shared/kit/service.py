@@ -29,6 +29,7 @@ from shared.kit.deadline import RequestBudgetMiddleware
 from shared.kit.errors import install_error_handlers
 from shared.kit.hosts import install_host_checks
 from shared.kit.metrics import install_metrics
+from shared.kit.request_checks import DEFAULT_BODY_TIMEOUT_S, RequestChecks, declare_request_checks
 from shared.kit.schemas import ErrorOut
 from shared.kit.uploads import BodySizeLimit, UploadSizeLimit
 from shared.kit.upstream import REQUEST_ID_HEADER
@@ -95,8 +96,11 @@ def build_app(
     # A caller's time budget (x-request-timeout-ms) for the blocking work of the request (shared.kit.deadline).
     app.add_middleware(RequestBudgetMiddleware)
     install_metrics(app)
+    # Unsafe URL text and slow bodies, before any route or limit sees the request (shared.kit.request_checks).
+    app.add_middleware(RequestChecks, body_timeout_s=getattr(settings, "body_timeout_s", DEFAULT_BODY_TIMEOUT_S))
     # Last, so it wraps the middleware above: a request for a Host not allowed is refused before any work.
     install_host_checks(app, settings)
+    declare_request_checks(app)  # after the host check's 400, whose error body it reuses
     return app
 
 

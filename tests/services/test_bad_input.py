@@ -10,7 +10,11 @@ training service's JSON body has its own small limit.
 from __future__ import annotations
 
 import io
+import json
+import select
+import socket
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +35,7 @@ from tests.raw_http import send_raw
 
 MODEL = "rf"
 BATCH_FILES = 2
+BODY_TIMEOUT_S = 3
 # Words that would betray a stack trace or a server path in an answer.
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", '.py"', "Exception")
 
@@ -81,6 +86,8 @@ def gateway(inference_server: ManagedProcess, service_logs: Path) -> Iterator[Ma
         "BT_GATEWAY_EXPLAINER_URL": inference_server.url,
         # A batch may hold this many files of max_upload_bytes: 2 keeps the oversized-batch case small.
         "BT_GATEWAY_MAX_BATCH_FILES": str(BATCH_FILES),
+        # A whole body within 3 s: the slow-body cases show in seconds (every upload here takes milliseconds).
+        "BT_GATEWAY_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-bad-input.log")
     yield server
@@ -117,6 +124,12 @@ def raw(body: bytes, content_type: str) -> Send:
     return lambda http, svc: http.post(
         svc.url + svc.predict_path(), content=body, headers={"content-type": content_type}
     )
+
+
+def noted(svc: Service, note: str) -> str:
+    """The predict path with an extra query parameter no route reads."""
+    path = svc.predict_path()
+    return f"{path}{'&' if '?' in path else '?'}note={note}"
 
 
 def with_path(path: Callable[[Service], str], data: bytes) -> Send:
@@ -192,6 +205,22 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("jpeg sent as png", upload(JPEG_BYTES, "scan.png", "image/png"), 200, None),
     ("16-bit png", upload(png(Image.fromarray(np.asarray(scan()).astype(np.uint16) * 256))), 200, None),
     ("hostile file name", upload(GOOD, "../../../etc/passwd\x00.png"), 200, None),
+    # Unsafe text anywhere in the URL, even in a parameter no route reads: refused before any route runs.
+    (
+        "NUL in a query parameter",
+        with_path(lambda svc: noted(svc, "%00"), GOOD),
+        422,
+        "INVALID_REQUEST",
+    ),
+    ("escape character", with_path(lambda svc: noted(svc, "%1B[2J"), GOOD), 422, "INVALID_REQUEST"),
+    ("lone surrogate", with_path(lambda svc: noted(svc, "%ED%A0%80"), GOOD), 422, "INVALID_REQUEST"),
+    (
+        "NUL in the path",
+        with_path(lambda svc: svc.predict_path().replace("/v1/", "/v1%00/", 1), GOOD),
+        422,
+        "INVALID_REQUEST",
+    ),
+    ("accented text is fine", with_path(lambda svc: noted(svc, "%C3%A9"), GOOD), 200, None),
 ]
 
 
@@ -398,3 +427,70 @@ def test_work_that_could_not_answer_within_the_callers_budget_is_server_busy(
     answer = client.post(path, files=files, headers={"x-request-timeout-ms": "100"})
     assert int(answer.headers["retry-after"]) >= 1
     assert client.post(path, files=files, headers={"x-request-timeout-ms": "5000"}).status_code == 200
+
+
+# -- text no request may hold, and bodies that do not arrive: every service ---------------------------------------
+
+TRAINING_TOKEN = "bad-input-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def training_with_token(service_logs: Path) -> Iterator[ManagedProcess]:
+    """The training service with a token (so a body reaches its validation) and a 3 s body deadline; its MLflow
+    address leads nowhere, so no run can start."""
+    env = {
+        "BT_TRAINING_TRACKING_URI": "http://127.0.0.1:9",
+        "BT_TRAINING_API_TOKEN": TRAINING_TOKEN,
+        "BT_TRAINING_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    }
+    server = start_service("training", free_port(), env, service_logs / "training-token-bad-input.log")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("text", ["data\x00dir", "data\ud800dir", "data\x1bdir"], ids=["nul", "surrogate", "escape"])
+def test_unsafe_text_in_a_training_option_is_422(training_with_token: ManagedProcess, text: str) -> None:
+    # json.dumps keeps the lone surrogate as its \ud800 escape: what a hostile client sends.
+    body = json.dumps({"data_dir": text, "families": ["rf"]}).encode()
+    headers = {"authorization": f"Bearer {TRAINING_TOKEN}", "content-type": "application/json"}
+    response = httpx.post(f"{training_with_token.url}/v1/training-runs", content=body, headers=headers, trust_env=False)
+    error_body(response, 422, "INVALID_REQUEST")
+    for leak in LEAKS:
+        assert leak not in response.text
+
+
+def test_unsafe_text_in_a_protocol_request_is_refused(client: httpx.Client, inference_server: ManagedProcess) -> None:
+    body = {"id": "r\x00", "inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+    response = client.post(f"{inference_server.url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 400 and "NUL" in response.json()["error"], response.text  # the protocol's 400
+
+
+def _seconds_to_answer(url: str, path: str, body_head: bytes, trickle: bool) -> tuple[float, int, dict[str, Any]]:
+    """Declare a 5000-byte body, send ``body_head`` then nothing (or a byte every 0.5 s): how long until the
+    service answers, and what."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode() + b"Content-Length: 5000\r\n\r\n" + body_head)
+        while trickle and not select.select([sock], [], [], 0.5)[0]:
+            sock.sendall(b" ")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        elapsed = time.monotonic() - started
+    status_line, _, rest = data.partition(b"\r\n")
+    return elapsed, int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["half-sent", "trickled"])
+@pytest.mark.parametrize("where", ["gateway", "training"])
+def test_a_body_that_does_not_arrive_in_time_is_408(request: pytest.FixtureRequest, where: str, trickle: bool) -> None:
+    process = request.getfixturevalue("gateway" if where == "gateway" else "training_with_token")
+    path = f"/v1/predict?model={MODEL}" if where == "gateway" else "/v1/training-runs"
+    elapsed, status, body = _seconds_to_answer(process.url, path, b'{"data_dir": ', trickle)
+    assert status == 408 and body["error"]["code"] == "REQUEST_TIMEOUT", body
+    assert BODY_TIMEOUT_S - 0.5 <= elapsed <= BODY_TIMEOUT_S + 5, elapsed
