@@ -22,8 +22,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.processes import LOOPBACK, ManagedProcess, loopback_url, start_process
-from shared.kit.errors import DEFAULT_RETRY_AFTER_S
-from shared.kit.service import INTERNAL_KEEPALIVE_S
+from shared.kit.errors import DEFAULT_RETRY_AFTER_S, HTTP_STATUS, ErrorCode
+from shared.kit.service import DEFAULT_MAX_JSON_BODY_BYTES, INTERNAL_KEEPALIVE_S
 from shared.kit.uploads import MULTIPART_OVERHEAD_BYTES
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "nginx"
@@ -31,6 +31,10 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # nginx waits this much longer than the longest wait any service allows itself, so that a service's own
 # timeout answer (a 503 in the project's error body) always reaches the client before nginx gives up.
 READ_TIMEOUT_MARGIN_S = 10.0
+# The most a request body may put on nginx's disk: a route whose limit is at most this is read whole first
+# (proxy_request_buffering on: a slow upload never holds a service), a larger one is streamed to its service, which
+# counts it as it arrives (off: nginx keeps at most client_body_buffer_size of it, in memory).
+MAX_SPOOLED_BODY_BYTES = 16 * 1024 * 1024
 
 
 class NginxSettings(BaseSettings):
@@ -44,11 +48,28 @@ class NginxSettings(BaseSettings):
         10.0, gt=0, description="Longest time to receive a request's whole header; then the connection is closed."
     )
     client_body_timeout_s: float = Field(
-        15.0, gt=0, description="Longest silence between two reads of a request body; then the request ends (408)."
+        10.0,
+        gt=0,
+        description="Longest silence between two reads of a request body; then the request ends (408). Below 12 s, so "
+        "a body trickled a byte at a time is cut off (the services also bound a whole body's reading).",
     )
     send_timeout_s: float = Field(30.0, gt=0, description="Longest time a client may take to accept an answer.")
     keepalive_timeout_s: float = Field(15.0, gt=0, description="Idle seconds a client's keep-alive connection lasts.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to a service.")
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """One route's largest body: ``location`` is nginx's (``= /v1/predict``, ``~ ^/v2/models/.+/infer$``)."""
+
+    location: str
+    max_body_bytes: int
+    kind: str  # what the route takes, for the configuration's comments: single upload, batch, explain, tensors
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the body goes to the service as it arrives instead of through nginx's temp folder."""
+        return self.max_body_bytes > MAX_SPOOLED_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -58,8 +79,14 @@ class ProxiedService:
     name: str
     public_port: int
     upstream_ports: tuple[int, ...]
-    max_body_bytes: int
+    routes: tuple[RouteLimit, ...]
+    default_body_bytes: int
     read_timeout_s: float
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body any of its routes takes."""
+        return max([self.default_body_bytes, *(route.max_body_bytes for route in self.routes)])
 
     @property
     def interchangeable_replicas(self) -> bool:
@@ -83,20 +110,42 @@ def _service_settings() -> dict[str, Any]:
     }
 
 
-def largest_body_bytes(name: str, settings: Any) -> int:
-    """The largest request body service ``name`` accepts with ``settings``: nginx refuses anything larger."""
+def route_limits(name: str, settings: Any) -> tuple[RouteLimit, ...]:
+    """The routes of service ``name`` that take more than a small JSON body, each with its own limit."""
     one_file = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if hasattr(settings, "max_upload_bytes") else 0
     if name == "gateway":
         batch = settings.max_batch_files * settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-        # A pushed study (POST /v1/studies) has its own limit.
-        pushed = settings.dicomweb_max_push_bytes
-        return max(one_file, batch, pushed)
+        return (
+            RouteLimit("= /v1/predict", one_file, "single upload"),
+            RouteLimit("= /v1/compare", one_file, "single upload"),
+            RouteLimit("= /v1/explain", one_file, "explain"),
+            RouteLimit("= /v1/predict/batch", batch, "batch"),
+            # A study pushed by a PACS (docs/hospital.md): its own limit, checked again by the gateway.
+            RouteLimit("= /v1/studies", settings.dicomweb_max_push_bytes, "dicomweb push"),
+        )
     if name == "inference":
-        # Pixel batches (the explainer's) and Open Inference Protocol bodies have their own limit.
-        return max(one_file, settings.max_pixel_batch_bytes)
-    if name == "training":
-        return int(settings.max_body_bytes)
-    return one_file
+        # Its batch route takes what the gateway sends in one call: within the one-upload limit.
+        return (
+            RouteLimit("~ ^/v1/models/[^/]+/predict(-batch)?$", one_file, "single upload"),
+            RouteLimit("= /v1/compare", one_file, "single upload"),
+            RouteLimit("= /v1/ood", one_file, "single upload"),
+            RouteLimit("~ ^/v1/models/[^/]+/predict-pixels$", settings.max_pixel_batch_bytes, "tensors"),
+            RouteLimit("~ ^/v2/models/.+/infer$", settings.max_pixel_batch_bytes, "tensors"),
+        )
+    if name == "explainer":
+        return (RouteLimit("= /v1/explain", one_file, "explain"),)
+    return ()
+
+
+def default_body_bytes(name: str, settings: Any) -> int:
+    """The largest body of any other path of service ``name``: a JSON body (training's own limit)."""
+    return int(settings.max_body_bytes) if name == "training" else DEFAULT_MAX_JSON_BODY_BYTES
+
+
+def largest_body_bytes(name: str, settings: Any) -> int:
+    """The largest request body service ``name`` accepts with ``settings`` on any route."""
+    limits = [route.max_body_bytes for route in route_limits(name, settings)]
+    return max([default_body_bytes(name, settings), *limits])
 
 
 def longest_wait_s(all_settings: Iterable[Any]) -> float:
@@ -120,7 +169,14 @@ def proxied_services(
     all_settings = {**_service_settings(), **(service_settings or {})}
     read_timeout_s = longest_wait_s(all_settings.values())
     return [
-        ProxiedService(name, port, upstream_ports[name], largest_body_bytes(name, all_settings[name]), read_timeout_s)
+        ProxiedService(
+            name,
+            port,
+            upstream_ports[name],
+            route_limits(name, all_settings[name]),
+            default_body_bytes(name, all_settings[name]),
+            read_timeout_s,
+        )
         for name, port in public_ports.items()
     ]
 
@@ -138,24 +194,125 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
+@dataclass(frozen=True)
+class NginxError:
+    """An error nginx answers itself, in the project's body: the statuses it replaces, the code and message."""
+
+    statuses: str  # error_page's statuses, e.g. "502 503"
+    code: ErrorCode
+    message: str
+    retry: bool = False  # a 503 or 429: tells when to try again
+    answered: int | None = None  # the status answered, where it is not the code's own (a malformed request: 400)
+
+    @property
+    def status(self) -> int:
+        return self.answered or HTTP_STATUS[self.code]
+
+    @property
+    def path(self) -> str:
+        return f"/__bt_errors/{self.code.value.lower()}"
+
+
+def nginx_errors(service: ProxiedService) -> list[NginxError]:
+    """Every error nginx answers itself but a 413 (one per route limit: ``_error_413``)."""
+    return [
+        NginxError("400 494", ErrorCode.INVALID_REQUEST, "The request line or headers could not be parsed, or are "
+                   "too large.", answered=400),
+        NginxError("408", ErrorCode.REQUEST_TIMEOUT, "The request was not received in time; send it again, faster."),
+        NginxError("414", ErrorCode.URI_TOO_LONG, "The request URL is too long; send parameters in the body."),
+        NginxError("429", ErrorCode.TOO_MANY_REQUESTS, "Too many requests from this client; slow down.", retry=True),
+        NginxError("502 503", ErrorCode.UPSTREAM_UNAVAILABLE, f"The {service.name} service is not answering; try again "
+                   "shortly.", retry=True),
+        NginxError("504", ErrorCode.UPSTREAM_TIMEOUT, f"The {service.name} service did not answer within "
+                   f"{service.read_timeout_s:g} s.", retry=True),
+    ]  # fmt: skip
+
+
+def _error_413(limit: int) -> str:
+    return f"/__bt_errors/413/{limit}"
+
+
+def _error_pages(service: ProxiedService, limit: int) -> list[str]:
+    """The ``error_page`` lines of a server or a route whose body limit is ``limit``."""
+    lines = [f"error_page 413 {_error_413(limit)};"]
+    for error in nginx_errors(service):
+        # "=503": the status nginx answers, where it differs from the one it replaces (a 502 is not a client error).
+        status = f" ={error.status}" if str(error.status) != error.statuses else ""
+        lines.append(f"error_page {error.statuses}{status} {error.path};")
+    return lines
+
+
+def _json_return(status: int, code: str, message: str) -> str:
+    body = f'{{"error":{{"code":"{code}","message":"{message}","request_id":"$bt_request_id"}}}}\\n'
+    return f"return {status} '{body}';"
+
+
+def _error_locations(service: ProxiedService) -> str:
+    indent = " " * 12
+    limits = sorted({service.default_body_bytes, *(route.max_body_bytes for route in service.routes)})
+    blocks = []
+    for limit in limits:
+        message = f"The request body is larger than the {limit} bytes this route accepts."
+        blocks.append(
+            f"location = {_error_413(limit)} {{\n"
+            f"    add_header X-Request-ID $bt_request_id always;\n"
+            f"    {_json_return(413, ErrorCode.FILE_TOO_LARGE.value, message)}\n}}"
+        )
+    for error in nginx_errors(service):
+        retry = f"    add_header Retry-After {DEFAULT_RETRY_AFTER_S} always;\n" if error.retry else ""
+        blocks.append(
+            f"location = {error.path} {{\n    add_header X-Request-ID $bt_request_id always;\n{retry}"
+            f"    {_json_return(error.status, error.code.value, error.message)}\n}}"
+        )
+    return "\n".join(indent + line for block in blocks for line in block.splitlines())
+
+
+def _locations(service: ProxiedService) -> str:
+    indent = " " * 8
+    blocks = []
+    for route in [*service.routes, RouteLimit("/", service.default_body_bytes, "JSON or no body")]:
+        where = (
+            "streamed to the service as it arrives (larger than nginx may spool to disk)"
+            if route.streamed
+            else "read whole first, at most this much spooled to nginx's temp folder"
+        )
+        lines = [
+            f"# {route.kind}: at most {route.max_body_bytes} bytes, {where}.",
+            f"location {route.location} {{",
+            f"    client_max_body_size {route.max_body_bytes};",
+            f"    proxy_request_buffering {'off' if route.streamed else 'on'};",
+            *("    " + line for line in _error_pages(service, route.max_body_bytes)),
+            f"    proxy_pass http://bt_{service.name};",
+            "}",
+        ]
+        blocks.append("\n".join(indent + line for line in lines))
+    return "\n\n".join(blocks)
+
+
+def render_service(service: ProxiedService, listen: str, upstream_servers: str, next_upstream: str) -> str:
+    """One service's upstream and server blocks (the launcher's and the compose container's nginx)."""
+    values = {
+        "name": service.name,
+        "listen": listen,
+        "upstream_count": str(upstream_servers.count("server ")),
+        "upstream_servers": upstream_servers,
+        "upstream_keepalive": _duration(INTERNAL_KEEPALIVE_S),
+        "default_body_bytes": str(service.default_body_bytes),
+        "read_timeout": _duration(service.read_timeout_s),
+        "next_upstream": next_upstream,
+        "error_pages": "\n".join(" " * 8 + line for line in _error_pages(service, service.default_body_bytes)),
+        "locations": _locations(service),
+        "error_locations": _error_locations(service),
+    }
+    return fill((TEMPLATE_DIR / "service.conf.template").read_text(), values)
+
+
 def _render_service(service: ProxiedService) -> str:
     servers = "\n".join(
         f"        server {LOOPBACK}:{port} max_fails=1 fail_timeout=5s;" for port in service.upstream_ports
     )
     retry_on = "error timeout non_idempotent" if service.interchangeable_replicas else "off"
-    values = {
-        "name": service.name,
-        "listen": f"{LOOPBACK}:{service.public_port}",
-        "upstream_count": str(len(service.upstream_ports)),
-        "upstream_servers": servers,
-        "upstream_keepalive": _duration(INTERNAL_KEEPALIVE_S),
-        "max_body_bytes": str(service.max_body_bytes),
-        "read_timeout": _duration(service.read_timeout_s),
-        "read_timeout_text": f"{service.read_timeout_s:g} s",
-        "next_upstream": retry_on,
-        "retry_after_s": str(DEFAULT_RETRY_AFTER_S),
-    }
-    return fill((TEMPLATE_DIR / "service.conf.template").read_text(), values)
+    return render_service(service, f"{LOOPBACK}:{service.public_port}", servers, retry_on)
 
 
 def _user_line() -> str:

@@ -14,9 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy.nginx import TEMPLATE_DIR, NginxSettings, _duration, fill, largest_body_bytes, longest_wait_s
-from shared.kit.errors import DEFAULT_RETRY_AFTER_S
-from shared.kit.service import INTERNAL_KEEPALIVE_S
+from deploy.nginx import (
+    TEMPLATE_DIR,
+    NginxSettings,
+    ProxiedService,
+    _duration,
+    default_body_bytes,
+    fill,
+    longest_wait_s,
+    render_service,
+    route_limits,
+)
 
 OUTPUT = Path(__file__).resolve().parent / "nginx.conf"
 # Everything nginx writes (pid, temp folders) under /tmp, which the unprivileged image lets it write.
@@ -43,23 +51,14 @@ def _default_settings() -> dict[str, Any]:
 
 
 def render_gateway_server(all_settings: dict[str, Any]) -> str:
-    """The server block for the gateway, the only service compose publishes."""
-    read_timeout_s = longest_wait_s(all_settings.values())
-    max_body = largest_body_bytes("gateway", all_settings["gateway"])
-    values = {
-        "name": "gateway",
-        "listen": LISTEN,
-        "upstream_count": "1",
-        "upstream_servers": f"        server {GATEWAY_UPSTREAM} max_fails=1 fail_timeout=5s;",
-        "upstream_keepalive": _duration(INTERNAL_KEEPALIVE_S),
-        "max_body_bytes": str(max_body),
-        "read_timeout": _duration(read_timeout_s),
-        "read_timeout_text": f"{read_timeout_s:g} s",
-        # The gateway is one container: nothing to retry on.
-        "next_upstream": "off",
-        "retry_after_s": str(DEFAULT_RETRY_AFTER_S),
-    }
-    return fill((TEMPLATE_DIR / "service.conf.template").read_text(), values)
+    """The server block for the gateway, the only service compose publishes (each route with its own limit)."""
+    gateway = all_settings["gateway"]
+    service = ProxiedService(
+        "gateway", int(LISTEN), (), route_limits("gateway", gateway), default_body_bytes("gateway", gateway),
+        longest_wait_s(all_settings.values()),
+    )  # fmt: skip
+    # The gateway is one container: nothing to retry on.
+    return render_service(service, LISTEN, f"        server {GATEWAY_UPSTREAM} max_fails=1 fail_timeout=5s;", "off")
 
 
 def render() -> str:

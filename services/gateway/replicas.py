@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, Field
 
 from services.gateway.replica_http import FailureKind, TransportFailure, UpstreamAnswer, exchange
+from shared.kit.deadline import budget_headers
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.upstream import (
     READINESS_PATH,
@@ -148,13 +149,15 @@ class ReplicaPool:
     async def _send(
         self, replica: Replica, method: str, path: str, request_id: str | None, timeout_s: float, **kwargs: Any
     ) -> UpstreamAnswer:
+        # The replica's time budget: it answers SERVER_BUSY rather than work past this call's timeout.
+        headers = {**budget_headers(timeout_s), **(kwargs.pop("headers", None) or {})}
         replica.in_flight += 1
         try:
             return await exchange(
                 replica.http,
                 method,
                 path,
-                headers=request_headers(request_id, kwargs.pop("headers", None)),
+                headers=request_headers(request_id, headers),
                 timeout_s=timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 **kwargs,

@@ -32,7 +32,7 @@ class CatalogSnapshot:
         self._refresh_lock = threading.Lock()
         self._refreshing = False  # a background refresh is running
         # The catalogue MLflow last answered, kept on disk: until MLflow answers, it is what is served.
-        self._catalog: Catalog | None = model_store.load_catalog(cache_dir, store.tracking_uri)
+        self._catalog: Catalog | None = model_store.load_catalog(cache_dir, store.tracking_uri, store.signer)
 
     def current(self, max_age_s: float | None = None, *, allow_stale: bool = True) -> Catalog:
         """The snapshot, refreshed when older than ``max_age_s`` (default: the TTL).
@@ -113,4 +113,4 @@ class CatalogSnapshot:
         with self._lock:
             previous, self._catalog = self._catalog, fresh
         if previous is None or previous.to_json() != fresh.to_json():
-            model_store.save_catalog(self.cache_dir, fresh, self.store.tracking_uri)
+            model_store.save_catalog(self.cache_dir, fresh, self.store.tracking_uri, self.store.signer)

@@ -31,12 +31,26 @@ class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings,
         Path("var/inference/models"),
         description="Where downloaded ONNX files are kept, one folder per version.",
     )
+    cache_key_file: Path | None = Field(
+        None,
+        description="A secret file (at least 16 bytes, outside cache_dir) whose key signs the cache's records: the "
+        "kept catalogue and each file's verified sha256. Unset: a key derived from MLFLOW_TRACKING_PASSWORD, else one "
+        "of this process only (docs/reliability.md).",
+    )
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     max_pixel_batch_images: int = Field(
         2048, ge=1, description="Most images in one predict-pixels request (the explainer's perturbed batches)."
     )
     max_pixel_batch_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest predict-pixels body (N x H x W bytes of uint8 pixels)."
+    )
+    max_json_rows: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Rows of the model's FP32 tensor an Open Inference Protocol JSON body may carry: its byte limit is "
+        "this many rows of the largest input a loaded model takes, at 24 bytes a number, plus 1 MiB (e.g. base64 image "
+        "files). Larger batches go as binary data (tritonclient's default). Bounds what parsing a body costs.",
     )
     pixel_run_batch: int = Field(
         64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."

@@ -20,11 +20,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import anyio.to_thread
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.guard_selector import GuardSelector
 from services.inference.oip_schemas import IMAGE_INPUT_NAME
+from services.inference.oip_tensors import json_body_limit
 from services.inference.referral import Referral, referral_of
 from services.inference.registry import ModelRegistry
 from services.inference.runner import Runner
@@ -73,6 +75,9 @@ class DataPlane:
         self.runner = runner
         self.pixel_run_batch = pixel_run_batch
         self.alpha = alpha  # the prediction sets' miscoverage (referral)
+        # Protocol bodies are parsed one at a time: a parse makes Python objects worth several times its body,
+        # so however many arrive at once, the memory is one body's (and the event loop never parses).
+        self._parsing = asyncio.Lock()
 
     # -- admission: decode once, judge once ----------------------------------------------------------------
 
@@ -205,6 +210,16 @@ class DataPlane:
             return CompareItem.failed(name, internal(f"comparing with {name}"))
 
     # -- batches of a protocol or of held pixels ------------------------------------------------------------
+
+    def json_body_limit(self, classifier: Classifier, rows: int) -> int:
+        """The byte limit of a protocol JSON body: ``rows`` rows of the largest input a loaded model takes."""
+        shapes = [servable.input_shape for servable in self.registry.loaded.all_ready()]
+        return json_body_limit([classifier.input_shape, *shapes], rows)
+
+    async def parse(self, read: Callable[[Classifier], ResultT], classifier: Classifier) -> ResultT:
+        """``read(classifier)`` (parsing a body into the model's input) in a worker thread, one at a time."""
+        async with self._parsing:
+            return await anyio.to_thread.run_sync(read, classifier)
 
     async def infer(
         self, classifier: Classifier, model_input: np.ndarray | list[bytes]

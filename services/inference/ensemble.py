@@ -12,7 +12,6 @@ raw pixels at the largest member size, resized to each member's size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 from services.inference.servable import Classifier
 from shared.core.conformal import ConformalSets
 from shared.core.contract import PreprocessingContract
-from shared.core.ensemble_spec import SPEC_TAGS, EnsembleSpec, SpecError, combine
+from shared.core.ensemble_spec import EnsembleSpec, SpecError, combine
 from shared.core.imaging import DecodedImage
 from shared.core.onnx_classifier import ClassScores
 from shared.kit.errors import ErrorCode, ServiceError
@@ -31,35 +30,13 @@ from shared.kit.errors import ErrorCode, ServiceError
 logger = logging.getLogger(__name__)
 
 
-def _spec_of(tags: dict[str, str], label: str) -> EnsembleSpec:
+def read_spec(path: Path, label: str) -> EnsembleSpec:
+    """The spec in a version's verified spec file (the registered ``ensemble.json``); INVALID_MODEL when it does
+    not describe a servable ensemble."""
     try:
-        return EnsembleSpec.from_tags(tags)
-    except SpecError as exc:
+        return EnsembleSpec.from_document(json.loads(path.read_text()))
+    except (OSError, ValueError, SpecError) as exc:
         raise ServiceError(ErrorCode.INVALID_MODEL, f"Model {label} cannot be served: {exc}.") from exc
-
-
-def _spec_cache(cache_dir: Path, registered_name: str, version: str, run_id: str | None) -> Path:
-    digest = hashlib.sha256(f"{registered_name}|{version}|{run_id}".encode()).hexdigest()[:12]
-    return cache_dir / "ensembles" / f"{version}-{digest}.json"
-
-
-def read_spec(
-    fetch_tags: Callable[[], dict[str, str]], cache_dir: Path, registered_name: str, version: str, run_id: str | None
-) -> EnsembleSpec:
-    """The version's spec: from the cache folder when read before (a version's tags are written once, at
-    registration), else from its tags (``fetch_tags``, the store's call to MLflow) and kept."""
-    label = f"ensemble/{version}"
-    path = _spec_cache(cache_dir, registered_name, version, run_id)
-    if path.is_file():
-        try:
-            return _spec_of(json.loads(path.read_text()), label)
-        except (ValueError, ServiceError):
-            logger.warning("ignoring an unreadable cached ensemble spec %s", path)
-    tags = fetch_tags()
-    spec = _spec_of(tags, label)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({key: tags[key] for key in SPEC_TAGS if key in tags}))
-    return spec
 
 
 class Ensemble:

@@ -69,6 +69,11 @@ class LoadedModels(Generic[ServableT]):
         MODEL_LOADS.labels(model, version, "ok").inc()
         return servable
 
+    def all_ready(self) -> list[ServableT]:
+        """Every loaded servable that is ready (e.g. to size a body limit by the largest input served)."""
+        with self._lock:
+            return [servable for servable in self._servables.values() if servable.ready]
+
     def states(self) -> dict[str, bool]:
         """``name/version`` -> ready flag of every version loaded so far (False: its last load failed)."""
         with self._lock:

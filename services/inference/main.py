@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.inference.cache_trust import cache_signer
 from services.inference.config import Settings
 from services.inference.dataplane import DataPlane
 from services.inference.guard_selector import GuardSelector
@@ -51,6 +52,7 @@ def build_dataplane(settings: Settings) -> DataPlane:
         catalog_ttl_s=settings.catalog_ttl_s,
         metric_prefixes=settings.metric_prefixes,
         registry_retry_s=settings.registry_retry_s,
+        signer=cache_signer(settings.cache_key_file, settings.cache_dir),
     )
     guards = GuardSelector(registry.store, settings.ood_mode, settings.ood_refresh_s, settings.session_threads())
     runner = Runner(

@@ -24,6 +24,20 @@ _MLMODEL_FILENAME = "MLmodel"
 _ONNX_FLAVOR = "onnx"
 
 
+# The file an ensemble version registers (services.training.ensemble_registration.SPEC_ARTIFACT's name).
+SPEC_FILENAME = "ensemble.json"
+
+
+def find_spec(downloaded: Path) -> Path:
+    """An ensemble version's spec file inside its downloaded artifact (the registered ``ensemble/`` folder)."""
+    if downloaded.is_file():
+        return downloaded
+    candidates = sorted(downloaded.rglob(SPEC_FILENAME))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise FileNotFoundError(f"expected one {SPEC_FILENAME} in the artifact, found {len(candidates)}")
+
+
 def find_onnx(downloaded: Path) -> Path:
     """The model file inside a downloaded artifact.
 

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from services.inference import model_store
+from services.inference.cache_trust import CacheSigner, cache_signer
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
-from services.inference.mlflow_records import find_onnx, version_record
+from services.inference.mlflow_records import SPEC_FILENAME, find_onnx, find_spec, version_record
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
@@ -60,9 +61,12 @@ class MlflowStore:
         cache_dir: Path,
         metric_prefixes: tuple[str, ...] = (),
         breaker: CircuitBreaker | None = None,
+        signer: CacheSigner | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.cache_dir = Path(cache_dir)
+        # Signs what the cache keeps about its files (cache_trust); without a key file, the MLflow password's key.
+        self.signer = signer or cache_signer(None, self.cache_dir)
         self.metric_prefixes = tuple(metric_prefixes)
         self.breaker = breaker or CircuitBreaker(retry_interval_s=5.0)
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -171,19 +175,22 @@ class MlflowStore:
                 raise
         return version_record(found)
 
-    def version_tags(self, registered_name: str, version: str) -> dict[str, str]:
-        """A registered version's tags (an ensemble's members and weights are tags of its version)."""
-        with self._guard(f"reading the tags of {registered_name} version {version}"):
-            return dict(self._client.get_model_version(registered_name, version).tags or {})
-
     # -- downloads -------------------------------------------------------------------------------
 
     def download(self, record: ModelRecord, version: VersionRecord) -> Path:
         """The version's verified ONNX file in the cache, downloaded first unless a valid copy is there."""
-        fetch = functools.partial(self._fetch_onnx, record, version)
-        return model_store.cached_download(self.cache_dir, record, version, fetch)
+        fetch = functools.partial(self._fetch, record, version, find_onnx)
+        return model_store.cached_download(self.cache_dir, record, version, fetch, self.signer)
 
-    def _fetch_onnx(self, record: ModelRecord, version: VersionRecord, destination: Path) -> Path:
+    def download_spec(self, record: ModelRecord, version: VersionRecord) -> Path:
+        """An ensemble version's verified spec file (the registered ``ensemble.json``, its sha256 in the version's
+        ``onnx_sha256`` tag like a model file's) in the cache, downloaded first unless a valid copy is there."""
+        fetch = functools.partial(self._fetch, record, version, find_spec)
+        return model_store.cached_download(self.cache_dir, record, version, fetch, self.signer, SPEC_FILENAME)
+
+    def _fetch(
+        self, record: ModelRecord, version: VersionRecord, find: Callable[[Path], Path], destination: Path
+    ) -> Path:
         gone = ServiceError(
             ErrorCode.VERSION_NOT_FOUND,
             f"Model {record.short_name!r} version {version.version} was removed from the registry.",
@@ -194,7 +201,7 @@ class MlflowStore:
             uri = self._client.get_model_version_download_uri(record.registered_name, version.version)
             downloaded = download_artifacts(artifact_uri=uri, dst_path=str(destination), tracking_uri=self.tracking_uri)
         try:
-            return find_onnx(Path(downloaded))
+            return find(Path(downloaded))
         except FileNotFoundError as exc:
             raise ServiceError(
                 ErrorCode.INVALID_MODEL,

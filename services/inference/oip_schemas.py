@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.kit.params import refuse_unsafe_text
 from shared.kit.service import API_VERSION
 
 SERVER_NAME = "brain-tumor-inference"
@@ -58,18 +59,28 @@ class ModelMetadataOut(BaseModel):
     outputs: list[MetadataTensor]
 
 
+def _safe_text(value: Any) -> Any:
+    # Names, ids and parameters are echoed in answers and logs: no NUL, control characters or lone surrogates.
+    return refuse_unsafe_text(value)
+
+
 class RequestInput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    # Typed Any so that a large tensor is not walked value by value by pydantic; numpy checks it.
+    # Typed Any so that a large tensor is not walked value by value by pydantic; numpy checks it (and base64
+    # decoding checks BYTES elements).
     data: Any = Field(None, description="Row-major values, flat or nested; BYTES as base64 strings.")
+
+    _text = field_validator("name", "datatype", "parameters")(_safe_text)
 
 
 class RequestOutput(BaseModel):
     name: str
     parameters: Parameters | None = None
+
+    _text = field_validator("name", "parameters")(_safe_text)
 
 
 class InferRequest(BaseModel):
@@ -79,6 +90,8 @@ class InferRequest(BaseModel):
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
+
+    _text = field_validator("id", "parameters")(_safe_text)
 
 
 class ResponseOutput(BaseModel):

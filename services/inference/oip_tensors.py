@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +30,39 @@ from services.inference.oip_schemas import (
     RequestInput,
     ResponseOutput,
 )
+from services.inference.servable import Classifier
 from shared.core.contract import PreprocessingContract
 from shared.kit.errors import ErrorCode, ServiceError
 
 _LENGTH = struct.Struct("<I")
+
+# What one number of an FP32 tensor may take in a JSON body: a float64's repr with sign and exponent
+# ("-1.2345678901234567e-05") and its ", " (json.dumps of numpy's tolist(), what clients send).
+JSON_BYTES_PER_NUMBER = 24
+# Room beyond the tensor's numbers: names, shapes, parameters, or a few base64 image files.
+JSON_SLACK_BYTES = 1024 * 1024
+
+
+def json_body_limit(input_shapes: Iterable[tuple[int, ...]], rows: int) -> int:
+    """The most bytes a JSON infer body (or the JSON header of a binary one) may hold: ``rows`` rows of the
+    largest of ``input_shapes`` (one image's input, without the batch) at ``JSON_BYTES_PER_NUMBER``, plus slack.
+
+    Parsing JSON makes a Python object per number (up to 8 bytes of memory per byte of body for "0.0,0.0,..."),
+    so the limit, not the body's declared shape, is what bounds a parse's memory.
+    """
+    numbers = max((math.prod(shape) for shape in input_shapes), default=0)
+    return rows * numbers * JSON_BYTES_PER_NUMBER + JSON_SLACK_BYTES
+
+
+def json_too_large(limit: int, rows: int) -> ServiceError:
+    """FILE_TOO_LARGE for a JSON body (or binary header) beyond ``json_body_limit``: says how to send more."""
+    return ServiceError(
+        ErrorCode.FILE_TOO_LARGE,
+        f"The JSON request is too large; at most {limit} bytes are accepted ({rows} rows of the largest model input "
+        f"at {JSON_BYTES_PER_NUMBER} bytes a number, plus {JSON_SLACK_BYTES} bytes). Send larger batches as binary "
+        "data (the binary tensor extension) or in several requests.",
+        {"max_bytes": limit},
+    )
 
 
 def _invalid(message: str) -> ServiceError:
@@ -76,9 +107,14 @@ def _binary_segments(request: InferRequest, binary: bytes) -> list[bytes | None]
     return segments
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRequest, list[bytes | None]]:
-    """The request and, per input, its binary data if it came as such."""
+def parse_infer_request(
+    body: bytes | bytearray, header_length: str | None, json_limit: int, rows: int
+) -> tuple[InferRequest, list[bytes | None]]:
+    """The request and, per input, its binary data if it came as such; the JSON part is checked against
+    ``json_limit`` before it is parsed (``rows``: for the message)."""
     split = _header_length(header_length, len(body))
+    if (len(body) if split is None else split) > json_limit:
+        raise json_too_large(json_limit, rows)
     header, binary = (body, b"") if split is None else (body[:split], body[split:])
     try:
         request = InferRequest.model_validate_json(header)
@@ -182,6 +218,43 @@ def image_input(tensor: RequestInput, raw: bytes | None, limits: InferLimits) ->
                 {"max_bytes": limits.max_image_bytes},
             )
     return files
+
+
+def model_input(
+    infer_request: InferRequest, segments: list[bytes | None], classifier: Classifier, limits: InferLimits
+) -> np.ndarray | list[bytes]:
+    """The request's one input: the model's tensor, or the image files."""
+    contract = classifier.contract
+    if len(infer_request.inputs) != 1:
+        raise _invalid(
+            f"Send one input: {contract.input_name!r} (the model's FP32 tensor) or {IMAGE_INPUT_NAME!r} (image "
+            f"files as BYTES); got {len(infer_request.inputs)}."
+        )
+    tensor, raw = infer_request.inputs[0], segments[0]
+    if tensor.name == contract.input_name:
+        return tensor_input(tensor, raw, contract, classifier.key, limits)
+    if tensor.name == IMAGE_INPUT_NAME:
+        return image_input(tensor, raw, limits)
+    raise _invalid(
+        f"Model {classifier.key} has no input {tensor.name!r}; its inputs are {contract.input_name!r} "
+        f"(FP32) and {IMAGE_INPUT_NAME!r} (BYTES)."
+    )
+
+
+@dataclass(frozen=True)
+class InferBody:
+    """An infer request's body as received, with what bounds its reading (blocking work: run it in a thread)."""
+
+    body: bytes | bytearray
+    header_length: str | None
+    json_limit: int
+    rows: int
+    limits: InferLimits
+
+    def read(self, classifier: Classifier) -> tuple[InferRequest, np.ndarray | list[bytes]]:
+        """The parsed request and the model's input."""
+        infer_request, segments = parse_infer_request(self.body, self.header_length, self.json_limit, self.rows)
+        return infer_request, model_input(infer_request, segments, classifier, self.limits)
 
 
 def wants_binary_output(request: InferRequest) -> bool:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from services.inference.cache_trust import CacheSigner
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.catalog_snapshot import CatalogSnapshot
 from services.inference.circuit import CircuitBreaker
@@ -79,12 +80,10 @@ class ModelRegistry:
                               self.get)  # fmt: skip
 
     def ensemble_spec(self, record: ModelRecord, version_record: VersionRecord) -> EnsembleSpec:
-        """An ensemble version's members and weights (its registration tags, kept in the cache folder)."""
-        version = version_record.version
-        return read_spec(
-            lambda: self.store.version_tags(record.registered_name, version),
-            self.cache_dir, record.registered_name, version, version_record.run_id,
-        )  # fmt: skip
+        """An ensemble version's members, weights and sets: its registered spec file, checked against its sha256
+        on download and on every load, like a model's file."""
+        path = self.store.download_spec(record, version_record)
+        return read_spec(path, f"{record.short_name}/{version_record.version}")
 
     def preload_defaults(self) -> None:
         """Load the default version of every registered model; failures are logged, not raised."""
@@ -137,9 +136,11 @@ def open_registry(
     catalog_ttl_s: float = 5.0,
     metric_prefixes: tuple[str, ...] = (),
     registry_retry_s: float = 5.0,
+    signer: CacheSigner | None = None,
 ) -> ModelRegistry:
-    """A registry on one MLflow server: its store, circuit breaker, catalogue snapshot and loaded-model cache."""
+    """A registry on one MLflow server: its store, circuit breaker, catalogue snapshot and loaded-model cache
+    (``signer``: what signs the cache's records; see cache_trust)."""
     breaker = CircuitBreaker(registry_retry_s)
-    store = MlflowStore(tracking_uri, cache_dir, metric_prefixes, breaker)
+    store = MlflowStore(tracking_uri, cache_dir, metric_prefixes, breaker, signer)
     snapshot = CatalogSnapshot(store, breaker, store.cache_dir, catalog_ttl_s)
     return ModelRegistry(snapshot, store, LoadedModels(registry_retry_s), intra_op_threads)

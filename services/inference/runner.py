@@ -26,6 +26,7 @@ from anyio import CapacityLimiter
 
 from services.inference.metrics import QUEUE_WAIT_SECONDS
 from services.inference.servable import Servable
+from shared.kit.deadline import busy, current_budget
 from shared.kit.errors import ErrorCode, ServiceError
 
 # What a request prepares for its run: the servable and its batch first, then whatever the answer needs.
@@ -204,8 +205,28 @@ class Runner:
         return await self.work(self._run_alone, servable, tensor, time.perf_counter())
 
     async def work(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
-        """``function(*args)`` in a worker thread, within the limit on blocking work."""
-        return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+        """``function(*args)`` in a worker thread, within the limit on blocking work. A request with a time budget
+        (``shared.kit.deadline``) waits for a thread only while its work could still answer in time, else (or when
+        its client has gone) SERVER_BUSY."""
+        budget = current_budget()
+        if budget is None:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+        budget.check()
+        with anyio.move_on_after(budget.wait_s(float("inf"))) as waiting:
+            await self.limiter.acquire()
+        if waiting.cancelled_caught:
+            raise busy(f"all {int(self.limiter.total_tokens)} work threads were taken")
+        try:
+            budget.check()
+            # The answer is due by the deadline even when the work is slower than foreseen (a large decode on busy
+            # cores): past it the request answers SERVER_BUSY at once, the thread finishes and its result is dropped
+            # (the decode slots still bound the decodes). The thread is counted by the limiter acquired above.
+            with anyio.fail_after(max(0.0, budget.deadline - time.monotonic())):
+                return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+        except TimeoutError:
+            raise busy("its work did not finish by the deadline") from None
+        finally:
+            self.limiter.release()
 
     def _run_alone(self, servable: Servable, tensor: np.ndarray, submitted: float) -> np.ndarray:
         # Without batching, the wait is the one for a free worker thread.

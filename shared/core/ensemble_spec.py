@@ -55,6 +55,27 @@ class EnsembleSpec:
             conformal = ConformalSets.from_json(tags[CONFORMAL_TAG]) if CONFORMAL_TAG in tags else None
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise SpecError(f"its version has no valid {MEMBERS_TAG!r} and {WEIGHTS_TAG!r} tags") from exc
+        return cls._normalised(members, weights, conformal)
+
+    @classmethod
+    def from_document(cls, document: object) -> EnsembleSpec:
+        """The spec in the file registered for an ensemble version (``members``, ``weights``, ``conformal``: what
+        training logs; its sha256 is the version's ``onnx_sha256`` tag); SpecError naming what is wrong."""
+        if not isinstance(document, dict):
+            raise SpecError("its spec file is not a JSON object")
+        try:
+            members = {str(k): str(v) for k, v in document["members"].items()}
+            weights = {str(k): float(v) for k, v in document["weights"].items()}
+            found = document.get("conformal")
+            conformal = None if found is None else ConformalSets.model_validate(found)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise SpecError("its spec file has no valid members and weights") from exc
+        return cls._normalised(members, weights, conformal)
+
+    @classmethod
+    def _normalised(
+        cls, members: dict[str, str], weights: dict[str, float], conformal: ConformalSets | None
+    ) -> EnsembleSpec:
         if not members or set(members) != set(weights) or sum(weights.values()) <= 0:
             raise SpecError("its members and weights do not match")
         total = sum(weights.values())

@@ -20,7 +20,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.core.contract import PreprocessingContract
-from shared.core.decoding import FULL_DECODE_MAX_SIDE, REDUCED_MIN_SIDE, decode_settings, decode_slot
+from shared.core.decoding import (
+    FULL_DECODE_MAX_SIDE,
+    REDUCED_MIN_SIDE,
+    TRIM_AFTER_PIXELS,
+    decode_settings,
+    decode_slot,
+    give_memory_back,
+)
 from shared.core.dicom import decode_dicom, is_dicom
 from shared.kit.errors import ErrorCode, ServiceError
 
@@ -60,8 +67,9 @@ def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
                     f"Image is {image.width}x{image.height} pixels; at most {max_pixels} pixels are accepted "
                     "(BT_DECODE_MAX_PIXELS).",
                 )
+            large = image.width * image.height > TRIM_AFTER_PIXELS
             with decode_slot():
-                return _decode_bounded(image)
+                decoded = _decode_bounded(image)
     except ServiceError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -69,6 +77,9 @@ def decode_grayscale(data: bytes, frame: int | None = None) -> Image.Image:
             ErrorCode.INVALID_IMAGE,
             "The file is not an image that can be decoded (expected JPEG, PNG, BMP, TIFF or similar, or DICOM).",
         ) from exc
+    if large:  # the full-size pixels are freed now that the file is closed: give their pages back
+        give_memory_back()
+    return decoded
 
 
 def _decode_bounded(image: Image.Image) -> Image.Image:

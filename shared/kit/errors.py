@@ -54,6 +54,10 @@ class ErrorCode(StrEnum):
     # DICOMweb (issue 27): no server configured; a study larger than the gateway takes in one request.
     DICOMWEB_NOT_CONFIGURED = "DICOMWEB_NOT_CONFIGURED"
     TOO_MANY_INSTANCES = "TOO_MANY_INSTANCES"
+    # Answered by nginx at the edge (deploy/nginx.py), never by a service: in the table so the body is the same.
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -87,6 +91,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.AUDIT_UNAVAILABLE: 503,
     ErrorCode.DICOMWEB_NOT_CONFIGURED: 503,
     ErrorCode.TOO_MANY_INSTANCES: 413,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.URI_TOO_LONG: 414,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
 }
 
 # Every 503 tells the client when to try again; an error may name its own delay (e.g. a circuit breaker's).

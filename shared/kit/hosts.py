@@ -52,6 +52,13 @@ class HostSettings(BaseSettings):
         description="Host header values answered, comma-separated (e.g. 'gateway.example.org,*.internal'; '*' for "
         "any); others get 400 INVALID_HOST. Default: loopback only.",
     )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest time a request's whole body may take to arrive (uvicorn has no read timeout); then 408 "
+        "REQUEST_TIMEOUT. Half-sent headers are cut by nginx at the edge (shared/kit/request_checks.py).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins allowed to call this service from another site (CORS), comma-separated, e.g. "

@@ -25,9 +25,11 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 from starlette.types import Lifespan
 
+from shared.kit.deadline import RequestBudgetMiddleware
 from shared.kit.errors import install_error_handlers
 from shared.kit.hosts import install_host_checks
 from shared.kit.metrics import install_metrics
+from shared.kit.request_checks import DEFAULT_BODY_TIMEOUT_S, RequestChecks, declare_request_checks
 from shared.kit.schemas import ErrorOut
 from shared.kit.uploads import BodySizeLimit, UploadSizeLimit
 from shared.kit.upstream import REQUEST_ID_HEADER
@@ -91,9 +93,14 @@ def build_app(
         app.add_middleware(UploadSizeLimit, max_bytes=max_upload_bytes, exempt_suffixes=upload_limit_exempt)
     elif max_body_bytes is not None:  # a service without uploads: every body is small
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    # A caller's time budget (x-request-timeout-ms) for the blocking work of the request (shared.kit.deadline).
+    app.add_middleware(RequestBudgetMiddleware)
     install_metrics(app)
+    # Unsafe URL text and slow bodies, before any route or limit sees the request (shared.kit.request_checks).
+    app.add_middleware(RequestChecks, body_timeout_s=getattr(settings, "body_timeout_s", DEFAULT_BODY_TIMEOUT_S))
     # Last, so it wraps the middleware above: a request for a Host not allowed is refused before any work.
     install_host_checks(app, settings)
+    declare_request_checks(app)  # after the host check's 400, whose error body it reuses
     return app
 
 

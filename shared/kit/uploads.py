@@ -37,19 +37,20 @@ def body_too_large(max_bytes: int) -> ServiceError:
     )
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """A raw request body, or FILE_TOO_LARGE as soon as it holds more than ``max_bytes``."""
+async def read_body(request: Request, max_bytes: int, error: ServiceError | None = None) -> bytearray:
+    """A raw request body, or ``error`` (by default FILE_TOO_LARGE) as soon as it holds more than ``max_bytes``:
+    a declared length is checked before anything is read, a chunked body is counted as it arrives."""
+    error = error or too_large(max_bytes)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise too_large(max_bytes)
-    chunks: list[bytes] = []
-    total = 0
+        raise error
+    # One growing buffer, not a list of chunks joined at the end (nor copied into bytes): held once, not twice.
+    body = bytearray()
     async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise too_large(max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if len(body) + len(chunk) > max_bytes:
+            raise error
+        body += chunk
+    return body
 
 
 async def read_upload(file: UploadFile, max_bytes: int) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deploy.docker.render_nginx import _default_settings
-from deploy.nginx import NginxSettings, largest_body_bytes, longest_wait_s
+from deploy.nginx import NginxSettings, largest_body_bytes, longest_wait_s, route_limits
 from deploy.postgres import DRIVER_SCHEME
 from deploy.processes import PROJECT_ROOT
 from services.training.cli import build_parser
@@ -93,8 +93,16 @@ def container_port(container: dict[str, Any], name: str | int) -> int:
 def test_every_resource_is_valid_for_kubernetes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     tree, resources = rendered
     kinds = {item["kind"] for item in resources}
-    wanted = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret", "Job",
-              "Ingress"}
+    wanted = {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "Secret",
+        "Job",
+        "Ingress",
+    }
     assert wanted <= kinds, f"{tree} lacks {sorted(wanted - kinds)}"
     for item in resources:
         kubernetes_validate.validate(item, SCHEMA_VERSION, strict=True)
@@ -169,8 +177,9 @@ def test_services_select_pods_and_urls_name_services(rendered: tuple[str, list[d
     services = by_kind(resources, "Service")
     for name, service in services.items():
         selector = service["spec"]["selector"]
-        (deployment,) = [d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]
-                         ["labels"].items()]
+        (deployment,) = [
+            d for d in deployments.values() if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         for port in service["spec"]["ports"]:
             assert container_port(container, port["targetPort"]), f"Service {name}: no port {port['targetPort']}"
@@ -204,18 +213,27 @@ def test_training_job_runs_the_cli_with_arguments_it_accepts(rendered: tuple[str
 
 def test_ingress_limits_are_the_services_own(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = rendered
-    annotations = by_kind(resources, "Ingress")["gateway"]["metadata"]["annotations"]
+    ingresses = by_kind(resources, "Ingress")
     settings = _default_settings()
+    limits = {route.location: route for route in route_limits("gateway", settings["gateway"])}
     prefix = "nginx.ingress.kubernetes.io/"
-    assert annotations[f"{prefix}proxy-body-size"] == str(largest_body_bytes("gateway", settings["gateway"]))
+    # One file on every route but the batch, read whole first; the batch's body streamed (nothing on disk).
+    expected = {"gateway": limits["= /v1/predict"], "gateway-batch": limits["= /v1/predict/batch"]}
+    assert expected["gateway-batch"].max_body_bytes == largest_body_bytes("gateway", settings["gateway"])
+    (batch_path,) = ingresses["gateway-batch"]["spec"]["rules"][0]["http"]["paths"]
+    assert batch_path["path"] == "/v1/predict/batch" and batch_path["pathType"] == "Exact"
     wait = longest_wait_s(settings.values())
-    assert annotations[f"{prefix}proxy-read-timeout"] == f"{wait:g}"
-    assert annotations[f"{prefix}proxy-send-timeout"] == f"{wait:g}"
-    assert annotations[f"{prefix}proxy-connect-timeout"] == f"{NginxSettings.model_construct().connect_timeout_s:g}"
     (gateway,) = by_kind(resources, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"]
     gateway_hosts = split_list(environment(gateway, resources)["BT_GATEWAY_ALLOWED_HOSTS"])
-    for rule in by_kind(resources, "Ingress")["gateway"]["spec"]["rules"]:
-        assert host_allowed(rule["host"], gateway_hosts), f"the gateway refuses its public name {rule['host']}"
+    for name, route in expected.items():
+        annotations = ingresses[name]["metadata"]["annotations"]
+        assert annotations[f"{prefix}proxy-body-size"] == str(route.max_body_bytes)
+        assert annotations[f"{prefix}proxy-request-buffering"] == ("off" if route.streamed else "on")
+        assert annotations[f"{prefix}proxy-read-timeout"] == f"{wait:g}"
+        assert annotations[f"{prefix}proxy-send-timeout"] == f"{wait:g}"
+        assert annotations[f"{prefix}proxy-connect-timeout"] == f"{NginxSettings.model_construct().connect_timeout_s:g}"
+        for rule in ingresses[name]["spec"]["rules"]:
+            assert host_allowed(rule["host"], gateway_hosts), f"the gateway refuses its public name {rule['host']}"
 
 
 def test_secrets_hold_only_template_values(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -260,4 +278,3 @@ def test_inference_memory_is_sized_from_the_measured_rss() -> None:
     (container,) = by_kind(kustomize("base"), "Deployment")["inference"]["spec"]["template"]["spec"]["containers"]
     assert _mebibytes(container["resources"]["requests"]["memory"]) >= measured_mib
     assert _mebibytes(container["resources"]["limits"]["memory"]) >= 2 * measured_mib
-

@@ -14,6 +14,7 @@ import json
 import select
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,11 @@ from deploy.processes import ManagedProcess, free_port, start_service
 from shared.kit.service import DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from tests.conftest import ModelZoo
 from tests.error_body import error_body
+from tests.raw_http import send_raw
 
 MODEL = "rf"
 BATCH_FILES = 2
+BODY_TIMEOUT_S = 3
 # Words that would betray a stack trace or a server path in an answer.
 LEAKS = ("Traceback", 'File "', "/work/", "site-packages", '.py"', "Exception")
 
@@ -83,6 +86,8 @@ def gateway(inference_server: ManagedProcess, service_logs: Path) -> Iterator[Ma
         "BT_GATEWAY_EXPLAINER_URL": inference_server.url,
         # A batch may hold this many files of max_upload_bytes: 2 keeps the oversized-batch case small.
         "BT_GATEWAY_MAX_BATCH_FILES": str(BATCH_FILES),
+        # A whole body within 3 s: the slow-body cases show in seconds (every upload here takes milliseconds).
+        "BT_GATEWAY_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     server = start_service("gateway", free_port(), env, service_logs / "gateway-bad-input.log")
     yield server
@@ -119,6 +124,12 @@ def raw(body: bytes, content_type: str) -> Send:
     return lambda http, svc: http.post(
         svc.url + svc.predict_path(), content=body, headers={"content-type": content_type}
     )
+
+
+def noted(svc: Service, note: str) -> str:
+    """The predict path with an extra query parameter no route reads."""
+    path = svc.predict_path()
+    return f"{path}{'&' if '?' in path else '?'}note={note}"
 
 
 def with_path(path: Callable[[Service], str], data: bytes) -> Send:
@@ -194,6 +205,22 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("jpeg sent as png", upload(JPEG_BYTES, "scan.png", "image/png"), 200, None),
     ("16-bit png", upload(png(Image.fromarray(np.asarray(scan()).astype(np.uint16) * 256))), 200, None),
     ("hostile file name", upload(GOOD, "../../../etc/passwd\x00.png"), 200, None),
+    # Unsafe text anywhere in the URL, even in a parameter no route reads: refused before any route runs.
+    (
+        "NUL in a query parameter",
+        with_path(lambda svc: noted(svc, "%00"), GOOD),
+        422,
+        "INVALID_REQUEST",
+    ),
+    ("escape character", with_path(lambda svc: noted(svc, "%1B[2J"), GOOD), 422, "INVALID_REQUEST"),
+    ("lone surrogate", with_path(lambda svc: noted(svc, "%ED%A0%80"), GOOD), 422, "INVALID_REQUEST"),
+    (
+        "NUL in the path",
+        with_path(lambda svc: svc.predict_path().replace("/v1/", "/v1%00/", 1), GOOD),
+        422,
+        "INVALID_REQUEST",
+    ),
+    ("accented text is fine", with_path(lambda svc: noted(svc, "%C3%A9"), GOOD), 200, None),
 ]
 
 
@@ -210,57 +237,6 @@ def test_bad_input_table(client: httpx.Client, service: Service, sent: Send, sta
 
 
 # -- oversized bodies on a raw socket: refused after at most the limit's worth of bytes ---------------
-
-
-@dataclass
-class RawAnswer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    body_bytes_sent: int
-
-
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body[:length] or b"{}")
-
-
-def send_raw(
-    url: str, path: str, headers: dict[str, str], body_bytes: int, chunked: bool, prefix: bytes = b""
-) -> RawAnswer:
-    """POST ``prefix`` then zeros, ``body_bytes`` in all, stopping as soon as the server answers or stops reading;
-    returns the answer and how many body bytes were sent before it."""
-    host, port = url.removeprefix("http://").split(":")
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    framing = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
-    sent = 0
-    piece = b"\x00" * 65536
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}{framing}\r\n".encode())
-        if prefix:
-            sock.sendall(b"%x\r\n%s\r\n" % (len(prefix), prefix) if chunked else prefix)
-            sent += len(prefix)
-        try:
-            while sent < body_bytes and not select.select([sock], [], [], 0)[0]:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                sent += len(piece)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the server stopped reading: its answer is waiting
-        status, answer_headers, body = _read_answer(sock)
-    return RawAnswer(status, body, answer_headers, sent)
 
 
 MULTIPART_HEAD = {"Content-Type": "multipart/form-data; boundary=bt-boundary"}
@@ -355,3 +331,166 @@ def test_the_training_services_json_body_is_small(training_server: ManagedProces
     assert answer.status == 413 and answer.body["error"]["code"] == "FILE_TOO_LARGE", answer
     assert str(DEFAULT_MAX_JSON_BODY_BYTES) in answer.body["error"]["message"]
     assert answer.body_bytes_sent < 10 * 1024 * 1024
+
+
+# -- Open Inference Protocol JSON bodies: a byte limit before parsing, parsing bounded in memory ------------------
+
+
+def _memory_mb(pid: int, field: str) -> float:
+    """A process's VmRSS or VmHWM (its peak since the last reset) in MB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _reset_peak(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current resident size (Linux 4.0+), for the process's owner.
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_growth_mb(process: ManagedProcess, send: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``send()`` returns and how far the process's resident memory rose above where it was, in MB."""
+    pid = process.process.pid
+    _reset_peak(pid)
+    before = _memory_mb(pid, "VmRSS")
+    result = send()
+    return result, _memory_mb(pid, "VmHWM") - before
+
+
+INFER_PATH = "/v2/models/cnn/infer"
+JSON_HEAD = {"Content-Type": "application/json"}
+SIXTY_MIB = 60 * 1024 * 1024
+# The figure of the issue: a 60 MiB JSON body took inference from 364 to 1,504 MB.
+MAX_GROWTH_MB = 50
+
+
+def _warm_up_infer(url: str) -> None:
+    tensor = {"name": "pixels", "shape": [1, 32, 32, 1], "datatype": "FP32", "data": [0.5] * 1024}
+    metadata = httpx.get(url + "/v2/models/cnn", timeout=60.0, trust_env=False).json()
+    tensor["name"] = metadata["inputs"][0]["name"]
+    response = httpx.post(url + INFER_PATH, json={"inputs": [tensor]}, timeout=60.0, trust_env=False)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_60_mib_json_infer_body_is_413_and_costs_little_memory(
+    inference_server: ManagedProcess, chunked: bool, record_property: Callable[[str, object], None]
+) -> None:
+    _warm_up_infer(inference_server.url)
+    prefix = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":['
+    answer, growth = _peak_growth_mb(
+        inference_server, lambda: send_raw(inference_server.url, INFER_PATH, JSON_HEAD, SIXTY_MIB, chunked, prefix)
+    )
+    record_property("growth_mb", round(growth, 1))
+    assert answer.status == 413, answer
+    assert "binary" in answer.body["error"], answer.body  # the protocol's body, saying how to send more
+    assert growth <= MAX_GROWTH_MB, f"inference grew by {growth:.0f} MB"
+    assert answer.body_bytes_sent < SIXTY_MIB // 2, answer.body_bytes_sent
+
+
+def test_json_bodies_just_under_the_limit_parse_in_bounded_memory(
+    inference_server: ManagedProcess, record_property: Callable[[str, object], None]
+) -> None:
+    """The costliest body the limit lets through (numbers as short as JSON allows), four at once: each is
+    parsed off the event loop, one at a time, and refused for its shape (400), not for the memory it took."""
+    from services.inference.oip_tensors import json_body_limit
+
+    _warm_up_infer(inference_server.url)
+    # The zoo's largest input is 32x32x1; the default 8 rows.
+    limit = json_body_limit([(32, 32, 1)], 8)
+    head = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,32,32,1],"data":[0.0'
+    count = (limit - len(head) - 16) // 4
+    body = head + b",0.0" * count + b"]}]}"
+    assert limit - 64 < len(body) <= limit
+
+    def send_four() -> list[httpx.Response]:
+        with httpx.Client(timeout=60.0, trust_env=False) as http, ThreadPoolExecutor(4) as pool:
+            post = lambda _: http.post(inference_server.url + INFER_PATH, content=body, headers=JSON_HEAD)  # noqa: E731
+            return list(pool.map(post, range(4)))
+
+    answers, growth = _peak_growth_mb(inference_server, send_four)
+    record_property("growth_mb", round(growth, 1))
+    for answer in answers:
+        assert answer.status_code == 400 and "values" in answer.json()["error"], answer.text
+    assert growth <= MAX_GROWTH_MB, f"inference grew by {growth:.0f} MB"
+
+
+def test_work_that_could_not_answer_within_the_callers_budget_is_server_busy(
+    client: httpx.Client, inference_server: ManagedProcess
+) -> None:
+    """The gateway's x-request-timeout-ms: with less left than a decode and a run take, inference does not start
+    the work (the caller would have given up) and says so at once, with Retry-After."""
+    path = f"{inference_server.url}/v1/models/{MODEL}/predict"
+    files = {"file": ("scan.png", GOOD, "image/png")}
+    error_body(client.post(path, files=files, headers={"x-request-timeout-ms": "100"}), 503, "SERVER_BUSY")
+    answer = client.post(path, files=files, headers={"x-request-timeout-ms": "100"})
+    assert int(answer.headers["retry-after"]) >= 1
+    assert client.post(path, files=files, headers={"x-request-timeout-ms": "5000"}).status_code == 200
+
+
+# -- text no request may hold, and bodies that do not arrive: every service ---------------------------------------
+
+TRAINING_TOKEN = "bad-input-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def training_with_token(service_logs: Path) -> Iterator[ManagedProcess]:
+    """The training service with a token (so a body reaches its validation) and a 3 s body deadline; its MLflow
+    address leads nowhere, so no run can start."""
+    env = {
+        "BT_TRAINING_TRACKING_URI": "http://127.0.0.1:9",
+        "BT_TRAINING_API_TOKEN": TRAINING_TOKEN,
+        "BT_TRAINING_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    }
+    server = start_service("training", free_port(), env, service_logs / "training-token-bad-input.log")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("text", ["data\x00dir", "data\ud800dir", "data\x1bdir"], ids=["nul", "surrogate", "escape"])
+def test_unsafe_text_in_a_training_option_is_422(training_with_token: ManagedProcess, text: str) -> None:
+    # json.dumps keeps the lone surrogate as its \ud800 escape: what a hostile client sends.
+    body = json.dumps({"data_dir": text, "families": ["rf"]}).encode()
+    headers = {"authorization": f"Bearer {TRAINING_TOKEN}", "content-type": "application/json"}
+    response = httpx.post(f"{training_with_token.url}/v1/training-runs", content=body, headers=headers, trust_env=False)
+    error_body(response, 422, "INVALID_REQUEST")
+    for leak in LEAKS:
+        assert leak not in response.text
+
+
+def test_unsafe_text_in_a_protocol_request_is_refused(client: httpx.Client, inference_server: ManagedProcess) -> None:
+    body = {"id": "r\x00", "inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+    response = client.post(f"{inference_server.url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 400 and "NUL" in response.json()["error"], response.text  # the protocol's 400
+
+
+def _seconds_to_answer(url: str, path: str, body_head: bytes, trickle: bool) -> tuple[float, int, dict[str, Any]]:
+    """Declare a 5000-byte body, send ``body_head`` then nothing (or a byte every 0.5 s): how long until the
+    service answers, and what."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode() + b"Content-Length: 5000\r\n\r\n" + body_head)
+        while trickle and not select.select([sock], [], [], 0.5)[0]:
+            sock.sendall(b" ")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        elapsed = time.monotonic() - started
+    status_line, _, rest = data.partition(b"\r\n")
+    return elapsed, int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["half-sent", "trickled"])
+@pytest.mark.parametrize("where", ["gateway", "training"])
+def test_a_body_that_does_not_arrive_in_time_is_408(request: pytest.FixtureRequest, where: str, trickle: bool) -> None:
+    process = request.getfixturevalue("gateway" if where == "gateway" else "training_with_token")
+    path = f"/v1/predict?model={MODEL}" if where == "gateway" else "/v1/training-runs"
+    elapsed, status, body = _seconds_to_answer(process.url, path, b'{"data_dir": ', trickle)
+    assert status == 408 and body["error"]["code"] == "REQUEST_TIMEOUT", body
+    assert BODY_TIMEOUT_S - 0.5 <= elapsed <= BODY_TIMEOUT_S + 5, elapsed

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -29,7 +28,6 @@ from services.inference.oip_schemas import (
     BINARY_HEADER,
     IMAGE_INPUT_NAME,
     PROBABILITIES_OUTPUT,
-    InferRequest,
     InferResponse,
     LiveOut,
     MetadataTensor,
@@ -42,15 +40,14 @@ from services.inference.oip_schemas import (
     infer_request_body,
     oip_error_responses,
 )
-from services.inference.oip_tensors import InferLimits, image_input, infer_response, parse_infer_request, tensor_input
+from services.inference.oip_tensors import InferBody, InferLimits, infer_response, json_too_large
 from services.inference.referral import Referral
-from services.inference.servable import Classifier
 from shared.kit.audit.requests import Auditor, AuditorDep
 from shared.kit.auth import CALLER_RESPONSES
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import NAME_PATTERN
 from shared.kit.schemas import OodOut
-from shared.kit.uploads import read_body
+from shared.kit.uploads import body_too_large, read_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -167,39 +164,25 @@ def referral_parameters(referrals: list[Referral]) -> Parameters:
     return parameters
 
 
-def _model_input(
-    infer_request: InferRequest, segments: list[bytes | None], classifier: Classifier, settings: Settings
-) -> np.ndarray | list[bytes]:
-    """The request's one input: the model's tensor, or the image files."""
-    contract = classifier.contract
-    if len(infer_request.inputs) != 1:
-        raise ServiceError(
-            ErrorCode.INVALID_REQUEST,
-            f"Send one input: {contract.input_name!r} (the model's FP32 tensor) or {IMAGE_INPUT_NAME!r} (image "
-            f"files as BYTES); got {len(infer_request.inputs)}.",
-        )
-    tensor, raw = infer_request.inputs[0], segments[0]
-    limits = InferLimits(settings.max_pixel_batch_images, settings.max_upload_bytes)
-    if tensor.name == contract.input_name:
-        return tensor_input(tensor, raw, contract, classifier.key, limits)
-    if tensor.name == IMAGE_INPUT_NAME:
-        return image_input(tensor, raw, limits)
-    raise ServiceError(
-        ErrorCode.INVALID_REQUEST,
-        f"Model {classifier.key} has no input {tensor.name!r}; its inputs are {contract.input_name!r} "
-        f"(FP32) and {IMAGE_INPUT_NAME!r} (BYTES).",
-    )
-
-
 async def _infer(
     request: Request, dataplane: DataPlane, settings: Settings, auditor: Auditor, model: str, version: str | None
 ) -> Response:
     if request.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
         raise ServiceError(ErrorCode.INVALID_REQUEST, "Compressed request bodies are not supported; send them plain.")
     classifier = await dataplane.find(model, version)
-    body = await read_body(request, settings.max_pixel_batch_bytes)
-    infer_request, segments = parse_infer_request(body, request.headers.get(BINARY_HEADER))
-    model_input = _model_input(infer_request, segments, classifier, settings)
+    rows = settings.max_json_rows
+    json_limit = min(dataplane.json_body_limit(classifier, rows), settings.max_pixel_batch_bytes)
+    header_length = request.headers.get(BINARY_HEADER)
+    # A JSON body is bounded by what parsing it may cost; a binary one (raw tensors) by the pixel batches' limit.
+    if header_length is None:
+        body = await read_body(request, json_limit, json_too_large(json_limit, rows))
+    else:
+        body = await read_body(request, settings.max_pixel_batch_bytes, body_too_large(settings.max_pixel_batch_bytes))
+    limits = InferLimits(settings.max_pixel_batch_images, settings.max_upload_bytes)
+    infer_request, model_input = await dataplane.parse(
+        InferBody(body, header_length, json_limit, rows, limits).read, classifier
+    )
+    del body  # the parsed input is all that is needed from here on
     probabilities, verdicts = await dataplane.infer(classifier, model_input)
     await record_inference(auditor, classifier, model_input, probabilities, verdicts, infer_request.id)
     class_names = classifier.contract.class_names

@@ -3,14 +3,16 @@ image sizes and scalings, answering the weighted mean of their probabilities (re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
-from deploy.processes import free_port, start_mlflow
+from deploy.processes import free_port, start_mlflow, start_service
 from shared.core.contract import PreprocessingContract
 from tests.conftest import register_onnx_model
 
@@ -116,3 +118,93 @@ def test_ensemble_takes_pixels_at_its_largest_member_size(client: Any) -> None:
     assert response.status_code == 200, response.text
     rows = np.array(response.json()["probabilities"])
     assert rows.shape == (3, 4) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-5)
+
+
+# -- the spec is a registered file: checked on download and on every load, never served edited ---------------------
+
+EDITED_WEIGHTS = {"rf": 0.9997, "cnn": 0.0002, "mobilenetv2": 0.0001}
+
+
+def _edit_cached_spec(cache: Path) -> Path:
+    """What the issue's probe did: weight the forest 0.9997 in the cached spec (its sha256 no longer matches)."""
+    (path,) = cache.glob("brain-tumor-ensemble/v1-*/ensemble.json")
+    document = json.loads(path.read_text())
+    document["weights"] = EDITED_WEIGHTS
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_an_edited_ensemble_spec_is_never_served(
+    ensemble_registry: str, tcp_proxy: Callable[[str], Any], tmp_path: Path, service_logs: Path,
+    sample_images: dict[str, bytes],
+) -> None:  # fmt: skip
+    from services.inference.model_store import CATALOG_FILENAME, file_sha256
+
+    proxy = tcp_proxy(ensemble_registry)  # closing it makes MLflow look down at the same address
+    cache = tmp_path / "cache"
+    env = {
+        "BT_INFERENCE_TRACKING_URI": proxy.url,
+        "MLFLOW_TRACKING_URI": proxy.url,
+        "BT_INFERENCE_CACHE_DIR": str(cache),
+    }
+    image = sample_images["meningioma"]
+
+    def serve(run: Callable[[str], None], log: str) -> None:
+        """Run ``run(url)`` against a fresh inference process on the cache folder (a restart each time)."""
+        process = start_service("inference", free_port(), env, service_logs / f"inference-{log}.log")
+        try:
+            run(process.url)
+        finally:
+            process.stop()
+
+    def predict(url: str, model: str = "ensemble") -> httpx.Response:
+        files = {"file": ("a.jpg", image, "image/jpeg")}
+        return httpx.post(f"{url}/v1/models/{model}/predict", files=files, timeout=60.0, trust_env=False)
+
+    answers: list[dict[str, Any]] = []
+    serve(lambda url: answers.append(predict(url).json()), "spec-first")
+    registered = answers[0]["probabilities"]
+
+    # MLflow up: the edited file fails its sha256, is deleted and fetched again; the answer is the registered one.
+    spec_path = _edit_cached_spec(cache)
+
+    def refetched(url: str) -> None:
+        response = predict(url)
+        assert response.status_code == 200, response.text
+        assert response.json()["probabilities"] == pytest.approx(registered, abs=1e-6)
+        assert json.loads(spec_path.read_text())["weights"] == pytest.approx(WEIGHTS)
+
+    serve(refetched, "spec-refetched")
+
+    # MLflow down: the edited file cannot be fetched again, so the ensemble is unavailable (a clear 503), while
+    # models whose files still verify are served from the kept catalogue.
+    _edit_cached_spec(cache)
+    proxy.close()
+
+    def unavailable(url: str) -> None:
+        response = predict(url)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "REGISTRY_UNAVAILABLE" and response.headers["retry-after"]
+        assert not spec_path.exists()  # deleted, never opened
+        assert predict(url, "rf").status_code == 200
+
+    serve(unavailable, "spec-mlflow-down")
+
+    # The attacker's next move: edit the spec and the catalogue's expected sha256 to match. The catalogue's
+    # signature (a key outside the cache folder) no longer matches: it is ignored, and nothing is served from it.
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"members": {"rf": "1", "cnn": "1", "mobilenetv2": "1"}, "weights": EDITED_WEIGHTS, "conformal": None}
+    spec_path.write_text(json.dumps(document))
+    catalog_path = cache / CATALOG_FILENAME
+    catalog = json.loads(catalog_path.read_text())
+    for version in catalog["models"]["ensemble"]["versions"]:
+        version["onnx_sha256"] = file_sha256(spec_path)
+    catalog_path.write_text(json.dumps(catalog))
+
+    def not_trusted(url: str) -> None:
+        for model in ("ensemble", "rf"):
+            response = predict(url, model)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "REGISTRY_UNAVAILABLE"
+
+    serve(not_trusted, "catalog-edited")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from services.inference import model_store
+from services.inference.cache_trust import CacheSigner
 from services.inference.catalog import Catalog, ModelRecord, VersionRecord
 from services.inference.circuit import CircuitBreaker
 from services.inference.listing import list_models
@@ -59,7 +60,8 @@ def test_a_damaged_cache_file_is_replaced_by_the_registered_one(model_zoo: Any, 
     assert again == path
     assert again.read_bytes() == good
     verified = json.loads((path.parent / model_store.VERIFIED_FILENAME).read_text())
-    assert verified == {"sha256": version.onnx_sha256, "origin": model_store.FROM_REGISTRY}
+    assert verified.pop(model_store.SIGNATURE_KEY)  # signed with a key the cache folder does not hold
+    assert verified == {"folder": _folder(path), "sha256": version.onnx_sha256, "origin": model_store.FROM_REGISTRY}
 
 
 def test_a_download_that_fails_its_check_is_never_cached(model_zoo: Any, make_onnx: Any, tmp_path: Path) -> None:
@@ -103,7 +105,13 @@ def test_a_version_without_the_tag_is_trusted_once_and_held_to_it(
 
     path = store.download(record, version)
     verified = json.loads((path.parent / model_store.VERIFIED_FILENAME).read_text())
-    assert verified == {"sha256": model_store.file_sha256(path), "origin": model_store.TRUSTED_ON_DOWNLOAD}
+    assert verified.pop(model_store.SIGNATURE_KEY)
+    expected = {
+        "folder": _folder(path),
+        "sha256": model_store.file_sha256(path),
+        "origin": model_store.TRUSTED_ON_DOWNLOAD,
+    }
+    assert verified == expected
     path.write_bytes(other_bytes)  # a later swap is caught by the recorded sha256
 
     assert store.download(record, version).read_bytes() == onnx_bytes
@@ -162,13 +170,28 @@ def test_a_saved_catalogue_reads_back_the_same() -> None:
     assert again.from_disk and again.age_s() == float("inf")
 
 
-def test_an_unreadable_or_foreign_saved_catalogue_is_ignored(tmp_path: Path) -> None:
-    catalog = Catalog({"cnn": ModelRecord("cnn", "brain-tumor-cnn", {}, {})})
-    model_store.save_catalog(tmp_path, catalog, "http://127.0.0.1:5000")
-    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000") is not None
-    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5001") is None  # another MLflow's
-    (tmp_path / model_store.CATALOG_FILENAME).write_text("{not json")
-    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000") is None
+def _folder(path: Path) -> str:
+    return f"{path.parent.parent.name}/{path.parent.name}"
+
+
+def test_an_unreadable_foreign_edited_or_unsigned_saved_catalogue_is_ignored(tmp_path: Path) -> None:
+    signer = CacheSigner.ephemeral()
+    version = VersionRecord("3", "run", "models:/m-1", "2026-01-01T00:00:00+00:00", "ab" * 32)
+    catalog = Catalog({"cnn": ModelRecord("cnn", "brain-tumor-cnn", {"3": version}, {})})
+    model_store.save_catalog(tmp_path, catalog, "http://127.0.0.1:5000", signer)
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000", signer) is not None
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5001", signer) is None  # another MLflow's
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000", CacheSigner.ephemeral()) is None  # other key
+    path = tmp_path / model_store.CATALOG_FILENAME
+    saved = path.read_text()
+    path.write_text(saved.replace("ab" * 32, "cd" * 32))  # an expected sha256 edited to match an edited file
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000", signer) is None
+    unsigned = json.loads(saved)
+    del unsigned[model_store.SIGNATURE_KEY]
+    path.write_text(json.dumps(unsigned))
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000", signer) is None
+    path.write_text("{not json")
+    assert model_store.load_catalog(tmp_path, "http://127.0.0.1:5000", signer) is None
 
 
 def test_the_breaker_lets_one_probe_through_per_interval() -> None:

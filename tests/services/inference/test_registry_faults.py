@@ -27,6 +27,7 @@ import pytest
 
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from services.inference import model_store
+from services.inference.cache_trust import cache_signer
 from shared.core.contract import CLASS_NAMES, ONNX_FILENAME, PreprocessingContract
 from shared.core.onnx_classifier import OnnxClassifier
 from shared.kit.schemas import CHAMPION_ALIAS, registered_name
@@ -310,6 +311,7 @@ def test_mlflow_down_inference_restarted_and_damaged_cache_files(
         for version in ("1", "2"):
             path = _cache_file(cache, "cnn", version)
             assert path.read_bytes() == fault_zoo.files["cnn"][version]
-            assert model_store.recorded_sha256(path.parent) == model_store.file_sha256(path)
+            signer = cache_signer(None, cache)  # the process's: derived from the MLflow password
+            assert model_store.recorded_sha256(path.parent, signer) == model_store.file_sha256(path)
     finally:
         third.stop()

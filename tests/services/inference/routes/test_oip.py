@@ -330,18 +330,19 @@ def test_openapi_declares_every_v2_status_with_the_protocol_error_body(inference
         if path.startswith("/v2")
         for method, operation in operations.items()
     }
-    model_errors = ["400", "404", "500", "503"]
+    model_errors = ["400", "404", "408", "500", "503"]
     # 422: NOT_A_BRAIN_MRI (the OOD guard); 401 only with caller tokens (test_oip_audit.py)
-    infer_errors = ["400", "404", "413", "422", "500", "503"]
+    infer_errors = ["400", "404", "408", "413", "422", "500", "503"]
     assert declared == {
-        # 400 on every route: INVALID_HOST (shared/kit/hosts.py), besides a route's own reasons.
-        ("/v2/health/live", "get"): ["400"],
-        ("/v2/health/ready", "get"): ["400", "503"],
-        ("/v2", "get"): ["400"],
+        # On every route: 400 INVALID_HOST (shared/kit/hosts.py; unsafe URL text too, the protocol's 400) and 408
+        # REQUEST_TIMEOUT (shared/kit/request_checks.py), besides a route's own reasons.
+        ("/v2/health/live", "get"): ["400", "408"],
+        ("/v2/health/ready", "get"): ["400", "408", "503"],
+        ("/v2", "get"): ["400", "408"],
         ("/v2/models/{model}", "get"): model_errors,
         ("/v2/models/{model}/versions/{version}", "get"): model_errors,
-        ("/v2/models/{model}/ready", "get"): ["400", "404", "503"],
-        ("/v2/models/{model}/versions/{version}/ready", "get"): ["400", "404", "503"],
+        ("/v2/models/{model}/ready", "get"): ["400", "404", "408", "503"],
+        ("/v2/models/{model}/versions/{version}/ready", "get"): ["400", "404", "408", "503"],
         ("/v2/models/{model}/infer", "post"): infer_errors,
         ("/v2/models/{model}/versions/{version}/infer", "post"): infer_errors,
     }
