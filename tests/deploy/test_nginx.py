@@ -78,13 +78,14 @@ def proxy(
 
 
 def test_the_body_limits_are_derived_from_the_gateway_settings_route_by_route() -> None:
-    settings = GatewaySettings(max_upload_bytes=100_000, max_batch_files=2)
+    settings = GatewaySettings(max_upload_bytes=100_000, max_batch_files=2, dicomweb_max_push_bytes=150_000)
     services = proxied_services({"gateway": 1}, {"gateway": (2,)}, {"gateway": settings})
     # A batch of max_batch_files files at the upload limit, plus the multipart framing, is the largest body.
     assert services[0].max_body_bytes == largest_body_bytes("gateway", settings) > 2 * 100_000
     limits = {route.location: route.max_body_bytes for route in services[0].routes}
     assert limits["= /v1/predict"] == limits["= /v1/compare"] == limits["= /v1/explain"] < 2 * 100_000
     assert limits["= /v1/predict/batch"] == services[0].max_body_bytes
+    assert limits["= /v1/studies"] == 150_000  # a study pushed by a PACS: its own setting
     text = render(services, Path("/state"), NginxSettings(client_header_timeout_s=1.5))
     for limit in {*limits.values(), services[0].default_body_bytes}:
         assert f"client_max_body_size {limit};" in text
@@ -179,9 +180,14 @@ def _access_log_line(proxy: Proxy, request_id: str, wait_s: float = 5.0) -> str:
         time.sleep(0.1)
 
 
+def gateway_route_limit(proxy: Proxy, location: str) -> int:
+    gateway = next(service for service in proxy.services if service.name == "gateway")
+    return next(route.max_body_bytes for route in gateway.routes if route.location == location)
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_an_oversized_body_gets_413_in_the_error_shape(proxy: Proxy, chunked: bool) -> None:
-    limit = next(s.max_body_bytes for s in proxy.services if s.name == "gateway")
+    limit = gateway_route_limit(proxy, "= /v1/predict/batch")
     body = b"x" * (limit + 1)
     content: bytes | Iterator[bytes] = iter([body[: limit // 2], body[limit // 2 :]]) if chunked else body
     response = httpx.post(
@@ -203,7 +209,7 @@ def test_a_request_id_that_is_not_plain_is_replaced(proxy: Proxy) -> None:
     # nginx's own error bodies carry the id: a quote in it must not reach the JSON.
     response = httpx.post(
         f"{proxy.url('gateway')}/v1/predict",
-        content=b"x" * (next(s.max_body_bytes for s in proxy.services if s.name == "gateway") + 1),
+        content=b"x" * (gateway_route_limit(proxy, "= /v1/predict") + 1),
         headers={"x-request-id": 'x","code":"EVIL'},
         trust_env=False,
         timeout=30,
