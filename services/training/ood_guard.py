@@ -271,7 +271,8 @@ def thresholds_from_scores(scores: np.ndarray) -> tuple[float, float]:
 @dataclass(frozen=True)
 class GuardValidation:
     """What ``fit_guard_cv`` measured: each slice's fold, the fold guards (each fitted without its fold, with
-    the thresholds the other folds' scores give: what judges that fold's slices) and the out-of-fold scores."""
+    the normalisers and thresholds the other folds' scores give: what judges that fold's slices) and the
+    out-of-fold scores (each slice's on its fold guard's normalised scale)."""
 
     folds: np.ndarray
     fold_guards: tuple[OodGuard, ...]
@@ -279,6 +280,9 @@ class GuardValidation:
     refused: int
     flagged: int
     fit_seconds: float
+    # Each detector's own out-of-fold scores (mixture, texture), before normalising: what the normalisers and
+    # the combined scores above are computed from.
+    detector_scores: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     def refused_mask(self) -> np.ndarray:
         return np.array([s > self.fold_guards[f].threshold for s, f in zip(self.scores, self.folds, strict=True)])
@@ -403,7 +407,8 @@ def fit_guard_cv(
     guard = OodGuard(**{**final.__dict__, "threshold": threshold, "flag_threshold": flag, "threshold_images": total,
                         "quantile": 1 - REFUSAL_TAIL, "validation": validation})  # fmt: skip
     seconds = time.perf_counter() - started
-    return guard, GuardValidation(fold_of, tuple(fold_guards), scores, refused, flagged, seconds)
+    oof = (mixture_oof, texture_oof)
+    return guard, GuardValidation(fold_of, tuple(fold_guards), scores, refused, flagged, seconds, oof)
 
 
 def _detector_parts(mixture: np.ndarray, texture: np.ndarray, detector: TextureModel) -> dict[str, object]:
