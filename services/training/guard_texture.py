@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -25,6 +26,9 @@ from onnx import helper, numpy_helper
 
 from services.training.weights import resolve_weights
 from shared.core.guard_input import COLOUR_SIZE, GUARD_COLOUR_INPUT_NAME
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # Where MobileNetV2 is cut: early blocks see edges and fine texture (what separates a photo from a slice); the
 # later ones (block_13, the full network) describe objects and separated the non-MRI set far worse.
@@ -66,7 +70,7 @@ def extractor_onnx(weights: Path | None) -> bytes:
 
 
 @lru_cache(maxsize=4)
-def _session(extractor: bytes):  # noqa: ANN202 - onnxruntime's session type
+def _session(extractor: bytes) -> ort.InferenceSession:
     import onnxruntime as ort
 
     return ort.InferenceSession(extractor, providers=["CPUExecutionProvider"])
