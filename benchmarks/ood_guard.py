@@ -11,6 +11,9 @@
 
     python -m benchmarks.ood_guard --data ../shared/data/brain-tumor-mri/Training
 
+The guard's texture detector needs the ImageNet MobileNetV2 weights (``--weights``, default
+``$BT_MOBILENETV2_WEIGHTS``, else Keras's cache folder).
+
 With ``--guard-file PATH`` (e.g. the pretrained bundle's ``guard.onnx``) that served guard is scored on the
 non-MRI set instead, as inference scores uploads.
 """
@@ -18,6 +21,7 @@ non-MRI set instead, as inference scores uploads.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -29,6 +33,7 @@ from benchmarks.guard_variants import INFORMATIVE_VARIANTS, VARIANTS
 from benchmarks.markdown import command_line, write_section
 from benchmarks.ood_sets import OTHER_MODALITY_PREFIX, ood_images, source_of
 from services.training.data import prepare_data
+from services.training.guard_texture import TEXTURE_LAYER, TEXTURE_SIZE
 from services.training.ood_guard import (
     GUARD_COMPONENTS,
     GUARD_IMAGE_SIZE,
@@ -40,7 +45,13 @@ from services.training.ood_guard import (
 )
 from services.training.options import TrainingOptions
 from shared.core.dataset import SAMPLE_DATA_DIR, discover
-from shared.core.guard_input import FEATURE_NAMES, GUARD_FEATURES_INPUT_NAME, GuardInput, guard_input
+from shared.core.guard_input import (
+    FEATURE_NAMES,
+    GUARD_COLOUR_INPUT_NAME,
+    GUARD_FEATURES_INPUT_NAME,
+    guard_input,
+    stacked,
+)
 from shared.kit.schemas import GUARD_INPUT_NAME
 
 # Images timed one by one for the cost per image (decode + features, then the ONNX graph on one thread).
@@ -62,13 +73,19 @@ def _table(header: str, rows: list[tuple[str, int, int, str]]) -> str:
     return "\n".join(lines)
 
 
-def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: int = VARIANT_EVERY) -> str:
+def run(
+    data_dir: Path,
+    cache_dir: Path,
+    argv: list[str] | None,
+    variant_every: int = VARIANT_EVERY,
+    weights: Path | None = None,
+) -> str:
     options = TrainingOptions()
     started = time.perf_counter()
     data = prepare_data(data_dir, 0, options.seed, cache_dir)  # every training slice, its duplicate group
     paths = data.train_files.paths
     guard, validation = fit_guard_cv(
-        paths, data.train(GUARD_IMAGE_SIZE), data.train_groups, data.train_labels, seed=options.seed
+        paths, data.train(GUARD_IMAGE_SIZE), data.train_groups, data.train_labels, seed=options.seed, weights=weights
     )
     total = len(validation.scores)
     cv_rows = [
@@ -79,7 +96,7 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: 
     ]  # fmt: skip
     variant_rows, worst = _variant_rows(validation, paths, variant_every)
     items = ood_images()
-    ood_scores = guard_scores(guard, _stacked([guard_input(data_bytes) for _, data_bytes in items]))
+    ood_scores = guard_scores(guard, stacked([guard_input(data_bytes) for _, data_bytes in items]))
     refused = ood_scores > guard.threshold
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     by_source: dict[str, list[bool]] = defaultdict(list)
@@ -97,7 +114,7 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: 
         f"{name} ({score:.1f})" for (name, _), score, r in zip(items, ood_scores, refused, strict=True) if not r
     )
     sample = discover(SAMPLE_DATA_DIR).train.paths
-    sample_scores = guard_scores(guard, _stacked([guard_input(path.read_bytes()) for path in sample]))
+    sample_scores = guard_scores(guard, stacked([guard_input(path.read_bytes()) for path in sample]))
     uploads = [path.read_bytes() for path in paths[: TIMED_IMAGES // 2]]
     uploads += [data_bytes for _, data_bytes in items[: TIMED_IMAGES // 2]]
     cost = _cost_per_image(guard, uploads)
@@ -106,15 +123,19 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: 
     meta = guard.metadata()
     return (
         f"## Guard against non-MRI input (`{command_line('benchmarks.ood_guard', argv)}`)\n\n"
-        f"A mixture of {len(guard.mixture_means)} Gaussians over the log PCA distances of "
+        f"Two detectors: a mixture of {len(guard.mixture_means)} Gaussians over the log PCA distances of "
         f"{GUARD_IMAGE_SIZE}x{GUARD_IMAGE_SIZE} thumbnails ({GUARD_COMPONENTS} components) and the statistics "
-        f"{', '.join(FEATURE_NAMES)}; fitted on {total} training slices and {meta['augmented_copies']} random "
-        f"re-uploads of each ({guard.fitted_images} images). Thresholds from the {total} out-of-fold scores "
+        f"{', '.join(FEATURE_NAMES)}; and the texture detector (ImageNet MobileNetV2 to {TEXTURE_LAYER} on the "
+        f"colour thumbnail at {TEXTURE_SIZE} px, {meta['texture_components']} PCA components, a Gaussian per "
+        f"class); both fitted on {total} training slices and {meta['augmented_copies']} random "
+        f"re-uploads of each ({guard.fitted_images} images). The score is the larger of the two, each normalised by "
+        f"its own thresholds (mixture {_pair(guard.mixture_scale)}, texture {_pair(guard.texture_scale)}). "
+        f"Thresholds from the {total} out-of-fold scores "
         f"({meta['cv_folds']} duplicate-group folds): flag {guard.flag:.3f}, refusal {guard.threshold:.3f} "
         f"({meta['threshold_rule']}). Fitting (re-uploads, {meta['cv_folds']} fold guards, the final guard): "
         f"{validation.fit_seconds:.0f} s; {time.perf_counter() - started:.0f} s in all. Cost per upload on one "
         f"thread (median of {len(uploads)}: half training JPEGs, half non-MRI PNGs): {cost[0]:.2f} ms decoding "
-        f"and features, {cost[1]:.3f} ms the ONNX graph. See docs/ood-guard.md.\n\n"
+        f"and features, {cost[1]:.3f} ms the ONNX graph (with the texture network). See docs/ood-guard.md.\n\n"
         + _table("real MRI slices", cv_rows)
         + "\n\n"
         + _table(f"held-out slices re-uploaded (1 slice in {variant_every}): accepted", variant_rows)
@@ -131,6 +152,10 @@ def run(data_dir: Path, cache_dir: Path, argv: list[str] | None, variant_every: 
     )
 
 
+def _pair(scale: tuple[float, float]) -> str:
+    return f"flag {scale[0]:.2f}, refusal {scale[1]:.2f}"
+
+
 def _names(paths: list[Path] | tuple[Path, ...], mask: np.ndarray) -> str:
     chosen = [f"{path.parent.name}/{path.name}" for path, hit in zip(paths, mask, strict=True) if hit]
     return ", ".join(chosen) if chosen else "none"
@@ -143,11 +168,11 @@ def _variant_rows(validation, paths, every: int) -> tuple[list[tuple[str, int, i
     folds = validation.folds[chosen]
     rows, worst = [], 1.0
     for name, make in VARIANTS.items():
-        inputs = _stacked([guard_input(make(data, int(i))) for data, i in zip(originals, chosen, strict=True)])
+        inputs = stacked([guard_input(make(data, int(i))) for data, i in zip(originals, chosen, strict=True)])
         accepted, flagged = 0, 0
         for fold, fold_guard in enumerate(validation.fold_guards):
             mask = folds == fold
-            scores = guard_scores(fold_guard, GuardInput(inputs.pixels[mask], inputs.features[mask]))
+            scores = guard_scores(fold_guard, inputs.part(mask))
             accepted += int((scores <= fold_guard.threshold).sum())
             flagged += int((scores > fold_guard.flag).sum())
         informative = name in INFORMATIVE_VARIANTS
@@ -181,10 +206,6 @@ def run_file(guard_file: Path, argv: list[str] | None) -> str:
     )
 
 
-def _stacked(inputs: list[GuardInput]) -> GuardInput:
-    return GuardInput(np.concatenate([i.pixels for i in inputs]), np.concatenate([i.features for i in inputs]))
-
-
 def _cost_per_image(guard: OodGuard, uploads: list[bytes]) -> tuple[float, float]:
     """Median milliseconds per upload: its guard input from the bytes, then the ONNX graph (one thread)."""
     import onnxruntime as ort
@@ -197,7 +218,8 @@ def _cost_per_image(guard: OodGuard, uploads: list[bytes]) -> tuple[float, float
         started = time.perf_counter()
         inputs = guard_input(upload)
         decoded = time.perf_counter()
-        session.run(None, {GUARD_INPUT_NAME: inputs.pixels, GUARD_FEATURES_INPUT_NAME: inputs.features})
+        feeds = {GUARD_INPUT_NAME: inputs.pixels, GUARD_FEATURES_INPUT_NAME: inputs.features}
+        session.run(None, {**feeds, GUARD_COLOUR_INPUT_NAME: inputs.colour_input()})
         decode_ms.append((decoded - started) * 1000)
         graph_ms.append((time.perf_counter() - decoded) * 1000)
     return float(np.median(decode_ms)), float(np.median(graph_ms))
@@ -209,6 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guard-file", type=Path, help="Score this served guard ONNX file on the non-MRI set.")
     parser.add_argument("--cache-dir", type=Path, default=None, help="Decoded-image cache (default: a temp folder).")
     parser.add_argument("--no-write", action="store_true", help="Print only; leave docs/benchmarks.md alone.")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("BT_MOBILENETV2_WEIGHTS"),
+        help="ImageNet MobileNetV2 no-top weights for the texture detector (default: $BT_MOBILENETV2_WEIGHTS).",
+    )
     parser.add_argument("--variant-every", type=int, default=VARIANT_EVERY, help="Re-upload every n-th slice.")
     args = parser.parse_args(argv)
     if (args.data is None) == (args.guard_file is None):
@@ -217,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         key, section = "ood-guard-served", run_file(args.guard_file, argv)
     else:
         cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="ood-guard-"))
-        key, section = "ood-guard", run(args.data, cache_dir, argv, args.variant_every)
+        key, section = "ood-guard", run(args.data, cache_dir, argv, args.variant_every, args.weights)
     print(section)  # noqa: T201 - a command-line report
     if not args.no_write:
         write_section(key, section)

@@ -296,20 +296,27 @@ def _git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
-GUARD_COMMAND = ".venv/bin/python -m deploy.pretrained refit-guard --data {data} --seed {seed}"
+GUARD_COMMAND = ".venv/bin/python -m deploy.pretrained refit-guard --data {data} --seed {seed} --weights <weights>"
 
 
-def refit_guard(data_dir: Path, folder: Path = BUNDLE_DIR, seed: int = 42) -> BundledGuard:
+def refit_guard(data_dir: Path, folder: Path = BUNDLE_DIR, seed: int = 42, weights: Path | None = None) -> BundledGuard:
     """Replace the bundle's guard by one fitted on every image of ``data_dir`` (``ood_guard.fit_guard_cv``: its
     thresholds and false-refusal rate cross-validated over them), as a refit run with ``--guard`` fits it; the
-    families are left alone. For a change of the guard's input kind, which makes the bundled guard unusable."""
+    families are left alone. For a change of the guard's input kind, which makes the bundled guard unusable.
+    ``weights``: the ImageNet MobileNetV2 file its texture detector is built from (None: Keras's cache folder;
+    neither: WEIGHTS_NOT_FOUND)."""
     from services.training.data import prepare_data
     from services.training.ood_guard import GUARD_IMAGE_SIZE, fit_guard_cv, guard_onnx
 
     manifest, files = load_bundle(folder)
     data = prepare_data(data_dir, 0.0, seed, PROJECT_ROOT / "var" / "cache")
     guard, _ = fit_guard_cv(
-        data.train_files.paths, data.train(GUARD_IMAGE_SIZE), data.train_groups, data.train_labels, seed=seed
+        data.train_files.paths,
+        data.train(GUARD_IMAGE_SIZE),
+        data.train_groups,
+        data.train_labels,
+        seed=seed,
+        weights=weights,
     )
     command = GUARD_COMMAND.format(data=data_dir, seed=seed)
     entry = BundledGuard(
@@ -328,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["register", "build", "train-command", "refit-guard"])
     parser.add_argument("--seed", type=int, default=42, help="refit-guard: the folds' and the mixture's seed")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("BT_MOBILENETV2_WEIGHTS"),
+        help="refit-guard: ImageNet MobileNetV2 no-top weights (.h5) for the guard's texture detector "
+        "(default: $BT_MOBILENETV2_WEIGHTS, else Keras's cache folder)",
+    )
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle folder (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="register: target")
     parser.add_argument("--from-registry", help="build: the MLflow of the finished full-data run")
@@ -354,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "refit-guard":
         if args.data is None:
             parser.error("refit-guard needs --data (the full training folder)")
-        guard = refit_guard(args.data, args.bundle, args.seed)
+        guard = refit_guard(args.data, args.bundle, args.seed, args.weights)
         print(f"the bundle's guard is now {guard.file} ({guard.size_bytes} bytes, sha256 {guard.sha256[:12]}...)")
         return 0
     try:

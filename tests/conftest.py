@@ -435,11 +435,29 @@ def explainer_server(inference_server: ManagedProcess, service_logs: Path) -> It
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def mobilenetv2_weights() -> Path:
-    """The ImageNet MobileNetV2 no-top weights; the tests pass the path in (BT_MOBILENETV2_WEIGHTS),
-    defaulting to the copy provided beside the repository. Nothing is ever downloaded."""
+def mobilenetv2_weights_path() -> Path:
+    """The ImageNet MobileNetV2 no-top weights (BT_MOBILENETV2_WEIGHTS, defaulting to the copy provided beside the
+    repository), for helpers that are not fixtures. Nothing is ever downloaded."""
     name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     path = Path(os.environ.get("BT_MOBILENETV2_WEIGHTS", ROOT.parent / "shared" / "weights" / name))
     assert path.is_file(), f"MobileNetV2 weights not found at {path}; set BT_MOBILENETV2_WEIGHTS"
     return path
+
+
+@pytest.fixture(scope="session")
+def mobilenetv2_weights() -> Path:
+    """The ImageNet MobileNetV2 no-top weights; the tests pass the path in (BT_MOBILENETV2_WEIGHTS),
+    defaulting to the copy provided beside the repository. Nothing is ever downloaded."""
+    return mobilenetv2_weights_path()
+
+
+def fit_sample_guard(sample_arrays: SampleArrays, weights: Path) -> Any:
+    """A real guard (``ood_guard.OodGuard``, both detectors) fitted on half the sample with its classes, each
+    threshold the highest score of the other half: what the inference, route and bundle tests register."""
+    from services.training.ood_guard import GUARD_IMAGE_SIZE, files_input, fit_guard
+
+    pixels, labels = sample_arrays(GUARD_IMAGE_SIZE)
+    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, pixels)
+    halves = [np.arange(start, len(labels), 2) for start in (0, 1)]
+    fit, held_out = inputs.part(halves[0]), inputs.part(halves[1])
+    return fit_guard(fit, held_out, quantile=1.0, weights=weights, labels=np.asarray(labels)[halves[0]])

@@ -1,8 +1,9 @@
 """The guard against input that is not a brain MRI slice, as a servable (docs/ood-guard.md).
 
-A small ONNX graph (the upload's thumbnail and a few statistics -> one score) with its threshold and input kind
-in its metadata, opened by the one session factory. Its input row is the thumbnail's pixels and the statistics
-side by side (``shared.core.guard_input``: defined once for training and inference); its answer is the verdict.
+One ONNX graph (the upload's gray thumbnail, a few statistics and its colour thumbnail -> one score) with its
+thresholds and input kind in its metadata, opened by the one session factory. Its input row is the thumbnail's
+pixels, the statistics and the colour thumbnail's values side by side (``shared.core.guard_input``: defined once
+for training and inference); its answer is the verdict.
 Which version is the guard, and what a verdict does to a request, is ``guard_selector``'s and the data plane's.
 """
 
@@ -16,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.core.guard_input import FEATURE_NAMES, GUARD_INPUT_KIND, THUMBNAIL_SIZE, decode_guard_images, guard_input_of
+from shared.core.guard_input import (
+    COLOUR_SIZE,
+    FEATURE_NAMES,
+    GUARD_INPUT_KIND,
+    THUMBNAIL_SIZE,
+    decode_guard_images,
+    guard_input_of,
+)
 from shared.core.imaging import DecodedImage
 from shared.core.onnx_classifier import open_session
 from shared.kit.errors import ErrorCode, ServiceError
@@ -26,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 GUARD_MODEL = "guard"
 _PIXELS = THUMBNAIL_SIZE * THUMBNAIL_SIZE
+_STATISTICS_END = _PIXELS + len(FEATURE_NAMES)
+_COLOUR_SHAPE = (COLOUR_SIZE, COLOUR_SIZE, 3)
 
 
 class Guard:
@@ -40,7 +50,7 @@ class Guard:
         self.ready = False
         self.threshold = float("inf")
         self.flag_threshold = float("inf")
-        self._feeds: tuple[str, str] = ("", "")
+        self._feeds: tuple[str, str, str] = ("", "", "")
         self._session: ort.InferenceSession | None = None
 
     @property
@@ -49,7 +59,7 @@ class Guard:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (_PIXELS + len(FEATURE_NAMES),)
+        return (_STATISTICS_END + int(np.prod(_COLOUR_SHAPE)),)
 
     def _invalid(self, problem: str) -> ServiceError:
         return ServiceError(ErrorCode.INVALID_MODEL, f"guard version {self.version} {problem}")
@@ -74,16 +84,18 @@ class Guard:
         self.threshold = float(meta["threshold"])
         # Guards fitted before the "unusual" verdict have one threshold: nothing is unusual without being refused.
         self.flag_threshold = float(meta.get("flag_threshold", self.threshold))
-        self._feeds = (str(meta["input_name"]), str(meta["features_input_name"]))
+        self._feeds = (str(meta["input_name"]), str(meta["features_input_name"]), str(meta["colour_input_name"]))
         self._session = session
         self.ready = True
 
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
-        """Each upload's thumbnail pixels and statistics, side by side (N, pixels + statistics), computed exactly
-        as training computed the fitting images' (shared code) from the same decoding the models read."""
+        """Each upload's thumbnail pixels, statistics and colour thumbnail (0-255), side by side (N, pixels +
+        statistics + 64 * 64 * 3), computed exactly as training computed the fitting images' (shared code) from the
+        same decoding the models read."""
         decoded = [decode_guard_images(self._file_of(image), image.frame, image.gray) for image in images]
         inputs = guard_input_of(np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded]))
-        return np.concatenate([inputs.pixels, inputs.features], axis=1).astype(np.float32, copy=False)
+        colours = inputs.colour_input().reshape(len(decoded), -1)
+        return np.concatenate([inputs.pixels, inputs.features, colours], axis=1).astype(np.float32, copy=False)
 
     def _file_of(self, image: DecodedImage) -> bytes:
         # Its statistics read the file in colour: only uploads are judged, never pixels a caller holds.
@@ -95,7 +107,11 @@ class Guard:
         """Scores (N, 1): higher is less like a brain MRI slice."""
         if self._session is None:
             raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.key} is not loaded yet.")
-        feeds = {self._feeds[0]: batch[:, :_PIXELS], self._feeds[1]: batch[:, _PIXELS:]}
+        feeds = {
+            self._feeds[0]: batch[:, :_PIXELS],
+            self._feeds[1]: batch[:, _PIXELS:_STATISTICS_END],
+            self._feeds[2]: batch[:, _STATISTICS_END:].reshape(len(batch), *_COLOUR_SHAPE),
+        }
         return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), -1)
 
     def postprocess(self, row: np.ndarray) -> OodOut:

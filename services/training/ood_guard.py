@@ -19,6 +19,12 @@ The mixture is fitted on each training slice and on ``AUGMENTED_COPIES`` random 
 so that a cropped or re-windowed scan is not refused; a wide covariance ridge keeps the score's tail on real
 slices short.
 
+A second detector (v4, ``services.training.guard_texture``) scores the colour thumbnail's texture as early layers of
+ImageNet MobileNetV2 see it: the statistics cannot tell an inverted gray photo or a rotated texture on black from a
+slice. It is fitted on the same slices and re-uploads. Each detector's score is normalised by its own two
+thresholds (the rule below, on its own cross-validated scores) and the guard's score is the larger: one score,
+two thresholds, for inference as before.
+
 Two thresholds, both from cross-validated scores (``fit_guard_cv``): every training slice is scored by a guard
 fitted without its duplicate group (``GUARD_FOLDS`` group folds). The "unusual" flag threshold is their
 ``FLAG_QUANTILE`` quantile; the refusal threshold extrapolates their tail beyond it (exceedances over the flag
@@ -26,26 +32,33 @@ threshold are about exponential: ``REFUSAL_TAIL`` of real slices above it). The 
 it reports are honest: each slice is judged by a guard not fitted on it and thresholds not computed from its
 fold's scores.
 
-It is exported as a small ONNX graph (inputs ``pixels`` (N, 1024) and ``features`` (N, F), output ``ood_score``
-(N, 1)), its threshold and input kind in the ONNX metadata (``GUARD_METADATA_KEY``), and registered in MLflow as
-``brain-tumor-guard``: inference runs it with onnxruntime only.
+It is exported as one ONNX graph (``guard_graph``: inputs ``pixels`` (N, 1024), ``features`` (N, F) and ``colour``
+(N, 64, 64, 3), output ``ood_score`` (N, 1)), its thresholds and input kind in the ONNX metadata
+(``GUARD_METADATA_KEY``), and registered in MLflow as ``brain-tumor-guard``: inference runs it with onnxruntime only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from services.training.guard_augmentation import AUGMENTED_COPIES, augmented
+from services.training.guard_graph import guard_onnx
+from services.training.guard_texture import (
+    TEXTURE_LAYER,
+    TextureModel,
+    extractor_onnx,
+    fit_texture,
+    texture_features,
+    texture_scores,
+)
 from shared.core.guard_input import (
     FEATURE_NAMES,
+    GUARD_COLOUR_INPUT_NAME,
     GUARD_FEATURES_INPUT_NAME,
     GUARD_INPUT_KIND,
     THUMBNAIL_SIZE,
@@ -53,12 +66,11 @@ from shared.core.guard_input import (
     decode_colour,
     guard_input,
     guard_input_of,
+    stacked,
 )
-from shared.kit.schemas import (
-    GUARD_INPUT_NAME,
-    GUARD_METADATA_KEY,
-    GUARD_OUTPUT_NAME,
-)
+from shared.kit.schemas import GUARD_INPUT_NAME, GUARD_OUTPUT_NAME
+
+__all__ = ["guard_onnx"]  # re-exported: the pipeline, the bundle and the benchmark export through this module
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +98,6 @@ GUARD_MIXTURE_COMPONENTS = 8
 COVARIANCE_RIDGE = 0.05
 # Fits of the mixture from different starts; the likeliest is kept.
 MIXTURE_STARTS = 2
-_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,11 @@ class OodGuard:
     flag_threshold: float = float("nan")
     # How the thresholds were set and what the cross-validation measured (the metadata carries it).
     validation: dict[str, object] = field(default_factory=dict)
+    # v4: the texture detector, and each detector's (flag, refusal) thresholds that put its score on the common
+    # scale; the guard's score is the larger of the two normalised scores. None: the mixture alone (mid-fit).
+    texture: TextureModel | None = None
+    mixture_scale: tuple[float, float] = (0.0, 1.0)
+    texture_scale: tuple[float, float] = (0.0, 1.0)
 
     @property
     def flag(self) -> float:
@@ -127,10 +143,15 @@ class OodGuard:
             "input_kind": GUARD_INPUT_KIND,
             "input_name": GUARD_INPUT_NAME,
             "features_input_name": GUARD_FEATURES_INPUT_NAME,
+            "colour_input_name": GUARD_COLOUR_INPUT_NAME,
             "feature_names": list(FEATURE_NAMES),
             "output_name": GUARD_OUTPUT_NAME,
             "components": len(self.variances),
             "mixture_components": len(self.mixture_means),
+            "texture_layer": TEXTURE_LAYER,
+            "texture_components": 0 if self.texture is None else len(self.texture.components),
+            "mixture_thresholds": list(self.mixture_scale),
+            "texture_thresholds": list(self.texture_scale),
             "fitted_images": self.fitted_images,
             "threshold_images": self.threshold_images,
             "threshold_quantile": self.quantile,
@@ -173,17 +194,46 @@ def fit_guard(
     components: int = GUARD_COMPONENTS,
     quantile: float = GUARD_QUANTILE,
     seed: int = 0,
+    *,
+    weights: Path | None = None,
+    labels: np.ndarray | None = None,
 ) -> OodGuard:
-    """PCA and Gaussian mixture on ``fit``; the refusal threshold the ``quantile`` of ``held_out``'s scores (held-out
-    MRI images, never fitted on), the flag threshold their ``FLAG_QUANTILE`` (or the refusal one, if lower).
-    ``fit_guard_cv`` is what training uses: its thresholds and rates are cross-validated."""
+    """Both detectors on ``fit`` (``labels``: its classes, for the texture detector's Gaussians; ``weights``: the
+    MobileNetV2 weights file, ``services.training.weights.resolve_weights``'s default when None); each detector's
+    and the guard's refusal threshold the ``quantile`` of ``held_out``'s scores (held-out MRI images, never fitted
+    on), the flag thresholds their ``FLAG_QUANTILE``. ``fit_guard_cv`` is what training uses: its thresholds and
+    rates are cross-validated."""
     if len(held_out.pixels) == 0:
         raise ValueError("the guard needs at least 2 images to fit and 1 held-out image for its threshold")
-    fitted = fit_model(fit, components, seed)
-    scores = guard_scores(fitted, held_out)
-    threshold = float(np.quantile(scores, quantile))
-    return OodGuard(**{**fitted.__dict__, "threshold": threshold, "threshold_images": len(held_out.pixels),
-                       "quantile": quantile, "flag_threshold": float(np.quantile(scores, FLAG_QUANTILE))})  # fmt: skip
+    mixture = fit_model(fit, components, seed)
+    extractor = extractor_onnx(weights)
+    texture = fit_texture(texture_features(extractor, fit.colours), labels, extractor)
+    held_mixture = guard_scores(mixture, held_out)
+    held_texture = texture_scores(texture, texture.features(held_out.colours))
+
+    def scale(scores: np.ndarray) -> tuple[float, float]:
+        return _scale(float(np.quantile(scores, FLAG_QUANTILE)), float(np.quantile(scores, quantile)))
+
+    parts = {"texture": texture, "mixture_scale": scale(held_mixture), "texture_scale": scale(held_texture)}
+    scores = combined_scores(OodGuard(**{**mixture.__dict__, **parts}), held_mixture, held_texture)
+    return OodGuard(**{**mixture.__dict__, **parts, "threshold": float(np.quantile(scores, quantile)),
+                       "threshold_images": len(held_out.pixels), "quantile": quantile,
+                       "flag_threshold": float(np.quantile(scores, FLAG_QUANTILE))})  # fmt: skip
+
+
+def _scale(flag: float, refusal: float) -> tuple[float, float]:
+    """A detector's (flag, refusal) pair, the refusal kept above the flag (its gap divides the score)."""
+    return flag, max(refusal, flag + 1e-6 * max(1.0, abs(flag)))
+
+
+def combined_scores(guard: OodGuard, mixture: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """The guard's score from its two detectors' scores: each normalised by its own (flag, refusal) thresholds,
+    z = (s - flag) / (refusal - flag), and the larger kept (either detector can refuse)."""
+    (mixture_flag, mixture_refusal), (texture_flag, texture_refusal) = guard.mixture_scale, guard.texture_scale
+    return np.maximum(
+        (mixture - mixture_flag) / (mixture_refusal - mixture_flag),
+        (texture - texture_flag) / (texture_refusal - texture_flag),
+    )
 
 
 def fit_model(fit: GuardInput, components: int = GUARD_COMPONENTS, seed: int = 0) -> OodGuard:
@@ -221,7 +271,8 @@ def thresholds_from_scores(scores: np.ndarray) -> tuple[float, float]:
 @dataclass(frozen=True)
 class GuardValidation:
     """What ``fit_guard_cv`` measured: each slice's fold, the fold guards (each fitted without its fold, with
-    the thresholds the other folds' scores give: what judges that fold's slices) and the out-of-fold scores."""
+    the normalisers and thresholds the other folds' scores give: what judges that fold's slices) and the
+    out-of-fold scores (each slice's on its fold guard's normalised scale)."""
 
     folds: np.ndarray
     fold_guards: tuple[OodGuard, ...]
@@ -229,6 +280,9 @@ class GuardValidation:
     refused: int
     flagged: int
     fit_seconds: float
+    # Each detector's own out-of-fold scores (mixture, texture), before normalising: what the normalisers and
+    # the combined scores above are computed from.
+    detector_scores: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     def refused_mask(self) -> np.ndarray:
         return np.array([s > self.fold_guards[f].threshold for s, f in zip(self.scores, self.folds, strict=True)])
@@ -269,7 +323,7 @@ def augmented_inputs(paths: Sequence[Path], copies: int = AUGMENTED_COPIES, seed
     inputs = []
     for copy in range(copies):
         rng = np.random.default_rng([seed, copy])
-        inputs.append(_stacked([guard_input(augmented(Path(path).read_bytes(), rng)) for path in paths]))
+        inputs.append(stacked([guard_input(augmented(Path(path).read_bytes(), rng)) for path in paths]))
     return inputs
 
 
@@ -283,44 +337,63 @@ def fit_guard_cv(
     folds: int = GUARD_FOLDS,
     copies: int = AUGMENTED_COPIES,
     components: int = GUARD_COMPONENTS,
+    weights: Path | None = None,
 ) -> tuple[OodGuard, GuardValidation]:
     """The guard training registers, fitted on every given MRI slice (and ``copies`` re-uploads of each), its two
     thresholds from cross-validated scores; also what the cross-validation measured.
 
     ``paths``/``thumbnails`` (N, S, S) uint8: the images (the thumbnails as ``shared.core.imaging`` decodes them,
     e.g. the image cache's); ``groups``: each image's duplicate group (near-duplicates share one: a slice is never
-    scored by a guard fitted on its copy); ``labels`` (optional) stratify the folds by class.
+    scored by a guard fitted on its copy); ``labels`` (optional) stratify the folds by class and give the texture
+    detector one Gaussian per class; ``weights``: the MobileNetV2 weights file of the texture detector
+    (``services.training.weights.resolve_weights``'s default when None; none found: WEIGHTS_NOT_FOUND).
 
     Each fold's slices are scored by a guard fitted on the other folds (their slices and re-uploads) and judged
     against the thresholds the *other* folds' scores give, so the false-refusal and flag rates are estimates, not
-    true by construction. The shipped thresholds come from all the out-of-fold scores."""
+    true by construction: the detectors' normalising thresholds too come from the other folds' scores only. The
+    shipped thresholds come from all the out-of-fold scores."""
     import time
 
     started = time.perf_counter()
+    extractor = extractor_onnx(weights)  # first: without weights, fail before the slow part
     base = files_input(paths, thumbnails)
     extra = augmented_inputs(paths, copies, seed)
     fold_of = guard_folds(groups, labels, folds, seed)
     count = int(fold_of.max()) + 1
-    scores = np.zeros(len(fold_of))
-    fitted = []
+    # The extractor's features of every slice and re-upload, computed once (row i of each: a copy of slice i).
+    textures = [texture_features(extractor, part.colours) for part in (base, *extra)]
+    every_label = None if labels is None else np.asarray(labels)
+    mixture_oof, texture_oof = np.zeros(len(fold_of)), np.zeros(len(fold_of))
+    mixtures, detectors = [], []
     for fold in range(count):
         train = fold_of != fold
-        fitted.append(fit_model(_stacked([_part(part, train) for part in (base, *extra)]), components, seed))
-        scores[~train] = guard_scores(fitted[-1], _part(base, ~train))
+        mixtures.append(fit_model(stacked([part.part(train) for part in (base, *extra)]), components, seed))
+        fold_labels = None if every_label is None else np.tile(every_label[train], 1 + len(extra))
+        detectors.append(fit_texture(np.concatenate([t[train] for t in textures]), fold_labels, extractor))
+        mixture_oof[~train] = guard_scores(mixtures[-1], base.part(~train))
+        texture_oof[~train] = texture_scores(detectors[-1], textures[0][~train])
+    scores = np.zeros(len(fold_of))
     fold_guards, refused, flagged = [], 0, 0
     for fold in range(count):
-        threshold, flag = thresholds_from_scores(scores[fold_of != fold])
-        held = scores[fold_of == fold]
-        refused, flagged = refused + int((held > threshold).sum()), flagged + int((held > flag).sum())
-        fold_guards.append(OodGuard(**{**fitted[fold].__dict__, "threshold": threshold, "flag_threshold": flag}))
-    threshold, flag = thresholds_from_scores(scores)
-    final = fit_model(_stacked([base, *extra]), components, seed)
+        others, held = fold_of != fold, fold_of == fold
+        # The normalisers and the thresholds that judge this fold: from the other folds' scores only.
+        parts = _detector_parts(mixture_oof[others], texture_oof[others], detectors[fold])
+        judged = OodGuard(**{**mixtures[fold].__dict__, **parts})
+        threshold, flag = thresholds_from_scores(combined_scores(judged, mixture_oof[others], texture_oof[others]))
+        scores[held] = combined_scores(judged, mixture_oof[held], texture_oof[held])
+        refused, flagged = refused + int((scores[held] > threshold).sum()), flagged + int((scores[held] > flag).sum())
+        fold_guards.append(OodGuard(**{**judged.__dict__, "threshold": threshold, "flag_threshold": flag}))
+    final_labels = None if every_label is None else np.tile(every_label, 1 + len(extra))
+    parts = _detector_parts(mixture_oof, texture_oof, fit_texture(np.concatenate(textures), final_labels, extractor))
+    final = OodGuard(**{**fit_model(stacked([base, *extra]), components, seed).__dict__, **parts})
+    threshold, flag = thresholds_from_scores(combined_scores(final, mixture_oof, texture_oof))
     total = len(scores)
     low, high = clopper_pearson(refused, total)
     validation = {
         "threshold_rule": (
             f"flag: quantile {FLAG_QUANTILE} of {total} out-of-fold scores ({count} duplicate-group folds); "
-            f"refusal: the exponential tail above it at {REFUSAL_TAIL}"
+            f"refusal: the exponential tail above it at {REFUSAL_TAIL}; of the larger of the two detectors' scores, "
+            "each normalised by its own thresholds (the same rule on its out-of-fold scores)"
         ),
         "false_refusal_cv": refused / total,
         "false_refusal_cv_count": refused,
@@ -334,15 +407,19 @@ def fit_guard_cv(
     guard = OodGuard(**{**final.__dict__, "threshold": threshold, "flag_threshold": flag, "threshold_images": total,
                         "quantile": 1 - REFUSAL_TAIL, "validation": validation})  # fmt: skip
     seconds = time.perf_counter() - started
-    return guard, GuardValidation(fold_of, tuple(fold_guards), scores, refused, flagged, seconds)
+    oof = (mixture_oof, texture_oof)
+    return guard, GuardValidation(fold_of, tuple(fold_guards), scores, refused, flagged, seconds, oof)
 
 
-def _part(inputs: GuardInput, mask: np.ndarray) -> GuardInput:
-    return GuardInput(inputs.pixels[mask], inputs.features[mask])
-
-
-def _stacked(inputs: Sequence[GuardInput]) -> GuardInput:
-    return GuardInput(np.concatenate([i.pixels for i in inputs]), np.concatenate([i.features for i in inputs]))
+def _detector_parts(mixture: np.ndarray, texture: np.ndarray, detector: TextureModel) -> dict[str, object]:
+    """The texture detector and both detectors' (flag, refusal) normalisers from their out-of-fold scores."""
+    mixture_refusal, mixture_flag = thresholds_from_scores(mixture)
+    texture_refusal, texture_flag = thresholds_from_scores(texture)
+    return {
+        "texture": detector,
+        "mixture_scale": _scale(mixture_flag, mixture_refusal),
+        "texture_scale": _scale(texture_flag, texture_refusal),
+    }
 
 
 def _fit_mixture(vectors: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -361,89 +438,20 @@ def _fit_mixture(vectors: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def guard_scores(guard: OodGuard, inputs: GuardInput) -> np.ndarray:
-    """The guard's scores in numpy (what the ONNX graph computes): the negative log-likelihood of the image's log
-    vector under the mixture; higher is less like an MRI slice."""
+    """The guard's scores in numpy and the ONNX extractor (what the ONNX graph computes): the larger of the two
+    detectors' normalised scores (``combined_scores``); a guard without its texture detector (mid-fit) gives the
+    mixture's negative log-likelihood alone. Higher is less like an MRI slice."""
+    mixture = _mixture_scores(guard, inputs)
+    if guard.texture is None:
+        return mixture
+    return combined_scores(guard, mixture, texture_scores(guard.texture, guard.texture.features(inputs.colours)))
+
+
+def _mixture_scores(guard: OodGuard, inputs: GuardInput) -> np.ndarray:
+    """The negative log-likelihood of the image's log vector under the mixture."""
     vectors = _log_vectors(inputs, guard)
     centred = vectors[:, np.newaxis, :] - guard.mixture_means[np.newaxis]  # (N, K, V)
     whitened = np.einsum("nkv,kvw->nkw", centred, guard.mixture_whitening)
     log_likelihoods = guard.mixture_log_constants - 0.5 * (whitened**2).sum(axis=2)  # (N, K)
     top = log_likelihoods.max(axis=1)
     return -(top + np.log(np.exp(log_likelihoods - top[:, np.newaxis]).sum(axis=1)))
-
-
-def _constant(name: str, value: np.ndarray | float) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
-
-
-def _log_ratio_nodes(source: str, scale: str, out: str) -> list[onnx.NodeProto]:
-    """out = log(source / scale + LOG_OFFSET)."""
-    return [
-        helper.make_node("Div", [source, scale], [f"{out}_ratio"]),
-        helper.make_node("Add", [f"{out}_ratio", "log_offset"], [f"{out}_shifted"]),
-        helper.make_node("Log", [f"{out}_shifted"], [out]),
-    ]
-
-
-def guard_onnx(guard: OodGuard) -> bytes:
-    """The guard as an ONNX graph: (pixels (N, D), features (N, F)) -> ood_score (N, 1), threshold in metadata."""
-    dim, (gaussians, values) = guard.mean.shape[0], guard.mixture_means.shape
-    features = values - 2
-    # Every Gaussian's whitening side by side: vector @ whitening - offsets = each Gaussian's whitened vector.
-    stacked = np.concatenate(list(guard.mixture_whitening), axis=1)  # (V, K * V)
-    offsets = np.concatenate([m @ w for m, w in zip(guard.mixture_means, guard.mixture_whitening, strict=True)])
-    initializers = [
-        _constant("mean", guard.mean),
-        _constant("basis_t", guard.components.T),  # (D, k)
-        _constant("basis", guard.components),  # (k, D)
-        _constant("inv_variances", 1.0 / guard.variances),
-        _constant("residual_scale", np.array([guard.residual_scale])),
-        _constant("mahalanobis_scale", np.array([guard.mahalanobis_scale])),
-        _constant("log_offset", np.array([LOG_OFFSET])),
-        _constant("mixture_whitening", stacked),
-        _constant("mixture_offsets", offsets),
-        _constant("minus_half", np.array([-0.5])),
-        _constant("mixture_log_constants", guard.mixture_log_constants),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_1"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis_2"),
-        numpy_helper.from_array(np.array([-1, gaussians, values], dtype=np.int64), "per_gaussian_shape"),
-    ]
-    nodes = [
-        helper.make_node("Sub", [GUARD_INPUT_NAME, "mean"], ["centred"]),
-        helper.make_node("MatMul", ["centred", "basis_t"], ["coefficients"]),
-        helper.make_node("MatMul", ["coefficients", "basis"], ["rebuilt"]),
-        helper.make_node("Sub", ["centred", "rebuilt"], ["residual_vector"]),
-        helper.make_node("Mul", ["residual_vector", "residual_vector"], ["residual_squares"]),
-        helper.make_node("ReduceSum", ["residual_squares", "axis_1"], ["residual"], keepdims=1),
-        helper.make_node("Mul", ["coefficients", "coefficients"], ["coefficient_squares"]),
-        helper.make_node("Mul", ["coefficient_squares", "inv_variances"], ["whitened_squares"]),
-        helper.make_node("ReduceSum", ["whitened_squares", "axis_1"], ["mahalanobis"], keepdims=1),
-        *_log_ratio_nodes("residual", "residual_scale", "log_residual"),
-        *_log_ratio_nodes("mahalanobis", "mahalanobis_scale", "log_mahalanobis"),
-        helper.make_node("Add", [GUARD_FEATURES_INPUT_NAME, "log_offset"], ["features_shifted"]),
-        helper.make_node("Log", ["features_shifted"], ["log_features"]),
-        helper.make_node("Concat", ["log_residual", "log_mahalanobis", "log_features"], ["vector"], axis=1),
-        helper.make_node("MatMul", ["vector", "mixture_whitening"], ["projected"]),
-        helper.make_node("Sub", ["projected", "mixture_offsets"], ["whitened"]),
-        helper.make_node("Mul", ["whitened", "whitened"], ["whitened_squares_flat"]),
-        helper.make_node("Reshape", ["whitened_squares_flat", "per_gaussian_shape"], ["whitened_squares_by_gaussian"]),
-        helper.make_node("ReduceSum", ["whitened_squares_by_gaussian", "axis_2"], ["distances"], keepdims=0),
-        helper.make_node("Mul", ["distances", "minus_half"], ["half_distances"]),
-        helper.make_node("Add", ["half_distances", "mixture_log_constants"], ["log_likelihoods"]),
-        helper.make_node("ReduceLogSumExp", ["log_likelihoods"], ["log_likelihood"], axes=[1], keepdims=1),
-        helper.make_node("Neg", ["log_likelihood"], [GUARD_OUTPUT_NAME]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "brain_tumor_guard",
-        [
-            helper.make_tensor_value_info(GUARD_INPUT_NAME, TensorProto.FLOAT, [None, dim]),
-            helper.make_tensor_value_info(GUARD_FEATURES_INPUT_NAME, TensorProto.FLOAT, [None, features]),
-        ],
-        [helper.make_tensor_value_info(GUARD_OUTPUT_NAME, TensorProto.FLOAT, [None, 1])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)], producer_name="brain-tumor-guard")
-    model.ir_version = 8  # readable by every onnxruntime this project pins
-    onnx.helper.set_model_props(model, {GUARD_METADATA_KEY: json.dumps(guard.metadata())})
-    onnx.checker.check_model(model)
-    return model.SerializeToString()

@@ -45,10 +45,13 @@ def _ensemble(
         return None
 
 
-def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions) -> Candidate | None:
+def _fit_guard(
+    data: PreparedData, calibration_slice: CalibrationSlice, options: TrainingOptions, weights: Path | None
+) -> Candidate | None:
     """The guard against non-MRI input (ood_guard.fit_guard_cv), fitted on every image but the test split, its
     thresholds and false-refusal rate cross-validated over them; registered, not promoted (the gate decides). A
-    failure is logged and leaves the families registered."""
+    failure (no MobileNetV2 ``weights`` for its texture detector among them) is logged and leaves the families
+    registered."""
     try:
         with mlflow.start_run(run_name="guard"):
             mlflow.set_tags({"family": "guard", "stage": "guard"})
@@ -60,6 +63,7 @@ def _fit_guard(data: PreparedData, calibration_slice: CalibrationSlice, options:
                 np.concatenate([data.train_groups, calibration_slice.groups]),
                 np.concatenate([data.train_labels, calibration_slice.labels]),
                 seed=options.seed,
+                weights=weights,
             )
             figures = {key: value for key, value in guard.metadata().items() if isinstance(value, int | float)}
             mlflow.log_metrics({f"guard_{key}": float(value) for key, value in figures.items()})
@@ -122,7 +126,11 @@ def run_training(
             callback(progress)
         results.append(progress)
     ensemble = _ensemble(rows, calibration_slice, data, options)
-    guard = _fit_guard(data, calibration_slice, options) if rows and options.fit_guard else None
+    guard = (
+        _fit_guard(data, calibration_slice, options, settings.mobilenetv2_weights)
+        if rows and options.fit_guard
+        else None
+    )
     if rows and options.register_models:
         _promote(rows, ensemble, guard, data.info["test_files_sha256"], options, callback)
     if rows and len(data.test_labels):  # a refit has no test split: its recipe's report stands

@@ -1,12 +1,13 @@
 """What the guard against non-MRI input sees of an upload, defined once for training (fit) and inference (score).
 
-An upload becomes two arrays, the two inputs of the guard's ONNX graph (docs/ood-guard.md):
+An upload becomes three arrays, the three inputs of the guard's ONNX graph (docs/ood-guard.md):
 - ``pixels``: the 32x32 grayscale thumbnail, exactly as training decodes every image (``shared.core.imaging``:
   bounded decoding, EXIF orientation, DICOM display pipeline), as float32 in [0, 1], shape (N, 1024);
 - ``features``: a few statistics no thumbnail PCA sees (``FEATURE_NAMES``), shape (N, F). The strongest is colour:
   an MRI slice is gray even when stored as an RGB JPEG (R = G = B), a photo is not, and the grayscale decoding
   throws that away; so the upload is decoded a second time, in colour, to a small 64x64 RGB thumbnail (a JPEG
-  at 1/8 scale by its own decoder: well under a millisecond).
+  at 1/8 scale by its own decoder: well under a millisecond);
+- ``colour`` (v4): that 64x64 colour thumbnail itself, (N, 64, 64, 3) in 0-255, for the graph's texture detector.
 
 ``GUARD_INPUT_KIND`` names this definition; the guard's ONNX metadata carries the kind it was fitted on, and
 inference refuses a guard of another kind (it would be scored on the wrong input) instead of mis-scoring.
@@ -15,6 +16,7 @@ inference refuses a guard of another kind (it would be scored on the wrong input
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +27,12 @@ from shared.core.dicom import is_dicom
 from shared.core.imaging import decode_grayscale, resize_gray
 
 # Bump when anything below changes what the guard is fed: a guard fitted on another kind is refused.
-GUARD_INPUT_KIND = "gray32-colour64-v3"
+GUARD_INPUT_KIND = "gray32-colour64-v4"
 # The ONNX graph's second input (its first is shared.kit.schemas.GUARD_INPUT_NAME, the thumbnail's pixels).
 GUARD_FEATURES_INPUT_NAME = "features"
+# Its third (v4): the colour thumbnail itself, float32 (N, COLOUR_SIZE, COLOUR_SIZE, 3) in 0-255, which the
+# graph's texture detector reads through a pretrained convolutional network.
+GUARD_COLOUR_INPUT_NAME = "colour"
 # The grayscale thumbnail's side: a slice's layout (skull ring, dark background, symmetry) survives at 32 px.
 THUMBNAIL_SIZE = 32
 # The colour thumbnail's side: enough pixels for a colour statistic and a fine-texture one.
@@ -45,10 +50,26 @@ _TRANSPARENT_MODES = ("RGBA", "LA", "PA")
 
 @dataclass(frozen=True)
 class GuardInput:
-    """The guard's two inputs for N images."""
+    """The guard's three inputs for N images."""
 
     pixels: np.ndarray  # (N, THUMBNAIL_SIZE**2) float32 in [0, 1]
     features: np.ndarray  # (N, len(FEATURE_NAMES)) float32
+    colours: np.ndarray  # (N, COLOUR_SIZE, COLOUR_SIZE, 3) uint8
+
+    def part(self, mask: np.ndarray) -> GuardInput:
+        """The rows ``mask`` selects (a boolean mask or indices)."""
+        return GuardInput(self.pixels[mask], self.features[mask], self.colours[mask])
+
+    def colour_input(self) -> np.ndarray:
+        """The colour thumbnails as the graph's third input takes them: float32 in 0-255."""
+        return self.colours.astype(np.float32)
+
+
+def stacked(inputs: Sequence[GuardInput]) -> GuardInput:
+    """Several GuardInputs as one, rows in order."""
+    return GuardInput(
+        *(np.concatenate([getattr(i, name) for i in inputs]) for name in ("pixels", "features", "colours"))
+    )
 
 
 def colour_thumbnail(data: bytes) -> np.ndarray:
@@ -110,7 +131,7 @@ def guard_input(data: bytes, frame: int | None = None, gray: Image.Image | None 
 def guard_input_of(thumbnails: np.ndarray, colours: np.ndarray) -> GuardInput:
     """Decoded thumbnails (N, S, S) uint8 and colour thumbnails (N, C, C, 3) uint8 to the guard's input."""
     pixels = thumbnails.reshape(len(thumbnails), -1).astype(np.float32) / 255.0
-    return GuardInput(pixels, image_features(thumbnails, colours))
+    return GuardInput(pixels, image_features(thumbnails, colours), np.asarray(colours, dtype=np.uint8))
 
 
 def _ring(size: int, width: int) -> np.ndarray:

@@ -23,11 +23,10 @@ from deploy.bundle import (
 )
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from shared.core.conformal import ConformalSets
-from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.dataset import SAMPLE_DATA_DIR
 from shared.core.ensemble_spec import EnsembleSpec
-from shared.core.guard_input import GuardInput
 from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, GUARD_REGISTERED_NAME, PRETRAINED_TAG, registered_name
-from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays
+from tests.conftest import TEST_MLFLOW_CREDENTIALS, ModelZoo, SampleArrays, fit_sample_guard, mobilenetv2_weights_path
 
 # model_zoo has a champion only for rf: bundle one chosen version of each family.
 ZOO_VERSIONS = {"rf": "1", "snn": "1", "cnn": "2", "mobilenetv2": "1"}
@@ -37,11 +36,9 @@ SETS = ConformalSets(calibration_images=24, thresholds={"0.05": 0.6, "0.1": 0.4}
 
 def sample_guard(sample_arrays: SampleArrays) -> bytes:
     """A guard fitted on half the sample, its threshold the highest score of the other half."""
-    from services.training.ood_guard import GUARD_IMAGE_SIZE, files_input, fit_guard, guard_onnx
+    from services.training.ood_guard import guard_onnx
 
-    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, sample_arrays(GUARD_IMAGE_SIZE)[0])
-    halves = [GuardInput(inputs.pixels[start::2], inputs.features[start::2]) for start in (0, 1)]
-    return guard_onnx(fit_guard(halves[0], halves[1], quantile=1.0))
+    return guard_onnx(fit_sample_guard(sample_arrays, mobilenetv2_weights_path()))
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +168,9 @@ def test_a_tampered_bundle_is_refused_before_registering(
     assert len(after) == len(before) and all(len(after[n]) == len(before[n]) for n in before)
 
 
-def test_refit_guard_replaces_the_guard_alone_and_records_how(bundle: Path, tmp_path: Path) -> None:
+def test_refit_guard_replaces_the_guard_alone_and_records_how(
+    bundle: Path, tmp_path: Path, mobilenetv2_weights: Path
+) -> None:
     import json
 
     import onnx
@@ -182,7 +181,7 @@ def test_refit_guard_replaces_the_guard_alone_and_records_how(bundle: Path, tmp_
     folder = tmp_path / "bundle"
     shutil.copytree(bundle, folder)
     before, before_files = load_bundle(folder)
-    guard = pretrained.refit_guard(SAMPLE_DATA_DIR, folder, seed=3)
+    guard = pretrained.refit_guard(SAMPLE_DATA_DIR, folder, seed=3, weights=mobilenetv2_weights)
     after, files = load_bundle(folder)  # every checksum verified again
     assert after.guard == guard and guard.command is not None and "refit-guard" in guard.command
     assert guard.sha256 != before.guard.sha256  # type: ignore[union-attr]

@@ -19,12 +19,10 @@ import pytest
 
 from services.inference.guard import Guard
 from services.inference.mlflow_store import MlflowStore
-from services.training.ood_guard import GUARD_IMAGE_SIZE, OodGuard, files_input, fit_guard, guard_onnx
-from shared.core.dataset import SAMPLE_DATA_DIR, discover
-from shared.core.guard_input import GuardInput
+from services.training.ood_guard import OodGuard, guard_onnx
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME
-from tests.conftest import SampleArrays
+from tests.conftest import SampleArrays, fit_sample_guard
 from tests.services.inference.test_ood_routes import GUARDED_MODELS, guarded_services, photo_like
 
 
@@ -37,12 +35,9 @@ def guarded(
 
 
 @pytest.fixture(scope="module")
-def sample_guard(sample_arrays: SampleArrays) -> OodGuard:
+def sample_guard(sample_arrays: SampleArrays, mobilenetv2_weights: Path) -> OodGuard:
     """A guard fitted as the session's registered one: on half the sample, its threshold from the other half."""
-    pixels, _ = sample_arrays(GUARD_IMAGE_SIZE)
-    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, pixels)
-    halves = [GuardInput(inputs.pixels[start::2], inputs.features[start::2]) for start in (0, 1)]
-    return fit_guard(halves[0], halves[1], quantile=1.0)
+    return fit_sample_guard(sample_arrays, mobilenetv2_weights)
 
 
 def _predict(url: str, data: bytes) -> httpx.Response:

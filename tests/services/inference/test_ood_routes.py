@@ -25,7 +25,14 @@ from PIL import Image
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from shared.core.contract import PreprocessingContract
 from shared.kit.schemas import PIXELS_SHAPE_HEADER
-from tests.conftest import SampleArrays, fit_on_sample, register_onnx_model, sklearn_to_onnx
+from tests.conftest import (
+    SampleArrays,
+    fit_on_sample,
+    fit_sample_guard,
+    mobilenetv2_weights_path,
+    register_onnx_model,
+    sklearn_to_onnx,
+)
 
 # Two registered models (the same small classifier twice): enough to show one verdict shared by every model.
 GUARDED_MODELS = ("rf", "snn")
@@ -48,10 +55,8 @@ def start_guarded_mlflow(folder: Path, sample_arrays: SampleArrays) -> ManagedPr
     from sklearn.linear_model import LogisticRegression
 
     from services.training.guard_registration import register_guard_file
-    from services.training.ood_guard import GUARD_IMAGE_SIZE, files_input, fit_guard, guard_onnx
+    from services.training.ood_guard import guard_onnx
     from services.training.registration import promote_run
-    from shared.core.dataset import SAMPLE_DATA_DIR, discover
-    from shared.core.guard_input import GuardInput
 
     server = start_mlflow(folder / "store", free_port(), folder / "mlflow.log")
     contract = PreprocessingContract(layout="flat", scaling="unit", image_size=32)
@@ -59,10 +64,7 @@ def start_guarded_mlflow(folder: Path, sample_arrays: SampleArrays) -> ManagedPr
     for model in GUARDED_MODELS:
         register_onnx_model(server.url, model, onnx_bytes)
     # Fitted on half the sample, its threshold the highest score of the other half (as tests/.../test_ood.py).
-    pixels, _ = sample_arrays(GUARD_IMAGE_SIZE)
-    inputs = files_input(discover(SAMPLE_DATA_DIR).train.paths, pixels)
-    halves = [GuardInput(inputs.pixels[start::2], inputs.features[start::2]) for start in (0, 1)]
-    guard = fit_guard(halves[0], halves[1], quantile=1.0)
+    guard = fit_sample_guard(sample_arrays, mobilenetv2_weights_path())
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(server.url)
     try:

@@ -42,6 +42,10 @@ def test_pixels_are_the_classifiers_thumbnail_and_features_are_finite(sample_ima
         np.testing.assert_array_equal(inputs.pixels, expected.astype(np.float32))
         assert inputs.features.shape == (1, len(FEATURE_NAMES))
         assert np.isfinite(inputs.features).all() and (inputs.features >= 0).all()
+        # the third input (v4): the colour thumbnail itself, as the graph takes it
+        np.testing.assert_array_equal(inputs.colours[0], colour_thumbnail(data))
+        colour = inputs.colour_input()
+        assert colour.shape == (1, COLOUR_SIZE, COLOUR_SIZE, 3) and colour.dtype == np.float32
 
 
 def test_a_gray_slice_stored_as_rgb_jpeg_has_no_colour_and_a_photo_has(sample_images: dict[str, bytes]) -> None:
@@ -110,6 +114,7 @@ def test_a_decoding_the_caller_holds_gives_the_same_input(sample_images: dict[st
         alone, shared = guard_input(data), guard_input(data, gray=gray)
         np.testing.assert_array_equal(alone.pixels, shared.pixels)
         np.testing.assert_array_equal(alone.features, shared.features)
+        np.testing.assert_array_equal(alone.colours, shared.colours)
         inverted = guard_input(data, gray=ImageOps.invert(gray))
         np.testing.assert_allclose(inverted.pixels, 1.0 - alone.pixels, atol=1.01 / 255)
 
