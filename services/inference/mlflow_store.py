@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -228,7 +229,8 @@ class MlflowStore:
         metrics = {
             key: float(value)
             for key, value in sorted(run.data.metrics.items())
-            if not self.metric_prefixes or key.startswith(self.metric_prefixes)
+            # An undefined metric (NaN, logged by older training code) has no JSON number: left out.
+            if (not self.metric_prefixes or key.startswith(self.metric_prefixes)) and math.isfinite(value)
         }
         if run.info.status in _FINISHED_RUN_STATES:
             # A finished run's metrics no longer change; a running one is asked again next time.

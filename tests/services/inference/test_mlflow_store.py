@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow import MlflowClient
 
 from services.inference.catalog import ModelRecord, VersionRecord
 from services.inference.mlflow_store import MlflowStore, configure_mlflow_http
@@ -146,6 +147,16 @@ def test_run_metrics_are_the_headline_ones(model_zoo: Any, tmp_path: Path) -> No
     assert narrow.run_metrics(trained.run_id) == {"test_f1_macro": trained.metrics["test_f1_macro"]}
     assert narrow.run_metrics(None) == {}
     assert narrow.run_metrics("0" * 32) == {}  # a deleted run: the version still serves, without metrics
+
+
+def test_an_undefined_metric_is_left_out(model_zoo: Any, tmp_path: Path) -> None:
+    # A run whose answers were all referred has no accuracy of the unreferred ones: NaN is no JSON number.
+    client = MlflowClient(model_zoo.tracking_uri)
+    run_id = client.create_run(experiment_id="0").info.run_id
+    client.log_metric(run_id, "test_accuracy", 0.5)
+    client.log_metric(run_id, "test_accuracy_not_referred", float("nan"))
+    client.set_terminated(run_id)
+    assert MlflowStore(model_zoo.tracking_uri, tmp_path).run_metrics(run_id) == {"test_accuracy": 0.5}
 
 
 def test_a_finished_run_is_asked_once(model_zoo: Any, tcp_proxy: Any, tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from services.training.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    set_metrics,
 )
+from shared.core.conformal import ConformalSets
 from shared.core.contract import OUTPUT_NAME
 
 
@@ -142,3 +144,14 @@ def test_calibration_slice_keeps_duplicate_groups_whole() -> None:
 def test_too_few_groups_for_a_slice_leave_every_image_to_train() -> None:
     fit_idx, slice_idx = calibration_split(np.array([0, 1, 2, 3, 0, 1]), np.arange(6), seed=0)
     assert list(fit_idx) == list(range(6)) and len(slice_idx) == 0
+
+
+def test_set_metrics_leave_out_the_accuracy_of_unreferred_answers_when_every_answer_is_referred() -> None:
+    probabilities = np.array([[0.5, 0.5, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0]])
+    labels = np.array([0, 0])
+    every_class = ConformalSets(calibration_images=10, thresholds={"0.05": 1.0})  # sets of all four classes
+    all_referred = set_metrics(probabilities, labels, every_class)
+    assert all_referred["test_set_referral_rate"] == 1.0 and "test_accuracy_not_referred" not in all_referred
+    one_class = ConformalSets(calibration_images=10, thresholds={"0.05": 0.2})  # keeps p >= 0.8 only
+    some = set_metrics(probabilities, labels, one_class)
+    assert some["test_set_referral_rate"] == 0.5 and some["test_accuracy_not_referred"] == 1.0
