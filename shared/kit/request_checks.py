@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.kit.errors import ErrorCode, ServiceError, error_response, is_oip_path
+from shared.kit.uploads import CutShortAnswer
 
 DEFAULT_BODY_TIMEOUT_S = 60.0
 # C0 controls but tab, line feed and carriage return (as shared.kit.params), and DEL.
@@ -72,36 +73,22 @@ class RequestChecks:
             await error_response(Request(scope), _unsafe_url())(scope, receive, send)
             return
         deadline = time.monotonic() + self.body_timeout_s
+        answer = CutShortAnswer(send)
         body_done = False
-        timed_out = False
-        response_started = False
 
         async def timed_receive() -> Message:
-            nonlocal body_done, timed_out
+            nonlocal body_done
             if body_done:  # after the body, receive only reports a disconnect: no deadline
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                timed_out = True
+                answer.cut = True
                 raise _BodyTooSlow from None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if timed_out and not response_started:
-                return  # the app's answer to a body it could not finish reading: the 408 replaces it
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, guarded_send)
-        except Exception:
-            if not timed_out or response_started:
-                raise
-        if timed_out and not response_started:
-            await error_response(Request(scope), _too_slow(self.body_timeout_s))(scope, receive, send)
+        await answer.run(self.app, scope, timed_receive, receive, _too_slow(self.body_timeout_s))
 
 
 UNSAFE_URL_DESCRIPTION = "INVALID_REQUEST: the URL holds NUL bytes, control characters or text that is not UTF-8."

@@ -81,6 +81,36 @@ async def read_uploads(files: list[UploadFile], max_files: int, max_bytes: int) 
     return read
 
 
+class CutShortAnswer:
+    """An app run whose body reading a wrapper may cut short (``cut``: over a limit, past a deadline). Once cut,
+    the app's answer to the failed read is dropped and ``error`` is sent in its place, unless the app had started
+    answering already (then its answer stands)."""
+
+    def __init__(self, send: Send) -> None:
+        self.cut = False
+        self.started = False
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        if self.cut and not self.started:
+            return  # the app's answer to a body it could not finish reading: ``error`` replaces it
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+    async def run(
+        self, app: ASGIApp, scope: Scope, cut_receive: Receive, receive: Receive, error: ServiceError
+    ) -> None:
+        """Run ``app`` with ``cut_receive``; if the body was cut short, answer ``error`` (``receive``: the raw one)."""
+        try:
+            await app(scope, cut_receive, self.send)
+        except Exception:
+            # Whatever the failed read became on its way out (a parse error, the exception itself).
+            if not self.cut or self.started:
+                raise
+        if self.cut and not self.started:
+            await error_response(Request(scope), error)(scope, receive, self._send)
+
+
 class _BodyOverLimit(Exception):
     """Raised into the app by the counting ``receive`` once the body passes the limit."""
 
@@ -98,37 +128,22 @@ async def forward_within_limit(
     if declared.isdigit() and int(declared) > max_bytes:
         await error_response(Request(scope), error)(scope, receive, send)
         return
+    answer = CutShortAnswer(send)
     received = 0
-    over_limit = False
-    response_started = False
 
     async def counting_receive() -> Message:
-        nonlocal received, over_limit
-        if over_limit:
+        nonlocal received
+        if answer.cut:
             raise _BodyOverLimit
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > max_bytes:
-                over_limit = True
+                answer.cut = True
                 raise _BodyOverLimit
         return message
 
-    async def guarded_send(message: Message) -> None:
-        nonlocal response_started
-        if over_limit and not response_started:
-            return  # the app's answer to a body it could not finish reading: the 413 replaces it
-        response_started = response_started or message["type"] == "http.response.start"
-        await send(message)
-
-    try:
-        await app(scope, counting_receive, guarded_send)
-    except Exception:
-        # Whatever the failed read became on its way out (a parse error, the exception itself).
-        if not over_limit or response_started:
-            raise
-    if over_limit and not response_started:
-        await error_response(Request(scope), error)(scope, receive, send)
+    await answer.run(app, scope, counting_receive, receive, error)
 
 
 class UploadSizeLimit:
