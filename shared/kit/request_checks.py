@@ -63,6 +63,8 @@ class RequestChecks:
     def __init__(self, app: ASGIApp, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.app = app
         self.body_timeout_s = body_timeout_s
+        # Made once: the same answer for every body too slow to arrive (error_response only reads it).
+        self._too_slow = _too_slow(body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +90,7 @@ class RequestChecks:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await answer.run(self.app, scope, timed_receive, receive, _too_slow(self.body_timeout_s))
+        await answer.run(self.app, scope, timed_receive, receive, self._too_slow)
 
 
 UNSAFE_URL_DESCRIPTION = "INVALID_REQUEST: the URL holds NUL bytes, control characters or text that is not UTF-8."
