@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, model_serializer
 
 from shared.core.contract import PreprocessingContract
+from shared.core.masking import Fill
 from shared.kit.errors import ServiceError
 
 # Every model family: its short name -> the class that trains it ("module:Class"). A string, imported only by
@@ -204,44 +207,72 @@ class PixelsPredictionOut(BaseModel):
     latency_ms: float = Field(description="Time spent in the model for the whole batch, in milliseconds.")
 
 
-class RegionOut(BaseModel):
-    """One superpixel of the scan and its LIME weight."""
+ExplainMethod = Literal["occlusion", "lime"]
+EXPLAIN_METHODS: tuple[str, ...] = ("occlusion", "lime")
 
-    segment: int = Field(description="Superpixel number in the explanation's segmentation.")
-    weight: float = Field(description="Effect on the explained class: positive supports it, negative opposes it.")
+
+class RegionOut(BaseModel):
+    """One region of the head and how much it matters for the explained class."""
+
+    segment: int = Field(description="Region number in the explanation's label map (1..num_segments).")
+    weight: float = Field(
+        description="Effect on the explained class, positive for support, negative against it. Occlusion: the "
+        "drop in the class's probability when the region is hidden. LIME: the linear model's weight."
+    )
     area_fraction: float = Field(description="Share of the image the region covers, 0..1.")
     bbox: tuple[float, float, float, float] = Field(
         description="x0, y0, x1, y1 of the region as fractions of the image's width and height."
     )
-    background: bool = Field(description="True for the dark background (outside the tissue) region.")
 
 
 class ExplanationOut(BaseModel):
-    """A LIME explanation of one model's answer for one image."""
+    """An explanation of one model's answer for one image: the regions of the head that support the class
+    and those that argue against it. The background outside the head is never a region."""
 
     model: str
     version: str
+    method: ExplainMethod = Field(description="occlusion (deterministic) or lime (seeded).")
+    fill: Fill = Field(description="What a hidden region became: blur, grey (the head's mean) or black.")
     label: str = Field(description="The class explained: `label=` when given, else the predicted class.")
     predicted_label: str
-    probabilities: dict[str, float] = Field(description="The model's answer for the unperturbed image.")
-    seed: int
-    num_samples: int = Field(description="Perturbed images the model classified.")
-    num_segments: int = Field(description="Superpixels the image was divided into (SLIC on the grayscale slice).")
-    regions: list[RegionOut] = Field(description="The regions with the largest absolute weights, strongest first.")
-    score: float = Field(description="R^2 of LIME's weighted linear model on the perturbed samples.")
-    intercept: float
-    local_prediction: float = Field(description="The linear model's prediction for the whole image.")
+    probabilities: dict[str, float] = Field(
+        description="The model's answer for the upload, equal to `/v1/predict`'s for the same file."
+    )
+    seed: int | None = Field(description="LIME's seed; null for occlusion, which draws nothing at random.")
+    num_samples: int = Field(description="Copies of the image, with regions hidden, that the model classified.")
+    num_segments: int = Field(description="Regions the head was divided into.")
+    regions: list[RegionOut] = Field(description="Regions that support the class (weight > 0), strongest first.")
+    opposing_regions: list[RegionOut] = Field(
+        description="Regions that argue against the class (weight < 0), strongest first."
+    )
+    fit_r2: float | None = Field(
+        None, description="LIME: R^2 of its weighted linear model on the samples; null for occlusion."
+    )
+    intercept: float | None = Field(None, description="LIME: the linear model's intercept.")
+    local_prediction: float | None = Field(None, description="LIME: the linear model's prediction for the whole image.")
     overlay_png: str = Field(
         description="Base64 PNG: the scan at its own size (at most 1024 px a side) with the weights as a heat "
-        "map (warm: supports the class, cool: opposes it); the strongest supporting regions are outlined."
+        "map (warm: supports the class, cool: opposes it); supporting regions outlined in yellow, opposing ones "
+        "in cyan."
     )
     overlay_width: int
     overlay_height: int
     latency_ms: float = Field(description="Time the explainer spent on the request, in milliseconds.")
-    timings_ms: dict[str, float] = Field(description="Where the time went: segment, predict, lime, render.")
+    timings_ms: dict[str, float] = Field(description="Where the time went: regions, predict, fit, render.")
     ood: OodOut | None = Field(
         None, description="The inference service's guard verdict on the image (null: no guard registered, or off)."
     )
+
+
+class MaskedPredictionOut(BaseModel):
+    """Class probabilities for copies of one upload with regions hidden (``shared.core.masking``), in row order."""
+
+    model: str
+    version: str
+    fill: Fill
+    class_names: list[str] = Field(description="Column order of `probabilities`.")
+    probabilities: list[list[float]] = Field(description="One row per copy (row of `keep`), one column per class.")
+    latency_ms: float = Field(description="Time spent masking and in the model, in milliseconds.")
 
 
 class ErrorDetail(BaseModel):
