@@ -287,10 +287,11 @@
     panel.hidden = true;
     panel.querySelector(".overlay").removeAttribute("src");
     panel.querySelector(".regions").textContent = "";
+    panel.querySelector(".opposing-regions").textContent = "";
     panel.querySelector(".explanation-caption").textContent = "";
     const button = card.querySelector(".explain-button");
     button.disabled = false;
-    button.textContent = "Explain (LIME)";
+    button.textContent = "Explain";
   }
 
   // -- predictions -----------------------------------------------------------------------------
@@ -392,6 +393,33 @@
 
   // -- explanations ----------------------------------------------------------------------------
 
+  function explanationCaption(body) {
+    const hidden = { blur: "blurred", grey: "grey", black: "black" }[body.fill] || body.fill;
+    const how =
+      body.method === "lime"
+        ? "LIME for “" + body.label + "”: random sets of regions " + hidden + " (" + body.num_samples +
+          " copies, seed " + body.seed + "), a weighted linear fit with R² " + body.fit_r2.toFixed(2) + ". "
+        : "Occlusion for “" + body.label + "”: each region " + hidden + " in turn; its weight is the drop in " +
+          "the class's probability. ";
+    return how + "Warm regions (outlined yellow) support the class, cool ones (outlined cyan) argue against it; " +
+      body.num_segments + " regions of the head, " + formatDuration(body.latency_ms) + ".";
+  }
+
+  function fillRegions(list, regions) {
+    for (const region of regions) {
+      const item = document.createElement("li");
+      item.textContent =
+        "region " + region.segment + ": " + formatWeight(region.weight) +
+        " (" + (100 * region.area_fraction).toFixed(1) + "% of the scan)";
+      list.appendChild(item);
+    }
+    if (!regions.length) {
+      const item = document.createElement("li");
+      item.textContent = "none";
+      list.appendChild(item);
+    }
+  }
+
   async function explainOne(model) {
     const card = state.cards[model];
     const result = state.results[model];
@@ -402,14 +430,17 @@
     const caption = panel.querySelector(".explanation-caption");
     button.disabled = true;
     button.textContent = "Explaining…";
+    card.dataset.explained = "running";
     panel.hidden = false;
     panel.querySelector(".overlay").removeAttribute("src");
     panel.querySelector(".regions").textContent = "";
-    caption.textContent = "Classifying perturbed copies of the scan…";
+    panel.querySelector(".opposing-regions").textContent = "";
+    caption.textContent = "Classifying copies of the scan with regions hidden…";
     const form = new FormData();
     form.append("file", state.file, state.file.name || "scan");
     // Pin the version that answered, so the explanation is of that very model.
-    const query = new URLSearchParams({ model, version: result.body.version });
+    const method = card.querySelector(".method-select").value;
+    const query = new URLSearchParams({ model, version: result.body.version, method });
     const answer = await callApi("/v1/explain?" + query, { method: "POST", body: form });
     if (run !== state.run) return;
     button.disabled = false;
@@ -426,20 +457,10 @@
     overlay.src = "data:image/png;base64," + body.overlay_png;
     overlay.width = body.overlay_width;
     overlay.height = body.overlay_height;
-    caption.textContent =
-      "LIME for “" + body.label + "”: warm regions push towards it, cool ones away; the strongest are " +
-      "outlined. " + body.num_samples + " samples over " + body.num_segments + " regions, seed " + body.seed +
-      ", " + formatDuration(body.latency_ms) + ".";
-    const list = panel.querySelector(".regions");
-    for (const region of body.regions) {
-      const item = document.createElement("li");
-      item.className = region.weight >= 0 ? "pos" : "neg";
-      const where = region.background ? "background" : "region " + region.segment;
-      item.textContent =
-        where + ": " + formatWeight(region.weight) +
-        " (" + (100 * region.area_fraction).toFixed(1) + "% of the scan)";
-      list.appendChild(item);
-    }
+    caption.textContent = explanationCaption(body);
+    fillRegions(panel.querySelector(".regions"), body.regions);
+    fillRegions(panel.querySelector(".opposing-regions"), body.opposing_regions);
+    card.dataset.method = body.method;
     card.dataset.explained = "done";
   }
 

@@ -75,6 +75,23 @@ def _card(page: Any, model: str) -> Any:
     return page.locator(f'.card[data-model="{model}"]')
 
 
+def _explain(page: Any, model: str, method: str) -> None:
+    """Explain the model's answer with ``method`` and wait until its card shows it."""
+    card = _card(page, model)
+    card.locator(".method-select").select_option(method)
+    card.locator(".explain-button").click()
+    page.wait_for_selector(f'.card[data-model="{model}"][data-explained="done"][data-method="{method}"]')
+
+
+def _listed_regions(card: Any) -> tuple[list[str], list[str]]:
+    """The region names the card lists for the class and against it."""
+
+    def names(selector: str) -> list[str]:
+        return [text.split(":")[0] for text in card.locator(selector).all_inner_texts()]
+
+    return names(".regions li"), names(".opposing-regions li")
+
+
 def test_page_compares_the_four_models_and_explains_one(
     browser_page: Any, gateway_server: Any, mlflow_server: Any, tmp_path: Path
 ) -> None:
@@ -120,12 +137,34 @@ def test_page_compares_the_four_models_and_explains_one(
     assert badge.get_attribute("data-state") == ("agree" if compared["agree"] else "disagree")
 
     cnn = _card(page, "cnn")
-    cnn.locator(".explain-button").click()
-    page.wait_for_selector('.card[data-model="cnn"][data-explained="done"]')
+    _explain(page, "cnn", "occlusion")
     overlay = cnn.locator(".overlay")
     assert overlay.evaluate("img => img.complete && img.naturalWidth") == 128  # the scan's own size
-    assert cnn.locator(".regions li").count() == 5
-    assert "LIME" in cnn.locator(".explanation-caption").inner_text()
+    caption = cnn.locator(".explanation-caption").inner_text()
+    assert caption.startswith("Occlusion for") and "R²" not in caption
+    occlusion = _listed_regions(cnn)
+    # The same explanation from the API: the page lists its supporting and opposing regions apart.
+    answer = httpx.post(
+        gateway_server.url + "/v1/explain",
+        params={"model": "cnn", "version": expected["cnn"]["version"], "method": "occlusion"},
+        files={"file": (SCAN.name, SCAN.read_bytes(), "image/jpeg")},
+        timeout=60,
+    ).json()
+    assert occlusion == (
+        [f"region {region['segment']}" for region in answer["regions"]] or ["none"],
+        [f"region {region['segment']}" for region in answer["opposing_regions"]] or ["none"],
+    )
+
+    _explain(page, "cnn", "lime")
+    caption = cnn.locator(".explanation-caption").inner_text()
+    assert caption.startswith("LIME for") and "R² " in caption and "seed 0" in caption
+    assert cnn.locator(".regions li").count() >= 1
+    assert cnn.locator(".opposing-regions li").count() >= 1
+    # Opposing regions are drawn in another colour than supporting ones.
+    colour = "li => getComputedStyle(li).color"
+    assert cnn.locator(".regions li").first.evaluate(colour) != cnn.locator(".opposing-regions li").first.evaluate(
+        colour
+    )
 
     page.screenshot(path=str(tmp_path / "compare-and-explain.png"), full_page=True)
     assert (tmp_path / "compare-and-explain.png").stat().st_size > 10_000
