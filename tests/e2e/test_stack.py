@@ -172,9 +172,12 @@ def test_explain_answers_for_every_family(stack: dict[str, str]) -> None:
         )
         assert response.status_code == 200, response.text
         body = response.json()
-        assert (body["model"], body["version"], body["num_samples"]) == (family, "1", 500)
+        assert (body["model"], body["version"], body["method"], body["seed"]) == (family, "1", "occlusion", None)
         assert body["label"] == body["predicted_label"] in CLASS_NAMES
-        assert len(body["regions"]) == 5
+        # Occlusion: one copy per region of the head and the upload itself; regions for and against apart.
+        assert body["num_samples"] == body["num_segments"] + 1
+        assert 1 <= len(body["regions"]) <= 5 and all(region["weight"] > 0 for region in body["regions"])
+        assert all(region["weight"] < 0 for region in body["opposing_regions"])
         overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
         assert overlay.format == "PNG" and overlay.size == Image.open(path).size
 

@@ -137,13 +137,13 @@ def test_explanations_of_a_dicom_frame_are_those_of_its_jpeg(
     client: httpx.Client, sample_images: dict[str, bytes]
 ) -> None:
     jpeg = sample_images["glioma"]
-    params = {"model": "rf", "num_samples": 50, "seed": 3, "num_regions": 3}
+    params = {"model": "rf", "method": "lime", "num_samples": 50, "seed": 3, "num_regions": 3}
     expected = client.post("/v1/explain", params=params, files=upload(jpeg, "scan.jpg"))
     dicom = three_frames(np.asarray(decode_grayscale(jpeg)))
     answer = client.post("/v1/explain", params={**params, "frame": 1}, files=upload(dicom))
     assert answer.status_code == expected.status_code == 200, answer.text
     assert_same_answer(answer.json(), expected.json(), "explanation")
-    for key in ("regions", "overlay_png", "score", "predicted_label"):
+    for key in ("regions", "opposing_regions", "overlay_png", "fit_r2", "predicted_label"):
         assert answer.json()[key] == expected.json()[key], key
     error_body(client.post("/v1/explain", params=params, files=upload(dicom)), 422, "INVALID_REQUEST")
 

@@ -30,23 +30,33 @@ def _error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("model", ["rf", "snn", "cnn", "mobilenetv2"])
 def test_explain_every_model(client: Any, model_zoo: Any, sample_images: dict[str, bytes], model: str) -> None:
-    response = _explain(client, sample_images["glioma"], model=model, num_samples="60")
+    response = _explain(client, sample_images["glioma"], model=model)
     assert response.status_code == 200, response.text
     answer = ExplanationOut.model_validate(response.json())
     assert (answer.model, answer.version) == (model, model_zoo.default_version(model))
+    assert (answer.method, answer.seed, answer.fit_r2) == ("occlusion", None, None)  # the default method
     assert answer.label == answer.predicted_label
-    assert len(answer.regions) == 5
+    assert 1 <= len(answer.regions) <= 5 and all(region.weight > 0 for region in answer.regions)
+    assert all(region.weight < 0 for region in answer.opposing_regions)
+    # The explanation is of the answer the user saw: the same probabilities as /v1/predict for the same file.
+    predicted = client.post("/v1/predict", params={"model": model}, files={"file": ("a.jpg", sample_images["glioma"])})
+    assert answer.probabilities == pytest.approx(predicted.json()["probabilities"], abs=1e-6)
     overlay = Image.open(io.BytesIO(base64.b64decode(answer.overlay_png)))
     assert overlay.format == "PNG" and overlay.size == (128, 128)
 
 
 def test_parameters_reach_the_explainer(client: Any, sample_images: dict[str, bytes]) -> None:
-    params = {"model": "rf", "version": "2", "label": "notumor", "seed": "5", "num_samples": "70", "num_regions": "2"}
+    params = {"model": "rf", "version": "2", "method": "lime", "fill": "grey", "label": "notumor", "seed": "5",
+              "num_samples": "70", "num_regions": "2"}  # fmt: skip
     answer = _explain(client, sample_images["pituitary"], **params).json()
-    assert (answer["version"], answer["label"], answer["seed"]) == ("2", "notumor", 5)
-    assert (answer["num_samples"], len(answer["regions"])) == (70, 2)
+    assert (answer["version"], answer["method"], answer["fill"], answer["label"]) == ("2", "lime", "grey", "notumor")
+    assert (answer["seed"], answer["num_samples"]) == (5, 70)
+    assert len(answer["regions"]) <= 2 and len(answer["opposing_regions"]) <= 2
+    assert isinstance(answer["fit_r2"], float)
     again = _explain(client, sample_images["pituitary"], **params).json()
     assert again["regions"] == answer["regions"] and again["overlay_png"] == answer["overlay_png"]
+    occlusion = _explain(client, sample_images["pituitary"], model="rf", method="occlusion", fill="black").json()
+    assert (occlusion["method"], occlusion["fill"], occlusion["seed"]) == ("occlusion", "black", None)
 
 
 def test_errors_pass_through_with_code_status_and_request_id(client: Any, sample_images: dict[str, bytes]) -> None:
@@ -67,6 +77,8 @@ def test_gateway_checks_its_own_parameters(client: Any, sample_images: dict[str,
     _error(_explain(client, sample_images["glioma"], model="../etc"), 422, "INVALID_REQUEST")
     _error(_explain(client, sample_images["glioma"], model="rf", seed="-1"), 422, "INVALID_REQUEST")
     _error(_explain(client, sample_images["glioma"], model="rf", num_regions="51"), 422, "INVALID_REQUEST")
+    _error(_explain(client, sample_images["glioma"], model="rf", method="gradcam"), 422, "INVALID_REQUEST")
+    _error(_explain(client, sample_images["glioma"], model="rf", fill="noise"), 422, "INVALID_REQUEST")
 
 
 def test_oversize_upload_is_413_at_the_gateway(
