@@ -43,7 +43,7 @@ _MEANINGS = {
     description="Upload one image as the multipart field `file`. The head is divided into regions (the background "
     "outside it is never one) and the model classifies copies of the scan with regions hidden (`fill`: blurred by "
     "default, or grey, or black). `method=occlusion` (the default unless configured): a grid over the head, each "
-    "cell hidden in turn; a region's weight is how much the class's probability drops without it. Deterministic: "
+    "cell hidden in turn; a region's weight is how much the class's log-odds drop without it. Deterministic: "
     "no seed. "
     "`method=lime`: SLIC superpixels inside the head, `num_samples` copies with random regions hidden, and LIME's "
     "weighted linear model (its R^2 is `fit_r2`); the same `seed` gives the same answer. The class explained is "

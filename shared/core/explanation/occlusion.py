@@ -1,4 +1,4 @@
-"""Occlusion: hide each region of a grid over the head in turn and see how much the class's probability drops.
+"""Occlusion: hide each region of a grid over the head in turn and see how much the evidence for the class drops.
 
 Deterministic (nothing is drawn at random) and cheap: one copy per region plus the image itself.
 """
@@ -18,6 +18,7 @@ from shared.core.explanation.result import (
     checked_probabilities,
     chosen_label,
     elapsed_ms,
+    log_odds,
 )
 from shared.core.masking import Fill, RegionMasks
 
@@ -40,8 +41,10 @@ def occlusion(
 ) -> Explanation:
     """Explain one image (uint8 (H, W), at the explained model's size) for ``label`` or the predicted class.
 
-    A region's weight is p(class | image) - p(class | image with the region hidden): positive when hiding it
-    lowers the class, so the region supports it.
+    A region's weight is its weight of evidence (Zintgraf et al., 2017): the class's log-odds for the image less
+    its log-odds with the region hidden; positive when hiding it lowers the class, so the region supports it.
+    Log-odds rank regions as the probability's drop does, and still rank them when the model is so sure that its
+    probability stays 1.0 in float32 whatever one region hides.
     """
     image = checked_image(pixels)
     started = time.perf_counter()
@@ -53,7 +56,8 @@ def occlusion(
     predict_ms = elapsed_ms(started)
     started = time.perf_counter()
     chosen = chosen_label(label, probabilities[0])
-    drops = probabilities[0, chosen] - probabilities[1:, chosen]
+    evidence = log_odds(probabilities, chosen)
+    drops = evidence[0] - evidence[1:]
     return Explanation(
         method="occlusion",
         fill=fill,

@@ -91,6 +91,20 @@ class Explanation:
         return found
 
 
+# The floor of a probability before its logarithm: float32's smallest normal number.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def log_odds(probabilities: np.ndarray, label: int) -> np.ndarray:
+    """Each row's log-odds of ``label``: log p(label) - log p(any other class).
+
+    Taken from the other classes' own probabilities rather than 1 - p: a model sure to float32's last bit answers
+    p = 1.0 whatever is hidden, yet its other classes' tiny probabilities still say how sure it is.
+    """
+    others = np.delete(probabilities, label, axis=1).sum(axis=1)
+    return np.log(np.maximum(probabilities[:, label], _TINY)) - np.log(np.maximum(others, _TINY))
+
+
 def checked_probabilities(probabilities: np.ndarray, copies: int, num_classes: int) -> np.ndarray:
     """A predictor's answer as float64 (copies, classes); ValueError when it answered another shape."""
     answer = np.asarray(probabilities, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Occlusion: each region of the grid hidden once; a region's weight is the drop of the class's probability."""
+"""Occlusion: each region of the grid hidden once; a region's weight is the drop of the class's log-odds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from shared.core.contract import CLASS_NAMES
 from shared.core.explanation.inprocess import pixels_predictor
 from shared.core.explanation.occlusion import occlusion
 from shared.core.explanation.regions import grid_regions
+from shared.core.explanation.result import log_odds
 from shared.core.masking import RegionMasks
 from tests.explanation_models import GLIOMA, looking_at, spot_model_for
 
@@ -39,7 +40,12 @@ def test_weights_are_the_drops_of_the_class(sample_arrays: Any) -> None:
     np.testing.assert_allclose(result.probabilities, probabilities[0])
     np.testing.assert_allclose(result.probabilities, spot_model_for(128)(image[None])[0])
     assert result.label == "glioma" == result.predicted_label
-    assert result.weights == {r: probabilities[0, GLIOMA] - probabilities[r, GLIOMA] for r in range(1, regions + 1)}
+    evidence = np.log(probabilities[:, GLIOMA]) - np.log(1.0 - probabilities[:, GLIOMA])
+    weights = [result.weights[r] for r in range(1, regions + 1)]
+    np.testing.assert_allclose(weights, evidence[0] - evidence[1:], atol=1e-9)
+    # Ranked as the probability's drop ranks them.
+    drops = probabilities[0, GLIOMA] - probabilities[1:, GLIOMA]
+    assert np.array_equal(np.argsort(-np.array(weights), kind="stable"), np.argsort(-drops, kind="stable"))
     assert (result.method, result.seed, result.fit_r2, result.intercept) == ("occlusion", None, None, None)
     assert result.num_samples == regions + 1
     assert set(result.timings_ms) == {"regions", "predict", "fit"}
@@ -89,3 +95,12 @@ def test_bad_inputs_are_refused() -> None:
         occlusion(image, lambda m: np.zeros((m.copies, 2)), CLASS_NAMES)
     with pytest.raises(ValueError, match="class index"):
         occlusion(image, lambda m: np.full((m.copies, 4), 0.25), CLASS_NAMES, label=4)
+
+
+def test_a_model_sure_to_the_last_bit_still_ranks_its_regions() -> None:
+    # p(glioma) is 1.0 in float32 with or without each region; only the other classes' probabilities move.
+    answers = np.array([[1.0, 1e-12, 1e-13, 1e-13], [1.0, 1e-9, 1e-13, 1e-13], [1.0, 1e-11, 1e-13, 1e-13]])
+    answers = answers.astype(np.float32)
+    assert (answers[:, 0] == 1.0).all()
+    evidence = log_odds(answers.astype(np.float64), 0)
+    assert evidence[0] - evidence[1] > evidence[0] - evidence[2] > 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.training.lime_overlays import log_overlays, onnx_predict_fn
+from services.training.explanation_overlays import log_overlays, onnx_predict_fn
 from shared.core.contract import CLASS_NAMES, PreprocessingContract
 from tests.explanation_models import spot_model_for
 
@@ -72,7 +72,7 @@ def test_training_logs_occlusion_overlays_per_class(mlflow_run: Any, mlflow_serv
             assert x0 < 18 / 32 and x1 > 10 / 32 and y0 < 18 / 32 and y1 > 10 / 32, region
 
 
-def test_training_can_log_lime_overlays(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
+def test_training_can_log_explanation_overlays(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
     pixels, labels = sample_arrays(32)
     assert log_overlays(spot_model_32, pixels, labels, "snn", per_class=1, method="lime", num_samples=60, seed=4) == 4
     summary = json.loads(_download(mlflow_run.info.run_id, mlflow_server.url, "explanations/summary.json").read_text())
