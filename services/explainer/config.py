@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.core.masking import Fill
+from shared.core.masking import DEFAULT_FILL, Fill
 from shared.kit.hosts import HostSettings
 from shared.kit.schemas import ExplainMethod
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
@@ -26,7 +26,7 @@ class Settings(HostSettings, BaseSettings):
     inference_url: ServiceUrl = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
     default_method: ExplainMethod = Field("occlusion", description="Method when a request names none.")
-    default_fill: Fill = Field("blur", description="What hidden regions become when a request names nothing.")
+    default_fill: Fill = Field(DEFAULT_FILL, description="What hidden regions become when a request names nothing.")
     occlusion_cells: int = Field(
         8, ge=2, le=32, description="Occlusion's grid: cells x cells over the head's bounding box."
     )

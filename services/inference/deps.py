@@ -11,7 +11,7 @@ from services.inference.config import MAX_REGIONS_PNG_BYTES, Settings
 from services.inference.dataplane import DataPlane
 from services.inference.masked import read_masks, too_many_copies
 from services.inference.servable import Classifier
-from shared.core.masking import MAX_REGIONS, Fill, RegionMasks
+from shared.core.masking import DEFAULT_FILL, MAX_REGIONS, Fill, RegionMasks
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
 from shared.kit.schemas import PIXELS_SHAPE_HEADER
@@ -130,7 +130,7 @@ async def get_masked_upload(
         UploadFile,
         File(description="Which regions each copy keeps: R bytes per copy (1 keep, 0 hide), copy after copy."),
     ],
-    fill: FillQuery = "blur",
+    fill: FillQuery = DEFAULT_FILL,
 ) -> MaskedUpload:
     """The three parts, each read within its own limit (the upload's, a label map's, ``max_masked_copies`` rows),
     and the masks they describe (INVALID_REQUEST when they do not fit)."""

@@ -24,7 +24,7 @@ from shared.core.explanation.lime import lime
 from shared.core.explanation.occlusion import occlusion
 from shared.core.explanation.overlay import render_overlay
 from shared.core.explanation.result import Explanation
-from shared.core.masking import Fill
+from shared.core.masking import DEFAULT_FILL, Fill
 from shared.core.onnx_classifier import OnnxClassifier
 from shared.kit.schemas import ExplainMethod
 
@@ -92,7 +92,7 @@ def log_overlays(
     *,
     class_names: Sequence[str] | None = None,
     method: ExplainMethod = "occlusion",
-    fill: Fill = "blur",
+    fill: Fill = DEFAULT_FILL,
     num_samples: int = 200,
     seed: int = 0,
     time_budget_s: float = 120.0,

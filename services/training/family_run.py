@@ -17,8 +17,8 @@ from services.training.calibration import CalibrationSlice
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData
 from services.training.evaluation import evaluate_and_log
-from services.training.families import ModelFamily, get_family
 from services.training.explanation_overlays import log_overlays, onnx_predict_fn
+from services.training.families import ModelFamily, get_family
 from services.training.options import FamilyProgress, FamilyState, ProgressCallback, TrainingOptions
 from services.training.parameters import base_params, read_by
 from services.training.recipe import champion_recipe

@@ -39,8 +39,8 @@ MethodQuery = Annotated[
 FillQuery = Annotated[
     Fill | None,
     Query(
-        description="What a hidden region becomes: blur (the slice blurred: edges and texture go, brightness "
-        "stays), grey (the head's mean) or black. Default: the explainer's setting (blur unless configured)."
+        description="What a hidden region becomes: grey (the head's mean), blur (the head blurred within itself: "
+        "edges and texture go, brightness stays) or black. Default: the explainer's setting (grey unless configured)."
     ),
 ]
 SeedQuery = Annotated[

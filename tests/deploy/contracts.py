@@ -40,8 +40,15 @@ DOCKER_DIR = PROJECT_ROOT / "deploy" / "docker"
 PROJECT_NAME = "brain-tumor-zoo"
 # Variables of the Python runtime, pip and matplotlib that images may set: not settings of ours.
 RUNTIME_VARIABLES = frozenset(
-    {"PATH", "HOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR", "PIP_NO_CACHE_DIR",
-     "PIP_DISABLE_PIP_VERSION_CHECK"}
+    {
+        "PATH",
+        "HOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "MPLCONFIGDIR",
+        "PIP_NO_CACHE_DIR",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+    }
 )
 _ENVIRON_CALLS = {("os", "getenv"), ("environ", "get"), ("environ", "setdefault"), ("environ", "pop")}
 

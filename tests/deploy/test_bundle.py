@@ -30,11 +30,22 @@ def _manifest(models: list[str]) -> Manifest:
         created_at="2026-12-02T00:00:00+00:00",
         commit="abc123",
         command="python -m services.training.cli --data X --search quick",
-        data=DataProvenance(description="sample (120 images)", fingerprint="f" * 64, images=120,
-                            evaluation="evaluated on a 20% test split, refit on all 120 images"),
+        data=DataProvenance(
+            description="sample (120 images)",
+            fingerprint="f" * 64,
+            images=120,
+            evaluation="evaluated on a 20% test split, refit on all 120 images",
+        ),
         models=[
-            BundledModel(model=m, registered_name=f"brain-tumor-{m}", file=f"{m}.onnx", sha256="0" * 64,
-                         size_bytes=1, test_metrics={"test_accuracy": 0.9}, params={"C": 1.0})
+            BundledModel(
+                model=m,
+                registered_name=f"brain-tumor-{m}",
+                file=f"{m}.onnx",
+                sha256="0" * 64,
+                size_bytes=1,
+                test_metrics={"test_accuracy": 0.9},
+                params={"C": 1.0},
+            )
             for m in models
         ],
     )

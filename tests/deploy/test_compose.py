@@ -36,7 +36,15 @@ DEPLOY = PROJECT_ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 ENV_TEMPLATE = DEPLOY / "compose.env.template"
 REQUIRED_SERVICES = {
-    "postgres", "minio", "minio-create-bucket", "mlflow", "train", "inference", "explainer", "gateway", "nginx"
+    "postgres",
+    "minio",
+    "minio-create-bucket",
+    "mlflow",
+    "train",
+    "inference",
+    "explainer",
+    "gateway",
+    "nginx",
 }
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 _URL = re.compile(r"https?://([a-z0-9-]+):(\d+)")
@@ -49,7 +57,10 @@ def compose() -> dict[str, Any]:
     assert docker_compose, "docker-compose is not installed (Debian's docker-compose package)"
     result = subprocess.run(
         [docker_compose, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_TEMPLATE), "config"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -106,7 +117,7 @@ def test_secrets_come_only_from_the_env_file() -> None:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     for name, spec in raw["services"].items():
         environment = spec.get("environment", {})
-        for key, value in (environment.items() if isinstance(environment, dict) else []):
+        for key, value in environment.items() if isinstance(environment, dict) else []:
             # *_API_TOKENS name a file of token hashes (a compose secret), not a token.
             if any(word in key for word in SECRET_WORDS) and not key.endswith(("_ID", "_API_TOKENS")):
                 assert str(value).startswith("${"), f"{name}: {key} is written in compose.yaml, not taken from .env"
@@ -230,6 +241,9 @@ def test_nginx_accepts_the_compose_config(tmp_path: Path) -> None:
     config.write_text(text)
     result = subprocess.run(
         [binary, "-t", "-q", "-p", str(tmp_path), "-c", str(config), "-e", str(tmp_path / "error.log")],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -185,8 +185,9 @@ def test_mlflow_entrypoint_writes_its_auth_configuration_and_runs_mlflow_server(
     # The options the image's CMD and the Kubernetes Deployment pass are options of `mlflow server`.
     (command,) = final_stage(dockerfile("mlflow")).all("CMD")
     deployments = yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" / "base" / "mlflow.yaml").read_text())
-    (k8s_args,) = [doc["spec"]["template"]["spec"]["containers"][0]["args"] for doc in deployments
-                   if doc["kind"] == "Deployment"]
+    (k8s_args,) = [
+        doc["spec"]["template"]["spec"]["containers"][0]["args"] for doc in deployments if doc["kind"] == "Deployment"
+    ]
     for option in {arg for arg in [*command.exec_form(), *k8s_args] if arg.startswith("--")}:
         # Listed as "  --port INTEGER" or "  -p, --port INTEGER".
         listed = rf"^\s+(?:-\w, )?{re.escape(option)}\b"

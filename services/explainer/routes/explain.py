@@ -41,10 +41,10 @@ _MEANINGS = {
     response_model=ExplanationOut,
     summary="Explain a model's answer for one MRI image: the regions of the head for and against the class",
     description="Upload one image as the multipart field `file`. The head is divided into regions (the background "
-    "outside it is never one) and the model classifies copies of the scan with regions hidden (`fill`: blurred by "
-    "default, or grey, or black). `method=occlusion` (the default unless configured): a grid over the head, each "
-    "cell hidden in turn; a region's weight is how much the class's log-odds drop without it. Deterministic: "
-    "no seed. "
+    "outside it is never one) and the model classifies copies of the scan with regions hidden (`fill`: the head's "
+    "mean grey by default, or blurred, or black). `method=occlusion` (the default unless configured): a grid over "
+    "the head, each cell hidden in turn; a region's weight is how much the class's log-odds drop without it. "
+    "Deterministic: no seed. "
     "`method=lime`: SLIC superpixels inside the head, `num_samples` copies with random regions hidden, and LIME's "
     "weighted linear model (its R^2 is `fit_r2`); the same `seed` gives the same answer. The class explained is "
     "`label` (default: the predicted one); `probabilities` are the model's answer for the upload itself, as "

@@ -43,8 +43,8 @@ SamplesQuery = Annotated[
     summary="Explain a model's answer for one MRI image (occlusion or LIME)",
     description="Upload one image as the multipart field `file`; choose the model with `model` and optionally "
     "a `version`. The head is divided into regions (the background outside it is never one) and the served "
-    "model classifies copies of the scan with regions hidden (`fill`: blurred by default, or the head's mean "
-    "grey, or black). `method=occlusion` (the default) hides each region in turn: a region's weight is the drop "
+    "model classifies copies of the scan with regions hidden (`fill`: the head's mean grey by default, or "
+    "blurred, or black). `method=occlusion` (the default) hides each region in turn: a region's weight is the drop "
     "in the class's log-odds when it is hidden; it draws nothing at random. `method=lime` hides random sets "
     "of superpixels (`num_samples` copies, `seed`) and fits LIME's weighted linear model; `fit_r2` says how well "
     "it fits. `regions` lists the regions that support `label` (default: the predicted class), strongest first; "

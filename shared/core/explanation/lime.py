@@ -26,7 +26,7 @@ from shared.core.explanation.result import (
     chosen_label,
     elapsed_ms,
 )
-from shared.core.masking import Fill, RegionMasks
+from shared.core.masking import DEFAULT_FILL, Fill, RegionMasks
 
 KERNEL_WIDTH = 0.25
 DEFAULT_NUM_SAMPLES = 500
@@ -50,7 +50,7 @@ def lime(
     class_names: Sequence[str],
     *,
     label: int | None = None,
-    fill: Fill = "blur",
+    fill: Fill = DEFAULT_FILL,
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     num_segments: int = DEFAULT_NUM_SEGMENTS,

@@ -20,7 +20,7 @@ from shared.core.explanation.result import (
     elapsed_ms,
     log_odds,
 )
-from shared.core.masking import Fill, RegionMasks
+from shared.core.masking import DEFAULT_FILL, Fill, RegionMasks
 
 
 def one_hidden_each(regions: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def occlusion(
     class_names: Sequence[str],
     *,
     label: int | None = None,
-    fill: Fill = "blur",
+    fill: Fill = DEFAULT_FILL,
     cells: int = DEFAULT_CELLS,
 ) -> Explanation:
     """Explain one image (uint8 (H, W), at the explained model's size) for ``label`` or the predicted class.

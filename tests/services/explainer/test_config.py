@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert settings.inference_url == "http://127.0.0.1:8001"
     assert (settings.min_num_samples, settings.default_num_samples, settings.max_num_samples) == (50, 500, 3000)
     assert settings.num_segments == 48
-    assert (settings.default_method, settings.default_fill, settings.occlusion_cells) == ("occlusion", "blur", 8)
+    assert (settings.default_method, settings.default_fill, settings.occlusion_cells) == ("occlusion", "grey", 8)
     assert settings.max_copies_per_request == 4096
 
 

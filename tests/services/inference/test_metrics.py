@@ -16,7 +16,6 @@ LOADS = "bt_inference_model_loads_total"
 PREDICT_ROUTE = "/v1/models/{model}/predict"
 
 
-
 def predict(client: Any, model: str, version: str, image: bytes) -> Any:
     return client.post(
         f"/v1/models/{model}/predict", params={"version": version}, files={"file": ("scan.jpg", image, "image/jpeg")}

@@ -57,7 +57,7 @@ def test_training_logs_occlusion_overlays_per_class(mlflow_run: Any, mlflow_serv
     assert (summary["family"], summary["method"], summary["fill"], len(summary["images"])) == (
         "cnn",
         "occlusion",
-        "blur",
+        "grey",
         8,
     )
     assert "seed" not in summary  # occlusion draws nothing

@@ -92,12 +92,23 @@ def test_grey_fill_without_regions_is_the_image_mean() -> None:
 def test_blur_fill_keeps_brightness_and_removes_edges() -> None:
     pixels = np.zeros((64, 64), dtype=np.uint8)
     pixels[:, 32:] = 200
-    blurred = fill_image(pixels, labels_at(_quadrants(), 64, 64), "blur")
+    blurred = fill_image(pixels, np.ones((64, 64), dtype=np.int32), "blur")
     assert blurred.dtype == np.uint8 and blurred.shape == pixels.shape
     assert abs(float(blurred.mean()) - float(pixels.mean())) < 3  # brightness stays
     assert np.abs(np.diff(blurred.astype(int), axis=1)).max() < 50  # the 200-step edge is gone
     flat = np.full((32, 32), 77, dtype=np.uint8)
     assert np.array_equal(fill_image(flat, np.ones((32, 32), dtype=np.int32), "blur"), flat)
+
+
+def test_blur_fill_stays_within_the_head() -> None:
+    # A head of even brightness on black: blurred within itself it stays even up to its edge, where a plain blur
+    # would darken the skull's outline with the background.
+    pixels = np.zeros((64, 64), dtype=np.uint8)
+    pixels[8:56, 8:56] = 180
+    labels = np.zeros((64, 64), dtype=np.int32)
+    labels[8:56, 8:56] = 1
+    blurred = fill_image(pixels, labels, "blur")
+    assert np.abs(blurred[8:56, 8:56].astype(int) - 180).max() <= 1
 
 
 def test_an_unknown_fill_is_a_mask_error() -> None:
@@ -111,7 +122,7 @@ def test_an_unknown_fill_is_a_mask_error() -> None:
 def test_region_masks_counts_copies_and_regions() -> None:
     masks = RegionMasks(_quadrants(), np.ones((3, 4), dtype=bool), "grey")
     assert (masks.copies, masks.regions, masks.fill) == (3, 4, "grey")
-    assert RegionMasks(_quadrants(), np.ones((1, 4), dtype=bool)).fill == "blur"
+    assert RegionMasks(_quadrants(), np.ones((1, 4), dtype=bool)).fill == "grey"
 
 
 @pytest.mark.parametrize(

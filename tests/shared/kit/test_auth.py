@@ -69,9 +69,7 @@ def test_without_a_token_configured_the_route_is_disabled_and_names_the_setting(
     ],
     ids=["missing", "empty", "scheme-only", "scheme-space", "wrong", "longer", "shorter", "basic", "no-scheme", "utf8"],
 )
-def test_a_missing_or_wrong_token_is_401_with_a_bearer_challenge(
-    client: TestClient, authorization: str | None
-) -> None:
+def test_a_missing_or_wrong_token_is_401_with_a_bearer_challenge(client: TestClient, authorization: str | None) -> None:
     # Sent as bytes: a header may carry any byte, and non-ASCII ones must not break the comparison.
     headers = {} if authorization is None else {"Authorization": authorization.encode()}
     response = client.post("/v1/change", headers=headers)

@@ -19,7 +19,6 @@ REQUESTS = "bt_http_requests_total"
 SECONDS_COUNT = "bt_http_request_duration_seconds_count"
 
 
-
 def routes_seen(samples: Samples) -> set[str]:
     return {dict(labels)["route"] for name, labels in samples if name == REQUESTS}
 

@@ -60,7 +60,7 @@ def test_every_family_is_explained_by_occlusion_through_the_served_session(
     assert (answer.model, answer.version) == (model, model_zoo.default_version(model))
     assert (answer.method, answer.fill, answer.seed, answer.fit_r2, answer.intercept) == (
         "occlusion",
-        "blur",
+        "grey",
         None,
         None,
         None,
@@ -88,7 +88,7 @@ def test_lime_answers_with_its_fit(
     response = _explain(explainer_client, image, model=model, method="lime", num_samples="80", seed="5")
     assert response.status_code == 200, response.text
     answer = ExplanationOut.model_validate(response.json())
-    assert (answer.method, answer.fill, answer.seed, answer.num_samples) == ("lime", "blur", 5, 80)
+    assert (answer.method, answer.fill, answer.seed, answer.num_samples) == ("lime", "grey", 5, 80)
     assert answer.fit_r2 is not None and answer.intercept is not None and answer.local_prediction is not None
     predicted = _predicted(inference_server, model, image)
     for name in CLASS_NAMES:

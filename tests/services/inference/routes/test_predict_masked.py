@@ -141,15 +141,15 @@ def test_each_fill_hides_differently_and_the_all_keep_row_is_the_same_for_all(
     assert np.abs(answers["grey"][1] - answers["black"][1]).max() > 1e-4
 
 
-def test_fill_defaults_to_blur_and_the_version_and_any_label_size_are_honoured(
+def test_fill_defaults_to_grey_and_the_version_and_any_label_size_are_honoured(
     inference_server: ManagedProcess, model_zoo: Any, sample_images: dict[str, bytes]
 ) -> None:
     image = sample_images["notumor"]
     keep = _rows()
     response = _post(inference_server.url, "cnn", image, keep, labels=_grid(side=300), version="1")
     got = _probabilities(response)
-    assert (response.json()["version"], response.json()["fill"]) == ("1", "blur")
-    expected = _estimator(model_zoo, "cnn", "1", image, RegionMasks(_grid(side=300), keep, "blur"))
+    assert (response.json()["version"], response.json()["fill"]) == ("1", "grey")
+    expected = _estimator(model_zoo, "cnn", "1", image, RegionMasks(_grid(side=300), keep, "grey"))
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

@@ -64,7 +64,7 @@ def test_samples_are_seeded_rows_over_the_heads_superpixels(sample_arrays: Any) 
     masks = calls[0]
     np.testing.assert_array_equal(masks.labels, slic_regions(image, 30))
     assert masks.keep.shape == (120, masks.labels.max()) and masks.keep[0].all()
-    assert masks.fill == "blur"
+    assert masks.fill == "grey"
     assert set(result.weights) == set(range(1, int(masks.labels.max()) + 1))  # background never a feature
     assert set(result.timings_ms) == {"regions", "predict", "fit"}
 
