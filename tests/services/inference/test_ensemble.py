@@ -47,7 +47,9 @@ def ensemble_registry(
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_name="ensemble") as run:
+        # Its own experiment: an experiment another test made active lives on another server.
+        experiment_id = mlflow.create_experiment("ensembles")
+        with mlflow.start_run(run_name="ensemble", experiment_id=experiment_id) as run:
             logged = log_spec(spec, {"weighting": "fitted"})
             register_spec(logged, spec, "tests", run.info.run_id, "test accuracy 0.5", {})
     finally:
