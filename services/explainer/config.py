@@ -1,7 +1,7 @@
 """Settings of the explainer service, read from ``BT_EXPLAINER_*`` variables.
 
-The LIME defaults (samples, superpixels) are the settings' own: reading the settings never imports
-LIME and, with it, scikit-learn.
+The explanation defaults (method, fill, grid, samples, superpixels) are the settings' own: reading the settings
+never imports LIME and, with it, scikit-learn.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.core.masking import Fill
 from shared.kit.hosts import HostSettings
+from shared.kit.schemas import ExplainMethod
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
 from shared.kit.upstream import ServiceUrl
 
@@ -23,17 +25,17 @@ class Settings(HostSettings, BaseSettings):
     port: int = Field(8003, ge=1, le=65535)
     inference_url: ServiceUrl = Field("http://127.0.0.1:8001", description="Base URL of the inference service.")
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0, description="Largest accepted image file.")
-    default_num_samples: int = Field(500, description="Perturbed images per explanation when a request names none.")
-    min_num_samples: int = Field(50, ge=2, description="Fewest perturbed images a request may ask for.")
-    max_num_samples: int = Field(3000, ge=2, description="Most perturbed images a request may ask for.")
-    num_segments: int = Field(48, ge=4, le=400, description="Superpixels SLIC aims for on each scan.")
-    predict_batch_images: int = Field(
-        512, ge=1, description="Most perturbed images sent to the inference service in one request."
+    default_method: ExplainMethod = Field("occlusion", description="Method when a request names none.")
+    default_fill: Fill = Field("blur", description="What hidden regions become when a request names nothing.")
+    occlusion_cells: int = Field(
+        8, ge=2, le=32, description="Occlusion's grid: cells x cells over the head's bounding box."
     )
-    predict_batch_bytes: int = Field(
-        32 * 1024 * 1024,
-        gt=0,
-        description="Most pixel bytes in one request to the inference service (its own limit is 64 MiB).",
+    default_num_samples: int = Field(500, description="LIME's copies per explanation when a request names none.")
+    min_num_samples: int = Field(50, ge=2, description="Fewest LIME copies a request may ask for.")
+    max_num_samples: int = Field(3000, ge=2, description="Most LIME copies a request may ask for.")
+    num_segments: int = Field(48, ge=4, le=400, description="Superpixels SLIC aims for inside the head (LIME).")
+    max_copies_per_request: int = Field(
+        4096, ge=1, description="Most copies one request to the inference service's predict-masked carries."
     )
     max_concurrent: int = Field(1, ge=1, description="Explanations computed at once; the others wait their turn.")
     queue_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a turn before EXPLAINER_BUSY (503).")

@@ -16,7 +16,6 @@ def get_inference(request: Request) -> InferenceBatchClient:
     return request.app.state.inference
 
 
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InferenceDep = Annotated[InferenceBatchClient, Depends(get_inference)]
 
@@ -26,8 +25,9 @@ def get_num_samples(
     num_samples: Annotated[
         int | None,
         Query(
-            description="Perturbed images LIME classifies (more: steadier, slower); default and bounds "
-            "come from the service's settings (500, 50..3000 unless configured)."
+            description="LIME only: copies of the image it classifies (more: steadier, slower); default and "
+            "bounds come from the service's settings (500, 50..3000 unless configured). Occlusion classifies one "
+            "copy per region."
         ),
     ] = None,
 ) -> int:

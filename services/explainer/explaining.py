@@ -1,4 +1,4 @@
-"""One explanation request: decode the upload, pin the model version, run LIME, render the overlay."""
+"""One explanation request: decode the upload, pin the model version, explain, render the overlay."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import numpy as np
 
 from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
+from shared.core.explanation.lime import lime
+from shared.core.explanation.occlusion import occlusion
+from shared.core.explanation.overlay import Overlay, render_overlay
+from shared.core.explanation.result import Explanation, PredictMasked
 from shared.core.imaging import decode_grayscale, resize_gray
-from shared.core.lime_explanation import Explanation, explain
-from shared.core.lime_overlay import Overlay, render_overlay
+from shared.core.masking import Fill, RegionMasks
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import ContractOut, ExplanationOut, OodOut, RegionOut
+from shared.kit.schemas import ContractOut, ExplainMethod, ExplanationOut, OodOut, RegionOut
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,13 @@ class ExplainRequest:
     model: str
     version: str | None
     label: str | None
-    seed: int
-    num_samples: int
+    method: ExplainMethod
+    fill: Fill
+    seed: int  # LIME only
+    num_samples: int  # LIME only
     num_regions: int
     # One frame of a multi-frame DICOM upload (0-based); None for every other image.
     frame: int | None = None
-
-
-def images_per_request(settings: Settings, image_size: int) -> int:
-    """Perturbed images per call to the inference service: few calls, each within both limits."""
-    return max(1, min(settings.predict_batch_images, settings.predict_batch_bytes // (image_size * image_size)))
 
 
 def label_index(label: str | None, class_names: Sequence[str]) -> int | None:
@@ -48,6 +48,33 @@ def label_index(label: str | None, class_names: Sequence[str]) -> int | None:
             {"class_names": list(class_names)},
         )
     return list(class_names).index(label)
+
+
+def masked_predictor(
+    inference: InferenceBatchClient,
+    resolved: ContractOut,
+    data: bytes,
+    request: ExplainRequest,
+    max_copies: int,
+    request_id: str | None,
+) -> PredictMasked:
+    """The served model's answers for copies of the upload, at most ``max_copies`` per call to inference."""
+
+    def predict(masks: RegionMasks) -> np.ndarray:
+        answers = [
+            inference.predict_masked(
+                resolved.model,
+                resolved.version,
+                data,
+                request.frame,
+                RegionMasks(masks.labels, masks.keep[start : start + max_copies], masks.fill),
+                request_id,
+            )
+            for start in range(0, masks.copies, max_copies)
+        ]
+        return np.concatenate(answers, axis=0)
+
+    return predict
 
 
 def explain_upload(
@@ -66,20 +93,24 @@ def explain_upload(
     ood = inference.judge(data, request.frame, request_id)
     contract = resolved.contract
     chosen = label_index(request.label, contract.class_names)
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return inference.predict_pixels(resolved.model, resolved.version, batch, request_id)
-
-    result = explain(
-        resize_gray(scan, contract.image_size),
-        predict,
-        contract.class_names,
-        label=chosen,
-        num_samples=request.num_samples,
-        seed=request.seed,
-        num_segments=settings.num_segments,
-        batch_size=images_per_request(settings, contract.image_size),
-    )
+    predict = masked_predictor(inference, resolved, data, request, settings.max_copies_per_request, request_id)
+    # The regions are drawn on the slice as the model sees it; inference applies them to its own resize.
+    pixels = resize_gray(scan, contract.image_size)
+    if request.method == "occlusion":
+        result = occlusion(
+            pixels, predict, contract.class_names, label=chosen, fill=request.fill, cells=settings.occlusion_cells
+        )
+    else:
+        result = lime(
+            pixels,
+            predict,
+            contract.class_names,
+            label=chosen,
+            fill=request.fill,
+            num_samples=request.num_samples,
+            seed=request.seed,
+            num_segments=settings.num_segments,
+        )
     rendering = time.perf_counter()
     overlay = render_overlay(np.asarray(scan), result, outline=request.num_regions, max_side=settings.overlay_max_side)
     timings = {**result.timings_ms, "render": round((time.perf_counter() - rendering) * 1000.0, 2)}
@@ -99,14 +130,17 @@ def _answer(
     return ExplanationOut(
         model=resolved.model,
         version=resolved.version,
+        method=request.method,
+        fill=result.fill,
         label=result.label,
         predicted_label=result.predicted_label,
         probabilities={name: float(p) for name, p in zip(result.class_names, result.probabilities, strict=True)},
-        seed=request.seed,
-        num_samples=request.num_samples,
-        num_segments=int(result.segments.max()) + 1,
-        regions=[RegionOut(**asdict(region)) for region in result.top_regions(request.num_regions)],
-        score=result.score,
+        seed=result.seed,
+        num_samples=result.num_samples,
+        num_segments=result.num_regions,
+        regions=[RegionOut(**asdict(region)) for region in result.supporting(request.num_regions)],
+        opposing_regions=[RegionOut(**asdict(region)) for region in result.opposing(request.num_regions)],
+        fit_r2=result.fit_r2,
         intercept=result.intercept,
         local_prediction=result.local_prediction,
         overlay_png=base64.b64encode(overlay.png).decode("ascii"),

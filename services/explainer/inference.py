@@ -1,4 +1,4 @@
-"""The inference service seen from the explainer: a model's contract, the guard's verdict and batch predictions."""
+"""The inference service seen from the explainer: a model's contract, the guard's verdict and masked predictions."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from shared.core.masking import RegionMasks, keep_bytes, labels_png
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import PIXELS_SHAPE_HEADER, ContractOut, OodCheckOut, OodOut, PixelsPredictionOut
+from shared.kit.schemas import ContractOut, MaskedPredictionOut, OodCheckOut, OodOut
 from shared.kit.upstream import FORWARDED_FILENAME, ServiceClient
 
 
 class InferenceBatchClient(ServiceClient):
-    """Blocking calls (LIME's predict function runs in a worker thread) over one ``httpx.Client``."""
+    """Blocking calls (explanations run in a worker thread) over one ``httpx.Client``."""
 
     def __init__(self, http: httpx.Client) -> None:
         super().__init__(http, "inference")
@@ -40,23 +41,39 @@ class InferenceBatchClient(ServiceClient):
         )
         return answer.ood
 
-    def predict_pixels(self, model: str, version: str, pixels: np.ndarray, request_id: str | None = None) -> np.ndarray:
-        """uint8 images (N, S, S) to probabilities (N, classes) from the served ONNX session."""
-        batch = np.ascontiguousarray(pixels, dtype=np.uint8)
-        count, height, width = batch.shape
+    def predict_masked(
+        self,
+        model: str,
+        version: str,
+        data: bytes,
+        frame: int | None,
+        masks: RegionMasks,
+        request_id: str | None = None,
+    ) -> np.ndarray:
+        """Probabilities (copies, classes) for copies of the upload with regions hidden, one row per keep row.
+
+        The inference service decodes the upload and applies the label map at the model's own input size (each
+        member's, for an ensemble), so the all-keep row is exactly its ``/v1/predict`` answer.
+        """
+        params: dict[str, str | int] = {"version": version, "fill": masks.fill}
+        if frame is not None:
+            params["frame"] = frame
         answer = self.call(
-            PixelsPredictionOut,
+            MaskedPredictionOut,
             "POST",
-            f"/v1/models/{quote(model, safe='')}/predict-pixels",
+            f"/v1/models/{quote(model, safe='')}/predict-masked",
             request_id,
-            params={"version": version},
-            content=batch.tobytes(),
-            headers={"content-type": "application/octet-stream", PIXELS_SHAPE_HEADER: f"{count},{height},{width}"},
+            params=params,
+            files={
+                "file": (FORWARDED_FILENAME, data, "application/octet-stream"),
+                "regions": ("regions.png", labels_png(masks.labels), "image/png"),
+                "keep": ("keep.bin", keep_bytes(masks.keep), "application/octet-stream"),
+            },
         )
         probabilities = np.asarray(answer.probabilities, dtype=np.float64)
-        if probabilities.shape != (count, len(answer.class_names)):
+        if probabilities.shape != (masks.copies, len(answer.class_names)):
             raise ServiceError(
                 ErrorCode.UPSTREAM_ERROR,
-                f"The inference service answered {probabilities.shape} probabilities for {count} images.",
+                f"The inference service answered {probabilities.shape} probabilities for {masks.copies} copies.",
             )
         return probabilities

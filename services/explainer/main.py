@@ -14,25 +14,30 @@ from services.explainer.config import Settings
 from services.explainer.inference import InferenceBatchClient
 from services.explainer.routes import api_router
 from shared.core.decoding import decode_settings
-from shared.core.lime_explanation import explain
+from shared.core.explanation.inprocess import pixels_predictor
+from shared.core.explanation.lime import lime
+from shared.core.explanation.occlusion import occlusion
 from shared.kit.service import build_app, internal_client
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-LIME explanations of the brain-tumour MRI classifiers: which regions of a scan pushed a model
-towards (or away from) a class. Superpixels come from SLIC on the grayscale slice; the perturbed
-images are classified by the inference service's batch endpoint, i.e. by the very ONNX sessions
-that serve predictions.
+Explanations of the brain-tumour MRI classifiers: which regions of the head pushed a model towards (or away
+from) a class. Occlusion (the default) hides each cell of a grid over the head in turn; LIME hides random
+subsets of SLIC superpixels and fits a weighted linear model. The copies are made and classified by the
+inference service (`predict-masked`), at each model's own input size, by the very ONNX sessions that serve
+predictions.
 
 Errors always have the body `{"error": {"code", "message", "request_id"}}`.
 """
 
 
 def _warm_up() -> None:
-    """One tiny explanation, so the first request does not pay for lazy imports and first calls."""
+    """One tiny explanation by each method, so the first request does not pay for lazy imports and first calls."""
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float64), (32, 1)).astype(np.uint8)
-    explain(ramp, lambda batch: np.full((len(batch), 2), 0.5), ("a", "b"), num_samples=20, num_segments=8)
+    predict = pixels_predictor(ramp, lambda batch: np.full((len(batch), 2), 0.5))
+    occlusion(ramp, predict, ("a", "b"), cells=2)
+    lime(ramp, predict, ("a", "b"), num_samples=20, num_segments=8)
 
 
 @asynccontextmanager

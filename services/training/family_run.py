@@ -18,7 +18,7 @@ from services.training.config import TrainingSettings
 from services.training.data import PreparedData
 from services.training.evaluation import evaluate_and_log
 from services.training.families import ModelFamily, get_family
-from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
+from services.training.lime_overlays import log_overlays, onnx_predict_fn
 from services.training.options import FamilyProgress, FamilyState, ProgressCallback, TrainingOptions
 from services.training.parameters import base_params, read_by
 from services.training.recipe import champion_recipe
@@ -149,8 +149,8 @@ def train_family(
         progress.metrics = _progress_metrics({**metrics, **cv_metrics})
         # What MLflow users load and serve (pyfunc, `mlflow models serve`): the very file that passed parity.
         logged_model = tracking.log_onnx_model(model_bytes, name=family_name)
-        # LIME overlays of a few test images per class, from the ONNX model exactly as it will be served.
-        log_lime_overlays(onnx_predict_fn(model_bytes), test_pixels, test_labels, family_name, per_class=2)
+        # Explanation overlays (occlusion) of a few test images per class, from the ONNX model as it will be served.
+        log_overlays(onnx_predict_fn(model_bytes), test_pixels, test_labels, family_name, per_class=2)
         if options.register_models:
             step("registering")
             progress.registered_name = registered_name(family_name)
@@ -171,7 +171,7 @@ def train_family(
 
 def _check_set(data: PreparedData, calibration_slice: CalibrationSlice, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The images the run evaluates and checks the ONNX graphs on: the test split; in a refit, which has none,
-    the calibration slice (for the parity checks and LIME overlays only: no figure is reported on it)."""
+    the calibration slice (for the parity checks and explanation overlays only: no figure is reported on it)."""
     if len(data.test_labels):
         return data.test(size), data.test_labels
     return calibration_slice.pixels(size), calibration_slice.labels

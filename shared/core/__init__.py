@@ -2,5 +2,5 @@
 
 The preprocessing contract (``contract``), bounded decoding of any image or DICOM file (``decoding``, ``imaging``,
 ``dicom``), the guard's input (``guard_input``), the one ONNX runner (``onnx_classifier``), the training folder
-(``dataset``) and LIME's pieces (``lime_*``). Defined once, for training and for serving.
+(``dataset``) and the explanations (``explanation``). Defined once, for training and for serving.
 """

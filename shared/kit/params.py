@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import Query
 
-from shared.kit.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES
+from shared.core.masking import Fill
+from shared.kit.schemas import CHAMPION_ALIAS, LATEST_VERSION, MODEL_FAMILIES, ExplainMethod
 
 # Names and versions end up in upstream URLs, MLflow filters and cache paths: a safe alphabet only.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -27,8 +28,28 @@ LabelQuery = Annotated[
     str | None,
     Query(max_length=64, description="Class to explain (e.g. glioma); default: the class the model predicts."),
 ]
-SeedQuery = Annotated[int, Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer.")]
-RegionsQuery = Annotated[int, Query(ge=1, le=50, description="How many top regions to list (and outline).")]
+MethodQuery = Annotated[
+    ExplainMethod | None,
+    Query(
+        description="occlusion: a grid over the head, each cell hidden in turn (deterministic, a copy per cell); "
+        "lime: SLIC superpixels inside the head, random subsets hidden, a weighted linear fit (seeded, "
+        "`num_samples` copies). Default: the explainer's setting (occlusion unless configured)."
+    ),
+]
+FillQuery = Annotated[
+    Fill | None,
+    Query(
+        description="What a hidden region becomes: blur (the slice blurred: edges and texture go, brightness "
+        "stays), grey (the head's mean) or black. Default: the explainer's setting (blur unless configured)."
+    ),
+]
+SeedQuery = Annotated[
+    int,
+    Query(ge=0, le=2**32 - 1, description="Seed of LIME's sampling; same seed, same answer. Occlusion draws nothing."),
+]
+RegionsQuery = Annotated[
+    int, Query(ge=1, le=50, description="How many supporting and how many opposing regions to list (and outline).")
+]
 
 # One frame of a multi-frame DICOM upload, on every route that takes an image.
 FrameQuery = Annotated[

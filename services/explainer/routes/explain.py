@@ -10,7 +10,16 @@ from starlette.concurrency import run_in_threadpool
 from services.explainer.deps import InferenceDep, NumSamples, SettingsDep
 from services.explainer.explaining import ExplainRequest, explain_upload
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.kit.params import (
+    FillQuery,
+    FrameQuery,
+    LabelQuery,
+    MethodQuery,
+    ModelQuery,
+    RegionsQuery,
+    SeedQuery,
+    VersionQuery,
+)
 from shared.kit.schemas import ExplanationOut
 from shared.kit.service import RequestIdDep, error_responses
 from shared.kit.uploads import ImageBytes
@@ -21,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["explanations"])
 _MEANINGS = {
     404: "MODEL_NOT_FOUND or VERSION_NOT_FOUND, from the inference service.",
     422: "NOT_A_BRAIN_MRI, from the inference service's guard (refuse mode); INVALID_REQUEST: e.g. num_samples out "
-    "of bounds, unknown label, no multipart `file` field.",
+    "of bounds, unknown label, unknown method or fill, no multipart `file` field.",
     500: "INVALID_MODEL, from the inference service: the registered model file cannot be served.",
     503: "UPSTREAM_UNAVAILABLE (inference down) or EXPLAINER_BUSY.",
 }
@@ -30,13 +39,17 @@ _MEANINGS = {
 @router.post(
     "/explain",
     response_model=ExplanationOut,
-    summary="Explain a model's answer for one MRI image with LIME",
-    description="Upload one image as the multipart field `file`. The scan is divided into superpixels (SLIC "
-    "on the grayscale slice, inside the tissue), `num_samples` copies with random superpixels blacked out are "
-    "classified by the model, and a weighted linear model says how much each region pushes towards the class "
-    "(`label`, default: the predicted one). Answers the strongest regions with their weights and an overlay "
-    "PNG (base64) of the heat map over the scan. The same `seed` gives the same answer. The inference service's "
-    "guard judges the image first: its verdict is `ood`, and in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI.",
+    summary="Explain a model's answer for one MRI image: the regions of the head for and against the class",
+    description="Upload one image as the multipart field `file`. The head is divided into regions (the background "
+    "outside it is never one) and the model classifies copies of the scan with regions hidden (`fill`: blurred by "
+    "default, or grey, or black). `method=occlusion` (the default): a grid over the head, each cell hidden in "
+    "turn; a region's weight is how much the class's probability drops without it. Deterministic: no seed. "
+    "`method=lime`: SLIC superpixels inside the head, `num_samples` copies with random regions hidden, and LIME's "
+    "weighted linear model (its R^2 is `fit_r2`); the same `seed` gives the same answer. The class explained is "
+    "`label` (default: the predicted one); `probabilities` are the model's answer for the upload itself, as "
+    "`/v1/predict` gives it. Answers the regions that support the class and those that oppose it, strongest "
+    "first, and an overlay PNG (base64) of the heat map over the scan. The inference service's guard judges the "
+    "image first: its verdict is `ood`, and in refuse mode a non-MRI image is a 422 NOT_A_BRAIN_MRI.",
     responses=error_responses(400, 404, 413, 415, 422, 500, 502, 503, descriptions=_MEANINGS),
 )
 async def explain_image(
@@ -49,6 +62,8 @@ async def explain_image(
     model: ModelQuery,
     version: VersionQuery = None,
     label: LabelQuery = None,
+    method: MethodQuery = None,
+    fill: FillQuery = None,
     seed: SeedQuery = 0,
     num_regions: RegionsQuery = 5,
     frame: FrameQuery = None,
@@ -62,8 +77,18 @@ async def explain_image(
             f"Every explanation slot stayed busy for {settings.queue_timeout_s:.0f} s; try again shortly.",
         ) from exc
     try:
-        asked = ExplainRequest(model, version, label, seed, num_samples, num_regions, frame)
-        # LIME and the overlay are CPU work and the inference calls block: keep them off the event loop.
+        asked = ExplainRequest(
+            model,
+            version,
+            label,
+            method or settings.default_method,
+            fill or settings.default_fill,
+            seed,
+            num_samples,
+            num_regions,
+            frame,
+        )
+        # Regions, the fit and the overlay are CPU work and the inference calls block: keep them off the event loop.
         return await run_in_threadpool(explain_upload, image, asked, inference, settings, request_id)
     finally:
         turns.release()
