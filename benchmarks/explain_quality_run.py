@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import mimetypes
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from shared.core.contract import PreprocessingContract
 from shared.core.explanation.lime import lime
 from shared.core.explanation.occlusion import occlusion
 from shared.core.explanation.regions import head_mask, head_rim
-from shared.core.explanation.result import Explanation, top_overlap
+from shared.core.explanation.result import Explanation, PredictMasked, top_overlap
 from shared.core.imaging import decode_grayscale, resize_gray
 from shared.core.masking import Fill, RegionMasks, keep_bytes, labels_png
 
@@ -83,7 +84,7 @@ def rim_share(explanation: Explanation, rim: np.ndarray) -> float | None:
 
 
 def faithfulness(
-    figures: Figures, method: str, explanation: Explanation, head: np.ndarray, predict: MaskedPredictor
+    figures: Figures, method: str, explanation: Explanation, head: np.ndarray, predict: PredictMasked
 ) -> None:
     """Deletion and insertion AUCs of the method's ranking and of random orders of its regions, each fill."""
     labels = explanation.labels
@@ -96,40 +97,42 @@ def faithfulness(
         figures.add(("insertion", method, fill, kind), float(np.mean([c.insertion_auc for c in found])))
 
 
-def measure_image(http: httpx.Client, model: ModelUnderTest, path: Path, figures: Figures) -> None:
-    """Every in-process figure of one image."""
-    pixels = resize_gray(decode_grayscale(path.read_bytes()), model.contract.image_size)
-    predict = MaskedPredictor(http, model, path)
-    names = model.contract.class_names
+def measure_image(
+    figures: Figures, name: str, pixels: np.ndarray, predict: PredictMasked, class_names: Sequence[str], with_lime: bool
+) -> None:
+    """Every in-process figure of one image (``pixels`` at the model's size, ``name`` its file's)."""
     head = head_mask(pixels)
     rim = head_rim(head)
     figures.add(("rim_head",), float(rim.sum() / head.sum()))
-    explained = {"occlusion": [occlusion(pixels, predict, names)]}
-    again = occlusion(pixels, predict, names)
+    explained = {"occlusion": [occlusion(pixels, predict, class_names)]}
+    again = occlusion(pixels, predict, class_names)
     figures.add(("deterministic", "occlusion"), float(again.weights == explained["occlusion"][0].weights))
-    if model.lime:
-        explained["lime"] = [lime(pixels, predict, names, seed=seed) for seed in LIME_SEEDS]
+    if with_lime:
+        explained["lime"] = [lime(pixels, predict, class_names, seed=seed) for seed in LIME_SEEDS]
         pairs = itertools.combinations(explained["lime"], 2)
         figures.add(("stability", "lime"), float(np.mean([top_overlap(a, b, TOP) for a, b in pairs])))
         for explanation in explained["lime"]:
             figures.add(("fit_r2", "lime"), float(explanation.fit_r2 or 0.0))
     for method, explanations in explained.items():
         first = explanations[0]
-        figures.top5[(method, path.name)] = top_segments(first)
+        figures.top5[(method, name)] = top_segments(first)
         figures.add(("regions", method), float(first.num_regions))
         figures.add(("outside", method), float(any(((e.labels > 0) & ~head).any() for e in explanations)))
         for explanation in explanations:
             if (share := rim_share(explanation, rim)) is not None:
                 figures.add(("rim_top", method), share)
         faithfulness(figures, method, first, head, predict)
-    figures.add(("copies",), float(predict.copies))
 
 
 def measure_model(http: httpx.Client, model: ModelUnderTest, images: list[Path]) -> Figures:
+    """The in-process figures of every image, each explanation asking the served model."""
     figures = Figures(model.model, model.version, model.contract.image_size, len(images))
     started = time.perf_counter()
     for count, path in enumerate(images, start=1):
-        measure_image(http, model, path, figures)
+        pixels = resize_gray(decode_grayscale(path.read_bytes()), model.contract.image_size)
+        predict = MaskedPredictor(http, model, path)
+        measure_image(figures, path.name, pixels, predict, model.contract.class_names, model.lime)
+        figures.add(("copies",), float(predict.copies))
         spent = time.perf_counter() - started
         print(
             f"{model.model} v{model.version}: {count}/{len(images)} images in process, {spent:.0f} s "
