@@ -130,6 +130,7 @@ def route_limits(name: str, settings: Any) -> tuple[RouteLimit, ...]:
             RouteLimit("= /v1/compare", one_file, "single upload"),
             RouteLimit("= /v1/ood", one_file, "single upload"),
             RouteLimit("~ ^/v1/models/[^/]+/predict-pixels$", settings.max_pixel_batch_bytes, "tensors"),
+            RouteLimit("~ ^/v1/models/[^/]+/predict-masked$", settings.masked_body_bytes(), "masked copies"),
             RouteLimit("~ ^/v2/models/.+/infer$", settings.max_pixel_batch_bytes, "tensors"),
         )
     if name == "explainer":

@@ -8,11 +8,17 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.core.masking import MAX_REGIONS
 from shared.kit.audit.settings import AuditSettings
 from shared.kit.auth import CallerTokenSettings
 from shared.kit.hosts import HostSettings
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
+from shared.kit.uploads import MULTIPART_OVERHEAD_BYTES
 from shared.kit.workers import WorkerSettings, usable_cpus
+
+# Largest `regions` part of a predict-masked request: a label map of at most 1024 x 1024 at 16 bits is 2 MiB raw,
+# and PNG's framing adds little to that.
+MAX_REGIONS_PNG_BYTES = 4 * 1024 * 1024
 
 
 class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings, BaseSettings):
@@ -52,8 +58,17 @@ class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings,
         "this many rows of the largest input a loaded model takes, at 24 bytes a number, plus 1 MiB (e.g. base64 image "
         "files). Larger batches go as binary data (tritonclient's default). Bounds what parsing a body costs.",
     )
+    max_masked_copies: int = Field(
+        4096,
+        ge=1,
+        le=65536,
+        description="Most copies (rows of `keep`) in one predict-masked request: an explanation's perturbed copies "
+        "of one upload. Its body may hold one upload, a label map PNG and this many rows of up to 1024 regions.",
+    )
     pixel_run_batch: int = Field(
-        64, ge=1, description="Images per onnxruntime run within a predict-pixels request; bounds the memory."
+        64,
+        ge=1,
+        description="Images per onnxruntime run within a predict-pixels or predict-masked request; bounds the memory.",
     )
     batching: bool = Field(
         True,
@@ -146,6 +161,12 @@ class Settings(HostSettings, WorkerSettings, CallerTokenSettings, AuditSettings,
         if not value:
             raise ValueError("MLFLOW_TRACKING_URI must name the MLflow server, e.g. http://127.0.0.1:5000")
         return value.rstrip("/")
+
+    def masked_body_bytes(self) -> int:
+        """The largest predict-masked body: one upload, the regions PNG, ``max_masked_copies`` keep rows of the most
+        regions, and the multipart framing."""
+        keep = self.max_masked_copies * MAX_REGIONS
+        return self.max_upload_bytes + MAX_REGIONS_PNG_BYTES + keep + MULTIPART_OVERHEAD_BYTES
 
     def work_threads(self) -> int:
         """Threads doing blocking work at once in this worker (see ``concurrent_work``)."""

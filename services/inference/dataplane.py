@@ -9,7 +9,8 @@ from each row. Routes only parse, call one method here and serialise.
 - ``predict``: one upload, one model; ``predict_files``: several uploads through one model together, each
   file's failure its own; ``compare``: one upload through several models side by side.
 - ``infer``: the Open Inference Protocol's batch (image files, or the model's own tensor); ``predict_pixels``:
-  decoded images a caller holds (the explainer); ``judge``: the guard alone.
+  decoded images a caller holds; ``predict_masked``: copies of one upload with regions hidden (explanations);
+  ``judge``: the guard alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from services.inference.guard_selector import GuardSelector
+from services.inference.masked import MaskedCopies
 from services.inference.oip_schemas import IMAGE_INPUT_NAME
 from services.inference.oip_tensors import json_body_limit
 from services.inference.referral import Referral, referral_of
@@ -32,6 +34,7 @@ from services.inference.registry import ModelRegistry
 from services.inference.runner import Runner
 from services.inference.servable import Classifier
 from shared.core.imaging import DecodedImage
+from shared.core.masking import RegionMasks
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import BatchItem, CompareItem, ItemError, OodOut, PredictionOut
 
@@ -277,4 +280,20 @@ class DataPlane:
         for start in range(0, len(pixels), self.pixel_run_batch):
             images = [DecodedImage.from_pixels(image) for image in pixels[start : start + self.pixel_run_batch]]
             parts.append(await self.runner.predict(classifier, await self.runner.work(classifier.preprocess, images)))
+        return np.concatenate(parts)
+
+    async def predict_masked(
+        self, classifier: Classifier, data: bytes, frame: int | None, masks: RegionMasks
+    ) -> np.ndarray:
+        """Probabilities (copies, classes) for copies of one upload with regions hidden, in keep-row order.
+
+        The upload is decoded once, as ``predict`` decodes it (no guard: the caller judged it); each run of
+        ``pixel_run_batch`` copies is masked at every size the model's ``preprocess`` asks for (an ensemble's
+        members each at their own), so a copy that keeps every region gets ``predict``'s answer."""
+        base = await self.runner.work(DecodedImage.decode, data, frame)
+        parts = []
+        for start in range(0, masks.copies, self.pixel_run_batch):
+            copies = MaskedCopies(base, masks, slice(start, start + self.pixel_run_batch))
+            batch = await self.runner.work(classifier.preprocess, copies.images())
+            parts.append(await self.runner.predict(classifier, batch))
         return np.concatenate(parts)

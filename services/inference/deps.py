@@ -1,20 +1,22 @@
-"""FastAPI dependencies: settings, the data plane, the requested model and a body of pixels."""
+"""FastAPI dependencies: settings, the data plane, the requested model, a body of pixels and a masked upload."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, File, Header, Path, Query, Request, UploadFile
 
-from services.inference.config import Settings
+from services.inference.config import MAX_REGIONS_PNG_BYTES, Settings
 from services.inference.dataplane import DataPlane
+from services.inference.masked import read_masks, too_many_copies
 from services.inference.servable import Classifier
+from shared.core.masking import MAX_REGIONS, Fill, RegionMasks
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
 from shared.kit.schemas import PIXELS_SHAPE_HEADER
 from shared.kit.service import get_settings
-from shared.kit.uploads import read_body
+from shared.kit.uploads import read_body, read_upload
 
 
 def get_dataplane(request: Request) -> DataPlane:
@@ -92,3 +94,61 @@ async def get_pixel_batch(
 
 
 PixelBatch = Annotated[np.ndarray, Depends(get_pixel_batch)]
+
+
+FillQuery = Annotated[
+    Fill, Query(description="What a hidden region becomes: the slice blurred (edges and texture gone), grey, or black.")
+]
+
+
+class MaskedUpload(NamedTuple):
+    """A predict-masked request's upload and the masks to apply to it."""
+
+    data: bytes
+    masks: RegionMasks
+
+
+async def _read_part(part: UploadFile, max_bytes: int, error: ServiceError) -> bytes:
+    data = await part.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error
+    return data
+
+
+async def get_masked_upload(
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The image exactly as sent to `/v1/predict` (any accepted format).")],
+    regions: Annotated[
+        UploadFile,
+        File(
+            description="The label map: an 8- or 16-bit grayscale PNG, at most 1024 px a side; 0 = never hidden, "
+            "1..R = the regions (R at most 1024). It is resized to each model's input size by nearest neighbour."
+        ),
+    ],
+    keep: Annotated[
+        UploadFile,
+        File(description="Which regions each copy keeps: R bytes per copy (1 keep, 0 hide), copy after copy."),
+    ],
+    fill: FillQuery = "blur",
+) -> MaskedUpload:
+    """The three parts, each read within its own limit (the upload's, a label map's, ``max_masked_copies`` rows),
+    and the masks they describe (INVALID_REQUEST when they do not fit)."""
+    try:
+        data = await read_upload(file, settings.max_upload_bytes)
+        regions_too_large = ServiceError(
+            ErrorCode.FILE_TOO_LARGE,
+            f"regions is too large; a label map PNG of at most {MAX_REGIONS_PNG_BYTES} bytes is accepted.",
+            {"max_bytes": MAX_REGIONS_PNG_BYTES},
+        )
+        regions_png = await _read_part(regions, MAX_REGIONS_PNG_BYTES, regions_too_large)
+        max_copies = settings.max_masked_copies
+        keep_data = await _read_part(keep, max_copies * MAX_REGIONS, too_many_copies(max_copies))
+    finally:
+        for part in (file, regions, keep):
+            await part.close()
+    masks = await dataplane.runner.work(read_masks, regions_png, keep_data, fill, max_copies)
+    return MaskedUpload(data, masks)
+
+
+MaskedUploadDep = Annotated[MaskedUpload, Depends(get_masked_upload)]

@@ -22,8 +22,11 @@ from shared.core.decoding import decode_settings
 from shared.kit.audit.requests import open_trail
 from shared.kit.auth import install_caller_tokens
 from shared.kit.service import build_app
+from shared.kit.uploads import RouteBodyLimit
 
 logger = logging.getLogger(__name__)
+
+MASKED_PATH_SUFFIX = "/predict-masked"
 
 DESCRIPTION = """\
 Serves the brain-tumour MRI classifiers registered in MLflow (`brain-tumor-rf`, `-snn`, `-cnn`,
@@ -99,15 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     decode_settings()  # the shared BT_DECODE_* bounds: bad values stop the service here, not at its first image
     # Tensor bodies (predict-pixels, the Open Inference Protocol's infer) are bounded by their own, larger
-    # limit (max_pixel_batch_bytes), read by their handlers.
+    # limit (max_pixel_batch_bytes), read by their handlers; predict-masked's three parts by the sum of theirs.
     app = build_app(
         "Brain tumour MRI - inference service",
         DESCRIPTION,
         settings,
         lifespan,
         max_upload_bytes=settings.max_upload_bytes,
-        upload_limit_exempt=("/predict-pixels", "/infer"),
+        upload_limit_exempt=("/predict-pixels", "/infer", MASKED_PATH_SUFFIX),
     )
+    app.add_middleware(RouteBodyLimit, path_suffix=MASKED_PATH_SUFFIX, max_bytes=settings.masked_body_bytes())
     app.include_router(api_router)
     install_caller_tokens(app, settings)  # the /v2 infer routes' callers
     if settings.debug_endpoints:

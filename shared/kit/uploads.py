@@ -172,6 +172,23 @@ class UploadSizeLimit:
         await forward_within_limit(self.app, scope, receive, send, self.limit, too_large(self.max_bytes))
 
 
+class RouteBodyLimit:
+    """ASGI middleware: 413 for a request to a path ending in ``path_suffix`` whose body passes ``max_bytes``,
+    counted as it arrives: for a route exempt from ``UploadSizeLimit`` whose body holds more than one file."""
+
+    def __init__(self, app: ASGIApp, path_suffix: str, max_bytes: int) -> None:
+        self.app = app
+        self.path_suffix = path_suffix
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).endswith(self.path_suffix):
+            error = body_too_large(self.max_bytes)
+            await forward_within_limit(self.app, scope, receive, send, self.max_bytes, error)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodySizeLimit:
     """ASGI middleware: 413 for any request whose body passes ``max_bytes`` (for services that take small JSON
     bodies, not uploads), counted as it arrives."""

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Response
 
-from services.inference.deps import DataPlaneDep, ModelDep, ModelName, PixelBatch
+from services.inference.deps import DataPlaneDep, MaskedUploadDep, ModelDep, ModelName, PixelBatch
 from services.inference.guard_selector import NOT_MRI_422
 from services.inference.listing import list_models as list_registered
 from shared.kit.errors import ErrorCode
@@ -15,6 +15,7 @@ from shared.kit.schemas import (
     CHAMPION_ALIAS,
     PIXELS_SHAPE_HEADER,
     ContractOut,
+    MaskedPredictionOut,
     ModelsOut,
     PixelsPredictionOut,
     PredictionOut,
@@ -109,4 +110,49 @@ async def predict_pixels(classifier: ModelDep, pixels: PixelBatch, dataplane: Da
         class_names=list(classifier.contract.class_names),
         probabilities=probabilities.astype(float).tolist(),
         latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+    )
+
+
+@router.post(
+    "/{model}/predict-masked",
+    response_model=MaskedPredictionOut,
+    summary="Classify copies of one upload with regions hidden",
+    description="For explanations: one upload asked about many times with parts of it hidden "
+    "(`shared.core.masking`). Multipart parts: `file`, the upload exactly as sent to `/predict` (`frame` for a "
+    "multi-frame DICOM file); `regions`, a label map PNG (0 = never hidden, 1..R = regions) at any size; `keep`, R "
+    "bytes per copy (1 keeps the region, 0 hides it as `fill` says). The upload is decoded once; each model, and "
+    "each member of an ensemble, resizes it to its own input size as `/predict` does, and the label map is resized "
+    "to the same size by nearest neighbour, so a row that keeps every region answers `/predict`'s probabilities. "
+    "No guard runs (the caller judges the upload with `/v1/ood`). One probability row per `keep` row, in order.",
+    responses=error_responses(
+        400,
+        404,
+        413,
+        415,
+        422,
+        500,
+        503,
+        descriptions={
+            413: "FILE_TOO_LARGE: the upload above the upload limit, the regions PNG above 4 MiB, or the body above "
+            "their sum with the most copies.",
+            422: "INVALID_REQUEST: a missing part, a label map or keep rows that do not fit (e.g. keep not R bytes a "
+            "row, or bytes other than 0 and 1), more copies than `max_masked_copies`, or a bad parameter.",
+            **_REGISTRY_DOWN,
+        },
+    ),
+)
+async def predict_masked(
+    classifier: ModelDep, upload: MaskedUploadDep, dataplane: DataPlaneDep, frame: FrameQuery = None
+) -> Response:
+    started = time.perf_counter()
+    probabilities = await dataplane.predict_masked(classifier, upload.data, frame, upload.masks)
+    return json_answer(
+        MaskedPredictionOut(
+            model=classifier.name,
+            version=classifier.version,
+            fill=upload.masks.fill,
+            class_names=list(classifier.contract.class_names),
+            probabilities=probabilities.astype(float).tolist(),
+            latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        )
     )

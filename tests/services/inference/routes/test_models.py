@@ -181,6 +181,7 @@ def test_openapi_documents_every_error_with_the_one_error_body(inference_client:
         ("/v1/models/{model}/predict", "post"): ["400", "404", "408", "413", "415", "422", "500", "503"],
         ("/v1/models/{model}/contract", "get"): ["400", "404", "408", "422", "500", "503"],
         ("/v1/models/{model}/predict-pixels", "post"): ["400", "404", "408", "413", "422", "500", "503"],
+        ("/v1/models/{model}/predict-masked", "post"): ["400", "404", "408", "413", "415", "422", "500", "503"],
         ("/v1/models/{model}/predict-batch", "post"): ["400", "404", "408", "413", "422", "500", "503"],
         ("/v1/compare", "post"): ["400", "408", "413", "415", "422", "503"],
         ("/v1/ood", "post"): ["400", "408", "413", "415", "422", "503"],
