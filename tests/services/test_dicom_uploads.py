@@ -143,7 +143,7 @@ def test_explanations_of_a_dicom_frame_are_those_of_its_jpeg(
     answer = client.post("/v1/explain", params={**params, "frame": 1}, files=upload(dicom))
     assert answer.status_code == expected.status_code == 200, answer.text
     assert_same_answer(answer.json(), expected.json(), "explanation")
-    for key in ("regions", "overlay_png", "score", "predicted_label"):
+    for key in ("regions", "opposing_regions", "overlay_png", "fit_r2", "predicted_label"):
         assert answer.json()[key] == expected.json()[key], key
     error_body(client.post("/v1/explain", params=params, files=upload(dicom)), 422, "INVALID_REQUEST")
 

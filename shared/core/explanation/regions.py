@@ -20,8 +20,9 @@ TISSUE_THRESHOLD = 0.06
 SPECK_FRACTION = 0.03
 # A mask outside these shares of the image is no head outline (a flat or cropped image): all of it is head.
 MIN_HEAD_FRACTION, MAX_HEAD_FRACTION = 0.05, 0.98
-# Frames burnt into a scan sit in this band along its edge (a share of the longer side).
-EDGE_BAND_FRACTION = 0.01
+# Frames burnt into a scan sit in this band along its edge (a share of the longer side, at least EDGE_BAND px:
+# the blur widens a frame by about two pixels).
+EDGE_BAND_FRACTION, EDGE_BAND = 0.02, 4
 
 
 def _gray(pixels: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ def _without_specks(mask: np.ndarray) -> np.ndarray:
 def _filled(tissue: np.ndarray) -> np.ndarray:
     """``tissue`` with its holes filled and specks dropped. Holes are found with a thin band along the image's
     edge cleared, so a frame burnt into the image does not enclose (and fill) the background."""
-    band = max(2, round(EDGE_BAND_FRACTION * max(tissue.shape)))
+    band = max(EDGE_BAND, round(EDGE_BAND_FRACTION * max(tissue.shape)))
     inner = np.zeros_like(tissue)
     inner[band:-band, band:-band] = True
     return _without_specks(tissue | ndimage.binary_fill_holes(tissue & inner))

@@ -20,6 +20,8 @@ def test_defaults() -> None:
     assert settings.inference_url == "http://127.0.0.1:8001"
     assert (settings.min_num_samples, settings.default_num_samples, settings.max_num_samples) == (50, 500, 3000)
     assert settings.num_segments == 48
+    assert (settings.default_method, settings.default_fill, settings.occlusion_cells) == ("occlusion", "blur", 8)
+    assert settings.max_copies_per_request == 4096
 
 
 def test_reading_the_settings_imports_no_lime() -> None:
@@ -36,7 +38,9 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BT_EXPLAINER_PORT", "9103")
     monkeypatch.setenv("BT_EXPLAINER_INFERENCE_URL", " http://10.0.0.5:8001/ ")
     monkeypatch.setenv("BT_EXPLAINER_DEFAULT_NUM_SAMPLES", "300")
+    monkeypatch.setenv("BT_EXPLAINER_DEFAULT_METHOD", "lime")
     settings = Settings()
+    assert settings.default_method == "lime"
     assert settings.port == 9103
     assert settings.inference_url == "http://10.0.0.5:8001"
     assert settings.default_num_samples == 300
@@ -52,6 +56,10 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         {"min_num_samples": 1},
         {"num_segments": 2},
         {"max_concurrent": 0},
+        {"default_method": "gradcam"},
+        {"default_fill": "white"},
+        {"occlusion_cells": 1},
+        {"max_copies_per_request": 0},
     ],
 )
 def test_bad_values_are_refused(values: dict) -> None:

@@ -12,14 +12,16 @@ from shared.kit.schemas import ExplanationOut
 
 def test_process_explains_and_documents_itself(explainer_server: Any, sample_images: dict[str, bytes]) -> None:
     with httpx.Client(base_url=explainer_server.url, timeout=60.0) as client:
-        response = client.post(
-            "/v1/explain",
-            params={"model": "cnn", "num_samples": "100"},
-            files={"file": ("scan.jpg", sample_images["glioma"], "image/jpeg")},
-        )
-        assert response.status_code == 200, response.text
-        answer = ExplanationOut.model_validate(response.json())
-        assert answer.model == "cnn" and answer.num_samples == 100
+        for params, method in (({}, "occlusion"), ({"method": "lime", "num_samples": "100"}, "lime")):
+            response = client.post(
+                "/v1/explain",
+                params={"model": "cnn", **params},
+                files={"file": ("scan.jpg", sample_images["glioma"], "image/jpeg")},
+            )
+            assert response.status_code == 200, response.text
+            answer = ExplanationOut.model_validate(response.json())
+            assert (answer.model, answer.method) == ("cnn", method)
+        assert answer.num_samples == 100
         # Ready once the inference process is: it may still be preloading its default models.
         deadline = time.monotonic() + 30
         while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""Training's LIME overlays: logged per class to the run, within a time budget, never failing training."""
+"""Training's explanation overlays: logged per class to the run, within a time budget, never failing training."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.training.lime_overlays import log_lime_overlays, onnx_predict_fn
+from services.training.lime_overlays import log_overlays, onnx_predict_fn
 from shared.core.contract import CLASS_NAMES, PreprocessingContract
-from tests.lime_models import spot_model_for
+from tests.explanation_models import spot_model_for
 
 spot_model_32 = spot_model_for(32)
 
@@ -44,9 +44,9 @@ def _download(run_id: str, tracking_uri: str, artifact: str) -> Path:
     return Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact))
 
 
-def test_training_logs_overlays_per_class(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
+def test_training_logs_occlusion_overlays_per_class(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
     pixels, labels = sample_arrays(32)
-    logged = log_lime_overlays(spot_model_32, pixels, labels, "cnn", per_class=2, num_samples=60)
+    logged = log_overlays(spot_model_32, pixels, labels, "cnn", per_class=2)
     assert logged == 8
     names = _artifacts(mlflow_run.info.run_id, mlflow_server.url, "explanations")
     assert "summary.json" in names
@@ -54,8 +54,30 @@ def test_training_logs_overlays_per_class(mlflow_run: Any, mlflow_server: Any, s
     assert len(pngs) == 8
     assert {name.split("_")[0] for name in pngs} == set(CLASS_NAMES)
     summary = json.loads(_download(mlflow_run.info.run_id, mlflow_server.url, "explanations/summary.json").read_text())
-    assert summary["family"] == "cnn" and len(summary["images"]) == 8
-    assert all(len(image["regions"]) == 5 for image in summary["images"])
+    assert (summary["family"], summary["method"], summary["fill"], len(summary["images"])) == (
+        "cnn",
+        "occlusion",
+        "blur",
+        8,
+    )
+    assert "seed" not in summary  # occlusion draws nothing
+    for image in summary["images"]:
+        assert image["fit_r2"] is None and image["num_samples"] == image["num_regions"] + 1
+        assert 1 <= len(image["regions"]) <= 5 and len(image["opposing_regions"]) <= 5
+        assert all(region["weight"] > 0 for region in image["regions"])
+        assert all(region["weight"] < 0 for region in image["opposing_regions"])
+        # The spot model looks at the middle square only (10/32 .. 18/32): no other region has any effect.
+        for region in image["regions"] + image["opposing_regions"]:
+            x0, y0, x1, y1 = region["bbox"]
+            assert x0 < 18 / 32 and x1 > 10 / 32 and y0 < 18 / 32 and y1 > 10 / 32, region
+
+
+def test_training_can_log_lime_overlays(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
+    pixels, labels = sample_arrays(32)
+    assert log_overlays(spot_model_32, pixels, labels, "snn", per_class=1, method="lime", num_samples=60, seed=4) == 4
+    summary = json.loads(_download(mlflow_run.info.run_id, mlflow_server.url, "explanations/summary.json").read_text())
+    assert (summary["method"], summary["num_samples"], summary["seed"]) == ("lime", 60, 4)
+    assert all(image["fit_r2"] is not None and image["num_samples"] == 60 for image in summary["images"])
 
 
 def test_overlays_of_the_exported_onnx_model(
@@ -67,7 +89,7 @@ def test_overlays_of_the_exported_onnx_model(
     probabilities = predict(pixels[:3])
     assert probabilities.shape == (3, len(CLASS_NAMES))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert log_lime_overlays(predict, pixels, labels, "rf", per_class=1, num_samples=30) == 4
+    assert log_overlays(predict, pixels, labels, "rf", per_class=1) == 4
     run_id = mlflow_run.info.run_id
     png = next(name for name in _artifacts(run_id, mlflow_server.url, "explanations") if name.endswith(".png"))
     overlay = Image.open(_download(run_id, mlflow_server.url, f"explanations/{png}"))
@@ -81,12 +103,12 @@ def test_training_overlays_respect_the_time_budget(mlflow_run: Any, mlflow_serve
         time.sleep(0.3)
         return spot_model_32(batch)
 
-    logged = log_lime_overlays(slow, pixels, labels, "rf", per_class=2, num_samples=20, time_budget_s=0.1)
+    logged = log_overlays(slow, pixels, labels, "rf", per_class=2, time_budget_s=0.1)
     assert logged == 1  # the first image always, then the budget is spent
     from mlflow import MlflowClient
 
     run = MlflowClient(mlflow_server.url).get_run(mlflow_run.info.run_id)
-    assert run.data.tags["lime_truncated"] == "true"
+    assert run.data.tags["explanations_truncated"] == "true"
 
 
 def test_a_failing_model_does_not_fail_training(mlflow_run: Any, mlflow_server: Any, sample_arrays: Any) -> None:
@@ -95,8 +117,8 @@ def test_a_failing_model_does_not_fail_training(mlflow_run: Any, mlflow_server: 
     def broken(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("model exploded")
 
-    assert log_lime_overlays(broken, pixels, labels, "snn", num_samples=20) == 0
+    assert log_overlays(broken, pixels, labels, "snn") == 0
     from mlflow import MlflowClient
 
     run = MlflowClient(mlflow_server.url).get_run(mlflow_run.info.run_id)
-    assert "model exploded" in run.data.tags["lime_error"]
+    assert "model exploded" in run.data.tags["explanations_error"]
