@@ -151,7 +151,10 @@ def explain(gateway: httpx.Client, model: ModelUnderTest, method: str, path: Pat
     seconds = time.perf_counter() - started
     if response.status_code != 200:
         raise RuntimeError(f"/v1/explain answered {response.status_code}: {response.text[:500]}")
-    return seconds, response.json()
+    answer = response.json()
+    if answer["method"] != method:  # a gateway that drops the parameter would time the default method
+        raise RuntimeError(f"/v1/explain?method={method} answered an explanation by {answer['method']}")
+    return seconds, answer
 
 
 def time_gateway(gateway: httpx.Client, model: ModelUnderTest, images: list[Path], figures: Figures) -> None:
