@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
+import pytest
 
+from benchmarks.explain_faithfulness import STEPS, measure_order, strongest_first
 from benchmarks.explain_quality_report import Figures
-from benchmarks.explain_quality_run import FILLS, measure_image
+from benchmarks.explain_quality_run import FILLS, MaskedPredictor, ModelUnderTest, measure_image
+from deploy.processes import ManagedProcess
 from shared.core.contract import CLASS_NAMES
 from shared.core.dataset import SAMPLE_DATA_DIR
 from shared.core.explanation.inprocess import pixels_predictor
+from shared.core.explanation.occlusion import occlusion
+from shared.core.explanation.regions import head_mask
 from shared.core.imaging import decode_to_array
+from tests.conftest import ModelZoo
 
 SIZE = 64
 
@@ -60,3 +67,22 @@ def test_a_model_that_answers_differently_twice_is_caught() -> None:
     figures = measured(noise=0.05, with_lime=False)
     assert figures.mean("deterministic", "occlusion") == 0.0
     assert ("stability", "lime") not in figures.values
+
+
+def test_the_served_model_answers_the_masked_copies(inference_server: ManagedProcess, model_zoo: ModelZoo) -> None:
+    """MaskedPredictor asks the inference service: the all-kept row is its predict answer, and the curves of a
+    ranking come back from one request."""
+    path = SAMPLE_DATA_DIR / "glioma" / "glioma_000.jpg"
+    trained = model_zoo.version("cnn", "2")
+    under_test = ModelUnderTest("cnn", "2", trained.contract)
+    with httpx.Client(base_url=inference_server.url, timeout=60.0, trust_env=False) as http:
+        predict = MaskedPredictor(http, under_test, path)
+        pixels = decode_to_array(path.read_bytes(), trained.contract.image_size)
+        explanation = occlusion(pixels, predict, CLASS_NAMES)
+        served = http.post("/v1/models/cnn/predict", params={"version": "2"}, files={"file": predict.upload})
+        ranking = strongest_first(explanation.weights)
+        found = measure_order(predict, explanation.labels, head_mask(pixels), ranking, explanation.label_index, "grey")
+    expected = [served.json()["probabilities"][name] for name in CLASS_NAMES]
+    assert explanation.probabilities == pytest.approx(expected, abs=1e-6)
+    assert found.deletion[0] == 1.0 and len(found.insertion) == STEPS
+    assert predict.copies == explanation.num_samples + 2 * STEPS
