@@ -1,4 +1,4 @@
-"""Explaining one model's answer with LIME, computed by the explainer service."""
+"""Explaining one model's answer (occlusion or LIME), computed by the explainer service."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from services.gateway.deps import ExplainerDep, InferenceDep
 from services.gateway.routes.predict import NOT_A_BRAIN_MRI_422
 from shared.kit.audit.requests import AuditorDep
 from shared.kit.auth import CALLER_RESPONSES
-from shared.kit.params import FrameQuery, LabelQuery, ModelQuery, RegionsQuery, SeedQuery, VersionQuery
+from shared.kit.params import (
+    FillQuery,
+    FrameQuery,
+    LabelQuery,
+    MethodQuery,
+    ModelQuery,
+    RegionsQuery,
+    SeedQuery,
+    VersionQuery,
+)
 from shared.kit.schemas import ExplanationOut
 from shared.kit.service import RequestIdDep, error_responses
 from shared.kit.uploads import ImageBytes
@@ -21,21 +30,27 @@ router = APIRouter(prefix="/v1", tags=["explanations"])
 # The explainer checks the bounds from its own settings; the gateway only refuses what can never be valid.
 SamplesQuery = Annotated[
     int | None,
-    Query(ge=1, description="Perturbed images to classify; default 500, bounds 50..3000 (the explainer's settings)."),
+    Query(
+        ge=1,
+        description="LIME's copies to classify; default 500, bounds 50..3000 (the explainer's settings). Occlusion "
+        "makes one copy per region.",
+    ),
 ]
 
 
 @router.post(
     "/explain",
     response_model=ExplanationOut,
-    summary="Explain a model's answer for one MRI image (LIME)",
+    summary="Explain a model's answer for one MRI image (occlusion or LIME)",
     description="Upload one image as the multipart field `file`; choose the model with `model` and optionally "
-    "a `version`. The scan is divided into superpixels (SLIC on the grayscale slice), `num_samples` copies with "
-    "random superpixels blacked out are classified by the served model, and a weighted linear model tells how "
-    "much each region pushes towards `label` (default: the predicted class). Answers the strongest regions "
-    "with their weights and `overlay_png`, a base64 PNG of the heat map over the scan (warm: supports the "
-    "class, cool: opposes it). Deterministic for a given `seed`. The guard judges the image first: its verdict "
-    "is `ood`, and an image it refuses is a 422 NOT_A_BRAIN_MRI, never explained.",
+    "a `version`. The head is divided into regions (the background outside it is never one) and the served model "
+    "classifies copies of the scan with regions hidden (`fill`: blur, grey or black; default blur). "
+    "`method=occlusion` (the default): a grid over the head, each cell hidden in turn, deterministic. "
+    "`method=lime`: SLIC superpixels, `num_samples` copies with random regions hidden and LIME's weighted linear "
+    "model; the same `seed` gives the same answer. Answers the regions that support `label` (default: the "
+    "predicted class) and those that oppose it, and `overlay_png`, a base64 PNG of the heat map over the scan "
+    "(warm: supports the class, cool: opposes it). The guard judges the image first: its verdict is `ood`, and "
+    "an image it refuses is a 422 NOT_A_BRAIN_MRI, never explained.",
     responses={
         **CALLER_RESPONSES,
         **error_responses(404, 413, 415, 422, 502, 503, descriptions={422: NOT_A_BRAIN_MRI_422}),
@@ -49,13 +64,23 @@ async def explain_image(
     request_id: RequestIdDep,
     model: ModelQuery,
     version: VersionQuery = None,
+    method: MethodQuery = None,
+    fill: FillQuery = None,
     label: LabelQuery = None,
     seed: SeedQuery = 0,
     num_samples: SamplesQuery = None,
     num_regions: RegionsQuery = 5,
     frame: FrameQuery = None,
 ) -> ExplanationOut:
-    given = {"model": model, "version": version, "label": label, "num_samples": num_samples, "frame": frame}
+    given = {
+        "model": model,
+        "version": version,
+        "method": method,
+        "fill": fill,
+        "label": label,
+        "num_samples": num_samples,
+        "frame": frame,
+    }
     params: dict[str, str | int] = {key: value for key, value in given.items() if value is not None}
     params.update(seed=seed, num_regions=num_regions)
     answer = await explainer.explain(image, params, request_id)

@@ -47,13 +47,13 @@ def test_process_serves_predict_compare_and_docs(gateway_server: Any, sample_ima
 def test_process_explains_through_the_explainer(gateway_server: Any, sample_images: dict[str, bytes]) -> None:
     response = httpx.post(
         gateway_server.url + "/v1/explain",
-        params={"model": "mobilenetv2", "num_samples": "100", "seed": "3"},
+        params={"model": "mobilenetv2", "method": "lime", "num_samples": "100", "seed": "3"},
         files={"file": ("scan.jpg", sample_images["notumor"], "image/jpeg")},
         timeout=60.0,
     )
     assert response.status_code == 200, response.text
     answer = ExplanationOut.model_validate(response.json())
-    assert (answer.model, answer.seed, answer.num_samples) == ("mobilenetv2", 3, 100)
+    assert (answer.model, answer.method, answer.seed, answer.num_samples) == ("mobilenetv2", "lime", 3, 100)
 
 
 def test_gateway_never_loads_the_training_or_explanation_stack() -> None:
