@@ -134,13 +134,13 @@ def render(figures: list[Figures], heading: Mapping[str, str]) -> str:
         "",
         f"`{heading['command']}`, {heading['when']}, {heading['minutes']} minutes. Models: {versions}"
         f"{'; the ensemble pins ' + heading['pinned'] if heading.get('pinned') else ''}. Images: "
-        f"{heading['images']} of the {heading['split']}. Explanations at their defaults (occlusion: 8 x 8 grid over "
-        "the head; LIME: 500 samples, 48 SLIC superpixels, seeds 0/1/2; both with the blur fill), computed in "
-        "process against the served model (its predict-masked endpoint). Faithfulness: the head's pixels ranked by "
-        "their region's weight (LIME: seed 0), 0%, 5%, ..., 50% of them hidden (deletion) or, from the whole head "
-        "hidden, revealed (insertion); AUC = mean over the 11 steps of p(class) / p(class | intact image), for "
-        "each fill named (grey: the head's mean). Random: the same for three random orders of the method's own "
-        "regions (seeds 0, 1, 2); ratio = method / random.",
+        f"{heading['images']}. Explanations at their defaults (occlusion: 8 x 8 grid over the head; LIME, measured "
+        f"on {heading['lime'] or 'no model'}: 500 samples, 48 SLIC superpixels, seeds 0/1/2; both with the blur "
+        "fill), computed in process against the served model (its predict-masked endpoint). Faithfulness: the "
+        "head's pixels ranked by their region's weight (LIME: seed 0), 0%, 5%, ..., 50% of them hidden (deletion) "
+        "or, from the whole head hidden, revealed (insertion); AUC = mean over the 11 steps of p(class) / p(class | "
+        "intact image), for each fill named (grey: the head's mean). Random: the same for three random orders of "
+        "the method's own regions (seeds 0, 1, 2); ratio = method / random.",
         "",
         *faithfulness_table(figures),
         "",

@@ -132,7 +132,6 @@ def measure_model(http: httpx.Client, model: ModelUnderTest, images: list[Path])
         pixels = resize_gray(decode_grayscale(path.read_bytes()), model.contract.image_size)
         predict = MaskedPredictor(http, model, path)
         measure_image(figures, path.name, pixels, predict, model.contract.class_names, model.lime)
-        figures.add(("copies",), float(predict.copies))
         spent = time.perf_counter() - started
         print(
             f"{model.model} v{model.version}: {count}/{len(images)} images in process, {spent:.0f} s "

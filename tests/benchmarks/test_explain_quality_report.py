@@ -7,8 +7,8 @@ from benchmarks.explain_quality_report import Figures, render
 HEADING = {
     "command": "python -m benchmarks.explain_quality --images test",
     "when": "2026-12-07 10:00 UTC, x86_64, 2 CPUs",
-    "split": "test (test split of Training/, test_files_sha256 e3e319d3, every version's tag matching)",
-    "images": "2 per class",
+    "images": "2 per class (8), drawn with seed 0 from the test split of Training/ (test_files_sha256 e3e319d3)",
+    "lime": "cnn, ensemble",
     "minutes": "1.0",
     "pinned": "cnn v1, mobilenetv2 v2",
 }
@@ -44,6 +44,7 @@ def figures(model: str, deletion: float, random: float, seconds: list[float], li
 def test_the_tables_carry_every_figure() -> None:
     text = render([figures("cnn", 0.4, 0.8, [0.5, 0.7]), figures("mobilenetv2", 0.5, 0.6, [1.0], lime=False)], HEADING)
     assert HEADING["command"] in text and "e3e319d3" in text and "cnn v1, mobilenetv2 v2" in text
+    assert "LIME, measured on cnn, ensemble:" in text
     assert "| cnn v1 | occlusion | grey | 0.400 | 0.800 | 0.50 | 0.800 | 0.400 | 2.00 |" in text
     assert "| cnn v1 | lime | blur | 0.500 | 0.800 | 0.62 |" in text
     assert "| cnn v1 | lime | 40-52 | 0.60 (min 0.50) | 0.10 | 0.30 | 0.00 | 1.00 | 0.60 |" in text
