@@ -12,7 +12,8 @@
     python -m benchmarks.ood_guard --data ../shared/data/brain-tumor-mri/Training
 
 The guard's texture detector needs the ImageNet MobileNetV2 weights (``--weights``, default
-``$BT_MOBILENETV2_WEIGHTS``, else Keras's cache folder).
+``$BT_MOBILENETV2_WEIGHTS``, else Keras's cache folder); ``--texture-components N`` fits that detector with N PCA
+components instead of training's ``TEXTURE_COMPONENTS`` (the section's heading names the option).
 
 With ``--guard-file PATH`` (e.g. the pretrained bundle's ``guard.onnx``) that served guard is scored on the
 non-MRI set instead, as inference scores uploads.
