@@ -12,7 +12,8 @@
     python -m benchmarks.ood_guard --data ../shared/data/brain-tumor-mri/Training
 
 The guard's texture detector needs the ImageNet MobileNetV2 weights (``--weights``, default
-``$BT_MOBILENETV2_WEIGHTS``, else Keras's cache folder).
+``$BT_MOBILENETV2_WEIGHTS``, else Keras's cache folder); ``--texture-components N`` fits that detector with N PCA
+components instead of training's ``TEXTURE_COMPONENTS`` (the section's heading names the option).
 
 With ``--guard-file PATH`` (e.g. the pretrained bundle's ``guard.onnx``) that served guard is scored on the
 non-MRI set instead, as inference scores uploads.
@@ -33,7 +34,7 @@ from benchmarks.guard_variants import INFORMATIVE_VARIANTS, VARIANTS
 from benchmarks.markdown import command_line, write_section
 from benchmarks.ood_sets import OTHER_MODALITY_PREFIX, ood_images, source_of
 from services.training.data import prepare_data
-from services.training.guard_texture import TEXTURE_LAYER, TEXTURE_SIZE
+from services.training.guard_texture import TEXTURE_COMPONENTS, TEXTURE_LAYER, TEXTURE_SIZE
 from services.training.ood_guard import (
     GUARD_COMPONENTS,
     GUARD_IMAGE_SIZE,
@@ -79,13 +80,20 @@ def run(
     argv: list[str] | None,
     variant_every: int = VARIANT_EVERY,
     weights: Path | None = None,
+    texture_components: int = TEXTURE_COMPONENTS,
 ) -> str:
     options = TrainingOptions()
     started = time.perf_counter()
     data = prepare_data(data_dir, 0, options.seed, cache_dir)  # every training slice, its duplicate group
     paths = data.train_files.paths
     guard, validation = fit_guard_cv(
-        paths, data.train(GUARD_IMAGE_SIZE), data.train_groups, data.train_labels, seed=options.seed, weights=weights
+        paths,
+        data.train(GUARD_IMAGE_SIZE),
+        data.train_groups,
+        data.train_labels,
+        seed=options.seed,
+        weights=weights,
+        texture_components=texture_components,
     )
     total = len(validation.scores)
     cv_rows = [
@@ -238,6 +246,12 @@ def main(argv: list[str] | None = None) -> None:
         help="ImageNet MobileNetV2 no-top weights for the texture detector (default: $BT_MOBILENETV2_WEIGHTS).",
     )
     parser.add_argument("--variant-every", type=int, default=VARIANT_EVERY, help="Re-upload every n-th slice.")
+    parser.add_argument(
+        "--texture-components",
+        type=int,
+        default=TEXTURE_COMPONENTS,
+        help="PCA components of the guard's texture detector (default: %(default)s, what training fits).",
+    )
     args = parser.parse_args(argv)
     if (args.data is None) == (args.guard_file is None):
         parser.error("give --data (fit and score a guard) or --guard-file (score a served one)")
@@ -245,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         key, section = "ood-guard-served", run_file(args.guard_file, argv)
     else:
         cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="ood-guard-"))
-        key, section = "ood-guard", run(args.data, cache_dir, argv, args.variant_every, args.weights)
+        section = run(args.data, cache_dir, argv, args.variant_every, args.weights, args.texture_components)
+        key = "ood-guard"
     print(section)  # noqa: T201 - a command-line report
     if not args.no_write:
         write_section(key, section)

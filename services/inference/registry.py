@@ -62,7 +62,10 @@ class ModelRegistry:
         catalog = self.snapshot.fresh()
         if catalog is None or not catalog.has(model, version):
             return None
-        record, version_record = catalog.resolve(model, version)
+        return self.loaded_version(*catalog.resolve(model, version))
+
+    def loaded_version(self, record: ModelRecord, version_record: VersionRecord) -> Classifier | None:
+        """The servable of a resolved version if it is loaded (None otherwise); never loads anything."""
         return self.loaded.ready(f"{record.short_name}/{version_record.version}")
 
     def _build_onnx(self, record: ModelRecord, version_record: VersionRecord) -> Classifier:

@@ -49,6 +49,7 @@ import numpy as np
 from services.training.guard_augmentation import AUGMENTED_COPIES, augmented
 from services.training.guard_graph import guard_onnx
 from services.training.guard_texture import (
+    TEXTURE_COMPONENTS,
     TEXTURE_LAYER,
     TextureModel,
     extractor_onnx,
@@ -197,17 +198,19 @@ def fit_guard(
     *,
     weights: Path | None = None,
     labels: np.ndarray | None = None,
+    texture_components: int = TEXTURE_COMPONENTS,
 ) -> OodGuard:
     """Both detectors on ``fit`` (``labels``: its classes, for the texture detector's Gaussians; ``weights``: the
-    MobileNetV2 weights file, ``services.training.weights.resolve_weights``'s default when None); each detector's
-    and the guard's refusal threshold the ``quantile`` of ``held_out``'s scores (held-out MRI images, never fitted
-    on), the flag thresholds their ``FLAG_QUANTILE``. ``fit_guard_cv`` is what training uses: its thresholds and
+    MobileNetV2 weights file, ``services.training.weights.resolve_weights``'s default when None;
+    ``texture_components``: the texture detector's PCA components); each detector's and the guard's refusal
+    threshold the ``quantile`` of ``held_out``'s scores (held-out MRI images, never fitted on), the flag thresholds
+    their ``FLAG_QUANTILE``. ``fit_guard_cv`` is what training uses: its thresholds and
     rates are cross-validated."""
     if len(held_out.pixels) == 0:
         raise ValueError("the guard needs at least 2 images to fit and 1 held-out image for its threshold")
     mixture = fit_model(fit, components, seed)
     extractor = extractor_onnx(weights)
-    texture = fit_texture(texture_features(extractor, fit.colours), labels, extractor)
+    texture = fit_texture(texture_features(extractor, fit.colours), labels, extractor, texture_components)
     held_mixture = guard_scores(mixture, held_out)
     held_texture = texture_scores(texture, texture.features(held_out.colours))
 
@@ -338,6 +341,7 @@ def fit_guard_cv(
     copies: int = AUGMENTED_COPIES,
     components: int = GUARD_COMPONENTS,
     weights: Path | None = None,
+    texture_components: int = TEXTURE_COMPONENTS,
 ) -> tuple[OodGuard, GuardValidation]:
     """The guard training registers, fitted on every given MRI slice (and ``copies`` re-uploads of each), its two
     thresholds from cross-validated scores; also what the cross-validation measured.
@@ -346,7 +350,8 @@ def fit_guard_cv(
     e.g. the image cache's); ``groups``: each image's duplicate group (near-duplicates share one: a slice is never
     scored by a guard fitted on its copy); ``labels`` (optional) stratify the folds by class and give the texture
     detector one Gaussian per class; ``weights``: the MobileNetV2 weights file of the texture detector
-    (``services.training.weights.resolve_weights``'s default when None; none found: WEIGHTS_NOT_FOUND).
+    (``services.training.weights.resolve_weights``'s default when None; none found: WEIGHTS_NOT_FOUND);
+    ``texture_components``: the texture detector's PCA components (each fold's and the final one's).
 
     Each fold's slices are scored by a guard fitted on the other folds (their slices and re-uploads) and judged
     against the thresholds the *other* folds' scores give, so the false-refusal and flag rates are estimates, not
@@ -369,7 +374,8 @@ def fit_guard_cv(
         train = fold_of != fold
         mixtures.append(fit_model(stacked([part.part(train) for part in (base, *extra)]), components, seed))
         fold_labels = None if every_label is None else np.tile(every_label[train], 1 + len(extra))
-        detectors.append(fit_texture(np.concatenate([t[train] for t in textures]), fold_labels, extractor))
+        fold_textures = np.concatenate([t[train] for t in textures])
+        detectors.append(fit_texture(fold_textures, fold_labels, extractor, texture_components))
         mixture_oof[~train] = guard_scores(mixtures[-1], base.part(~train))
         texture_oof[~train] = texture_scores(detectors[-1], textures[0][~train])
     scores = np.zeros(len(fold_of))
@@ -384,7 +390,8 @@ def fit_guard_cv(
         refused, flagged = refused + int((scores[held] > threshold).sum()), flagged + int((scores[held] > flag).sum())
         fold_guards.append(OodGuard(**{**judged.__dict__, "threshold": threshold, "flag_threshold": flag}))
     final_labels = None if every_label is None else np.tile(every_label, 1 + len(extra))
-    parts = _detector_parts(mixture_oof, texture_oof, fit_texture(np.concatenate(textures), final_labels, extractor))
+    detector = fit_texture(np.concatenate(textures), final_labels, extractor, texture_components)
+    parts = _detector_parts(mixture_oof, texture_oof, detector)
     final = OodGuard(**{**fit_model(stacked([base, *extra]), components, seed).__dict__, **parts})
     threshold, flag = thresholds_from_scores(combined_scores(final, mixture_oof, texture_oof))
     total = len(scores)

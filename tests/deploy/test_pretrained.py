@@ -3,6 +3,7 @@ by a real inference process; a tampered bundle is refused before anything is reg
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from deploy.bundle import (
     load_bundle,
     write_bundle,
 )
+from deploy.pretrained import BUNDLE_DIR
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from shared.core.conformal import ConformalSets
 from shared.core.dataset import SAMPLE_DATA_DIR
@@ -190,3 +192,15 @@ def test_refit_guard_replaces_the_guard_alone_and_records_how(
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[GUARD_METADATA_KEY])
     assert metadata["input_kind"] == GUARD_INPUT_KIND and metadata["cv_images"] == 120
     assert metadata["flag_threshold"] <= metadata["threshold"]
+
+
+def test_train_command_prints_every_run_the_bundled_models_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    assert pretrained.main(["train-command"]) == 0
+    steps = capsys.readouterr().out.splitlines()
+    assert len(steps) == 4
+    # The bundled MobileNetV2 was trained whole at 224 px; its run is in the list, then the ensemble over it.
+    manifest = json.loads((BUNDLE_DIR / "manifest.json").read_text())
+    whole = "--families mobilenetv2 --search quick --set fine_tune_blocks=16 --set image_size=224"
+    assert whole in steps[1] and whole in manifest["command"]
+    assert "ensemble_cli" in steps[2] and "--members rf=1,snn=1,cnn=1,mobilenetv2=2" in manifest["command"]
+    assert "--refit-champions --promote" in steps[3]

@@ -116,8 +116,10 @@ def read_model_version_metadata(dataplane: DataPlaneDep, model: ModelName, versi
 def _ready(dataplane: DataPlane, model: str, version: str | None) -> ModelReadyOut:
     # Only reports the servable's own ``ready``: a version nobody asked for yet is loaded by its first metadata
     # or infer request.
-    record, version_record = dataplane.registry.resolve(model, version)  # 404 for what does not exist
-    if dataplane.registry.loaded_model(model, version) is None:
+    # Resolved once (404 for what does not exist), then asked of the loaded versions alone: a catalogue whose
+    # time to live just lapsed must not make a loaded version look unloaded.
+    record, version_record = dataplane.registry.resolve(model, version)
+    if dataplane.registry.loaded_version(record, version_record) is None:
         raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {model}/{version_record.version} is not loaded yet.")
     return ModelReadyOut(name=record.short_name)
 

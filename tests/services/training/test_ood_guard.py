@@ -220,9 +220,12 @@ def test_cross_validated_fit_reports_honest_rates_and_both_thresholds(sample_arr
     paths = discover(SAMPLE_DATA_DIR).train.paths
     groups = np.arange(len(paths)) // 2  # pairs as duplicate groups
     guard, validation = fit_guard_cv(
-        paths, pixels, groups, labels, seed=3, folds=3, copies=1, weights=mobilenetv2_weights
+        paths, pixels, groups, labels, seed=3, folds=3, copies=1, weights=mobilenetv2_weights, texture_components=8
     )
     assert guard.fitted_images == 2 * len(paths)  # every slice and one re-upload of each
+    # the texture detector's components as asked, in the shipped guard and in every fold's
+    assert guard.metadata()["texture_components"] == 8
+    assert {len(fold_guard.texture.components) for fold_guard in validation.fold_guards} == {8}
     assert guard.flag <= guard.threshold
     assert set(validation.folds) == {0, 1, 2}
     for group in np.unique(groups):

@@ -315,6 +315,17 @@ def test_model_ready_is_503_until_the_version_is_loaded(inference_client: Any, s
     assert inference_client.get("/v2/models/snn/versions/best/ready").json() == {"name": "snn", "ready": True}
 
 
+def test_a_loaded_version_stays_ready_when_the_catalogue_time_to_live_has_lapsed(
+    inference_app_client: Any, model_zoo: Any, sample_images: dict[str, bytes]
+) -> None:
+    # With a catalogue that is always older than its time to live, readiness must still see the loaded version
+    # (it once answered 503 "not loaded yet" whenever a refresh was due: a flaky test under load).
+    client = inference_app_client(tracking_uri=model_zoo.tracking_uri, catalog_ttl_s=0.001)
+    assert client.post("/v1/models/snn/predict", files={"file": ("s.jpg", sample_images["glioma"])}).status_code == 200
+    time.sleep(0.01)
+    assert client.get("/v2/models/snn/ready").json() == {"name": "snn", "ready": True}
+
+
 def test_registry_down_is_503_with_the_protocol_body(inference_app_client: Any, unused_url: str) -> None:
     client = inference_app_client(tracking_uri=unused_url)
     _protocol_error(client.get("/v2/health/ready"), 503)
