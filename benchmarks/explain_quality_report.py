@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shared.core.masking import DEFAULT_FILL
+
 # Issue 28's targets: the default method's deletion AUC at most this share of random orders' (CNN and ensemble,
 # both fills); occlusion's seconds through the gateway.
 RANDOM_SHARE_BOUND = 0.75
@@ -100,6 +102,23 @@ def behaviour_table(figures: list[Figures]) -> list[str]:
     return lines
 
 
+def _placement_verdicts(found: Figures) -> list[str]:
+    """Where the default method's top regions lie: no more on the rim than the rim's share, never outside the head."""
+    lines = []
+    rim_top, rim_head = found.mean("rim_top", DEFAULT_METHOD), found.mean("rim_head")
+    if rim_top is not None and rim_head is not None:
+        lines.append(
+            f"- {found.model}: {DEFAULT_METHOD}'s top-5 area in the rim {rim_top:.2f} vs the rim's share of the head "
+            f"{rim_head:.2f}: {'met' if rim_top <= rim_head else 'NOT met'}."
+        )
+    if (outside := found.mean("outside", DEFAULT_METHOD)) is not None:
+        lines.append(
+            f"- {found.model}: images with a region outside the head {outside:.2f}: "
+            f"{'met' if outside == 0 else 'NOT met'}."
+        )
+    return lines
+
+
 def verdicts(figures: list[Figures]) -> list[str]:
     """Issue 28's done-when, figure by figure."""
     lines = []
@@ -112,11 +131,13 @@ def verdicts(figures: list[Figures]) -> list[str]:
             bound = RANDOM_SHARE_BOUND * rand
             lime_note = ""
             if (lime := found.mean("deletion", "lime", fill, "method")) is not None:
-                lime_note = f"; LIME's {lime:.3f} ({'at most' if lime <= own else 'above'} occlusion's)"
+                better = "lower: more faithful by this measure" if lime < own else "not lower"
+                lime_note = f"; LIME's {lime:.3f} ({better})"
             lines.append(
                 f"- {found.model}, {fill} fill: default method ({DEFAULT_METHOD}) deletion AUC {own:.3f} vs "
                 f"{RANDOM_SHARE_BOUND} x random {bound:.3f}: {'met' if own <= bound else 'NOT met'}{lime_note}."
             )
+        lines.extend(_placement_verdicts(found))
         median = found.percentile(50, "seconds", DEFAULT_METHOD)
         if median is not None and found.model in SECONDS_BOUND:
             bound_s = SECONDS_BOUND[found.model]
@@ -135,9 +156,10 @@ def render(figures: list[Figures], heading: Mapping[str, str]) -> str:
         f"`{heading['command']}`, {heading['when']}, {heading['minutes']} minutes. Models: {versions}"
         f"{'; the ensemble pins ' + heading['pinned'] if heading.get('pinned') else ''}. Images: "
         f"{heading['images']}. Explanations at their defaults (occlusion: 8 x 8 grid over the head; LIME, measured "
-        f"on {heading['lime'] or 'no model'}: 500 samples, 48 SLIC superpixels, seeds 0/1/2; both with the blur "
-        "fill), computed in process against the served model (its predict-masked endpoint). Faithfulness: the "
-        "head's pixels ranked by their region's weight (LIME: seed 0), 0%, 5%, ..., 50% of them hidden (deletion) "
+        f"on {heading['lime'] or 'no model'}: 500 samples, 48 SLIC superpixels, seeds 0/1/2; both with the "
+        f"{DEFAULT_FILL} fill, the default), computed in process against the served model (its predict-masked "
+        "endpoint). Faithfulness: the head's pixels ranked by their region's weight (LIME: seed 0), 0%, 5%, ..., "
+        "50% of them hidden (deletion) "
         "or, from the whole head hidden, revealed (insertion); AUC = mean over the 11 steps of p(class) / p(class | "
         "intact image), for each fill named (grey: the head's mean). Random: the same for three random orders of "
         "the method's own regions (seeds 0, 1, 2); ratio = method / random.",

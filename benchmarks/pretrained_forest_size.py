@@ -34,5 +34,8 @@ for n, depth, leaf in [(300, None, 1), (150, None, 1), (300, 20, 1), (300, None,
     )
     size = len(proto.SerializeToString())
     accuracy = m.score(xte, yte)
-    print(f"trees={n} depth={depth} leaf={leaf}: {size / 1e6:.1f} MB, holdout acc {accuracy:.4f} "
-          f"({time.time() - t:.0f}s)", flush=True)
+    print(
+        f"trees={n} depth={depth} leaf={leaf}: {size / 1e6:.1f} MB, holdout acc {accuracy:.4f} "
+        f"({time.time() - t:.0f}s)",
+        flush=True,
+    )

@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
-    spec = LoadSpec(
-        args.url, args.body, args.content_type, args.concurrency, args.requests, args.seconds, args.warmup
-    )
+    spec = LoadSpec(args.url, args.body, args.content_type, args.concurrency, args.requests, args.seconds, args.warmup)
     print(json.dumps(asyncio.run(run(spec))))
     return 0
 

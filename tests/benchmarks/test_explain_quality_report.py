@@ -44,6 +44,7 @@ def figures(model: str, deletion: float, random: float, seconds: list[float], li
 def test_the_tables_carry_every_figure() -> None:
     text = render([figures("cnn", 0.4, 0.8, [0.5, 0.7]), figures("mobilenetv2", 0.5, 0.6, [1.0], lime=False)], HEADING)
     assert HEADING["command"] in text and "e3e319d3" in text and "cnn v1, mobilenetv2 v2" in text
+    assert "both with the grey fill, the default" in text
     assert "LIME, measured on cnn, ensemble:" in text
     assert "| cnn v1 | occlusion | grey | 0.400 | 0.800 | 0.50 | 0.800 | 0.400 | 2.00 |" in text
     assert "| cnn v1 | lime | blur | 0.500 | 0.800 | 0.62 |" in text
@@ -55,7 +56,9 @@ def test_the_tables_carry_every_figure() -> None:
 def test_verdicts_follow_the_issue_s_bounds() -> None:
     text = render([figures("cnn", 0.4, 0.8, [0.5, 0.7, 0.9]), figures("ensemble", 0.5, 0.6, [2.5, 3.0])], HEADING)
     assert "- cnn, grey fill: default method (occlusion) deletion AUC 0.400 vs 0.75 x random 0.600: met" in text
-    assert "LIME's 0.500 (above occlusion's)" in text
+    assert "LIME's 0.500 (not lower)" in text
+    assert "- cnn: occlusion's top-5 area in the rim 0.10 vs the rim's share of the head 0.30: met." in text
+    assert "- cnn: images with a region outside the head 0.00: met." in text
     assert (
         "- ensemble, blur fill: default method (occlusion) deletion AUC 0.500 vs 0.75 x random 0.450: NOT met" in text
     )
