@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import os
 import platform
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +87,15 @@ def parse_models(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"expected model=version, got {item!r}")
         models[model] = version
     return models
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run as Ctrl-C does: through ``stack``'s cleanup, so no service it started is left behind."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 @contextlib.contextmanager
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("var/explain-quality"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
+    stop_on_sigterm()
     lime_models = set(args.models) if args.lime_models is None else set(args.lime_models.split(","))
 
     started = time.perf_counter()
