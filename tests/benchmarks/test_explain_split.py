@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from benchmarks.explain_split import (
     split_mismatches,
 )
 from deploy.credentials import mlflow_auth_from_env
-from deploy.processes import ManagedProcess
+from deploy.processes import ManagedProcess, free_port, start_mlflow
 from services.training.cli import _test_fraction, build_parser
 from services.training.registration import TEST_SPLIT_TAG
 from shared.core.contract import CLASS_NAMES
@@ -72,16 +72,22 @@ def test_an_ensemble_s_members_are_checked_too() -> None:
     assert "missing" in split_mismatches("aaa", missing)[0]
 
 
-def test_tags_are_read_from_mlflow(mlflow_server: ManagedProcess) -> None:
+@pytest.fixture
+def own_mlflow(tmp_path: Path) -> Iterator[ManagedProcess]:
+    """An MLflow server of this test's own: the probe version it registers stays out of the shared registry."""
+    server = start_mlflow(tmp_path / "store", free_port(), tmp_path / "mlflow.log")
+    yield server
+    server.stop()
+
+
+def test_tags_are_read_from_mlflow(own_mlflow: ManagedProcess) -> None:
     from mlflow import MlflowClient
 
     name = registered_name("split-probe")
-    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    client = MlflowClient(tracking_uri=own_mlflow.url, registry_uri=own_mlflow.url)
     client.create_registered_model(name)
-    version = client.create_model_version(
-        name, source="s3://nowhere/split-probe", tags={TEST_SPLIT_TAG: "e3e319d3"}
-    ).version
-    tags = mlflow_tags(mlflow_server.url, mlflow_auth_from_env())
-    pinned = pinned_versions({"split-probe": str(version)}, tags)
+    tags = {TEST_SPLIT_TAG: "e3e319d3"}
+    version = client.create_model_version(name, source="s3://nowhere/split-probe", tags=tags).version
+    pinned = pinned_versions({"split-probe": str(version)}, mlflow_tags(own_mlflow.url, mlflow_auth_from_env()))
     assert pinned[0].split_sha256 == "e3e319d3"
     assert split_mismatches("e3e319d3", pinned) == []
