@@ -12,11 +12,12 @@ for random orders of the method's own regions are the baseline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from shared.core.explanation.result import PredictMasked
 from shared.core.masking import Fill, RegionMasks
 
 # Buckets of 5% of the head, up to half of it: steps 0%, 5%, ..., 50%.
@@ -26,9 +27,6 @@ STEPS = BUCKETS + 1
 # The label of the head's pixels ranked after the last bucket: kept by every deletion row, hidden by every
 # insertion row.
 REST = BUCKETS + 1
-
-# shared.core.explanation.result.PredictMasked: probabilities (copies, classes) for a RegionMasks, in row order.
-PredictMasked = Callable[[RegionMasks], np.ndarray]
 
 
 @dataclass(frozen=True)

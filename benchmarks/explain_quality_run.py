@@ -15,13 +15,15 @@ import numpy as np
 
 from benchmarks.explain_faithfulness import measure_order, random_orders, strongest_first
 from benchmarks.explain_quality_report import Figures
+from services.explainer.explaining import masked_predictor
+from services.explainer.inference import InferenceBatchClient
 from shared.core.contract import PreprocessingContract
 from shared.core.explanation.lime import lime
 from shared.core.explanation.occlusion import occlusion
 from shared.core.explanation.regions import head_mask, head_rim
 from shared.core.explanation.result import Explanation, PredictMasked, top_overlap
 from shared.core.imaging import decode_grayscale, resize_gray
-from shared.core.masking import Fill, RegionMasks, keep_bytes, labels_png
+from shared.core.masking import Fill, RegionMasks
 
 LIME_SEEDS = (0, 1, 2)
 RANDOM_SEEDS = (0, 1, 2)
@@ -45,32 +47,19 @@ class ModelUnderTest:
 
 class MaskedPredictor:
     """A ``PredictMasked`` over HTTP: copies of one upload classified by the inference service's predict-masked,
-    exactly as the explainer asks for them."""
+    through the explainer's own client, so they are asked for exactly as the explainer asks; counts the copies."""
 
     def __init__(self, http: httpx.Client, model: ModelUnderTest, path: Path) -> None:
-        self.http = http
-        self.model = model
         self.upload = (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        self._predict = masked_predictor(
+            InferenceBatchClient(http), model.model, model.version, self.upload[1], None, MAX_COPIES
+        )
         self.copies = 0
 
     def __call__(self, masks: RegionMasks) -> np.ndarray:
-        regions = labels_png(masks.labels)
-        rows: list[list[float]] = []
-        for start in range(0, masks.copies, MAX_COPIES):
-            response = self.http.post(
-                f"/v1/models/{self.model.model}/predict-masked",
-                params={"version": self.model.version, "fill": masks.fill},
-                files={
-                    "file": self.upload,
-                    "regions": ("regions.png", regions, "image/png"),
-                    "keep": ("keep", keep_bytes(masks.keep[start : start + MAX_COPIES]), "application/octet-stream"),
-                },
-            )
-            if response.status_code != 200:
-                raise RuntimeError(f"predict-masked answered {response.status_code}: {response.text[:500]}")
-            rows.extend(response.json()["probabilities"])
+        answer = self._predict(masks)
         self.copies += masks.copies
-        return np.asarray(rows, dtype=np.float64)
+        return answer
 
 
 def top_segments(explanation: Explanation) -> list[int]:

@@ -52,21 +52,22 @@ def label_index(label: str | None, class_names: Sequence[str]) -> int | None:
 
 def masked_predictor(
     inference: InferenceBatchClient,
-    resolved: ContractOut,
+    model: str,
+    version: str,
     data: bytes,
-    request: ExplainRequest,
+    frame: int | None,
     max_copies: int,
-    request_id: str | None,
+    request_id: str | None = None,
 ) -> PredictMasked:
     """The served model's answers for copies of the upload, at most ``max_copies`` per call to inference."""
 
     def predict(masks: RegionMasks) -> np.ndarray:
         answers = [
             inference.predict_masked(
-                resolved.model,
-                resolved.version,
+                model,
+                version,
                 data,
-                request.frame,
+                frame,
                 RegionMasks(masks.labels, masks.keep[start : start + max_copies], masks.fill),
                 request_id,
             )
@@ -93,7 +94,8 @@ def explain_upload(
     ood = inference.judge(data, request.frame, request_id)
     contract = resolved.contract
     chosen = label_index(request.label, contract.class_names)
-    predict = masked_predictor(inference, resolved, data, request, settings.max_copies_per_request, request_id)
+    predict = masked_predictor(inference, resolved.model, resolved.version, data, request.frame,
+                               settings.max_copies_per_request, request_id)  # fmt: skip
     # The regions are drawn on the slice as the model sees it; inference applies them to its own resize.
     pixels = resize_gray(scan, contract.image_size)
     if request.method == "occlusion":

@@ -13,7 +13,7 @@ from services.inference.masked import read_masks, too_many_copies
 from services.inference.servable import Classifier
 from shared.core.masking import DEFAULT_FILL, MAX_REGIONS, Fill, RegionMasks
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.params import MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
+from shared.kit.params import FILL_DESCRIPTION, MODEL_DESCRIPTION, NAME_PATTERN, VersionQuery
 from shared.kit.schemas import PIXELS_SHAPE_HEADER
 from shared.kit.service import get_settings
 from shared.kit.uploads import read_body, read_upload
@@ -96,9 +96,7 @@ async def get_pixel_batch(
 PixelBatch = Annotated[np.ndarray, Depends(get_pixel_batch)]
 
 
-FillQuery = Annotated[
-    Fill, Query(description="What a hidden region becomes: the slice blurred (edges and texture gone), grey, or black.")
-]
+FillQuery = Annotated[Fill, Query(description=FILL_DESCRIPTION)]
 
 
 class MaskedUpload(NamedTuple):
@@ -106,13 +104,6 @@ class MaskedUpload(NamedTuple):
 
     data: bytes
     masks: RegionMasks
-
-
-async def _read_part(part: UploadFile, max_bytes: int, error: ServiceError) -> bytes:
-    data = await part.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise error
-    return data
 
 
 async def get_masked_upload(
@@ -141,9 +132,9 @@ async def get_masked_upload(
             f"regions is too large; a label map PNG of at most {MAX_REGIONS_PNG_BYTES} bytes is accepted.",
             {"max_bytes": MAX_REGIONS_PNG_BYTES},
         )
-        regions_png = await _read_part(regions, MAX_REGIONS_PNG_BYTES, regions_too_large)
+        regions_png = await read_upload(regions, MAX_REGIONS_PNG_BYTES, regions_too_large)
         max_copies = settings.max_masked_copies
-        keep_data = await _read_part(keep, max_copies * MAX_REGIONS, too_many_copies(max_copies))
+        keep_data = await read_upload(keep, max_copies * MAX_REGIONS, too_many_copies(max_copies))
     finally:
         for part in (file, regions, keep):
             await part.close()

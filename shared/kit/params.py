@@ -36,12 +36,13 @@ MethodQuery = Annotated[
         "`num_samples` copies). Default: the explainer's setting (occlusion unless configured)."
     ),
 ]
+FILL_DESCRIPTION = (
+    "What a hidden region becomes: grey (the head's mean), blur (the head blurred within itself: edges and texture "
+    "go, brightness stays) or black."
+)
 FillQuery = Annotated[
     Fill | None,
-    Query(
-        description="What a hidden region becomes: grey (the head's mean), blur (the head blurred within itself: "
-        "edges and texture go, brightness stays) or black. Default: the explainer's setting (grey unless configured)."
-    ),
+    Query(description=f"{FILL_DESCRIPTION} Default: the explainer's setting (grey unless configured)."),
 ]
 SeedQuery = Annotated[
     int,

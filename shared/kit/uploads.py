@@ -53,11 +53,11 @@ async def read_body(request: Request, max_bytes: int, error: ServiceError | None
     return body
 
 
-async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
-    """The file's bytes, or FILE_TOO_LARGE when it holds more than ``max_bytes``."""
+async def read_upload(file: UploadFile, max_bytes: int, error: ServiceError | None = None) -> bytes:
+    """The file's bytes, or ``error`` (default FILE_TOO_LARGE) when it holds more than ``max_bytes``."""
     data = await file.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise too_large(max_bytes)
+        raise error or too_large(max_bytes)
     return data
 
 
