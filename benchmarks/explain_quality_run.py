@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from benchmarks.explain_faithfulness import measure_order, random_orders, strongest_first
-from benchmarks.explain_quality_report import Figures
+from benchmarks.explain_quality_report import MATCHED, Figures
 from services.explainer.explaining import masked_predictor
 from services.explainer.inference import InferenceBatchClient
 from shared.core.contract import PreprocessingContract
@@ -23,7 +23,7 @@ from shared.core.explanation.occlusion import occlusion
 from shared.core.explanation.regions import head_mask, head_rim
 from shared.core.explanation.result import Explanation, PredictMasked, top_overlap
 from shared.core.imaging import decode_grayscale, resize_gray
-from shared.core.masking import Fill, RegionMasks
+from shared.core.masking import DEFAULT_FILL, Fill, RegionMasks
 
 LIME_SEEDS = (0, 1, 2)
 RANDOM_SEEDS = (0, 1, 2)
@@ -86,6 +86,20 @@ def faithfulness(
         figures.add(("insertion", method, fill, kind), float(np.mean([c.insertion_auc for c in found])))
 
 
+def matched_fill_faithfulness(
+    figures: Figures, pixels: np.ndarray, head: np.ndarray, predict: PredictMasked, class_names: Sequence[str]
+) -> None:
+    """Occlusion asked for each other fill (``fill=blur``), measured with that fill. Its regions are the default
+    explanation's, so the random orders (and their AUCs) are the same as for the default one."""
+    for fill in (f for f in FILLS if f != DEFAULT_FILL):
+        explanation = occlusion(pixels, predict, class_names, fill=fill)
+        order = strongest_first(explanation.weights)
+        found = measure_order(predict, explanation.labels, head | (explanation.labels > 0), order,
+                              explanation.label_index, fill)  # fmt: skip
+        figures.add(("deletion", MATCHED, fill, "method"), found.deletion_auc)
+        figures.add(("insertion", MATCHED, fill, "method"), found.insertion_auc)
+
+
 def measure_image(
     figures: Figures, name: str, pixels: np.ndarray, predict: PredictMasked, class_names: Sequence[str], with_lime: bool
 ) -> None:
@@ -111,6 +125,7 @@ def measure_image(
             if (share := rim_share(explanation, rim)) is not None:
                 figures.add(("rim_top", method), share)
         faithfulness(figures, method, first, head, predict)
+    matched_fill_faithfulness(figures, pixels, head, predict, class_names)
 
 
 def measure_model(http: httpx.Client, model: ModelUnderTest, images: list[Path]) -> Figures:

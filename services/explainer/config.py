@@ -28,7 +28,13 @@ class Settings(HostSettings, BaseSettings):
     default_method: ExplainMethod = Field("occlusion", description="Method when a request names none.")
     default_fill: Fill = Field(DEFAULT_FILL, description="What hidden regions become when a request names nothing.")
     occlusion_cells: int = Field(
-        8, ge=2, le=32, description="Occlusion's grid: cells x cells over the head's bounding box."
+        8, ge=2, le=32, description="Occlusion's patch: one cell of a cells x cells grid over the head's bounding box."
+    )
+    occlusion_shifts: int = Field(
+        2,
+        ge=1,
+        le=4,
+        description="Occlusion's grids: the patch grid, then shifted by 1/shifts of a cell, shifts times.",
     )
     default_num_samples: int = Field(500, description="LIME's copies per explanation when a request names none.")
     min_num_samples: int = Field(50, ge=2, description="Fewest LIME copies a request may ask for.")

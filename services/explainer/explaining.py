@@ -100,7 +100,13 @@ def explain_upload(
     pixels = resize_gray(scan, contract.image_size)
     if request.method == "occlusion":
         result = occlusion(
-            pixels, predict, contract.class_names, label=chosen, fill=request.fill, cells=settings.occlusion_cells
+            pixels,
+            predict,
+            contract.class_names,
+            label=chosen,
+            fill=request.fill,
+            cells=settings.occlusion_cells,
+            shifts=settings.occlusion_shifts,
         )
     else:
         result = lime(

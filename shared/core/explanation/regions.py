@@ -83,18 +83,24 @@ def dense_labels(labels: np.ndarray) -> np.ndarray:
     return (inverse.reshape(labels.shape) + shift).astype(np.int32)
 
 
-def grid_regions(pixels: np.ndarray, cells: int = DEFAULT_CELLS) -> np.ndarray:
-    """A ``cells`` x ``cells`` grid over the head's bounding box, each cell cut to the head: int32 labels 0..R."""
+def grid_cells(head: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's row (as a column vector) and column (as a row vector) in a ``cells`` x ``cells`` grid over the
+    bounding box of ``head`` (bool (H, W)); pixels outside the box belong to the nearest edge cell."""
     if cells < 1:
         raise ValueError(f"cells must be at least 1, got {cells}")
-    head = head_mask(pixels)
     rows, cols = np.nonzero(head)
     top, left = rows.min(), cols.min()
     height, width = rows.max() + 1 - top, cols.max() + 1 - left
     cell_row = np.clip((np.arange(head.shape[0]) - top) * cells // height, 0, cells - 1)
     cell_col = np.clip((np.arange(head.shape[1]) - left) * cells // width, 0, cells - 1)
-    cell = cell_row[:, None] * cells + cell_col[None, :] + 1
-    return dense_labels(np.where(head, cell, 0))
+    return cell_row[:, None], cell_col[None, :]
+
+
+def grid_regions(pixels: np.ndarray, cells: int = DEFAULT_CELLS) -> np.ndarray:
+    """A ``cells`` x ``cells`` grid over the head's bounding box, each cell cut to the head: int32 labels 0..R."""
+    head = head_mask(pixels)
+    cell_row, cell_col = grid_cells(head, cells)
+    return dense_labels(np.where(head, cell_row * cells + cell_col + 1, 0))
 
 
 def slic_regions(pixels: np.ndarray, num_segments: int = DEFAULT_NUM_SEGMENTS) -> np.ndarray:

@@ -10,6 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.explainer.config import Settings
+from shared.core.explanation.occlusion import DEFAULT_SHIFTS
+from shared.core.explanation.regions import DEFAULT_CELLS
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -20,7 +22,10 @@ def test_defaults() -> None:
     assert settings.inference_url == "http://127.0.0.1:8001"
     assert (settings.min_num_samples, settings.default_num_samples, settings.max_num_samples) == (50, 500, 3000)
     assert settings.num_segments == 48
-    assert (settings.default_method, settings.default_fill, settings.occlusion_cells) == ("occlusion", "grey", 8)
+    assert (settings.default_method, settings.default_fill) == ("occlusion", "grey")
+    assert (settings.occlusion_cells, settings.occlusion_shifts) == (8, 2)
+    # The settings keep their own copy (reading them imports no scikit-image); it is the library's default.
+    assert (settings.occlusion_cells, settings.occlusion_shifts) == (DEFAULT_CELLS, DEFAULT_SHIFTS)
     assert settings.max_copies_per_request == 4096
 
 
@@ -59,6 +64,7 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         {"default_method": "gradcam"},
         {"default_fill": "white"},
         {"occlusion_cells": 1},
+        {"occlusion_shifts": 0},
         {"max_copies_per_request": 0},
     ],
 )

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from shared.core.contract import CLASS_NAMES
-from shared.core.explanation.regions import grid_regions, slic_regions
+from shared.core.explanation.occlusion import sliding_patches
+from shared.core.explanation.regions import slic_regions
 from shared.core.imaging import decode_grayscale, resize_gray
 from shared.kit.schemas import ExplanationOut
 from tests.error_body import error_body
@@ -70,7 +71,8 @@ def test_every_family_is_explained_by_occlusion_through_the_served_session(
     assert answer.predicted_label == predicted["label"] == answer.label
     for name in CLASS_NAMES:
         assert answer.probabilities[name] == pytest.approx(predicted["probabilities"][name], abs=1e-6)
-    assert 4 <= answer.num_segments <= 64 and answer.num_samples == answer.num_segments + 1
+    # Tiles of a quarter cell (16 x 16 cut to the head); the 8 x 8 grid's positions, the shifted 9 x 9's, the image.
+    assert 4 <= answer.num_segments <= 256 and 4 < answer.num_samples <= 64 + 81 + 1
     assert answer.regions or answer.opposing_regions
     _check_regions(answer)
     assert set(answer.timings_ms) == {"regions", "predict", "fit", "render"}
@@ -104,7 +106,7 @@ def test_the_background_is_never_a_region(
     """The regions are those of the head's label map, drawn on the slice at the model's size (32 px for rf)."""
     image = sample_images["pituitary"]
     pixels = resize_gray(decode_grayscale(image), 32)
-    labels = grid_regions(pixels, 8) if draw == "grid" else slic_regions(pixels, 48)
+    labels = sliding_patches(pixels).labels if draw == "grid" else slic_regions(pixels, 48)
     answer = ExplanationOut.model_validate(
         _explain(explainer_client, image, model="rf", method=method, num_regions="50", **FAST).json()
     )
@@ -135,7 +137,8 @@ def test_occlusion_has_no_seed_and_gives_one_answer(explainer_client: Any, sampl
     first = _explain(explainer_client, image, model="cnn").json()
     seeded = _explain(explainer_client, image, model="cnn", seed="9", num_samples="77").json()
     assert first["seed"] is None and seeded["seed"] is None
-    assert seeded["num_samples"] == first["num_samples"] == first["num_segments"] + 1  # one copy per region + 1
+    # One copy per position of the patch and the image itself, whatever was asked of LIME.
+    assert seeded["num_samples"] == first["num_samples"] != 77
     for key in ("regions", "opposing_regions", "overlay_png", "probabilities"):
         assert first[key] == seeded[key], key
 
@@ -156,7 +159,9 @@ def test_different_fills_give_different_weights(explainer_client: Any, sample_im
 def test_method_and_fill_defaults_come_from_the_settings(
     explainer_app_client: Any, sample_images: dict[str, bytes]
 ) -> None:
-    client = explainer_app_client(default_method="lime", default_fill="grey", default_num_samples=60, occlusion_cells=4)
+    client = explainer_app_client(
+        default_method="lime", default_fill="grey", default_num_samples=60, occlusion_cells=4, occlusion_shifts=1
+    )
     answer = _explain(client, sample_images["glioma"], model="rf").json()
     assert (answer["method"], answer["fill"], answer["num_samples"], answer["seed"]) == ("lime", "grey", 60, 0)
     occluded = _explain(client, sample_images["glioma"], model="rf", method="occlusion").json()

@@ -1,4 +1,5 @@
-"""Occlusion: each region of the grid hidden once; a region's weight is the drop of the class's log-odds."""
+"""Occlusion: a patch slides over the head; a tile's weight is the mean drop of the class's log-odds over the
+positions of the patch that hide it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from shared.core.contract import CLASS_NAMES
 from shared.core.explanation.inprocess import pixels_predictor
-from shared.core.explanation.occlusion import occlusion
+from shared.core.explanation.occlusion import occlusion, sliding_patches
 from shared.core.explanation.regions import grid_regions
 from shared.core.explanation.result import log_odds
 from shared.core.masking import RegionMasks
@@ -20,7 +21,7 @@ def _slice(sample_arrays: Any, index: int = 0) -> np.ndarray:
     return sample_arrays(128)[0][index]
 
 
-def test_weights_are_the_drops_of_the_class(sample_arrays: Any) -> None:
+def test_with_one_step_each_cell_is_hidden_once_and_weighs_its_drop(sample_arrays: Any) -> None:
     image = _slice(sample_arrays)
     calls: list[RegionMasks] = []
     inner = pixels_predictor(image, spot_model_for(128))
@@ -29,7 +30,7 @@ def test_weights_are_the_drops_of_the_class(sample_arrays: Any) -> None:
         calls.append(masks)
         return inner(masks)
 
-    result = occlusion(image, recording, CLASS_NAMES, fill="grey")
+    result = occlusion(image, recording, CLASS_NAMES, fill="grey", shifts=1)
     assert len(calls) == 1  # one call: the caller chunks if it must
     masks = calls[0]
     regions = int(result.labels.max())
@@ -51,15 +52,45 @@ def test_weights_are_the_drops_of_the_class(sample_arrays: Any) -> None:
     assert set(result.timings_ms) == {"regions", "predict", "fit"}
 
 
+def test_each_shifted_grid_hides_every_tile_once(sample_arrays: Any) -> None:
+    image = _slice(sample_arrays)
+    for cells, shifts in ((8, 2), (6, 3)):
+        patches = sliding_patches(image, cells, shifts)
+        tiles = int(patches.labels.max())
+        np.testing.assert_array_equal(patches.labels, grid_regions(image, cells * shifts))
+        assert patches.hidden.shape[1] == tiles and patches.hidden.any(axis=1).all()
+        assert (patches.hidden.sum(axis=0) == shifts).all()
+        assert patches.hidden.sum(axis=1).max() == shifts**2
+        keep = patches.keep()
+        assert keep[0].all() and (keep[1:] == ~patches.hidden).all()
+
+
+def test_a_tile_weighs_the_mean_of_the_positions_hiding_it(sample_arrays: Any) -> None:
+    image = _slice(sample_arrays, 3)
+    inner = pixels_predictor(image, spot_model_for(128))
+    result = occlusion(image, inner, CLASS_NAMES, shifts=2)
+    patches = sliding_patches(image, 8, 2)
+    evidence = log_odds(inner(RegionMasks(patches.labels, patches.keep())), GLIOMA)
+    drops = evidence[0] - evidence[1:]
+    for tile in (1, int(patches.labels.max()) // 2, int(patches.labels.max())):
+        expected = drops[patches.hidden[:, tile - 1]].mean()
+        assert result.weights[tile] == pytest.approx(expected, abs=1e-9)
+    assert result.num_samples == len(patches.hidden) + 1
+
+
 @pytest.mark.parametrize("fill", ["blur", "grey", "black"])
-def test_the_region_the_model_looks_at_comes_first(sample_arrays: Any, fill: str) -> None:
+def test_the_tile_the_model_looks_at_comes_first(sample_arrays: Any, fill: str) -> None:
     image = _slice(sample_arrays, 2)
-    labels = grid_regions(image, 8)
-    watched = int(labels[labels > 0][len(labels[labels > 0]) // 2])  # a cell in the middle of the head
+    patches = sliding_patches(image)
+    labels = patches.labels
+    watched = int(labels[labels > 0][len(labels[labels > 0]) // 2])  # a tile in the middle of the head
     model = looking_at(image, labels == watched)
     result = occlusion(image, pixels_predictor(image, model), CLASS_NAMES, fill=fill)
     assert [r.segment for r in result.supporting(1)] == [watched]
-    assert all(weight == 0.0 for region, weight in result.weights.items() if region != watched)
+    # Only tiles under a position that also hides the watched one move the class.
+    sharing = patches.hidden[patches.hidden[:, watched - 1]].any(axis=0)
+    assert all(result.weights[tile] == 0.0 for tile in range(1, len(sharing) + 1) if not sharing[tile - 1])
+    assert all(result.weights[tile] < result.weights[watched] for tile in result.weights if tile != watched)
 
 
 def test_occlusion_is_deterministic(sample_arrays: Any) -> None:
@@ -84,7 +115,8 @@ def test_a_chosen_label_is_explained_instead_of_the_predicted_one(sample_arrays:
 def test_the_grid_size_is_the_callers(sample_arrays: Any) -> None:
     image = _slice(sample_arrays)
     predict = pixels_predictor(image, spot_model_for(128))
-    assert occlusion(image, predict, CLASS_NAMES, cells=4).num_regions <= 16
+    assert occlusion(image, predict, CLASS_NAMES, cells=4, shifts=1).num_regions <= 16
+    assert occlusion(image, predict, CLASS_NAMES, cells=4, shifts=2).num_regions <= 64
 
 
 def test_bad_inputs_are_refused() -> None:
