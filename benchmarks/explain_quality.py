@@ -53,7 +53,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.explain_quality_report import Figures, render
-from benchmarks.explain_quality_run import ModelUnderTest, measure_model, time_gateway
+from benchmarks.explain_quality_run import ModelUnderTest, OcclusionGrid, measure_model, time_gateway
 from benchmarks.explain_split import (
     choose_images,
     mlflow_tags,
@@ -65,6 +65,8 @@ from benchmarks.markdown import command_line, write_section
 from deploy.credentials import mlflow_auth_from_env
 from deploy.processes import ManagedProcess, free_port, start_mlflow, start_service
 from shared.core.contract import CLASS_NAMES
+from shared.core.explanation.occlusion import DEFAULT_SHIFTS
+from shared.core.explanation.regions import DEFAULT_CELLS
 from shared.kit.schemas import ContractOut
 
 SECTION = "explain-quality"
@@ -124,7 +126,13 @@ def stack(args: argparse.Namespace) -> Iterator[Urls]:
         }
         inference = start_service("inference", free_port(), env, logs / "inference.log", as_module=True)
         started.append(inference)
-        explainer_env = {**env, "BT_EXPLAINER_INFERENCE_URL": inference.url}
+        explainer_env = {
+            **env,
+            "BT_EXPLAINER_INFERENCE_URL": inference.url,
+            # The explainer runs the occlusion measured in process, so the gateway's answers are the same.
+            "BT_EXPLAINER_OCCLUSION_CELLS": str(args.occlusion_cells),
+            "BT_EXPLAINER_OCCLUSION_SHIFTS": str(args.occlusion_shifts),
+        }
         started.append(start_service("explainer", free_port(), explainer_env, logs / "explainer.log"))
         gateway_env = {**env, "BT_GATEWAY_INFERENCE_URL": inference.url, "BT_GATEWAY_EXPLAINER_URL": started[-1].url}
         started.append(start_service("gateway", free_port(), gateway_env, logs / "gateway.log", as_module=True))
@@ -152,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
     parser.add_argument("--gateway", default=None, help="a running gateway (with --inference): start none")
     parser.add_argument("--inference", default=None, help="a running inference service (with --gateway)")
+    parser.add_argument(
+        "--occlusion-cells", type=int, default=DEFAULT_CELLS, help="occlusion's patch: one cell of N x N"
+    )
+    parser.add_argument("--occlusion-shifts", type=int, default=DEFAULT_SHIFTS, help="occlusion's shifted grids")
     parser.add_argument("--state-dir", type=Path, default=Path("var/explain-quality"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
@@ -176,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             for model, version in args.models.items():
                 answer = contract(inference, model, version)
                 images = choose_images(files, answer.contract.class_names, args.per_class)
-                under_test = ModelUnderTest(model, version, answer.contract, lime=model in lime_models)
+                grid = OcclusionGrid(args.occlusion_cells, args.occlusion_shifts)
+                under_test = ModelUnderTest(model, version, answer.contract, lime=model in lime_models, grid=grid)
                 found = measure_model(inference, under_test, images)
                 time_gateway(gateway, under_test, images, found)
                 figures.append(found)
@@ -189,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         + f" of {args.data.name}/ recomputed as training makes it (test_files_sha256 {sha[:8]}, "
         + ("equal to every version's tag)" if not mismatches else "NOT every version's tag)"),
         "lime": ", ".join(model for model in args.models if model in lime_models),
+        "occlusion": f"{args.occlusion_cells}x{args.occlusion_shifts}",
         "minutes": f"{minutes:.1f}",
         "pinned": ", ".join(f"{p.model} v{p.version}" for p in pinned if p.member_of),
     }

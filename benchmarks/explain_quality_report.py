@@ -168,6 +168,13 @@ def verdicts(figures: list[Figures]) -> list[str]:
     return lines
 
 
+def _occlusion_text(grid: str) -> str:
+    """``8x2`` -> how occlusion ran: a patch of one cell of 8 x 8, on that grid and on it shifted twice."""
+    cells, shifts = (int(part) for part in grid.split("x"))
+    shifted = "" if shifts == 1 else f", on that grid and on it shifted by 1/{shifts} of a cell ({shifts} grids)"
+    return f"occlusion: a patch one cell of a grid of {cells} x {cells} over the head{shifted}"
+
+
 def render(figures: list[Figures], heading: Mapping[str, str]) -> str:
     versions = ", ".join(f"{f.model} v{f.version} ({f.image_size} px)" for f in figures)
     lines = [
@@ -175,8 +182,7 @@ def render(figures: list[Figures], heading: Mapping[str, str]) -> str:
         "",
         f"`{heading['command']}`, {heading['when']}, {heading['minutes']} minutes. Models: {versions}"
         f"{'; the ensemble pins ' + heading['pinned'] if heading.get('pinned') else ''}. Images: "
-        f"{heading['images']}. Explanations at their defaults (occlusion: a patch one cell of an 8 x 8 grid over "
-        "the head, on that grid and on it shifted by half a cell, weights on tiles of a quarter cell; LIME, measured "
+        f"{heading['images']}. Explanations ({_occlusion_text(heading['occlusion'])}; LIME, measured "
         f"on {heading['lime'] or 'no model'}: 500 samples, 48 SLIC superpixels, seeds 0/1/2; both with the "
         f"{DEFAULT_FILL} fill, the default), computed in process against the served model (its predict-masked "
         "endpoint). Faithfulness: the head's pixels ranked by their region's weight (LIME: seed 0), 0%, 5%, ..., "

@@ -19,8 +19,8 @@ from services.explainer.explaining import masked_predictor
 from services.explainer.inference import InferenceBatchClient
 from shared.core.contract import PreprocessingContract
 from shared.core.explanation.lime import lime
-from shared.core.explanation.occlusion import occlusion
-from shared.core.explanation.regions import head_mask, head_rim
+from shared.core.explanation.occlusion import DEFAULT_SHIFTS, occlusion
+from shared.core.explanation.regions import DEFAULT_CELLS, head_mask, head_rim
 from shared.core.explanation.result import Explanation, PredictMasked, top_overlap
 from shared.core.imaging import decode_grayscale, resize_gray
 from shared.core.masking import DEFAULT_FILL, Fill, RegionMasks
@@ -34,11 +34,20 @@ MAX_COPIES = 512
 
 
 @dataclass(frozen=True)
+class OcclusionGrid:
+    """Occlusion's patch (one cell of a ``cells`` x ``cells`` grid) and its shifted grids, as the explainer runs it."""
+
+    cells: int = DEFAULT_CELLS
+    shifts: int = DEFAULT_SHIFTS
+
+
+@dataclass(frozen=True)
 class ModelUnderTest:
     model: str
     version: str
     contract: PreprocessingContract
     lime: bool = True
+    grid: OcclusionGrid = OcclusionGrid()
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -87,12 +96,17 @@ def faithfulness(
 
 
 def matched_fill_faithfulness(
-    figures: Figures, pixels: np.ndarray, head: np.ndarray, predict: PredictMasked, class_names: Sequence[str]
+    figures: Figures,
+    pixels: np.ndarray,
+    head: np.ndarray,
+    predict: PredictMasked,
+    class_names: Sequence[str],
+    grid: OcclusionGrid,
 ) -> None:
     """Occlusion asked for each other fill (``fill=blur``), measured with that fill. Its regions are the default
     explanation's, so the random orders (and their AUCs) are the same as for the default one."""
     for fill in (f for f in FILLS if f != DEFAULT_FILL):
-        explanation = occlusion(pixels, predict, class_names, fill=fill)
+        explanation = occlusion(pixels, predict, class_names, fill=fill, cells=grid.cells, shifts=grid.shifts)
         order = strongest_first(explanation.weights)
         found = measure_order(predict, explanation.labels, head | (explanation.labels > 0), order,
                               explanation.label_index, fill)  # fmt: skip
@@ -101,14 +115,20 @@ def matched_fill_faithfulness(
 
 
 def measure_image(
-    figures: Figures, name: str, pixels: np.ndarray, predict: PredictMasked, class_names: Sequence[str], with_lime: bool
+    figures: Figures,
+    name: str,
+    pixels: np.ndarray,
+    predict: PredictMasked,
+    class_names: Sequence[str],
+    with_lime: bool,
+    grid: OcclusionGrid = OcclusionGrid(),
 ) -> None:
     """Every in-process figure of one image (``pixels`` at the model's size, ``name`` its file's)."""
     head = head_mask(pixels)
     rim = head_rim(head)
     figures.add(("rim_head",), float(rim.sum() / head.sum()))
-    explained = {"occlusion": [occlusion(pixels, predict, class_names)]}
-    again = occlusion(pixels, predict, class_names)
+    explained = {"occlusion": [occlusion(pixels, predict, class_names, cells=grid.cells, shifts=grid.shifts)]}
+    again = occlusion(pixels, predict, class_names, cells=grid.cells, shifts=grid.shifts)
     figures.add(("deterministic", "occlusion"), float(again.weights == explained["occlusion"][0].weights))
     if with_lime:
         explained["lime"] = [lime(pixels, predict, class_names, seed=seed) for seed in LIME_SEEDS]
@@ -125,7 +145,7 @@ def measure_image(
             if (share := rim_share(explanation, rim)) is not None:
                 figures.add(("rim_top", method), share)
         faithfulness(figures, method, first, head, predict)
-    matched_fill_faithfulness(figures, pixels, head, predict, class_names)
+    matched_fill_faithfulness(figures, pixels, head, predict, class_names, grid)
 
 
 def measure_model(http: httpx.Client, model: ModelUnderTest, images: list[Path]) -> Figures:
@@ -135,7 +155,7 @@ def measure_model(http: httpx.Client, model: ModelUnderTest, images: list[Path])
     for count, path in enumerate(images, start=1):
         pixels = resize_gray(decode_grayscale(path.read_bytes()), model.contract.image_size)
         predict = MaskedPredictor(http, model, path)
-        measure_image(figures, path.name, pixels, predict, model.contract.class_names, model.lime)
+        measure_image(figures, path.name, pixels, predict, model.contract.class_names, model.lime, model.grid)
         spent = time.perf_counter() - started
         print(
             f"{model.model} v{model.version}: {count}/{len(images)} images in process, {spent:.0f} s "

@@ -31,7 +31,8 @@ LabelQuery = Annotated[
 MethodQuery = Annotated[
     ExplainMethod | None,
     Query(
-        description="occlusion: a grid over the head, each cell hidden in turn (deterministic, a copy per cell); "
+        description="occlusion: a patch slides over the head, on a grid and on it shifted by half a cell; the "
+        "regions are quarter-cell tiles (deterministic, a copy per position); "
         "lime: SLIC superpixels inside the head, random subsets hidden, a weighted linear fit (seeded, "
         "`num_samples` copies). Default: the explainer's setting (occlusion unless configured)."
     ),

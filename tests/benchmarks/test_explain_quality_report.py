@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from benchmarks.explain_quality_report import Figures, render
+from benchmarks.explain_quality_report import MATCHED, Figures, render
 
 HEADING = {
     "command": "python -m benchmarks.explain_quality --images test",
     "when": "2026-12-07 10:00 UTC, x86_64, 2 CPUs",
     "images": "2 per class (8), drawn with seed 0 from the test split of Training/ (test_files_sha256 e3e319d3)",
     "lime": "cnn, ensemble",
+    "occlusion": "8x2",
     "minutes": "1.0",
     "pinned": "cnn v1, mobilenetv2 v2",
 }
@@ -64,3 +65,23 @@ def test_verdicts_follow_the_issue_s_bounds() -> None:
     )
     assert "- cnn: occlusion through the gateway, median 0.70 s vs 1 s: met." in text
     assert "- ensemble: occlusion through the gateway, median 2.75 s vs 2 s: NOT met." in text
+
+
+def test_occlusion_asked_for_the_blur_fill_has_its_own_row_and_verdict() -> None:
+    cnn = figures("cnn", 0.4, 0.8, [0.5])
+    for value in (0.3, 0.5):
+        cnn.add(("deletion", MATCHED, "blur", "method"), value)
+        cnn.add(("insertion", MATCHED, "blur", "method"), 0.9)
+    text = render([cnn, figures("ensemble", 0.5, 0.6, [1.5])], HEADING)
+    assert "| cnn v1 | occlusion asked for fill=blur | blur | 0.400 | 0.800 | 0.50 | 0.900 | 0.400 | 2.25 |" in text
+    assert "- cnn, blur fill, occlusion asked for fill=blur: deletion AUC 0.400 vs 0.600: met." in text
+    assert "ensemble v1 | occlusion asked for" not in text and "ensemble, blur fill, occlusion asked" not in text
+
+
+def test_the_heading_says_how_occlusion_ran() -> None:
+    assert (
+        "a patch one cell of a grid of 8 x 8 over the head, on that grid and on it shifted by 1/2 of a cell"
+        in render([figures("cnn", 0.4, 0.8, [0.5])], HEADING)
+    )
+    one_grid = render([figures("cnn", 0.4, 0.8, [0.5])], {**HEADING, "occlusion": "6x1"})
+    assert "a patch one cell of a grid of 6 x 6 over the head;" in one_grid

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from benchmarks.explain_faithfulness import STEPS, measure_order, strongest_first
-from benchmarks.explain_quality_report import Figures
-from benchmarks.explain_quality_run import FILLS, MaskedPredictor, ModelUnderTest, measure_image
+from benchmarks.explain_quality_report import MATCHED, Figures
+from benchmarks.explain_quality_run import FILLS, MaskedPredictor, ModelUnderTest, OcclusionGrid, measure_image
 from deploy.processes import ManagedProcess
 from shared.core.contract import CLASS_NAMES
 from shared.core.dataset import SAMPLE_DATA_DIR
@@ -55,12 +55,27 @@ def test_one_image_gives_every_figure() -> None:
         assert 0 < len(figures.top5[(method, "glioma_000.jpg")]) <= 5
         assert figures.values[("rim_top", method)]
     assert figures.mean("deterministic", "occlusion") == 1.0
+    # Occlusion asked for the blur fill, measured with it; the default fill needs no second explanation.
+    assert figures.mean("deletion", MATCHED, "blur", "method") is not None
+    assert figures.mean("insertion", MATCHED, "blur", "method") is not None
+    assert ("deletion", MATCHED, "grey", "method") not in figures.values
     assert 0.0 <= figures.mean("stability", "lime") <= 1.0
     assert 0.0 < figures.mean("rim_head") < 1.0
     # The model looks at the centre only: the method's ranking fades it faster than random orders do.
     assert figures.mean("deletion", "occlusion", "grey", "method") < figures.mean(
         "deletion", "occlusion", "grey", "random"
     )
+
+
+def test_the_occlusion_grid_is_the_one_asked_for() -> None:
+    pixels = decode_to_array((SAMPLE_DATA_DIR / "glioma" / "glioma_000.jpg").read_bytes(), SIZE)
+    regions = {}
+    for grid in (OcclusionGrid(4, 1), OcclusionGrid(8, 2)):
+        figures = Figures("cnn", "1", SIZE, 1)
+        predict = pixels_predictor(pixels, centre_model())
+        measure_image(figures, "glioma_000.jpg", pixels, predict, CLASS_NAMES, False, grid)
+        regions[grid] = figures.mean("regions", "occlusion")
+    assert regions[OcclusionGrid(4, 1)] <= 16 < regions[OcclusionGrid(8, 2)]
 
 
 def test_a_model_that_answers_differently_twice_is_caught() -> None:
