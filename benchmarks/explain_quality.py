@@ -67,6 +67,7 @@ from deploy.processes import ManagedProcess, free_port, start_mlflow, start_serv
 from shared.core.contract import CLASS_NAMES
 from shared.core.explanation.occlusion import DEFAULT_SHIFTS
 from shared.core.explanation.regions import DEFAULT_CELLS
+from shared.core.masking import MAX_GRID_SIDE
 from shared.kit.schemas import ContractOut
 
 SECTION = "explain-quality"
@@ -158,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lime-models", default=None, help="models LIME is measured on (default: every model)")
     parser.add_argument("--mlflow-dir", type=Path, default=None, help="start MLflow on this store (a copy)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"))
-    parser.add_argument("--gateway", default=None, help="a running gateway (with --inference): start none")
+    parser.add_argument(
+        "--gateway",
+        default=None,
+        help="a running gateway (with --inference): start none; its explainer's occlusion "
+        "settings must match --occlusion-cells/--occlusion-shifts, or the gateway's top 5 will differ",
+    )
     parser.add_argument("--inference", default=None, help="a running inference service (with --gateway)")
     parser.add_argument(
         "--occlusion-cells", type=int, default=DEFAULT_CELLS, help="occlusion's patch: one cell of N x N"
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("var/explain-quality"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
+    if args.occlusion_shifts < 1 or not 2 <= args.occlusion_cells * args.occlusion_shifts <= MAX_GRID_SIDE:
+        parser.error(f"--occlusion-shifts must be >= 1 and cells x shifts in 2..{MAX_GRID_SIDE}")
     stop_on_sigterm()
     lime_models = set(args.models) if args.lime_models is None else set(args.lime_models.split(","))
 

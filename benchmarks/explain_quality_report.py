@@ -169,9 +169,13 @@ def verdicts(figures: list[Figures]) -> list[str]:
 
 
 def _occlusion_text(grid: str) -> str:
-    """``8x2`` -> how occlusion ran: a patch of one cell of 8 x 8, on that grid and on it shifted twice."""
+    """``8x2`` -> how occlusion ran: a patch one cell of 8 x 8, on that grid and on it shifted by half a cell."""
     cells, shifts = (int(part) for part in grid.split("x"))
-    shifted = "" if shifts == 1 else f", on that grid and on it shifted by 1/{shifts} of a cell ({shifts} grids)"
+    shifted = (
+        ""
+        if shifts == 1
+        else f", on that grid and on copies of it shifted by steps of 1/{shifts} of a cell ({shifts} grids)"
+    )
     return f"occlusion: a patch one cell of a grid of {cells} x {cells} over the head{shifted}"
 
 

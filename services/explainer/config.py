@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.core.masking import DEFAULT_FILL, Fill
+from shared.core.masking import DEFAULT_FILL, MAX_GRID_SIDE, MAX_REGIONS, Fill
 from shared.kit.hosts import HostSettings
 from shared.kit.schemas import ExplainMethod
 from shared.kit.service import DEFAULT_MAX_UPLOAD_BYTES
@@ -34,7 +34,8 @@ class Settings(HostSettings, BaseSettings):
         2,
         ge=1,
         le=4,
-        description="Occlusion's grids: the patch grid, then shifted by 1/shifts of a cell, shifts times.",
+        description="Occlusion's grids: the patch grid and copies of it shifted by 1/shifts, 2/shifts, ... of a cell "
+        "(shifts grids in all; 1: the plain grid). Tiles: (cells x shifts) a side, at most 32.",
     )
     default_num_samples: int = Field(500, description="LIME's copies per explanation when a request names none.")
     min_num_samples: int = Field(50, ge=2, description="Fewest LIME copies a request may ask for.")
@@ -50,7 +51,12 @@ class Settings(HostSettings, BaseSettings):
     connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to the inference service.")
 
     @model_validator(mode="after")
-    def _sample_bounds(self) -> Settings:
+    def _bounds_agree(self) -> Settings:
+        if self.occlusion_cells * self.occlusion_shifts > MAX_GRID_SIDE:
+            raise ValueError(
+                f"occlusion's tiles: occlusion_cells x occlusion_shifts may be at most {MAX_GRID_SIDE} (a region map "
+                f"holds at most {MAX_REGIONS} regions), got {self.occlusion_cells} x {self.occlusion_shifts}"
+            )
         if not self.min_num_samples <= self.default_num_samples <= self.max_num_samples:
             raise ValueError(
                 "expected min_num_samples <= default_num_samples <= max_num_samples, got "

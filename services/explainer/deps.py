@@ -27,7 +27,7 @@ def get_num_samples(
         Query(
             description="LIME only: copies of the image it classifies (more: steadier, slower); default and "
             "bounds come from the service's settings (500, 50..3000 unless configured). Occlusion classifies one "
-            "copy per region."
+            "copy per position of its patch."
         ),
     ] = None,
 ) -> int:

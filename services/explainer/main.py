@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Explanations of the brain-tumour MRI classifiers: which regions of the head pushed a model towards (or away
-from) a class. Occlusion (the default) hides each cell of a grid over the head in turn; LIME hides random
+from) a class. Occlusion (the default) slides a patch over the head (a grid, and the grid shifted by half a
+cell) and weighs each quarter-cell tile by the positions that hide it; LIME hides random
 subsets of SLIC superpixels and fits a weighted linear model. The copies are made and classified by the
 inference service (`predict-masked`), at each model's own input size, by the very ONNX sessions that serve
 predictions.

@@ -32,6 +32,8 @@ DEFAULT_FILL: Fill = "grey"
 BLUR_SIGMA_FRACTION = 1 / 28
 # Most regions and copies one request may carry (label maps are uint16; a copy row is R bytes on the wire).
 MAX_REGIONS = 1024
+# The finest square grid whose cells all fit in MAX_REGIONS.
+MAX_GRID_SIDE = 32
 MAX_LABEL_SIDE = 1024
 
 

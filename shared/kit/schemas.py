@@ -217,7 +217,8 @@ class RegionOut(BaseModel):
     segment: int = Field(description="Region number in the explanation's label map (1..num_segments).")
     weight: float = Field(
         description="Effect on the explained class, positive for support, negative against it. Occlusion: the "
-        "drop in the class's log-odds when the region is hidden (weight of evidence). LIME: the linear model's weight."
+        "mean drop in the class's log-odds over the positions of the patch that hide the region (weight of evidence). "
+        "LIME: the linear model's weight."
     )
     area_fraction: float = Field(description="Share of the image the region covers, 0..1.")
     bbox: tuple[float, float, float, float] = Field(

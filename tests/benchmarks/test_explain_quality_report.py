@@ -80,7 +80,7 @@ def test_occlusion_asked_for_the_blur_fill_has_its_own_row_and_verdict() -> None
 
 def test_the_heading_says_how_occlusion_ran() -> None:
     assert (
-        "a patch one cell of a grid of 8 x 8 over the head, on that grid and on it shifted by 1/2 of a cell"
+        "a patch one cell of a grid of 8 x 8 over the head, on that grid and on copies of it shifted by steps of 1/2"
         in render([figures("cnn", 0.4, 0.8, [0.5])], HEADING)
     )
     one_grid = render([figures("cnn", 0.4, 0.8, [0.5])], {**HEADING, "occlusion": "6x1"})

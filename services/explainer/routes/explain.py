@@ -42,8 +42,9 @@ _MEANINGS = {
     summary="Explain a model's answer for one MRI image: the regions of the head for and against the class",
     description="Upload one image as the multipart field `file`. The head is divided into regions (the background "
     "outside it is never one) and the model classifies copies of the scan with regions hidden (`fill`: the head's "
-    "mean grey by default, or blurred, or black). `method=occlusion` (the default unless configured): a grid over "
-    "the head, each cell hidden in turn; a region's weight is how much the class's log-odds drop without it. "
+    "mean grey by default, or blurred, or black). `method=occlusion` (the default unless configured): a patch "
+    "slides over the head, on a grid and on the grid shifted by half a cell; a region (a quarter-cell tile) weighs "
+    "the mean drop of the class's log-odds over the positions of the patch that hide it. "
     "Deterministic: no seed. "
     "`method=lime`: SLIC superpixels inside the head, `num_samples` copies with random regions hidden, and LIME's "
     "weighted linear model (its R^2 is `fit_r2`); the same `seed` gives the same answer. The class explained is "

@@ -399,8 +399,8 @@
       body.method === "lime"
         ? "LIME for “" + body.label + "”: random sets of regions " + hidden + " (" + body.num_samples +
           " copies, seed " + body.seed + "), a weighted linear fit with R² " + body.fit_r2.toFixed(2) + ". "
-        : "Occlusion for “" + body.label + "”: each region " + hidden + " in turn; its weight is the drop in " +
-          "the class's log-odds. ";
+        : "Occlusion for “" + body.label + "”: a patch " + hidden + " slides over the head (" + body.num_samples +
+          " copies); a region's weight is the mean drop in the class's log-odds where the patch hides it. ";
     return how + "Warm regions (outlined yellow) support the class, cool ones (outlined cyan) argue against it; " +
       body.num_segments + " regions of the head, " + formatDuration(body.latency_ms) + ".";
   }

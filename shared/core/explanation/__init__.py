@@ -3,7 +3,7 @@ argue against it.
 
 Both methods ask the model about copies of the slice with regions hidden (``shared.core.masking``):
 
-- ``occlusion``: a grid over the head, each cell hidden in turn; deterministic, the default.
+- ``occlusion``: a patch slides over the head (a grid and the grid shifted); deterministic, the default.
 - ``lime``: SLIC superpixels inside the head, random subsets hidden, LIME's weighted linear fit; seeded.
 
 ``regions`` draws the label maps, ``result`` holds the answer, ``overlay`` paints it over the scan and

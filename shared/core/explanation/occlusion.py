@@ -26,7 +26,7 @@ from shared.core.explanation.result import (
     elapsed_ms,
     log_odds,
 )
-from shared.core.masking import DEFAULT_FILL, Fill, RegionMasks
+from shared.core.masking import DEFAULT_FILL, MAX_GRID_SIDE, Fill, RegionMasks
 
 # The grid and the grid shifted by half a cell. Chosen on training slices, never test ones (docs/explanations.md).
 DEFAULT_SHIFTS = 2
@@ -52,10 +52,10 @@ class SlidingPatches:
 def sliding_patches(pixels: np.ndarray, cells: int = DEFAULT_CELLS, shifts: int = DEFAULT_SHIFTS) -> SlidingPatches:
     """Every position of the patch, on each shifted grid, that hides at least one tile of the head. Positions
     overhang the tile grid where a shifted grid does, so each tile is hidden by exactly ``shifts`` positions."""
-    if shifts < 1:
-        raise ValueError(f"shifts must be at least 1, got {shifts}")
-    head = head_mask(pixels)
     side = cells * shifts
+    if shifts < 1 or side > MAX_GRID_SIDE:
+        raise ValueError(f"need shifts >= 1 and cells x shifts <= {MAX_GRID_SIDE} tiles a side; got {cells}, {shifts}")
+    head = head_mask(pixels)
     tile_row, tile_col = grid_cells(head, side)
     tile = tile_row * side + tile_col
     present = np.unique(tile[head])

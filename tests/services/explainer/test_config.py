@@ -65,6 +65,7 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
         {"default_fill": "white"},
         {"occlusion_cells": 1},
         {"occlusion_shifts": 0},
+        {"occlusion_cells": 32, "occlusion_shifts": 2},  # 64 x 64 tiles: more regions than a label map holds
         {"max_copies_per_request": 0},
     ],
 )

@@ -121,6 +121,9 @@ def test_the_grid_size_is_the_callers(sample_arrays: Any) -> None:
 
 def test_bad_inputs_are_refused() -> None:
     image = np.full((32, 32), 90, dtype=np.uint8)
+    for cells, shifts in ((8, 0), (16, 3)):
+        with pytest.raises(ValueError, match="cells x shifts"):
+            sliding_patches(image, cells, shifts)
     with pytest.raises(ValueError, match="uint8 grayscale"):
         occlusion(np.zeros((8, 8, 3), dtype=np.uint8), lambda m: np.zeros((m.copies, 4)), CLASS_NAMES)
     with pytest.raises(ValueError, match="predictor answered"):
