@@ -29,6 +29,8 @@ from deploy.processes import free_port
 from deploy.stack import DEFAULT_PORTS
 from shared.core.contract import CLASS_NAMES
 from shared.core.dataset import SAMPLE_DATA_DIR
+from shared.core.explanation.occlusion import sliding_patches
+from shared.core.imaging import decode_grayscale, resize_gray
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("rf", "snn", "cnn", "mobilenetv2")
@@ -174,8 +176,11 @@ def test_explain_answers_for_every_family(stack: dict[str, str]) -> None:
         body = response.json()
         assert (body["model"], body["version"], body["method"], body["seed"]) == (family, "1", "occlusion", None)
         assert body["label"] == body["predicted_label"] in CLASS_NAMES
-        # Occlusion: one copy per region of the head and the upload itself; regions for and against apart.
-        assert body["num_samples"] == body["num_segments"] + 1
+        # Occlusion: one copy per position of the patch, drawn at the model's size, and the upload itself.
+        contract = httpx.get(f"{stack['inference']}/v1/models/{family}/contract", timeout=30).json()["contract"]
+        patches = sliding_patches(resize_gray(decode_grayscale(path.read_bytes()), contract["image_size"]))
+        assert (body["num_segments"], body["num_samples"]) == (patches.labels.max(), len(patches.hidden) + 1)
+        # Regions for and against apart.
         assert 1 <= len(body["regions"]) <= 5 and all(region["weight"] > 0 for region in body["regions"])
         assert all(region["weight"] < 0 for region in body["opposing_regions"])
         overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
