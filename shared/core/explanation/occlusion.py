@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.core.explanation.regions import DEFAULT_CELLS, grid_cells, head_mask
+from shared.core.explanation.regions import DEFAULT_CELLS, dense_labels, grid_cells, head_mask
 from shared.core.explanation.result import (
     Explanation,
     PredictMasked,
@@ -58,9 +58,8 @@ def sliding_patches(pixels: np.ndarray, cells: int = DEFAULT_CELLS, shifts: int 
     head = head_mask(pixels)
     tile_row, tile_col = grid_cells(head, side)
     tile = tile_row * side + tile_col
-    present = np.unique(tile[head])
-    labels = np.zeros(head.shape, dtype=np.int32)
-    labels[head] = np.searchsorted(present, tile[head]) + 1
+    labels = dense_labels(np.where(head, tile + 1, 0))
+    present = np.unique(tile[head])  # label k is tile present[k - 1]
     row, col = present[None, :] // side, present[None, :] % side
     grids = []
     for shift in range(shifts):
