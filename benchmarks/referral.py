@@ -1,5 +1,6 @@
 """Prediction sets and referral, estimated by cross-validation over every training image:
-`python -m benchmarks.referral --data PATH [--families rf,snn,cnn,mobilenetv2] [--folds 5] [--alpha 0.05]`.
+`python -m benchmarks.referral --data PATH [--families rf,snn,cnn,mobilenetv2] [--folds 5] [--alpha 0.05]
+[--set FAMILY.KEY=VALUE ...] [--save-probabilities FILE.npz]`.
 
 The whole training folder is cut into K stratified folds that keep near-duplicate groups together. Each fold is
 held out in turn: every family is fitted on the other folds as a run's refit fits it (its defaults, less the
@@ -8,7 +9,10 @@ and conformal thresholds (``shared.core.conformal``) fitted on that calibration 
 two families or more, their ensemble too (weights fitted on the slice, as training does). So every image is
 scored once, by models that never saw it or its duplicates, and the figures are over all of them: coverage of
 the sets, their mean size, the referral rate (sets of more than one class), the accuracy of the answers not
-referred, and overall accuracy, each count with its 95% Wilson interval. Writes its table to docs/benchmarks.md
+referred, and overall accuracy, each count with its 95% Wilson interval. ``--set mobilenetv2.image_size=224``
+gives one family a recipe other than its defaults (the bundle's); ``--save-probabilities`` keeps every model's
+calibrated out-of-fold probabilities, and each fold's calibration slice's, for other referral rules to be judged
+on. Writes its table to docs/benchmarks.md
 (section "referral-cv"). On 2 cores a fold costs what one refit costs (the forest about a minute, the CNN about
 eleven).
 """
@@ -16,6 +20,7 @@ eleven).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -56,10 +61,12 @@ class Scored:
         return cls(np.zeros(count, bool), np.zeros(count, int), np.zeros(count, bool))
 
 
-def _fit_fold(family_name: str, data: PreparedData, fit_idx: np.ndarray, seed: int) -> tuple[object, object, int]:
+def _fit_fold(
+    family_name: str, data: PreparedData, fit_idx: np.ndarray, seed: int, recipe: dict[str, object]
+) -> tuple[object, object, int]:
     """The family fitted as a refit fits it, on ``fit_idx`` (less an early-stopping slice if it watches one)."""
     family = get_family(family_name, TrainingSettings())
-    params = {**family.default_params(), "seed": seed}
+    params = {**family.default_params(), **recipe, "seed": seed}
     size = int(params["image_size"])
     model_params = {key: value for key, value in params.items() if key not in NOT_MODEL_PARAMS}
     pixels, labels = data.train(size)[fit_idx], data.train_labels[fit_idx]
@@ -82,26 +89,60 @@ def _score(scored: Scored, test_idx: np.ndarray, probabilities: np.ndarray, labe
     scored.folds.append(float(covered.mean()))
 
 
-def cross_validate(data: PreparedData, families: list[str], folds: int, alpha: float, seed: int) -> dict[str, Scored]:
+@dataclass
+class Kept:
+    """Calibrated probabilities kept for ``--save-probabilities``: out of fold for every image, and each fold's
+    calibration slice (which image, which fold, what each model said)."""
+
+    fold: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    test: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration_index: list[np.ndarray] = field(default_factory=list)
+    calibration_fold: list[np.ndarray] = field(default_factory=list)
+    calibration: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def arrays(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        kept = {"labels": labels, "fold": self.fold, "calibration_index": np.concatenate(self.calibration_index),
+                "calibration_fold": np.concatenate(self.calibration_fold)}  # fmt: skip
+        kept.update({f"test_{name}": values for name, values in self.test.items()})
+        kept.update({f"calibration_{name}": np.concatenate(values) for name, values in self.calibration.items()})
+        return kept
+
+
+def cross_validate(
+    data: PreparedData,
+    families: list[str],
+    folds: int,
+    alpha: float,
+    seed: int,
+    recipes: dict[str, dict[str, object]] | None = None,
+    kept: Kept | None = None,
+) -> dict[str, Scored]:
     labels, groups = data.train_labels, data.train_groups
+    recipes, kept = recipes or {}, kept if kept is not None else Kept()
     count = len(labels)
     results = {name: Scored.empty(count) for name in families}
     if len(families) > 1:
         results["ensemble"] = Scored.empty(count)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    kept.fold = np.zeros(count, int)
     for fold, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(count), labels, groups)):
+        kept.fold[test_idx] = fold
         fit_rel, cal_rel = calibration_split(labels[train_idx], groups[train_idx], seed)
         fit_idx, cal_idx = train_idx[fit_rel], train_idx[cal_rel]
+        kept.calibration_index.append(cal_idx)
+        kept.calibration_fold.append(np.full(len(cal_idx), fold))
         calibrated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in families:
             started = time.perf_counter()
-            family, fitted, size = _fit_fold(name, data, fit_idx, seed)
+            family, fitted, size = _fit_fold(name, data, fit_idx, seed, recipes.get(name, {}))
             cal = family.predict_native(fitted, data.train(size)[cal_idx])
             test = family.predict_native(fitted, data.train(size)[test_idx])
             temperature = fit_temperature(cal, labels[cal_idx])
             calibrated[name] = (apply_temperature(cal, temperature), apply_temperature(test, temperature))
             sets = fit_conformal(calibrated[name][0], labels[cal_idx])
             _score(results[name], test_idx, calibrated[name][1], labels[test_idx], sets, alpha)
+            kept.test.setdefault(name, np.zeros((count, cal.shape[1]), np.float32))[test_idx] = calibrated[name][1]
+            kept.calibration.setdefault(name, []).append(calibrated[name][0])
             results[name].seconds += time.perf_counter() - started
             print(f"fold {fold + 1}/{folds} {name}: coverage {results[name].folds[-1]:.4f}", flush=True)
         if len(families) > 1:
@@ -109,6 +150,8 @@ def cross_validate(data: PreparedData, families: list[str], folds: int, alpha: f
             cal = combine([calibrated[name][0] for name in families], weights)
             test = combine([calibrated[name][1] for name in families], weights)
             _score(results["ensemble"], test_idx, test, labels[test_idx], fit_conformal(cal, labels[cal_idx]), alpha)
+            kept.test.setdefault("ensemble", np.zeros((count, cal.shape[1]), np.float32))[test_idx] = test
+            kept.calibration.setdefault("ensemble", []).append(cal)
     return results
 
 
@@ -137,6 +180,22 @@ def table(results: dict[str, Scored], alpha: float) -> str:
     return "\n".join(lines)
 
 
+def parse_recipes(items: list[str]) -> dict[str, dict[str, object]]:
+    """``FAMILY.KEY=VALUE`` items (JSON values) as each family's parameters over its defaults."""
+    recipes: dict[str, dict[str, object]] = {}
+    for item in items:
+        target, _, text = item.partition("=")
+        family, dot, key = target.strip().partition(".")
+        if not dot or not key:
+            raise SystemExit(f"--set {item!r}: expected FAMILY.KEY=VALUE, e.g. mobilenetv2.image_size=224")
+        try:
+            value: object = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        recipes.setdefault(family, {})[key] = value
+    return recipes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -145,24 +204,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--set",
+        dest="recipe",
+        action="append",
+        default=[],
+        metavar="FAMILY.KEY=VALUE",
+        help="a family's parameter over its defaults, e.g. mobilenetv2.fine_tune_blocks=16",
+    )
+    parser.add_argument("--save-probabilities", type=Path, help="keep the calibrated probabilities (.npz)")
+    parser.add_argument("--section", default=SECTION, help="the docs/benchmarks.md section it writes")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     data = prepare_data(args.data, 0.0, args.seed, args.cache_dir)  # every image: the folds are the test sets
     families = [name.strip() for name in args.families.split(",") if name.strip()]
-    results = cross_validate(data, families, args.folds, args.alpha, args.seed)
+    kept = Kept()
+    results = cross_validate(data, families, args.folds, args.alpha, args.seed, parse_recipes(args.recipe), kept)
+    if args.save_probabilities:
+        args.save_probabilities.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.save_probabilities, **kept.arrays(data.train_labels))
     body = (
-        f"## Prediction sets and referral, cross-validated over every training image\n\n"
+        f"## Prediction sets and referral, cross-validated over every training image ({', '.join(families)})\n\n"
         f"`{command_line('benchmarks.referral', argv)}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()}, {len(data.train_labels)} images, {args.folds} duplicate-aware folds, "
         f"{(time.perf_counter() - started) / 60:.1f} minutes). Every image scored once by models fitted without it "
-        "or its duplicates; each family at its defaults, calibrated and given conformal thresholds on the "
-        "pipeline's calibration slice of the other folds. Intervals: 95% Wilson.\n\n" + table(results, args.alpha)
+        "or its duplicates; each family at its defaults (with what `--set` gives), calibrated and given conformal "
+        "thresholds on the pipeline's calibration slice of the other folds. Intervals: 95% Wilson.\n\n"
+        + table(results, args.alpha)
     )
     print(body)
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(args.section, body)
     return 0
 
 
