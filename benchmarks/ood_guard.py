@@ -46,6 +46,7 @@ from services.training.ood_guard import (
 )
 from services.training.options import TrainingOptions
 from shared.core.dataset import SAMPLE_DATA_DIR, discover
+from shared.core.dicom import other_modality
 from shared.core.guard_input import (
     FEATURE_NAMES,
     GUARD_COLOUR_INPUT_NAME,
@@ -105,7 +106,9 @@ def run(
     variant_rows, worst = _variant_rows(validation, paths, variant_every)
     items = ood_images()
     ood_scores = guard_scores(guard, stacked([guard_input(data_bytes) for _, data_bytes in items]))
-    refused = ood_scores > guard.threshold
+    # As inference judges an upload: a DICOM file declaring another modality than MR is refused by its header.
+    declared_other = np.array([other_modality(data_bytes) is not None for _, data_bytes in items])
+    refused = (ood_scores > guard.threshold) | declared_other
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     by_source: dict[str, list[bool]] = defaultdict(list)
     for (name, _), flag in zip(items, refused, strict=True):
@@ -199,8 +202,11 @@ def run_file(guard_file: Path, argv: list[str] | None) -> str:
     guard = Guard("file", guard_file)
     guard.load()
     items = ood_images()
-    scores = [guard.predict(guard.preprocess([DecodedImage.decode(data_bytes)]))[0, 0] for _, data_bytes in items]
-    refused = np.array(scores) > guard.threshold
+    verdicts = [
+        guard.postprocess(guard.predict(guard.preprocess([DecodedImage.decode(data_bytes)]))[0], data_bytes)
+        for _, data_bytes in items
+    ]
+    refused = np.array([verdict.flag for verdict in verdicts])
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     rows = [("non-MRI set with the other modalities (target >= 98%)", len(items), int(refused.sum()),
              _rate(int(refused.sum()), len(items))),
@@ -211,6 +217,9 @@ def run_file(guard_file: Path, argv: list[str] | None) -> str:
         f"`{guard_file.name}` (threshold {guard.threshold:.3f}), scored as inference scores an upload. Its rate on "
         "real scans is its recipe's (the section above): refit on every image, it has seen the test split.\n\n"
         + _table("non-MRI images: refused", rows)
+        + "\n\nAccepted: "
+        + (", ".join(name for (name, _), flag in zip(items, refused, strict=True) if not flag) or "none")
+        + "."
     )
 
 

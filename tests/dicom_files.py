@@ -34,12 +34,14 @@ def write_dicom(
     voi_lut_first: int = 0,
     transfer_syntax: str = ExplicitVRLittleEndian,
     with_pixels: bool = True,
+    modality: str = "MR",
 ) -> bytes:
     """A Part 10 file holding ``pixels``: (rows, columns), (rows, columns, 3) for RGB, or (frames, rows, columns)
     with ``frames``. uint8 or (u)int16; ``rescale`` is (slope, intercept), ``window`` (centre, width),
     ``voi_lut`` the entries of a VOI LUT with 16-bit output starting at stored value ``voi_lut_first``."""
     compressed = UID(transfer_syntax).is_compressed
     dataset = _dataset(ExplicitVRLittleEndian if compressed else transfer_syntax)
+    dataset.Modality = modality
     colour = photometric in ("RGB", "YBR_FULL")
     rows, columns = pixels.shape[1:3] if frames else pixels.shape[:2]
     dataset.Rows, dataset.Columns = rows, columns

@@ -3,7 +3,8 @@
 One ONNX graph (the upload's gray thumbnail, a few statistics and its colour thumbnail -> one score) with its
 thresholds and input kind in its metadata, opened by the one session factory. Its input row is the thumbnail's
 pixels, the statistics and the colour thumbnail's values side by side (``shared.core.guard_input``: defined once
-for training and inference); its answer is the verdict.
+for training and inference), and last whether the file is a DICOM declaring another modality than MR (a CT slice
+of a head can look like an MR one; its header says what it is); its answer is the verdict.
 Which version is the guard, and what a verdict does to a request, is ``guard_selector``'s and the data plane's.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shared.core.dicom import other_modality
 from shared.core.guard_input import (
     COLOUR_SIZE,
     FEATURE_NAMES,
@@ -36,6 +38,7 @@ GUARD_MODEL = "guard"
 _PIXELS = THUMBNAIL_SIZE * THUMBNAIL_SIZE
 _STATISTICS_END = _PIXELS + len(FEATURE_NAMES)
 _COLOUR_SHAPE = (COLOUR_SIZE, COLOUR_SIZE, 3)
+_COLOUR_END = _STATISTICS_END + int(np.prod(_COLOUR_SHAPE))
 
 
 class Guard:
@@ -59,7 +62,7 @@ class Guard:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (_STATISTICS_END + int(np.prod(_COLOUR_SHAPE)),)
+        return (_COLOUR_END + 1,)
 
     def _invalid(self, problem: str) -> ServiceError:
         return ServiceError(ErrorCode.INVALID_MODEL, f"guard version {self.version} {problem}")
@@ -89,13 +92,14 @@ class Guard:
         self.ready = True
 
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
-        """Each upload's thumbnail pixels, statistics and colour thumbnail (0-255), side by side (N, pixels +
-        statistics + 64 * 64 * 3), computed exactly as training computed the fitting images' (shared code) from the
-        same decoding the models read."""
+        """Each upload's thumbnail pixels, statistics and colour thumbnail (0-255), side by side, computed exactly
+        as training computed the fitting images' (shared code) from the same decoding the models read; then 1 for
+        a DICOM file declaring another modality than MR, else 0 (N, pixels + statistics + 64 * 64 * 3 + 1)."""
         decoded = [decode_guard_images(self._file_of(image), image.frame, image.gray) for image in images]
         inputs = guard_input_of(np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded]))
         colours = inputs.colour_input().reshape(len(decoded), -1)
-        return np.concatenate([inputs.pixels, inputs.features, colours], axis=1).astype(np.float32, copy=False)
+        other = np.array([[other_modality(self._file_of(image)) is not None] for image in images], np.float32)
+        return np.concatenate([inputs.pixels, inputs.features, colours, other], axis=1).astype(np.float32, copy=False)
 
     def _file_of(self, image: DecodedImage) -> bytes:
         # Its statistics read the file in colour: only uploads are judged, never pixels a caller holds.
@@ -104,18 +108,22 @@ class Guard:
         return image.data
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Scores (N, 1): higher is less like a brain MRI slice."""
+        """(N, 2): the score (higher is less like a brain MRI slice), and the row's other-modality column."""
         if self._session is None:
             raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.key} is not loaded yet.")
         feeds = {
             self._feeds[0]: batch[:, :_PIXELS],
             self._feeds[1]: batch[:, _PIXELS:_STATISTICS_END],
-            self._feeds[2]: batch[:, _STATISTICS_END:].reshape(len(batch), *_COLOUR_SHAPE),
+            self._feeds[2]: batch[:, _STATISTICS_END:_COLOUR_END].reshape(len(batch), *_COLOUR_SHAPE),
         }
-        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), -1)
+        scores = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), 1)
+        return np.concatenate([scores, batch[:, _COLOUR_END:]], axis=1)
 
-    def postprocess(self, row: np.ndarray) -> OodOut:
-        score = float(np.asarray(row).reshape(-1)[0])
-        return OodOut(score=round(score, 4), threshold=round(self.threshold, 4), flag=score > self.threshold,
-                      flag_threshold=round(self.flag_threshold, 4), unusual=score > self.flag_threshold,
+    def postprocess(self, row: np.ndarray, data: bytes | None = None) -> OodOut:
+        """The verdict on one image; ``data`` (its file) names the modality it declares when that flagged it."""
+        score, other = (float(value) for value in np.asarray(row).reshape(-1)[:2])
+        modality = other_modality(data) if other and data is not None else None
+        return OodOut(score=round(score, 4), threshold=round(self.threshold, 4),
+                      flag=score > self.threshold or bool(other), flag_threshold=round(self.flag_threshold, 4),
+                      unusual=score > self.flag_threshold or bool(other), declared_modality=modality,
                       guard_version=self.version)  # fmt: skip

@@ -89,10 +89,14 @@ class GuardSelector:
     def apply(self, verdict: OodOut) -> OodOut:
         """The verdict as the mode says: in ``refuse`` mode a flagged image is a 422 NOT_A_BRAIN_MRI."""
         if verdict.flag and self.mode == "refuse":
+            why = (
+                f"the DICOM file declares modality {verdict.declared_modality}, not MR"
+                if verdict.declared_modality
+                else f"out-of-distribution score {verdict.score:.2f}, threshold {verdict.threshold:.2f}"
+            )
             raise ServiceError(
                 ErrorCode.NOT_A_BRAIN_MRI,
-                f"This image does not look like a brain MRI slice (out-of-distribution score {verdict.score:.2f}, "
-                f"threshold {verdict.threshold:.2f}); no tumour class is given for it.",
+                f"This image does not look like a brain MRI slice ({why}); no tumour class is given for it.",
                 {"ood": verdict.model_dump()},
             )
         return verdict

@@ -39,6 +39,8 @@ def referral_of(
         elif len(prediction_set) > 1:
             named = f"{', '.join(prediction_set[:-1])} and {prediction_set[-1]}"
             reasons.append(f"the model cannot tell {named} apart at {1 - level:.0%} confidence")
-    if ood is not None and (ood.unusual or ood.flag):
+    if ood is not None and ood.declared_modality:
+        reasons.append(f"the DICOM file declares modality {ood.declared_modality}, not MR")
+    elif ood is not None and (ood.unusual or ood.flag):
         reasons.append(f"the image is unusual for a brain MRI slice (guard score {ood.score:.2f})")
     return Referral(prediction_set, bool(reasons), "; ".join(reasons) or None)

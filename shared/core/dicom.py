@@ -41,6 +41,11 @@ REFUSED_SYNTAXES = {"1.2.840.10008.1.2.1.99": "it is deflated, which cannot be b
 # What a UID may hold (PS3.5 9.1); anything else from the file is never echoed.
 UID_PATTERN = re.compile(r"[0-9.]{1,64}")
 
+# The one Modality (0008,0060) classified here; a file declaring another (CT, US, NM...) is not a brain MRI slice.
+MR_MODALITY = "MR"
+# A modality code as PS3.3 defines them (letters and digits): nothing else from the file is ever echoed.
+MODALITY_PATTERN = re.compile(r"[A-Z0-9]{1,16}")
+
 # Photometric interpretations pydicom hands back as RGB (YBR ones are converted while decoding).
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 GRAYSCALE_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
@@ -173,6 +178,25 @@ def grayscale_display(pixels: np.ndarray, dataset: Dataset) -> np.ndarray:
     if pixels.dtype == np.uint8 and int(dataset.get("BitsStored", 8)) == 8 and _modality_is_identity(dataset):
         return np.asarray(pixels, dtype=np.uint8)
     return _to_uint8(values, float(np.min(values)), float(np.max(values)))
+
+
+def declared_modality(data: bytes) -> str | None:
+    """The Modality a DICOM upload declares (upper-case), from its header alone; None for a file that is not
+    DICOM, that declares none, or whose value is not a plain code. Never raises: decoding judges the file."""
+    if not is_dicom(data):
+        return None
+    try:
+        dataset = _import_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality"])
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
+    except Exception:  # an unreadable header is decoding's 415, not this function's
+        return None
+    return modality if MODALITY_PATTERN.fullmatch(modality) else None
+
+
+def other_modality(data: bytes) -> str | None:
+    """The modality a DICOM upload declares when it is not MR (what the guard refuses whatever the pixels)."""
+    modality = declared_modality(data)
+    return modality if modality and modality != MR_MODALITY else None
 
 
 def _import_pydicom() -> Any:

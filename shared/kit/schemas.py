@@ -70,6 +70,11 @@ class OodOut(BaseModel):
         None, description="Scores above this are unusual for a brain MRI slice: answered, and referred."
     )
     unusual: bool = Field(False, description="True when the score is above flag_threshold.")
+    declared_modality: str | None = Field(
+        None,
+        description="The modality a DICOM upload declares when it is not MR (CT, US, NM...): such a file is "
+        "flagged whatever its score. Null otherwise.",
+    )
     guard_version: str = Field(description="Registered version of brain-tumor-guard that scored the image.")
 
 

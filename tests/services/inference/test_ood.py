@@ -10,12 +10,15 @@ other tests' blank images, and starting MLflow is most of these tests' time.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from services.inference.guard import Guard
 from services.inference.mlflow_store import MlflowStore
@@ -23,6 +26,7 @@ from services.training.ood_guard import OodGuard, guard_onnx
 from shared.kit.errors import ErrorCode, ServiceError
 from shared.kit.schemas import GUARD_METADATA_KEY, GUARD_REGISTERED_NAME
 from tests.conftest import SampleArrays, fit_sample_guard
+from tests.dicom_files import write_dicom
 from tests.services.inference.test_ood_routes import GUARDED_MODELS, guarded_services, photo_like
 
 
@@ -59,6 +63,38 @@ def test_real_process_answers_an_mri_slice_with_its_score(guarded: dict[str, str
     assert ood["flag"] is False
     assert ood["score"] <= ood["threshold"]
     assert ood["guard_version"] == "1"
+
+
+def _slice_as_dicom(jpeg: bytes, modality: str) -> bytes:
+    return write_dicom(np.asarray(Image.open(io.BytesIO(jpeg)).convert("L")), modality=modality)
+
+
+def test_a_dicom_declaring_another_modality_is_refused_whatever_its_pixels(
+    guarded: dict[str, str], sample_images: dict
+) -> None:
+    """An MRI slice's pixels in a file that says CT: the header decides (a head CT can look like an MR slice)."""
+    response = httpx.post(
+        f"{guarded['refuse']}/v1/models/rf/predict",
+        files={"file": ("slice.dcm", _slice_as_dicom(sample_images["glioma"], "CT"), "application/dicom")},
+        timeout=60,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "NOT_A_BRAIN_MRI"
+    assert "declares modality CT" in error["message"]
+    assert error["details"]["ood"]["declared_modality"] == "CT"
+    assert error["details"]["ood"]["score"] <= error["details"]["ood"]["threshold"]  # the pixels alone pass
+
+
+def test_the_same_slice_declared_mr_is_answered(guarded: dict[str, str], sample_images: dict) -> None:
+    response = httpx.post(
+        f"{guarded['refuse']}/v1/models/rf/predict",
+        files={"file": ("slice.dcm", _slice_as_dicom(sample_images["glioma"], "MR"), "application/dicom")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["ood"]["flag"] is False
+    assert response.json()["ood"]["declared_modality"] is None
 
 
 def test_guard_is_not_listed_as_a_model(guarded: dict[str, str]) -> None:

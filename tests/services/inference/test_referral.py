@@ -33,6 +33,9 @@ def test_an_answer_is_referred_when_its_set_holds_two_classes_or_the_guard_finds
     assert torn.reason == "the model cannot tell meningioma and glioma apart at 95% confidence"
     odd = referral_of(sure, NAMES, SETS, 0.05, _ood(6.2, unusual=True))
     assert odd.refer and odd.reason == "the image is unusual for a brain MRI slice (guard score 6.20)"
+    declared = _ood(1.0, unusual=True).model_copy(update={"flag": True, "declared_modality": "CT"})
+    header = referral_of(sure, NAMES, SETS, 0.05, declared)  # flag mode answers it: the header is the reason
+    assert header.refer and header.reason == "the DICOM file declares modality CT, not MR"
     vague = referral_of(unsure, NAMES, SETS, 0.1, None)  # a wider alpha: only p >= 0.8 counts, and none has it
     assert (vague.prediction_set, vague.refer) == ([], True)
     assert vague.reason == "the model is not sure of any class at 90% confidence"
