@@ -207,19 +207,23 @@ def run_file(guard_file: Path, argv: list[str] | None) -> str:
         for _, data_bytes in items
     ]
     refused = np.array([verdict.flag for verdict in verdicts])
+    referred = np.array([verdict.flag or verdict.unusual for verdict in verdicts])
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     rows = [("non-MRI set with the other modalities (target >= 98%)", len(items), int(refused.sum()),
              _rate(int(refused.sum()), len(items))),
             ("non-MRI set, the original 248 images", int(original.sum()), int(refused[original].sum()),
-             _rate(int(refused[original].sum()), int(original.sum())))]  # fmt: skip
+             _rate(int(refused[original].sum()), int(original.sum()))),
+            ("non-MRI set: refused, or answered and referred as unusual", len(items), int(referred.sum()),
+             _rate(int(referred.sum()), len(items)))]  # fmt: skip
+    accepted = ", ".join(
+        f"{name} ({verdict.score:.2f})" for (name, _), verdict in zip(items, verdicts, strict=True) if not verdict.flag
+    )
     return (
         f"## The served guard on the non-MRI set (`{command_line('benchmarks.ood_guard', argv)}`)\n\n"
         f"`{guard_file.name}` (threshold {guard.threshold:.3f}), scored as inference scores an upload. Its rate on "
         "real scans is its recipe's (the section above): refit on every image, it has seen the test split.\n\n"
         + _table("non-MRI images: refused", rows)
-        + "\n\nAccepted: "
-        + (", ".join(name for (name, _), flag in zip(items, refused, strict=True) if not flag) or "none")
-        + "."
+        + f"\n\nAccepted (score; unusual above {guard.flag_threshold:.3f}): {accepted or 'none'}."
     )
 
 
