@@ -46,7 +46,7 @@ from services.training.ood_guard import (
 )
 from services.training.options import TrainingOptions
 from shared.core.dataset import SAMPLE_DATA_DIR, discover
-from shared.core.dicom import other_modality
+from shared.core.dicom import MR_MODALITY, declared_modality
 from shared.core.guard_input import (
     FEATURE_NAMES,
     GUARD_COLOUR_INPUT_NAME,
@@ -107,7 +107,7 @@ def run(
     items = ood_images()
     ood_scores = guard_scores(guard, stacked([guard_input(data_bytes) for _, data_bytes in items]))
     # As inference judges an upload: a DICOM file declaring another modality than MR is refused by its header.
-    declared_other = np.array([other_modality(data_bytes) is not None for _, data_bytes in items])
+    declared_other = np.array([declared_modality(data_bytes) not in (None, MR_MODALITY) for _, data_bytes in items])
     refused = (ood_scores > guard.threshold) | declared_other
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])
     by_source: dict[str, list[bool]] = defaultdict(list)
@@ -202,10 +202,8 @@ def run_file(guard_file: Path, argv: list[str] | None) -> str:
     guard = Guard("file", guard_file)
     guard.load()
     items = ood_images()
-    verdicts = [
-        guard.postprocess(guard.predict(guard.preprocess([DecodedImage.decode(data_bytes)]))[0], data_bytes)
-        for _, data_bytes in items
-    ]
+    images = [DecodedImage.decode(data_bytes) for _, data_bytes in items]
+    verdicts = [guard.postprocess(guard.predict(guard.preprocess([image]))[0], image) for image in images]
     refused = np.array([verdict.flag for verdict in verdicts])
     referred = np.array([verdict.flag or verdict.unusual for verdict in verdicts])
     original = np.array([not name.startswith(OTHER_MODALITY_PREFIX) for name, _ in items])

@@ -90,7 +90,7 @@ class DataPlane:
         guard = self.guards.current()
         if guard is None:
             return image, None
-        verdict = guard.postprocess(guard.predict(guard.preprocess([image]))[0], data)
+        verdict = guard.postprocess(guard.predict(guard.preprocess([image]))[0], image)
         return image, self.guards.apply(verdict)
 
     async def judge(self, data: bytes, frame: int | None = None) -> OodOut | None:

@@ -3,8 +3,9 @@
 One ONNX graph (the upload's gray thumbnail, a few statistics and its colour thumbnail -> one score) with its
 thresholds and input kind in its metadata, opened by the one session factory. Its input row is the thumbnail's
 pixels, the statistics and the colour thumbnail's values side by side (``shared.core.guard_input``: defined once
-for training and inference), and last whether the file is a DICOM declaring another modality than MR (a CT slice
-of a head can look like an MR one; its header says what it is); its answer is the verdict.
+for training and inference); its answer is the verdict. A DICOM file whose header declares another modality than
+MR is flagged whatever its score (``postprocess``): a head CT on black is laid out as an MR slice is, and its
+header says what it is.
 Which version is the guard, and what a verdict does to a request, is ``guard_selector``'s and the data plane's.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shared.core.dicom import other_modality
+from shared.core.dicom import MR_MODALITY, echoed_modality
 from shared.core.guard_input import (
     COLOUR_SIZE,
     FEATURE_NAMES,
@@ -38,7 +39,6 @@ GUARD_MODEL = "guard"
 _PIXELS = THUMBNAIL_SIZE * THUMBNAIL_SIZE
 _STATISTICS_END = _PIXELS + len(FEATURE_NAMES)
 _COLOUR_SHAPE = (COLOUR_SIZE, COLOUR_SIZE, 3)
-_COLOUR_END = _STATISTICS_END + int(np.prod(_COLOUR_SHAPE))
 
 
 class Guard:
@@ -62,7 +62,7 @@ class Guard:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (_COLOUR_END + 1,)
+        return (_STATISTICS_END + int(np.prod(_COLOUR_SHAPE)),)
 
     def _invalid(self, problem: str) -> ServiceError:
         return ServiceError(ErrorCode.INVALID_MODEL, f"guard version {self.version} {problem}")
@@ -92,14 +92,13 @@ class Guard:
         self.ready = True
 
     def preprocess(self, images: Sequence[DecodedImage]) -> np.ndarray:
-        """Each upload's thumbnail pixels, statistics and colour thumbnail (0-255), side by side, computed exactly
-        as training computed the fitting images' (shared code) from the same decoding the models read; then 1 for
-        a DICOM file declaring another modality than MR, else 0 (N, pixels + statistics + 64 * 64 * 3 + 1)."""
+        """Each upload's thumbnail pixels, statistics and colour thumbnail (0-255), side by side (N, pixels +
+        statistics + 64 * 64 * 3), computed exactly as training computed the fitting images' (shared code) from the
+        same decoding the models read."""
         decoded = [decode_guard_images(self._file_of(image), image.frame, image.gray) for image in images]
         inputs = guard_input_of(np.stack([d[0] for d in decoded]), np.stack([d[1] for d in decoded]))
         colours = inputs.colour_input().reshape(len(decoded), -1)
-        other = np.array([[other_modality(self._file_of(image)) is not None] for image in images], np.float32)
-        return np.concatenate([inputs.pixels, inputs.features, colours, other], axis=1).astype(np.float32, copy=False)
+        return np.concatenate([inputs.pixels, inputs.features, colours], axis=1).astype(np.float32, copy=False)
 
     def _file_of(self, image: DecodedImage) -> bytes:
         # Its statistics read the file in colour: only uploads are judged, never pixels a caller holds.
@@ -108,22 +107,22 @@ class Guard:
         return image.data
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 2): the score (higher is less like a brain MRI slice), and the row's other-modality column."""
+        """Scores (N, 1): higher is less like a brain MRI slice."""
         if self._session is None:
             raise ServiceError(ErrorCode.MODEL_NOT_READY, f"Model {self.key} is not loaded yet.")
         feeds = {
             self._feeds[0]: batch[:, :_PIXELS],
             self._feeds[1]: batch[:, _PIXELS:_STATISTICS_END],
-            self._feeds[2]: batch[:, _STATISTICS_END:_COLOUR_END].reshape(len(batch), *_COLOUR_SHAPE),
+            self._feeds[2]: batch[:, _STATISTICS_END:].reshape(len(batch), *_COLOUR_SHAPE),
         }
-        scores = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), 1)
-        return np.concatenate([scores, batch[:, _COLOUR_END:]], axis=1)
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32).reshape(len(batch), -1)
 
-    def postprocess(self, row: np.ndarray, data: bytes | None = None) -> OodOut:
-        """The verdict on one image; ``data`` (its file) names the modality it declares when that flagged it."""
-        score, other = (float(value) for value in np.asarray(row).reshape(-1)[:2])
-        modality = other_modality(data) if other and data is not None else None
+    def postprocess(self, row: np.ndarray, image: DecodedImage | None = None) -> OodOut:
+        """The verdict on one image from its score; ``image`` (what was scored) adds what its header declares."""
+        score = float(np.asarray(row).reshape(-1)[0])
+        modality = image.modality if image is not None else None
+        other = echoed_modality(modality) if modality is not None and modality != MR_MODALITY else None
         return OodOut(score=round(score, 4), threshold=round(self.threshold, 4),
-                      flag=score > self.threshold or bool(other), flag_threshold=round(self.flag_threshold, 4),
-                      unusual=score > self.flag_threshold or bool(other), declared_modality=modality,
+                      flag=score > self.threshold or other is not None, flag_threshold=round(self.flag_threshold, 4),
+                      unusual=score > self.flag_threshold or other is not None, declared_modality=other,
                       guard_version=self.version)  # fmt: skip

@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 OOD_MODES = ("refuse", "flag", "off")
 # The 422 a route that judges an upload declares in its OpenAPI schema.
 NOT_MRI_422 = (
-    f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold (BT_INFERENCE_OOD_MODE=refuse); "
-    "`details.ood` holds the verdict"
+    f"{ErrorCode.NOT_A_BRAIN_MRI}: the guard scored the image above its threshold, or the DICOM file declares another "
+    "modality than MR (BT_INFERENCE_OOD_MODE=refuse); `details.ood` holds the verdict"
 )
 
 

@@ -43,7 +43,7 @@ UID_PATTERN = re.compile(r"[0-9.]{1,64}")
 
 # The one Modality (0008,0060) classified here; a file declaring another (CT, US, NM...) is not a brain MRI slice.
 MR_MODALITY = "MR"
-# A modality code as PS3.3 defines them (letters and digits): nothing else from the file is ever echoed.
+# A modality code as PS3.3 defines them (upper-case letters and digits): any other value is never echoed.
 MODALITY_PATTERN = re.compile(r"[A-Z0-9]{1,16}")
 
 # Photometric interpretations pydicom hands back as RGB (YBR ones are converted while decoding).
@@ -181,22 +181,22 @@ def grayscale_display(pixels: np.ndarray, dataset: Dataset) -> np.ndarray:
 
 
 def declared_modality(data: bytes) -> str | None:
-    """The Modality a DICOM upload declares (upper-case), from its header alone; None for a file that is not
-    DICOM, that declares none, or whose value is not a plain code. Never raises: decoding judges the file."""
+    """The Modality a DICOM upload declares (stripped, upper-case), from its header alone (read as decoding reads
+    it: a deflated file is never inflated); None for a file that is not DICOM, that declares none, or whose header
+    cannot be read. Never raises: decoding judges the file."""
     if not is_dicom(data):
         return None
     try:
-        dataset = _import_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality"])
+        dataset = _read_dataset(_import_pydicom(), data, header_only=True)
         modality = str(dataset.get("Modality", "") or "").strip().upper()
     except Exception:  # an unreadable header is decoding's 415, not this function's
         return None
-    return modality if MODALITY_PATTERN.fullmatch(modality) else None
+    return modality or None
 
 
-def other_modality(data: bytes) -> str | None:
-    """The modality a DICOM upload declares when it is not MR (what the guard refuses whatever the pixels)."""
-    modality = declared_modality(data)
-    return modality if modality and modality != MR_MODALITY else None
+def echoed_modality(modality: str) -> str:
+    """A declared modality as an answer may repeat it: its code when it is a plain one, else "other"."""
+    return modality if MODALITY_PATTERN.fullmatch(modality) else "other"
 
 
 def _import_pydicom() -> Any:
@@ -212,7 +212,7 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-def _read_dataset(pydicom: Any, data: bytes) -> Dataset:
+def _read_dataset(pydicom: Any, data: bytes, header_only: bool = False) -> Dataset:
     try:
         stream = io.BytesIO(data)
         pydicom.filereader.read_preamble(stream, False)
@@ -222,7 +222,7 @@ def _read_dataset(pydicom: Any, data: bytes) -> Dataset:
             raise _unsupported(
                 f"The DICOM file's transfer syntax ({syntax}) is not accepted: {REFUSED_SYNTAXES[syntax]}.", syntax
             )
-        return pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
     except ServiceError:
         raise
     except Exception as exc:  # pydicom raises many types for broken files; their text may quote values

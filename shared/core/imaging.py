@@ -28,7 +28,7 @@ from shared.core.decoding import (
     decode_slot,
     give_memory_back,
 )
-from shared.core.dicom import decode_dicom, is_dicom
+from shared.core.dicom import declared_modality, decode_dicom, is_dicom
 from shared.kit.errors import ErrorCode, ServiceError
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -163,17 +163,19 @@ class DecodedImage:
     """One image on its way to the models: decoded once, resized at most once per size, whoever reads it.
 
     Made from an upload (``decode``: the file's bytes are kept for readers that need more than the grayscale
-    pixels, such as the guard's colour statistics) or from pixels a caller already holds (``from_pixels``).
+    pixels, such as the guard's colour statistics, and a DICOM file's declared ``modality`` is read once) or from
+    pixels a caller already holds (``from_pixels``).
     One request's object: not shared between threads while it is read.
     """
 
     def __init__(
         self, gray: Image.Image | None, data: bytes | None = None, frame: int | None = None,
-        pixels: np.ndarray | None = None,
+        pixels: np.ndarray | None = None, modality: str | None = None,
     ) -> None:  # fmt: skip
         self._gray = gray
         self.data = data
         self.frame = frame
+        self.modality = modality  # what a DICOM upload's header declares (e.g. "MR", "CT"); None otherwise
         self._sizes: dict[int, np.ndarray] = {}
         if pixels is not None:
             self._sizes[int(pixels.shape[0])] = pixels
@@ -181,7 +183,8 @@ class DecodedImage:
     @classmethod
     def decode(cls, data: bytes, frame: int | None = None) -> DecodedImage:
         """An uploaded file (``decode_grayscale``: a bad file is its 415)."""
-        return cls(decode_grayscale(data, frame), data, frame)
+        gray = decode_grayscale(data, frame)
+        return cls(gray, data, frame, modality=declared_modality(data) if is_dicom(data) else None)
 
     @classmethod
     def from_pixels(cls, pixels: np.ndarray) -> DecodedImage:

@@ -65,15 +65,17 @@ class OodOut(BaseModel):
 
     score: float = Field(description="Out-of-distribution score: higher is less like a brain MRI slice.")
     threshold: float = Field(description="Scores above this are not brain MRI slices (refused in refuse mode).")
-    flag: bool = Field(description="True when the score is above the threshold.")
+    flag: bool = Field(
+        description="True when the score is above the threshold, or the DICOM file declares another modality than MR."
+    )
     flag_threshold: float | None = Field(
         None, description="Scores above this are unusual for a brain MRI slice: answered, and referred."
     )
-    unusual: bool = Field(False, description="True when the score is above flag_threshold.")
+    unusual: bool = Field(False, description="True when the score is above flag_threshold, or flag is true.")
     declared_modality: str | None = Field(
         None,
-        description="The modality a DICOM upload declares when it is not MR (CT, US, NM...): such a file is "
-        "flagged whatever its score. Null otherwise.",
+        description='The modality a DICOM upload declares when it is not MR (its code: CT, US, NM, OT...; "other" '
+        "for a value that is not a plain code): such a file is flagged whatever its score. Null otherwise.",
     )
     guard_version: str = Field(description="Registered version of brain-tumor-guard that scored the image.")
 

@@ -22,9 +22,9 @@ UPLOAD_DESCRIPTION = "The MRI image (JPEG, PNG, BMP, TIFF..., or a DICOM file)."
 
 # Inference's guard (docs/ood-guard.md) refuses an image that is not a brain MRI slice; relayed unchanged.
 NOT_A_BRAIN_MRI_422 = (
-    f"{ErrorCode.NOT_A_BRAIN_MRI}: the inference service's guard scored the image above its threshold "
-    "(BT_INFERENCE_OOD_MODE=refuse); `details.ood` holds the verdict. INVALID_REQUEST: a missing field or a "
-    "malformed parameter."
+    f"{ErrorCode.NOT_A_BRAIN_MRI}: the inference service's guard scored the image above its threshold, or the "
+    "DICOM file declares another modality than MR (BT_INFERENCE_OOD_MODE=refuse); `details.ood` holds the "
+    "verdict. INVALID_REQUEST: a missing field or a malformed parameter."
 )
 
 

@@ -266,9 +266,11 @@
     const warning = card.querySelector(".ood-warning");
     const flagged = Boolean(body.ood && body.ood.flag);
     warning.hidden = !flagged;
+    const why = flagged && body.ood.declared_modality
+      ? "the DICOM file declares modality " + body.ood.declared_modality + ", not MR"
+      : flagged ? "out-of-distribution score " + body.ood.score.toFixed(2) + " > " + body.ood.threshold.toFixed(2) : "";
     warning.textContent = flagged
-      ? "This image does not look like a brain MRI slice (out-of-distribution score " +
-        body.ood.score.toFixed(2) + " > " + body.ood.threshold.toFixed(2) + "): this class is not reliable."
+      ? "This image does not look like a brain MRI slice (" + why + "): this class is not reliable."
       : "";
   }
 

@@ -154,7 +154,14 @@ def ood_parameters(verdicts: list[OodOut | None]) -> Parameters | None:
         "ood_unusual": ",".join("true" if verdict.unusual else "false" for verdict in judged),
         "ood_threshold": judged[0].threshold,
         "ood_guard_version": judged[0].guard_version,
-    }
+    } | _declared_modalities(judged)
+
+
+def _declared_modalities(verdicts: list[OodOut]) -> Parameters:
+    """``ood_declared_modality`` (empty for an element that declares none or MR), when any element declares one."""
+    if not any(verdict.declared_modality for verdict in verdicts):
+        return {}
+    return {"ood_declared_modality": ",".join(verdict.declared_modality or "" for verdict in verdicts)}
 
 
 def referral_parameters(referrals: list[Referral]) -> Parameters:

@@ -23,7 +23,7 @@ ANONYMOUS = "anonymous"
 # Fixed width, so that times compare as text (the retention's cut-off is a comparison in SQL).
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # The guard's verdict fields kept in a record (shared.kit.schemas.OodOut).
-GUARD_FIELDS = ("score", "threshold", "flag", "flag_threshold", "unusual", "guard_version")
+GUARD_FIELDS = ("score", "threshold", "flag", "flag_threshold", "unusual", "declared_modality", "guard_version")
 # The fields stored as JSON text in the database (objects, or null).
 JSON_FIELDS = ("members", "probabilities", "guard")
 

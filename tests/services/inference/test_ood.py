@@ -86,6 +86,19 @@ def test_a_dicom_declaring_another_modality_is_refused_whatever_its_pixels(
     assert error["details"]["ood"]["score"] <= error["details"]["ood"]["threshold"]  # the pixels alone pass
 
 
+def test_in_flag_mode_a_dicom_of_another_modality_is_answered_and_referred_for_it(
+    guarded: dict[str, str], inference_app_client: Any, sample_images: dict
+) -> None:
+    client = inference_app_client(tracking_uri=guarded["mlflow"], ood_mode="flag")
+    data = _slice_as_dicom(sample_images["glioma"], "US")
+    response = client.post("/v1/models/rf/predict", files={"file": ("slice.dcm", data, "application/dicom")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ood"]["flag"] is True and body["ood"]["declared_modality"] == "US"
+    assert body["referral"] is True
+    assert "declares modality US, not MR" in body["referral_reason"]
+
+
 def test_the_same_slice_declared_mr_is_answered(guarded: dict[str, str], sample_images: dict) -> None:
     response = httpx.post(
         f"{guarded['refuse']}/v1/models/rf/predict",
