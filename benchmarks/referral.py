@@ -180,14 +180,19 @@ def table(results: dict[str, Scored], alpha: float) -> str:
     return "\n".join(lines)
 
 
-def parse_recipes(items: list[str]) -> dict[str, dict[str, object]]:
-    """``FAMILY.KEY=VALUE`` items (JSON values) as each family's parameters over its defaults."""
+def parse_recipes(items: list[str], families: list[str]) -> dict[str, dict[str, object]]:
+    """``FAMILY.KEY=VALUE`` items (JSON values) as each family's parameters over its defaults; a family not
+    measured, or a key its defaults do not have, is refused rather than silently ignored."""
     recipes: dict[str, dict[str, object]] = {}
     for item in items:
         target, _, text = item.partition("=")
         family, dot, key = target.strip().partition(".")
         if not dot or not key:
             raise SystemExit(f"--set {item!r}: expected FAMILY.KEY=VALUE, e.g. mobilenetv2.image_size=224")
+        if family not in families:
+            raise SystemExit(f"--set {item!r}: {family!r} is not one of --families ({', '.join(families)})")
+        if key not in get_family(family, TrainingSettings()).default_params():
+            raise SystemExit(f"--set {item!r}: {family} has no parameter {key!r}")
         try:
             value: object = json.loads(text)
         except json.JSONDecodeError:
@@ -217,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
 
+    families = [name.strip() for name in args.families.split(",") if name.strip()]
+    recipes = parse_recipes(args.recipe, families)
     started = time.perf_counter()
     data = prepare_data(args.data, 0.0, args.seed, args.cache_dir)  # every image: the folds are the test sets
-    families = [name.strip() for name in args.families.split(",") if name.strip()]
     kept = Kept()
-    results = cross_validate(data, families, args.folds, args.alpha, args.seed, parse_recipes(args.recipe), kept)
+    results = cross_validate(data, families, args.folds, args.alpha, args.seed, recipes, kept)
     if args.save_probabilities:
         args.save_probabilities.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.save_probabilities, **kept.arrays(data.train_labels))
