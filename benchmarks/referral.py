@@ -155,7 +155,7 @@ def cross_validate(
     return results
 
 
-def _rate(successes: int, total: int) -> str:
+def rate(successes: int, total: int) -> str:
     if total == 0:
         return "-"
     interval = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
@@ -172,9 +172,9 @@ def table(results: dict[str, Scored], alpha: float) -> str:
         count = len(scored.covered)
         single = scored.size == 1
         lines.append(
-            f"| {name} | {_rate(int(scored.covered.sum()), count)} | {scored.size.mean():.3f} "
-            f"| {_rate(int((~single).sum()), count)} | {_rate(int(scored.right[single].sum()), int(single.sum()))} "
-            f"| {_rate(int(scored.right.sum()), count)} | {', '.join(f'{c:.3f}' for c in scored.folds)} "
+            f"| {name} | {rate(int(scored.covered.sum()), count)} | {scored.size.mean():.3f} "
+            f"| {rate(int((~single).sum()), count)} | {rate(int(scored.right[single].sum()), int(single.sum()))} "
+            f"| {rate(int(scored.right.sum()), count)} | {', '.join(f'{c:.3f}' for c in scored.folds)} "
             f"| {scored.seconds / 60:.1f} |"
         )
     return "\n".join(lines)
