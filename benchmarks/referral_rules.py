@@ -11,7 +11,10 @@ calibration slice only and judged on that fold, so nothing here is fitted on the
 - **LAC, or the networks disagree** (the ensemble): also referred when the CNN's and MobileNetV2's top classes differ;
 - **lowest top probability**: referred when the top class's probability is below the calibration slice's 5%
   quantile of it (a referral budget, no set).
-Writes its table to docs/benchmarks.md (section "referral-rules").
+The ensemble is also rebuilt from its members' kept probabilities with training's current weights rule
+(``services.training.ensemble.fit_weights`` on each fold's calibration slice): the row "ensemble (current weights)",
+beside the kept "ensemble" (the weights of the run that kept them). Writes its table to docs/benchmarks.md
+(section "referral-rules").
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from scipy.stats import beta
 
 from benchmarks.markdown import command_line, write_section
 from benchmarks.referral import rate
+from services.training.ensemble import fit_weights
 from shared.core.conformal import fit_conformal
+from shared.core.ensemble_spec import combine
 
 SECTION = "referral-rules"
 NETWORKS = ("cnn", "mobilenetv2")
+REWEIGHED = "ensemble (current weights)"
 
 
 def conditional_threshold(scores: np.ndarray, alpha: float, delta: float) -> float:
@@ -97,6 +103,24 @@ def row(name: str, kept: dict[str, np.ndarray], model: str, covered: np.ndarray,
     )
 
 
+def reweighed(kept: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The kept arrays and the ensemble rebuilt from its members with ``fit_weights`` fold by fold; the weights
+    each fold chose under ``weights_<fold>``."""
+    members = [key.removeprefix("test_") for key in kept if key.startswith("test_") and "ensemble" not in key]
+    labels, fold = kept["labels"], kept["fold"]
+    test = np.zeros_like(kept[f"test_{members[0]}"])
+    calibration = np.zeros_like(kept[f"calibration_{members[0]}"])
+    extra: dict[str, np.ndarray] = {}
+    for k in np.unique(fold):
+        held, slice_ = fold == k, kept["calibration_fold"] == k
+        weights, _ = fit_weights([kept[f"calibration_{m}"][slice_] for m in members],
+                                 labels[kept["calibration_index"][slice_]])  # fmt: skip
+        test[held] = combine([kept[f"test_{m}"][held] for m in members], weights)
+        calibration[slice_] = combine([kept[f"calibration_{m}"][slice_] for m in members], weights)
+        extra[f"weights_{k}"] = weights
+    return {**kept, f"test_{REWEIGHED}": test, f"calibration_{REWEIGHED}": calibration, **extra}
+
+
 def table(kept: dict[str, np.ndarray], alpha: float, delta: float) -> str:
     models = [key.removeprefix("test_") for key in kept if key.startswith("test_")]
     lines = [
@@ -109,13 +133,26 @@ def table(kept: dict[str, np.ndarray], alpha: float, delta: float) -> str:
         plain_referred = referred
         covered, referred = judge(kept, model, conditional_lac(alpha, delta))
         lines.append(row(f"LAC, training-conditional (delta {delta})", kept, model, covered, referred))
-        if model == "ensemble" and all(f"test_{name}" in kept for name in NETWORKS):
+        if model.startswith("ensemble") and all(f"test_{name}" in kept for name in NETWORKS):
             first, second = (kept[f"test_{name}"].argmax(axis=1) for name in NETWORKS)
             covered, _ = judge(kept, model, lac(alpha))
             lines.append(row("LAC, or the networks disagree", kept, model, covered, plain_referred | (first != second)))
         covered, referred = judge(kept, model, lowest_top(0.05))
         lines.append(row("top probability below the slice's 5% quantile", kept, model, covered, referred))
     return "\n".join(lines)
+
+
+def _weights_line(kept: dict[str, np.ndarray]) -> str:
+    folds = sorted(key for key in kept if key.startswith("weights_"))
+    if not folds:
+        return ""
+    members = [key.removeprefix("test_") for key in kept if key.startswith("test_") and "ensemble" not in key]
+    chosen = "; ".join(
+        f"fold {key.removeprefix('weights_')}: "
+        + ", ".join(f"{m} {w:.2f}" for m, w in zip(members, kept[key], strict=True))
+        for key in folds
+    )
+    return f"The current weights rule chose: {chosen}."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with np.load(args.probabilities) as stored:
         kept = {key: stored[key] for key in stored.files}
+    if sum(key.startswith("test_") and "ensemble" not in key for key in kept) > 1:
+        kept = reweighed(kept)
     body = (
         f"## Referral rules on out-of-fold probabilities (`{command_line('benchmarks.referral_rules', argv)}`)\n\n"
         f"{len(kept['labels'])} images, {len(np.unique(kept['fold']))} folds; each rule fitted on a fold's calibration "
-        "slice and judged on that fold. Intervals: 95% Wilson.\n\n" + table(kept, args.alpha, args.delta)
+        "slice and judged on that fold. Intervals: 95% Wilson. "
+        + _weights_line(kept)
+        + "\n\n"
+        + table(kept, args.alpha, args.delta)
     )
     print(body)
     if not args.no_write:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta
 
-from benchmarks.referral_rules import conditional_threshold, judge, lac, table
+from benchmarks.referral_rules import REWEIGHED, conditional_threshold, judge, lac, reweighed, table
 
 
 def test_the_conditional_quantile_is_the_first_rank_whose_coverage_holds_with_the_confidence() -> None:
@@ -37,3 +37,13 @@ def test_rules_are_judged_on_each_fold_with_that_folds_calibration_slice() -> No
     assert 0.85 < covered.mean() <= 1.0
     text = table(kept, 0.05, 0.1)
     assert text.count("| cnn |") == 3 and "training-conditional (delta 0.1)" in text
+
+
+def test_the_ensemble_is_rebuilt_with_the_current_weights_rule_fold_by_fold() -> None:
+    kept = _kept()
+    worse = _kept(seed=1)["test_cnn"][:, ::-1].copy()  # a member that is mostly wrong: left out by the rule
+    kept |= {"test_mobilenetv2": worse, "calibration_mobilenetv2": worse[kept["calibration_index"]]}
+    rebuilt = reweighed(kept)
+    for fold in range(3):
+        np.testing.assert_allclose(rebuilt[f"weights_{fold}"], [1.0, 0.0])
+    np.testing.assert_allclose(rebuilt[f"test_{REWEIGHED}"], kept["test_cnn"])

@@ -1,13 +1,11 @@
-"""The ensemble's weights: fitted over the simplex on the calibration slice, equal unless that is worse."""
+"""The ensemble's weights: equal over the members close to the best one on the calibration slice."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from services.training.calibration import negative_log_likelihood
 from services.training.ensemble import fit_weights
-from shared.core.ensemble_spec import combine
 
 
 def _member(labels: np.ndarray, accuracy: float, confidence: float, seed: int) -> np.ndarray:
@@ -19,18 +17,24 @@ def _member(labels: np.ndarray, accuracy: float, confidence: float, seed: int) -
     return probabilities
 
 
-def test_fitted_weights_favour_the_better_member_and_lower_the_nll() -> None:
+def test_a_member_well_below_the_best_is_left_out_and_the_others_weigh_the_same() -> None:
     labels = np.random.default_rng(0).integers(0, 4, 600)
-    strong, weak = _member(labels, 0.95, 0.9, 1), _member(labels, 0.4, 0.9, 2)
-    weights, how = fit_weights([strong, weak], labels)
-    assert how.startswith("fitted") and weights[0] > 0.8 and weights.sum() == pytest.approx(1.0)
-    equal = combine([strong, weak], np.array([0.5, 0.5]))
-    assert negative_log_likelihood(combine([strong, weak], weights), labels) < negative_log_likelihood(equal, labels)
+    strong, close, weak = _member(labels, 0.95, 0.9, 1), _member(labels, 0.93, 0.6, 5), _member(labels, 0.6, 0.9, 2)
+    weights, how = fit_weights([strong, close, weak], labels)
+    assert weights == pytest.approx([0.5, 0.5, 0.0])
+    assert how.startswith("equal over the members within 5%")
 
 
-def test_equal_weights_when_fitting_gains_nothing() -> None:
+def test_equal_weights_when_every_member_is_close_to_the_best() -> None:
     labels = np.random.default_rng(3).integers(0, 4, 600)
     same = _member(labels, 0.8, 0.7, 4)
-    weights, how = fit_weights([same, same.copy(), same.copy()], labels)
-    assert how.startswith("equal") and weights == pytest.approx([1 / 3] * 3)
-    assert fit_weights([same], labels)[1] == "equal"
+    weights, how = fit_weights([same, same.copy(), _member(labels, 0.78, 0.9, 6)], labels)
+    assert how == "equal" and weights == pytest.approx([1 / 3] * 3)
+    assert fit_weights([same], labels) == (pytest.approx([1.0]), "equal")
+
+
+def test_the_weights_do_not_follow_one_slices_confidence() -> None:
+    """A member twice as confident is not trusted more: only accuracy decides who is in, and the weights are equal."""
+    labels = np.random.default_rng(7).integers(0, 4, 400)
+    sure, hesitant = _member(labels, 0.9, 0.97, 8), _member(labels, 0.9, 0.4, 9)
+    assert fit_weights([sure, hesitant], labels)[0] == pytest.approx([0.5, 0.5])
