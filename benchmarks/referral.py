@@ -35,7 +35,7 @@ from benchmarks.markdown import command_line, write_section
 from services.training.calibration import apply_temperature, calibration_split, fit_temperature
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
-from services.training.ensemble import fit_weights
+from services.training.ensemble import ensemble_temperature, fit_weights
 from services.training.families import get_family
 from services.training.search import NOT_MODEL_PARAMS
 from services.training.splits import split_train_test
@@ -146,9 +146,11 @@ def cross_validate(
             results[name].seconds += time.perf_counter() - started
             print(f"fold {fold + 1}/{folds} {name}: coverage {results[name].folds[-1]:.4f}", flush=True)
         if len(families) > 1:
-            weights, _ = fit_weights([calibrated[name][0] for name in families], labels[cal_idx])
-            cal = combine([calibrated[name][0] for name in families], weights)
-            test = combine([calibrated[name][1] for name in families], weights)
+            members_cal = [calibrated[name][0] for name in families]
+            weights, _ = fit_weights(members_cal, labels[cal_idx])
+            temperature = ensemble_temperature(members_cal, weights, labels[cal_idx])
+            cal = combine(members_cal, weights, temperature)
+            test = combine([calibrated[name][1] for name in families], weights, temperature)
             _score(results["ensemble"], test_idx, test, labels[test_idx], fit_conformal(cal, labels[cal_idx]), alpha)
             kept.test.setdefault("ensemble", np.zeros((count, cal.shape[1]), np.float32))[test_idx] = test
             kept.calibration.setdefault("ensemble", []).append(cal)

@@ -11,10 +11,10 @@ calibration slice only and judged on that fold, so nothing here is fitted on the
 - **LAC, or the networks disagree** (the ensemble): also referred when the CNN's and MobileNetV2's top classes differ;
 - **lowest top probability**: referred when the top class's probability is below the calibration slice's 5%
   quantile of it (a referral budget, no set).
-The ensemble is also rebuilt from its members' kept probabilities with training's current weights rule
-(``services.training.ensemble.fit_weights`` on each fold's calibration slice): the row "ensemble (current weights)",
-beside the kept "ensemble" (the weights of the run that kept them). Writes its table to docs/benchmarks.md
-(section "referral-rules").
+The ensemble is also rebuilt from its members' kept probabilities with training's current rule (its weights and
+its temperature, ``services.training.ensemble``, on each fold's calibration slice): the row "ensemble (current
+weights)", beside the kept "ensemble" (the weights of the run that kept them). Each model's expected calibration
+error is given too. Writes its table to docs/benchmarks.md (section "referral-rules").
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from scipy.stats import beta
 
 from benchmarks.markdown import command_line, write_section
 from benchmarks.referral import rate
-from services.training.ensemble import fit_weights
+from services.training.calibration import expected_calibration_error
+from services.training.ensemble import ensemble_temperature, fit_weights
 from shared.core.conformal import fit_conformal
 from shared.core.ensemble_spec import combine
 
@@ -113,10 +114,12 @@ def reweighed(kept: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     extra: dict[str, np.ndarray] = {}
     for k in np.unique(fold):
         held, slice_ = fold == k, kept["calibration_fold"] == k
-        weights, _ = fit_weights([kept[f"calibration_{m}"][slice_] for m in members],
-                                 labels[kept["calibration_index"][slice_]])  # fmt: skip
-        test[held] = combine([kept[f"test_{m}"][held] for m in members], weights)
-        calibration[slice_] = combine([kept[f"calibration_{m}"][slice_] for m in members], weights)
+        members_cal = [kept[f"calibration_{m}"][slice_] for m in members]
+        slice_labels = labels[kept["calibration_index"][slice_]]
+        weights, _ = fit_weights(members_cal, slice_labels)
+        temperature = ensemble_temperature(members_cal, weights, slice_labels)
+        test[held] = combine([kept[f"test_{m}"][held] for m in members], weights, temperature)
+        calibration[slice_] = combine(members_cal, weights, temperature)
         extra[f"weights_{k}"] = weights
     return {**kept, f"test_{REWEIGHED}": test, f"calibration_{REWEIGHED}": calibration, **extra}
 
@@ -140,6 +143,12 @@ def table(kept: dict[str, np.ndarray], alpha: float, delta: float) -> str:
         covered, referred = judge(kept, model, lowest_top(0.05))
         lines.append(row("top probability below the slice's 5% quantile", kept, model, covered, referred))
     return "\n".join(lines)
+
+
+def _calibration_line(kept: dict[str, np.ndarray]) -> str:
+    models = [key.removeprefix("test_") for key in kept if key.startswith("test_")]
+    errors = ", ".join(f"{m} {expected_calibration_error(kept[f'test_{m}'], kept['labels']):.4f}" for m in models)
+    return f"Expected calibration error of the out-of-fold probabilities: {errors}."
 
 
 def _weights_line(kept: dict[str, np.ndarray]) -> str:
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(kept['labels'])} images, {len(np.unique(kept['fold']))} folds; each rule fitted on a fold's calibration "
         "slice and judged on that fold. Intervals: 95% Wilson. "
         + _weights_line(kept)
+        + " "
+        + _calibration_line(kept)
         + "\n\n"
         + table(kept, args.alpha, args.delta)
     )

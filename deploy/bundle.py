@@ -52,6 +52,9 @@ class BundledEnsemble(BaseModel):
     weights: dict[str, float] = Field(description="Short name of each member -> its weight.")
     test_metrics: dict[str, float] = Field(default_factory=dict)
     conformal: ConformalSets | None = Field(None, description="Absent in bundles made before prediction sets.")
+    temperature: float = Field(
+        1.0, gt=0, description="The ensemble's own temperature on the weighted mean (1 in bundles made before it)."
+    )
 
 
 class BundledGuard(BaseModel):

@@ -152,7 +152,7 @@ def _register_ensemble(manifest: Manifest, ensemble: BundledEnsemble, versions: 
     from services.training.ensemble_registration import log_spec, register_spec
 
     members = {family: versions[family] for family in ensemble.weights}
-    spec = EnsembleSpec(members, ensemble.weights, ensemble.conformal)
+    spec = EnsembleSpec(members, ensemble.weights, ensemble.conformal, ensemble.temperature)
     split = next((m.tags["test_files_sha256"] for m in manifest.models if "test_files_sha256" in m.tags), "")
     with mlflow.start_run(run_name=f"{ENSEMBLE_MODEL}-pretrained") as run:
         mlflow.set_tags({"family": ENSEMBLE_MODEL, "stage": "pretrained"})
@@ -290,10 +290,11 @@ def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | N
     if not weights or not set(weights) <= families:
         return None
     metrics = _test_metrics(client, version)
-    conformal = EnsembleSpec.from_tags(version.tags).conformal  # type: ignore[attr-defined]
+    spec = EnsembleSpec.from_tags(version.tags)  # type: ignore[attr-defined]
     return BundledEnsemble(
-        registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics, conformal=conformal
-    )
+        registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics,
+        conformal=spec.conformal, temperature=spec.temperature,
+    )  # fmt: skip
 
 
 def _data_fingerprint(folder: Path) -> str:

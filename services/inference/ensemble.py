@@ -43,10 +43,12 @@ class Ensemble:
     """The weighted mean of pinned member classifiers' probabilities, served like one classifier."""
 
     def __init__(
-        self, name: str, version: str, members: list[tuple[Classifier, float]], conformal: ConformalSets | None = None
-    ) -> None:
+        self, name: str, version: str, members: list[tuple[Classifier, float]], conformal: ConformalSets | None = None,
+        temperature: float = 1.0,
+    ) -> None:  # fmt: skip
         self.name, self.version, self.members = name, str(version), members
         self.conformal = conformal
+        self.temperature = temperature  # the ensemble's own, on the members' weighted mean
         self.ready = False
         class_names = {member.contract.class_names for member, _ in members}
         if len(class_names) != 1:
@@ -94,13 +96,14 @@ class Ensemble:
         return self.preprocess([DecodedImage.from_pixels(image) for image in pixels])
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """The members' tensors side by side (from ``preprocess``) to the weighted mean of their probabilities."""
+        """The members' tensors side by side (from ``preprocess``) to the weighted mean of their probabilities,
+        tempered by the ensemble's temperature."""
         outputs, start = [], 0
         for (member, _), width in zip(self.members, self._widths, strict=True):
             part = batch[:, start : start + width].reshape(len(batch), *member.input_shape)
             outputs.append(member.predict(np.ascontiguousarray(part)))
             start += width
-        return combine(outputs, [weight for _, weight in self.members]).astype(np.float32)
+        return combine(outputs, [weight for _, weight in self.members], self.temperature).astype(np.float32)
 
     def postprocess(self, row: np.ndarray) -> ClassScores:
         values = np.asarray(row, dtype=np.float64).reshape(-1)
@@ -118,6 +121,6 @@ def build_ensemble(
 ) -> Ensemble:
     """The ensemble of the pinned member versions, each loaded (or reused) through ``get_member``."""
     members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.members.items()]
-    ensemble = Ensemble(name, version, members, spec.conformal)
+    ensemble = Ensemble(name, version, members, spec.conformal, spec.temperature)
     ensemble.load()
     return ensemble

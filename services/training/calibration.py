@@ -29,9 +29,9 @@ from services.training.splits import split_train_test
 from shared.core.conformal import CONFORMAL_METADATA_KEY, ConformalSets
 from shared.core.contract import OUTPUT_NAME
 from shared.core.dataset import LabelledFiles, load_arrays
+from shared.core.temperature import PROBABILITY_EPS, apply_temperature, log_probabilities, softmax
 
 # A probability is clipped to this before its log: the forest's zero votes would otherwise be log 0.
-PROBABILITY_EPS = 1e-4
 # The share of the training images held out to fit the calibration (and the ensemble's weights).
 CALIBRATION_FRACTION = 0.1
 # Equal-width bins of top-label confidence for the expected calibration error.
@@ -53,21 +53,6 @@ def calibration_split(
     return split_train_test(labels, groups, fraction, seed + 2)
 
 
-def _log_probabilities(probabilities: np.ndarray, eps: float = PROBABILITY_EPS) -> np.ndarray:
-    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1.0))
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float, eps: float = PROBABILITY_EPS) -> np.ndarray:
-    """What the calibrated ONNX graph computes, in numpy: softmax(log(clip(p, eps, 1)) / T)."""
-    return _softmax(_log_probabilities(probabilities, eps) / temperature)
-
-
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean -log p(true class), with p clipped at 1e-12 so one confident miss is large but finite."""
     picked = np.asarray(probabilities, dtype=np.float64)[np.arange(len(labels)), labels]
@@ -79,10 +64,10 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, eps: float = 
     lowers the slice's ECE; 1.0 otherwise, and with no images."""
     if len(labels) == 0:
         return 1.0
-    log_p = _log_probabilities(probabilities, eps)
+    log_p = log_probabilities(probabilities, eps)
 
     def nll(log_t: float) -> float:
-        return negative_log_likelihood(_softmax(log_p / np.exp(log_t)), labels)
+        return negative_log_likelihood(softmax(log_p / np.exp(log_t)), labels)
 
     low, high = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})

@@ -24,7 +24,8 @@ def log_spec(spec: EnsembleSpec, notes: dict[str, Any] | None = None) -> bytes:
     """Log the spec (and ``notes``: how the weights were chosen, the test split) in the active run; returns the
     bytes logged (what registration checks)."""
     conformal = None if spec.conformal is None else spec.conformal.model_dump()
-    document = {"members": spec.members, "weights": spec.weights, "conformal": conformal, **(notes or {})}
+    document = {"members": spec.members, "weights": spec.weights, "conformal": conformal,
+                "temperature": spec.temperature, **(notes or {})}  # fmt: skip
     data = json.dumps(document, indent=2, sort_keys=True).encode()
     tracking.log_bytes(data, SPEC_ARTIFACT)
     return data

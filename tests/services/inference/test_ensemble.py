@@ -18,12 +18,12 @@ from tests.conftest import register_onnx_model
 
 # Three members as training would register them (versions 1), weights as fitted on a calibration slice.
 WEIGHTS = {"rf": 0.5, "cnn": 0.3, "mobilenetv2": 0.2}
+TEMPERATURE = 0.5  # an ensemble that sharpens its mean
 
 
-@pytest.fixture(scope="module")
-def ensemble_registry(
-    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]]
-) -> Iterator[str]:
+def _registry(
+    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]], temperature: float
+) -> tuple[Any, str]:
     """A dedicated MLflow (the shared zoo's listing stays four families) with three members and one ensemble."""
     import mlflow
     from sklearn.ensemble import RandomForestClassifier
@@ -43,7 +43,7 @@ def ensemble_registry(
         "mobilenetv2": make_onnx(PreprocessingContract(layout="nhwc", scaling="raw", image_size=24))[0],
     }
     versions = {model: register_onnx_model(uri, model, onnx_bytes)[0] for model, onnx_bytes in members.items()}
-    spec = EnsembleSpec(versions, WEIGHTS)
+    spec = EnsembleSpec(versions, WEIGHTS, temperature=temperature)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -54,6 +54,24 @@ def ensemble_registry(
             register_spec(logged, spec, "tests", run.info.run_id, "test accuracy 0.5", {})
     finally:
         mlflow.set_tracking_uri(previous)
+    return server, uri
+
+
+@pytest.fixture(scope="module")
+def ensemble_registry(
+    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]]
+) -> Iterator[str]:
+    server, uri = _registry(tmp_path_factory, make_onnx, 1.0)
+    yield uri
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tempered_registry(
+    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]]
+) -> Iterator[str]:
+    """The same, its ensemble registered with a temperature of its own (training fits one on the slice)."""
+    server, uri = _registry(tmp_path_factory, make_onnx, TEMPERATURE)
     yield uri
     server.stop()
 
@@ -73,6 +91,20 @@ def _predict(client: Any, model: str, data: bytes, version: str | None = None) -
 def _weighted_mean(answers: dict[str, dict[str, Any]]) -> dict[str, float]:
     classes = next(iter(answers.values()))["probabilities"]
     return {c: sum(WEIGHTS[m] * answers[m]["probabilities"][c] for m in WEIGHTS) for c in classes}
+
+
+def test_a_tempered_ensemble_answers_its_weighted_mean_tempered(
+    tempered_registry: str, inference_app_client: Callable[..., Any], sample_images: dict
+) -> None:
+    from shared.core.temperature import apply_temperature
+
+    client = inference_app_client(tracking_uri=tempered_registry)
+    for data in list(sample_images.values())[:3]:
+        mean = _weighted_mean({model: _predict(client, model, data) for model in WEIGHTS})
+        expected = apply_temperature(np.array([list(mean.values())]), TEMPERATURE)[0]
+        answer = _predict(client, "ensemble", data)
+        np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-5)
+        assert max(answer["probabilities"].values()) > max(mean.values())  # sharper than the plain mean
 
 
 def test_ensemble_answers_the_weighted_mean_of_its_pinned_members(client: Any, sample_images: dict) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.training.ensemble import fit_weights
+from services.training.calibration import expected_calibration_error
+from services.training.ensemble import ensemble_temperature, fit_weights
+from shared.core.ensemble_spec import combine
 
 
 def _member(labels: np.ndarray, accuracy: float, confidence: float, seed: int) -> np.ndarray:
@@ -38,3 +40,17 @@ def test_the_weights_do_not_follow_one_slices_confidence() -> None:
     labels = np.random.default_rng(7).integers(0, 4, 400)
     sure, hesitant = _member(labels, 0.9, 0.97, 8), _member(labels, 0.9, 0.4, 9)
     assert fit_weights([sure, hesitant], labels)[0] == pytest.approx([0.5, 0.5])
+
+
+def test_the_ensembles_temperature_sharpens_an_equal_mean_of_two_calibrated_members() -> None:
+    """Two members right 90% of the time with 0.9 on their answer, wrong on different images: their mean puts 0.9
+    on the class both give and about 0.5 where they differ; fitting a temperature on it lowers its ECE."""
+    labels = np.random.default_rng(11).integers(0, 4, 800)
+    first, second = _member(labels, 0.9, 0.9, 12), _member(labels, 0.9, 0.9, 13)
+    weights = np.array([0.5, 0.5])
+    temperature = ensemble_temperature([first, second], weights, labels)
+    assert temperature != 1.0
+    mean = combine([first, second], weights)
+    assert expected_calibration_error(combine([first, second], weights, temperature), labels) < (
+        expected_calibration_error(mean, labels)
+    )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared.core.conformal import fit_conformal
-from shared.core.ensemble_spec import CONFORMAL_TAG, EnsembleSpec, SpecError, combine
+from shared.core.ensemble_spec import CONFORMAL_TAG, TEMPERATURE_TAG, EnsembleSpec, SpecError, combine
+from shared.core.temperature import apply_temperature
 
 
 def test_combine_is_the_weighted_mean() -> None:
@@ -29,3 +30,19 @@ def test_a_spec_without_sets_is_served_without_them_and_a_broken_one_is_refused(
         EnsembleSpec.from_tags({**tags, "ensemble_weights": '{"cnn": 1.0}'})
     with pytest.raises(SpecError, match="no valid"):
         EnsembleSpec.from_tags({**tags, CONFORMAL_TAG: "{not json"})
+
+
+def test_a_temperature_tempers_the_mean_and_survives_tags_and_document() -> None:
+    a, b = np.array([[0.6, 0.2, 0.1, 0.1]]), np.array([[0.4, 0.4, 0.1, 0.1]])
+    mean = combine([a, b], [0.5, 0.5])
+    np.testing.assert_allclose(combine([a, b], [0.5, 0.5], 0.6), apply_temperature(mean, 0.6))
+    assert combine([a, b], [0.5, 0.5], 0.6)[0, 0] > mean[0, 0]  # below 1: sharper
+    spec = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 0.5, "rf": 0.5}, temperature=0.6)
+    assert EnsembleSpec.from_tags(spec.to_tags()).temperature == 0.6
+    document = {"members": spec.members, "weights": spec.weights, "temperature": 0.6}
+    assert EnsembleSpec.from_document(document).temperature == 0.6
+    untempered = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 0.5, "rf": 0.5})
+    assert TEMPERATURE_TAG not in untempered.to_tags()  # versions before it read back as 1
+    assert EnsembleSpec.from_tags(untempered.to_tags()).temperature == 1.0
+    with pytest.raises(SpecError, match="not a positive number"):
+        EnsembleSpec.from_tags({**spec.to_tags(), TEMPERATURE_TAG: "0"})
