@@ -32,7 +32,7 @@ from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedGroupKFold
 
 from benchmarks.markdown import command_line, write_section
-from services.training.calibration import apply_temperature, calibration_split, fit_temperature
+from services.training.calibration import calibration_split, fit_temperature
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
 from services.training.ensemble import ensemble_temperature, fit_weights
@@ -41,6 +41,7 @@ from services.training.search import NOT_MODEL_PARAMS
 from services.training.splits import split_train_test
 from shared.core.conformal import fit_conformal
 from shared.core.ensemble_spec import combine
+from shared.core.temperature import apply_temperature
 
 SECTION = "referral-cv"
 

@@ -53,7 +53,10 @@ class BundledEnsemble(BaseModel):
     test_metrics: dict[str, float] = Field(default_factory=dict)
     conformal: ConformalSets | None = Field(None, description="Absent in bundles made before prediction sets.")
     temperature: float = Field(
-        1.0, gt=0, description="The ensemble's own temperature on the weighted mean (1 in bundles made before it)."
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The ensemble's own temperature on the weighted mean (1 in bundles made before it).",
     )
 
 

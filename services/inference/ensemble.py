@@ -1,12 +1,13 @@
 """The ensemble model: a registered version of ``brain-tumor-ensemble`` names member versions and weights
 (version tags written by training, ``shared.core.ensemble_spec``); it answers the weighted mean of the members'
-(calibrated) probabilities, with prediction sets from its own conformal thresholds.
+(calibrated) probabilities, tempered by the ensemble's own temperature (1 for versions registered before it), with
+prediction sets from its own conformal thresholds. A member weighing 0 (left out by training's rule) is not run.
 
 It has no ONNX graph of its own: the members take different image sizes and scalings, so it reuses their
 loaded classifiers (the same onnxruntime sessions as ``model=<member>``) and is one more servable
 (``servable.Classifier``) to the data plane. Its input, from ``preprocess``, is the members' own tensors
-flattened side by side (each member's own resize of the one decoding), so its answer is exactly the weighted
-mean of what each member answers for the file. Callers that hold a tensor (the Open Inference Protocol) send
+flattened side by side (each member's own resize of the one decoding), so its answer is exactly the (tempered)
+weighted mean of what each member answers for the file. Callers that hold a tensor (the Open Inference Protocol) send
 raw pixels at the largest member size, resized to each member's size.
 """
 
@@ -120,7 +121,11 @@ def build_ensemble(
     name: str, version: str, spec: EnsembleSpec, get_member: Callable[[str, str], Classifier]
 ) -> Ensemble:
     """The ensemble of the pinned member versions, each loaded (or reused) through ``get_member``."""
-    members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.members.items()]
+    members = [
+        (get_member(member, pinned), spec.weights[member])
+        for member, pinned in spec.members.items()
+        if spec.weights[member] > 0
+    ]
     ensemble = Ensemble(name, version, members, spec.conformal, spec.temperature)
     ensemble.load()
     return ensemble

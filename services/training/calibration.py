@@ -31,7 +31,6 @@ from shared.core.contract import OUTPUT_NAME
 from shared.core.dataset import LabelledFiles, load_arrays
 from shared.core.temperature import PROBABILITY_EPS, apply_temperature, log_probabilities, softmax
 
-# A probability is clipped to this before its log: the forest's zero votes would otherwise be log 0.
 # The share of the training images held out to fit the calibration (and the ensemble's weights).
 CALIBRATION_FRACTION = 0.1
 # Equal-width bins of top-label confidence for the expected calibration error.

@@ -1,8 +1,8 @@
-"""The ensemble's spec (members {family: version}, weights and prediction sets) as a logged file and a registered
-version of ``brain-tumor-ensemble``, through the one registration path (``registration``): its sha256 checked like
-a model's file; inference serves the spec from that file, verified against its sha256 (``onnx_sha256``). Members,
-weights and sets are also version tags (``shared.core.ensemble_spec``), for people and MLflow searches.
-Imports MLflow only, so the pretrained bundle registers its ensemble from the serving install too."""
+"""The ensemble's spec (members {family: version}, weights, its temperature and prediction sets) as a logged file
+and a registered version of ``brain-tumor-ensemble``, through the one registration path (``registration``): its
+sha256 checked like a model's file; inference serves the spec from that file, verified against its sha256
+(``onnx_sha256``). Members, weights and sets are also version tags (``shared.core.ensemble_spec``), for people and
+MLflow searches. Imports MLflow only, so the pretrained bundle registers its ensemble from the serving install too."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def calibration_markdown(rows: list[dict[str, Any]], ensemble: dict[str, Any] | 
         spec = ensemble["params"]
         members = ", ".join(f"{family} v{version} x {spec['weights'][family]:.3f}" for family, version in
                             spec["members"].items())  # fmt: skip
-        lines.append(f"\nEnsemble ({spec['weighting']}): {members}.")
+        lines.append(f"\nEnsemble ({spec['weighting']}; temperature {spec.get('temperature', 1.0):.3f}): {members}.")
     return "\n".join(lines)
 
 

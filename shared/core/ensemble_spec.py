@@ -64,10 +64,9 @@ class EnsembleSpec:
             members = {str(k): str(v) for k, v in json.loads(tags[MEMBERS_TAG]).items()}
             weights = {str(k): float(v) for k, v in json.loads(tags[WEIGHTS_TAG]).items()}
             conformal = ConformalSets.from_json(tags[CONFORMAL_TAG]) if CONFORMAL_TAG in tags else None
-            temperature = float(tags.get(TEMPERATURE_TAG, 1.0))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise SpecError(f"its version has no valid {MEMBERS_TAG!r} and {WEIGHTS_TAG!r} tags") from exc
-        return cls._normalised(members, weights, conformal, temperature)
+        return cls._normalised(members, weights, conformal, _temperature(tags.get(TEMPERATURE_TAG, 1.0)))
 
     @classmethod
     def from_document(cls, document: object) -> EnsembleSpec:
@@ -80,10 +79,9 @@ class EnsembleSpec:
             weights = {str(k): float(v) for k, v in document["weights"].items()}
             found = document.get("conformal")
             conformal = None if found is None else ConformalSets.model_validate(found)
-            temperature = float(document.get("temperature", 1.0))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise SpecError("its spec file has no valid members and weights") from exc
-        return cls._normalised(members, weights, conformal, temperature)
+        return cls._normalised(members, weights, conformal, _temperature(document.get("temperature", 1.0)))
 
     @classmethod
     def _normalised(
@@ -91,7 +89,16 @@ class EnsembleSpec:
     ) -> EnsembleSpec:
         if not members or set(members) != set(weights) or sum(weights.values()) <= 0:
             raise SpecError("its members and weights do not match")
-        if not 0.0 < temperature < float("inf"):
-            raise SpecError("its temperature is not a positive number")
         total = sum(weights.values())
         return cls(members, {name: weight / total for name, weight in weights.items()}, conformal, temperature)
+
+
+def _temperature(value: object) -> float:
+    """A spec's temperature: a positive finite number (1, the plain mean, when a version has none)."""
+    try:
+        temperature = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise SpecError("its temperature is not a number") from exc
+    if not 0.0 < temperature < float("inf"):
+        raise SpecError("its temperature is not a positive finite number")
+    return temperature

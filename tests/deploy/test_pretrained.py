@@ -54,7 +54,9 @@ def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: p
     )
     manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
     # The zoo has no ensemble and no guard: add them, as a full-data run's bundle carries them.
-    ensemble = BundledEnsemble(registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS)
+    ensemble = BundledEnsemble(
+        registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS, temperature=0.7
+    )
     guard = BundledGuard(registered_name=GUARD_REGISTERED_NAME, file="guard.onnx", sha256="0" * 64, size_bytes=1)
     files = {**load_bundle(folder)[1], GUARD_KEY: sample_guard(sample_arrays)}
     write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble, "guard": guard}), files)
@@ -128,6 +130,7 @@ def test_register_tags_metrics_and_champion_alias(
     ensemble = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     assert ensemble.tags["member_rf"] == registered["rf"]
     assert EnsembleSpec.from_tags(ensemble.tags).conformal == SETS  # its prediction sets, registered as trained
+    assert EnsembleSpec.from_tags(ensemble.tags).temperature == 0.7  # and its own temperature
     guard = client.get_model_version_by_alias(GUARD_REGISTERED_NAME, CHAMPION_ALIAS)
     assert guard.version == registered[GUARD_KEY]
     assert manifest.guard is not None and guard.tags["onnx_sha256"] == manifest.guard.sha256

@@ -44,5 +44,7 @@ def test_a_temperature_tempers_the_mean_and_survives_tags_and_document() -> None
     untempered = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 0.5, "rf": 0.5})
     assert TEMPERATURE_TAG not in untempered.to_tags()  # versions before it read back as 1
     assert EnsembleSpec.from_tags(untempered.to_tags()).temperature == 1.0
-    with pytest.raises(SpecError, match="not a positive number"):
-        EnsembleSpec.from_tags({**spec.to_tags(), TEMPERATURE_TAG: "0"})
+    assert EnsembleSpec.from_document({"members": spec.members, "weights": spec.weights}).temperature == 1.0
+    for broken in ("0", "inf", "abc"):
+        with pytest.raises(SpecError, match="temperature"):
+            EnsembleSpec.from_tags({**spec.to_tags(), TEMPERATURE_TAG: broken})
