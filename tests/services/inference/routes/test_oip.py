@@ -364,3 +364,18 @@ def test_openapi_declares_every_v2_status_with_the_protocol_error_body(inference
     request_body = paths["/v2/models/{model}/infer"]["post"]["requestBody"]["content"]
     assert set(request_body) == {"application/json", "application/octet-stream"}
     assert "inputs" in request_body["application/json"]["schema"]["properties"]
+
+
+def test_the_guards_parameters_name_a_declared_modality_per_element_only_when_one_is_declared() -> None:
+    from services.inference.routes.oip import ood_parameters
+    from shared.kit.schemas import OodOut
+
+    def verdict(modality: str | None) -> OodOut:
+        return OodOut(score=0.1, threshold=1.0, flag=modality is not None, flag_threshold=0.5,
+                      unusual=modality is not None, declared_modality=modality, guard_version="1")  # fmt: skip
+
+    parameters = ood_parameters([verdict(None), verdict("CT")])
+    assert parameters is not None and parameters["ood_declared_modality"] == ",CT"
+    assert parameters["ood_flag"] == "false,true"
+    plain = ood_parameters([verdict(None), verdict(None)])
+    assert plain is not None and "ood_declared_modality" not in plain
