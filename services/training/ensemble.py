@@ -47,7 +47,7 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     Not weights fitted to the slice (minimising its NLL): on a slice of a few hundred images they swung from fold
     to fold (CNN 0.90, 0.50, 0.16) and cost 0.6 points of cross-validated accuracy against this rule; equal weights
     over the strong members lose nothing to the fit and never trust one member on a few hundred images
-    (docs/calibration.md, "The ensemble's weights")."""
+    (docs/calibration.md, "The ensemble")."""
     count = len(member_probabilities)
     if count < 2 or len(labels) == 0:
         return np.full(count, 1.0 / max(count, 1)), "equal"
@@ -86,11 +86,11 @@ def build_ensemble(
     started = time.perf_counter()
     kept = _recipe_weights(members, recipe)
     recipe_tags = {} if kept is None or recipe is None else {RECIPE_RUN_TAG: recipe[1]}
+    members_calibration = [row["calibration_probabilities"] for row in members]
     if kept is not None:
         weights, how = kept, "the ensemble champion's weights (a refit)"
     else:
-        weights, how = fit_weights([row["calibration_probabilities"] for row in members], calibration_labels)
-    members_calibration = [row["calibration_probabilities"] for row in members]
+        weights, how = fit_weights(members_calibration, calibration_labels)
     temperature = ensemble_temperature(members_calibration, weights, calibration_labels)
     calibration_probabilities = combine(members_calibration, weights, temperature)
     metrics: dict[str, float] = {}
