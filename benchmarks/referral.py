@@ -20,7 +20,6 @@ eleven).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from benchmarks.markdown import command_line, write_section
 from services.training.calibration import calibration_split, fit_temperature
+from services.training.cli import parse_override
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
 from services.training.ensemble import ensemble_temperature, fit_weights
@@ -188,18 +188,14 @@ def parse_recipes(items: list[str], families: list[str]) -> dict[str, dict[str, 
     measured, or a key its defaults do not have, is refused rather than silently ignored."""
     recipes: dict[str, dict[str, object]] = {}
     for item in items:
-        target, _, text = item.partition("=")
-        family, dot, key = target.strip().partition(".")
+        target, value = parse_override(item)  # training's own KEY=VALUE reading (JSON values)
+        family, dot, key = target.partition(".")
         if not dot or not key:
             raise SystemExit(f"--set {item!r}: expected FAMILY.KEY=VALUE, e.g. mobilenetv2.image_size=224")
         if family not in families:
             raise SystemExit(f"--set {item!r}: {family!r} is not one of --families ({', '.join(families)})")
         if key not in get_family(family, TrainingSettings()).default_params():
             raise SystemExit(f"--set {item!r}: {family} has no parameter {key!r}")
-        try:
-            value: object = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
         recipes.setdefault(family, {})[key] = value
     return recipes
 
