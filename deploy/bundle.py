@@ -58,6 +58,7 @@ class BundledEnsemble(BaseModel):
         allow_inf_nan=False,
         description="The ensemble's own temperature on the weighted mean (1 in bundles made before it).",
     )
+    command: str | None = Field(None, description="How this ensemble was built, when apart from the models' runs.")
 
 
 class BundledGuard(BaseModel):

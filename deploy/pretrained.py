@@ -1,4 +1,4 @@
-"""`python -m deploy.pretrained register|build|train-command`: the pretrained bundle and an MLflow registry.
+"""`python -m deploy.pretrained COMMAND`: the pretrained bundle and an MLflow registry.
 
 - ``register``: verify the bundle (shared/pretrained_bundle/, checksums from its manifest) and register each ONNX
   file as an MLflow Model version, as training does (services.training.tracking: the logged file is checked back
@@ -9,6 +9,8 @@
   refit from a recipe (``bt-train --refit-champions``) carries its figures from the recipe's run: the test split.
 - ``train-command``: print the runs a bundle is built from (evaluate on a split, MobileNetV2 whole, the ensemble,
   refit on every image).
+- ``refit-guard``: replace the bundle's guard by one fitted on every image; ``update-ensemble``: replace its
+  ensemble by a registry's ensemble champion over the bundled versions (after a change of training's rule).
 
 Imports only MLflow, onnx, numpy and Pillow (services.training.tracking and .ood_guard; no TensorFlow, scikit-learn only
 to fit a guard, never here), so it runs from the
@@ -42,7 +44,7 @@ from deploy.bundle import (
 )
 from deploy.processes import PROJECT_ROOT
 from services.training.registration import Candidate
-from shared.core.ensemble_spec import WEIGHTS_TAG, EnsembleSpec
+from shared.core.ensemble_spec import MEMBERS_TAG, WEIGHTS_TAG, EnsembleSpec
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MODEL,
@@ -281,7 +283,7 @@ def _pick_version(client: object, name: str, wanted: str | None) -> object | Non
         return None
 
 
-def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | None:
+def _bundled_ensemble(client: object, families: set[str], command: str | None = None) -> BundledEnsemble | None:
     """The registry's ensemble champion as weights over the bundled families (its members must all be bundled)."""
     version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
     if version is None:
@@ -293,8 +295,35 @@ def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | N
     spec = EnsembleSpec.from_tags(version.tags)  # type: ignore[attr-defined]
     return BundledEnsemble(
         registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics,
-        conformal=spec.conformal, temperature=spec.temperature,
+        conformal=spec.conformal, temperature=spec.temperature, command=command,
     )  # fmt: skip
+
+
+def update_ensemble(tracking_uri: str, folder: Path = BUNDLE_DIR, runs: str = "") -> BundledEnsemble:
+    """Replace the bundle's ensemble by the registry's ensemble champion, as ``build`` takes it, when its members
+    are exactly the versions the bundled models come from; the models and the guard are left alone. For a change
+    of training's ensemble rule after the bundle was built: ``runs`` are the ensemble_cli commands that registered
+    the new champion (the rule on the evaluation's members, then a refit over the bundled ones)."""
+    from mlflow import MlflowClient
+
+    manifest, files = load_bundle(folder)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
+    if version is None:
+        raise BundleError(
+            f"no {registered_name(ENSEMBLE_MODEL)} version with a {CHAMPION_ALIAS!r} alias at {tracking_uri}"
+        )
+    members = json.loads(version.tags.get(MEMBERS_TAG, "{}"))  # type: ignore[attr-defined]
+    bundled = {model.model: model.source_version for model in manifest.models}
+    if not members or any(bundled.get(family) != str(member) for family, member in members.items()):
+        raise BundleError(
+            f"the ensemble champion's members {members} are not the bundled versions {bundled}: nothing was written"
+        )
+    command = " && ".join(part for part in (runs, UPDATE_ENSEMBLE_COMMAND) if part)
+    ensemble = _bundled_ensemble(client, set(bundled), command)
+    if ensemble is None or not ensemble.test_metrics:
+        raise BundleError(f"the ensemble champion at {tracking_uri} has no test figures: nothing was written")
+    return write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble}), files).ensemble or ensemble
 
 
 def _data_fingerprint(folder: Path) -> str:
@@ -310,6 +339,7 @@ def _git_commit() -> str:
 
 
 GUARD_COMMAND = ".venv/bin/python -m deploy.pretrained refit-guard --data {data} --seed {seed} --weights <weights>"
+UPDATE_ENSEMBLE_COMMAND = ".venv/bin/python -m deploy.pretrained update-ensemble --from-registry <the runs' MLflow>"
 
 
 def refit_guard(data_dir: Path, folder: Path = BUNDLE_DIR, seed: int = 42, weights: Path | None = None) -> BundledGuard:
@@ -346,7 +376,7 @@ def _parse_versions(text: str | None) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["register", "build", "train-command", "refit-guard"])
+    parser.add_argument("command", choices=["register", "build", "train-command", "refit-guard", "update-ensemble"])
     parser.add_argument("--seed", type=int, default=42, help="refit-guard: the folds' and the mixture's seed")
     parser.add_argument(
         "--weights",
@@ -357,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bundle", type=Path, default=BUNDLE_DIR, help="bundle folder (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="register: target")
-    parser.add_argument("--from-registry", help="build: the MLflow of the finished full-data run")
+    parser.add_argument("--from-registry", help="build, update-ensemble: the MLflow of the finished full-data run")
     parser.add_argument("--versions", help="build: versions to bundle instead of the champions, e.g. rf=3,cnn=2")
     parser.add_argument("--data-description", default="brain-tumor-mri Training (5,708 images)")
     parser.add_argument(
@@ -372,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         help="build: how the models were evaluated and fitted (the manifest's label)",
     )
     parser.add_argument(
-        "--command-line", default=" && ".join(TRAIN_STEPS), help="build: the exact commands of the runs"
+        "--command-line",
+        help="build: the exact commands of the runs (default: train-command's); update-ensemble: those of the "
+        "ensemble's runs",
     )
     args = parser.parse_args(argv)
     if args.command == "train-command":
@@ -385,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the bundle's guard is now {guard.file} ({guard.size_bytes} bytes, sha256 {guard.sha256[:12]}...)")
         return 0
     try:
+        if args.command == "update-ensemble":
+            if not args.from_registry:
+                parser.error("update-ensemble needs --from-registry URI")
+            ensemble = update_ensemble(args.from_registry, args.bundle, args.command_line or "")
+            print(f"the bundle's ensemble is now {ensemble.weights}, temperature {ensemble.temperature:.3f}")
+            return 0
         if args.command == "register":
             if not args.tracking_uri:
                 parser.error("register needs --tracking-uri or MLFLOW_TRACKING_URI")
@@ -403,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             images=args.images,
             evaluation=args.evaluation,
         )
-        manifest = build(args.from_registry, args.bundle, data, args.command_line, _parse_versions(args.versions))
+        command = args.command_line or " && ".join(TRAIN_STEPS)
+        manifest = build(args.from_registry, args.bundle, data, command, _parse_versions(args.versions))
         print(f"wrote {args.bundle}: {len(manifest.models)} models, {manifest.total_bytes() / 1e6:.1f} MB")
         return 0
     except BundleError as exc:

@@ -6,6 +6,11 @@ test split of the same data, split and seed as training; the weights are then fi
 logged and registered as a training run does it (``services.training.ensemble.build_ensemble``), and promoted by
 the same gate (``--promote`` asks for the move whatever the comparison). Every member
 must have been evaluated on that test split (its ``test_files_sha256`` tag), or nothing is registered.
+
+With ``--test-fraction 0`` the members are refit versions (``--refit-champions``), which have no test split: as a
+refit run does, the ensemble keeps the champion ensemble's weights (when its members are the same families) and
+points at its run for the test figures; its temperature and prediction sets are fitted anew on the calibration
+slice. A refit becomes the champion only with ``--promote``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from services.training.calibration import CalibrationSlice, carve_calibration_sl
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
 from services.training.ensemble import build_ensemble
+from services.training.recipe import champion_ensemble_weights
 from services.training.registration import Candidate, promote_run, standing_on_test_split
 from shared.core.onnx_classifier import OnnxClassifier
 from shared.kit.schemas import ENSEMBLE_MODEL, registered_name
@@ -71,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=program, description=description)
     parser.add_argument("--data", type=Path, required=True, help="the folder the members were trained on")
     parser.add_argument("--members", required=True, help="family=version pairs, e.g. rf=2,cnn=1,mobilenetv2=1")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="the members' run's test fraction")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="the members' run's test fraction (0: refit versions)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="the members' run's seed")
     parser.add_argument("--tracking-uri", help="MLflow (default: BT_TRAINING_TRACKING_URI, else MLFLOW_TRACKING_URI)")
     parser.add_argument("--cache-dir", type=Path, help="cache for decoded images (default: BT_TRAINING_CACHE_DIR)")
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     split = data.info["test_files_sha256"]
-    ensemble = build_ensemble(rows, calibration_slice.labels, data.test_labels, split, register=True)
+    recipe = champion_ensemble_weights() if args.test_fraction == 0 else None
+    ensemble = build_ensemble(rows, calibration_slice.labels, data.test_labels, split, register=True, recipe=recipe)
     if ensemble is None:
         print("error: an ensemble needs two members at least", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 
 from shared.core.ensemble_spec import WEIGHTS_TAG
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, registered_name
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, RECIPE_RUN_TAG, registered_name
 
 # Logged by the run, not parameters of the model: the refit sets its own.
 RUN_ONLY_PARAMS = ("test_files_sha256", "data_dir")
@@ -53,11 +53,12 @@ def champion_recipe(family: str) -> Recipe:
 
 
 def champion_ensemble_weights() -> tuple[dict[str, float], str] | None:
-    """The ensemble champion's weights {family: weight} and its run, or None when there is no ensemble champion."""
+    """The ensemble champion's weights {family: weight} and the run that evaluated them on a test split (a refit
+    champion's recipe run: a refit of a refit still points at the figures), or None without an ensemble champion."""
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     except MlflowException:
         return None
     weights = json.loads(version.tags.get(WEIGHTS_TAG, "{}"))
-    return {str(k): float(v) for k, v in weights.items()}, str(version.run_id)
+    return {str(k): float(v) for k, v in weights.items()}, str(version.tags.get(RECIPE_RUN_TAG) or version.run_id)

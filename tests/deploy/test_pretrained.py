@@ -55,8 +55,9 @@ def bundle(model_zoo: ModelZoo, sample_arrays: SampleArrays, tmp_path_factory: p
     manifest = pretrained.build(model_zoo.tracking_uri, folder, data, command="pytest", versions=ZOO_VERSIONS)
     # The zoo has no ensemble and no guard: add them, as a full-data run's bundle carries them.
     ensemble = BundledEnsemble(
-        registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS, temperature=0.7
-    )
+        registered_name=registered_name(ENSEMBLE_MODEL), weights=WEIGHTS, conformal=SETS, temperature=0.7,
+        test_metrics={"test_accuracy": 0.9},
+    )  # fmt: skip
     guard = BundledGuard(registered_name=GUARD_REGISTERED_NAME, file="guard.onnx", sha256="0" * 64, size_bytes=1)
     files = {**load_bundle(folder)[1], GUARD_KEY: sample_guard(sample_arrays)}
     write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble, "guard": guard}), files)
@@ -195,6 +196,32 @@ def test_refit_guard_replaces_the_guard_alone_and_records_how(
     metadata = json.loads({p.key: p.value for p in proto.metadata_props}[GUARD_METADATA_KEY])
     assert metadata["input_kind"] == GUARD_INPUT_KIND and metadata["cv_images"] == 120
     assert metadata["flag_threshold"] <= metadata["threshold"]
+
+
+def test_update_ensemble_replaces_the_ensemble_alone_when_its_members_are_the_bundled_versions(
+    registered: dict[str, str], fresh_mlflow: ManagedProcess, bundle: Path, tmp_path: Path
+) -> None:
+    """The fresh registry's ensemble champion pins the versions the bundle was registered as: a bundle built from
+    that registry takes it back; the fixture's bundle, whose models are the zoo's versions, is refused."""
+    before = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="not the bundled versions"):
+        pretrained.update_ensemble(fresh_mlflow.url, bundle)
+    assert pretrained.main(["update-ensemble", "--bundle", str(bundle), "--from-registry", fresh_mlflow.url]) == 1
+    assert (bundle / "manifest.json").read_bytes() == before
+    folder = tmp_path / "bundle"
+    data = DataProvenance(description="sample", fingerprint="x", images=120, evaluation="fixtures")
+    manifest = pretrained.build(fresh_mlflow.url, folder, data, command="pytest")
+    files = load_bundle(folder)[1]
+    assert manifest.ensemble is not None
+    stale = manifest.ensemble.model_copy(update={"weights": {"rf": 1.0, "cnn": 0.5}, "temperature": 1.0})
+    write_bundle(folder, manifest.model_copy(update={"ensemble": stale}), files)
+    ensemble = pretrained.update_ensemble(fresh_mlflow.url, folder, runs="ensemble_cli --members ...")
+    after, after_files = load_bundle(folder)  # every checksum verified again
+    assert after.ensemble == ensemble and ensemble.weights == WEIGHTS and ensemble.temperature == 0.7
+    assert ensemble.conformal == SETS and ensemble.test_metrics == {"test_accuracy": 0.9}
+    assert ensemble.command is not None and ensemble.command.startswith("ensemble_cli --members ... && ")
+    assert "update-ensemble" in ensemble.command
+    assert after.models == manifest.models and after.guard == manifest.guard and after_files == files
 
 
 def test_train_command_prints_every_run_the_bundled_models_come_from(capsys: pytest.CaptureFixture[str]) -> None:

@@ -77,6 +77,7 @@ def test_refit_takes_each_champions_parameters_and_trains_on_every_image(
         assert json.loads(refit_ensemble.tags["ensemble_weights"]) == json.loads(rebuilt.tags["ensemble_weights"])
         assert refit_ensemble.tags["recipe_run_id"] == rebuilt.run_id
         assert json.loads(refit_ensemble.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
+        _refit_the_ensemble_alone(client, settings, refit, rebuilt)
         # The evaluation's report stands: a refit has no test split to write one from.
         assert (tmp_path / "reports" / "comparison.md").read_text() == report
     finally:
@@ -105,3 +106,24 @@ def _rebuild_ensemble_from_the_served_files(
     figures = [client.get_run(v.run_id).data.metrics["test_accuracy"] for v in (run_ensemble, rebuilt)]
     assert figures[1] == pytest.approx(figures[0], abs=1 / 24)  # at most one of the 24 test images apart
     return rebuilt
+
+
+def _refit_the_ensemble_alone(
+    client: MlflowClient, settings: TrainingSettings, refit: list[FamilyProgress], evaluated: ModelVersion
+) -> None:
+    """ensemble_cli over the refit versions (``--test-fraction 0``), as after a change of the ensemble's rule: the
+    champion's weights kept, and its test figures still found at the evaluated ensemble's run (the champion is
+    itself a refit)."""
+    members = ",".join(f"{r.family}={r.registered_version}" for r in refit)
+    command = ["--data", str(SAMPLE_DATA_DIR), "--members", members, "--tracking-uri", settings.tracking_uri,
+               "--cache-dir", str(settings.cache_dir), "--test-fraction", "0"]  # fmt: skip
+    champion = client.get_model_version_by_alias("brain-tumor-ensemble", "champion")
+    assert ensemble_cli.main(command) == 0
+    assert client.get_model_version_by_alias("brain-tumor-ensemble", "champion").version == champion.version
+    assert ensemble_cli.main([*command, "--promote"]) == 0  # a refit has no test figures to beat it with
+    again = client.get_model_version_by_alias("brain-tumor-ensemble", "champion")
+    assert int(again.version) == int(champion.version) + 2
+    assert json.loads(again.tags["ensemble_weights"]) == json.loads(evaluated.tags["ensemble_weights"])
+    assert json.loads(again.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
+    assert again.tags["recipe_run_id"] == evaluated.run_id
+    assert "test_accuracy" in client.get_run(again.tags["recipe_run_id"]).data.metrics
