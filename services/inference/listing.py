@@ -53,7 +53,8 @@ def _describe(registry: ModelRegistry, record: ModelRecord) -> ModelInfo:
 
 
 def _ensemble_fields(registry: ModelRegistry, record: ModelRecord, version_record: VersionRecord) -> dict[str, dict]:
-    """An ensemble version's members and weights for the listing; nothing when unreadable (logged)."""
+    """An ensemble version's members and weights for the listing, as it answers (a member weighing 0 is not run);
+    nothing when unreadable (logged)."""
     if version_record.kind != "ensemble":
         return {}
     try:
@@ -61,4 +62,5 @@ def _ensemble_fields(registry: ModelRegistry, record: ModelRecord, version_recor
     except ServiceError as exc:
         logger.warning("ensemble/%s listed without its members: %s", version_record.version, exc.message)
         return {}
-    return {"members": spec.members, "weights": spec.weights}
+    members = spec.weighed_members()
+    return {"members": members, "weights": {member: spec.weights[member] for member in members}}

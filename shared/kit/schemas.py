@@ -122,7 +122,9 @@ class ModelVersionInfo(BaseModel):
     run_id: str | None = None
     created_at: str | None = None
     metrics: dict[str, float] = {}
-    members: dict[str, str] | None = Field(None, description="Ensemble only: member model -> pinned version.")
+    members: dict[str, str] | None = Field(
+        None, description="Ensemble only: member model -> pinned version, for the members it runs (weight above 0)."
+    )
     weights: dict[str, float] | None = Field(None, description="Ensemble only: member model -> weight.")
     pretrained_on: str | None = Field(
         None, description="Versions from the repository's pretrained bundle: what they were trained and evaluated on."

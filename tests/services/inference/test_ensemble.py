@@ -22,7 +22,10 @@ TEMPERATURE = 0.5  # an ensemble that sharpens its mean
 
 
 def _registry(
-    tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]], temperature: float
+    tmp_path_factory: pytest.TempPathFactory,
+    make_onnx: Callable[..., tuple[bytes, Any]],
+    temperature: float,
+    left_out: str | None = None,
 ) -> tuple[Any, str]:
     """A dedicated MLflow (the shared zoo's listing stays four families) with three members and one ensemble."""
     import mlflow
@@ -44,6 +47,8 @@ def _registry(
     }
     versions = {model: register_onnx_model(uri, model, onnx_bytes)[0] for model, onnx_bytes in members.items()}
     spec = EnsembleSpec(versions, WEIGHTS, temperature=temperature)
+    if left_out:  # a member the fit left out (weight 0), pinned to a version that does not exist: never loaded
+        spec = EnsembleSpec({**versions, left_out: "7"}, {**WEIGHTS, left_out: 0.0}, temperature=temperature)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -70,8 +75,9 @@ def ensemble_registry(
 def tempered_registry(
     tmp_path_factory: pytest.TempPathFactory, make_onnx: Callable[..., tuple[bytes, Any]]
 ) -> Iterator[str]:
-    """The same, its ensemble registered with a temperature of its own (training fits one on the slice)."""
-    server, uri = _registry(tmp_path_factory, make_onnx, TEMPERATURE)
+    """The same, its ensemble registered with a temperature of its own (training fits one on the slice), and the
+    shallow net pinned at weight 0, as training's rule leaves out a member well below the best."""
+    server, uri = _registry(tmp_path_factory, make_onnx, TEMPERATURE, left_out="snn")
     yield uri
     server.stop()
 
@@ -105,6 +111,9 @@ def test_a_tempered_ensemble_answers_its_weighted_mean_tempered(
         answer = _predict(client, "ensemble", data)
         np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-5)
         assert max(answer["probabilities"].values()) > max(mean.values())  # sharper than the plain mean
+        assert answer["members"] == dict.fromkeys(WEIGHTS, "1")  # the member weighing 0 is not run
+    (version,) = next(m for m in client.get("/v1/models").json()["models"] if m["model"] == "ensemble")["versions"]
+    assert version["members"] == dict.fromkeys(WEIGHTS, "1") and version["weights"] == pytest.approx(WEIGHTS)
 
 
 def test_ensemble_answers_the_weighted_mean_of_its_pinned_members(client: Any, sample_images: dict) -> None:
