@@ -44,7 +44,7 @@ from deploy.bundle import (
 )
 from deploy.processes import PROJECT_ROOT
 from services.training.registration import Candidate
-from shared.core.ensemble_spec import MEMBERS_TAG, WEIGHTS_TAG, EnsembleSpec
+from shared.core.ensemble_spec import WEIGHTS_TAG, EnsembleSpec, SpecError
 from shared.kit.schemas import (
     CHAMPION_ALIAS,
     ENSEMBLE_MODEL,
@@ -283,47 +283,60 @@ def _pick_version(client: object, name: str, wanted: str | None) -> object | Non
         return None
 
 
-def _bundled_ensemble(client: object, families: set[str], command: str | None = None) -> BundledEnsemble | None:
+def _bundled_ensemble(client: object, families: set[str]) -> BundledEnsemble | None:
     """The registry's ensemble champion as weights over the bundled families (its members must all be bundled)."""
     version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
-    if version is None:
-        return None
+    return None if version is None else _ensemble_entry(client, version, families)
+
+
+def _ensemble_entry(
+    client: object, version: object, families: set[str], command: str | None = None
+) -> BundledEnsemble | None:
+    """An ensemble version as the manifest's entry, or None when it weighs a family that is not bundled."""
     weights = {str(k): float(v) for k, v in json.loads(version.tags.get(WEIGHTS_TAG, "{}")).items()}  # type: ignore[attr-defined]
     if not weights or not set(weights) <= families:
         return None
-    metrics = _test_metrics(client, version)
     spec = EnsembleSpec.from_tags(version.tags)  # type: ignore[attr-defined]
     return BundledEnsemble(
-        registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=metrics,
+        registered_name=registered_name(ENSEMBLE_MODEL), weights=weights, test_metrics=_test_metrics(client, version),
         conformal=spec.conformal, temperature=spec.temperature, command=command,
     )  # fmt: skip
 
 
-def update_ensemble(tracking_uri: str, folder: Path = BUNDLE_DIR, runs: str = "") -> BundledEnsemble:
-    """Replace the bundle's ensemble by the registry's ensemble champion, as ``build`` takes it, when its members
-    are exactly the versions the bundled models come from; the models and the guard are left alone. For a change
-    of training's ensemble rule after the bundle was built: ``runs`` are the ensemble_cli commands that registered
-    the new champion (the rule on the evaluation's members, then a refit over the bundled ones)."""
+def update_ensemble(tracking_uri: str, runs: str, folder: Path = BUNDLE_DIR) -> BundledEnsemble:
+    """Replace the bundle's ensemble by the registry's ensemble champion, as ``build`` takes it, when each of its
+    members is a bundled file (the version it was built from, with the same sha256); the models and the guard are
+    left alone. For a change of training's ensemble rule after the bundle was built: ``runs`` are the ensemble_cli
+    commands that registered the new champion (the rule on the evaluation's members, then a refit over the bundled
+    ones), recorded with it."""
     from mlflow import MlflowClient
 
     manifest, files = load_bundle(folder)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    version = _pick_version(client, registered_name(ENSEMBLE_MODEL), None)
+    name = registered_name(ENSEMBLE_MODEL)
+    version = _pick_version(client, name, None)
     if version is None:
-        raise BundleError(
-            f"no {registered_name(ENSEMBLE_MODEL)} version with a {CHAMPION_ALIAS!r} alias at {tracking_uri}"
-        )
-    members = json.loads(version.tags.get(MEMBERS_TAG, "{}"))  # type: ignore[attr-defined]
-    bundled = {model.model: model.source_version for model in manifest.models}
-    if not members or any(bundled.get(family) != str(member) for family, member in members.items()):
-        raise BundleError(
-            f"the ensemble champion's members {members} are not the bundled versions {bundled}: nothing was written"
-        )
-    command = " && ".join(part for part in (runs, UPDATE_ENSEMBLE_COMMAND) if part)
-    ensemble = _bundled_ensemble(client, set(bundled), command)
+        raise BundleError(f"no {name} version with a {CHAMPION_ALIAS!r} alias at {tracking_uri}")
+    try:
+        members = EnsembleSpec.from_tags(version.tags).members  # type: ignore[attr-defined]
+    except SpecError as exc:
+        raise BundleError(f"{name} version {version.version}: {exc}") from exc  # type: ignore[attr-defined]
+    bundled = {model.model: model for model in manifest.models}
+    for family, pinned in members.items():
+        model = bundled.get(family)
+        found = _pick_version(client, registered_name(family), pinned) if model else None
+        if model is None or model.source_version != pinned or found is None or _sha256_tag(found) != model.sha256:
+            raise BundleError(
+                f"the ensemble champion's {family} version {pinned} is not the bundled file: nothing was written"
+            )
+    ensemble = _ensemble_entry(client, version, set(bundled), " && ".join((runs, UPDATE_ENSEMBLE_COMMAND)))
     if ensemble is None or not ensemble.test_metrics:
-        raise BundleError(f"the ensemble champion at {tracking_uri} has no test figures: nothing was written")
+        raise BundleError(f"{name} version {version.version} has no test figures: nothing was written")  # type: ignore[attr-defined]
     return write_bundle(folder, manifest.model_copy(update={"ensemble": ensemble}), files).ensemble or ensemble
+
+
+def _sha256_tag(version: object) -> str | None:
+    return version.tags.get("onnx_sha256")  # type: ignore[attr-defined]
 
 
 def _data_fingerprint(folder: Path) -> str:
@@ -418,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "update-ensemble":
-            if not args.from_registry:
-                parser.error("update-ensemble needs --from-registry URI")
-            ensemble = update_ensemble(args.from_registry, args.bundle, args.command_line or "")
+            if not args.from_registry or not args.command_line:
+                parser.error("update-ensemble needs --from-registry URI and --command-line (the ensemble's runs)")
+            ensemble = update_ensemble(args.from_registry, args.command_line, args.bundle)
             print(f"the bundle's ensemble is now {ensemble.weights}, temperature {ensemble.temperature:.3f}")
             return 0
         if args.command == "register":

@@ -121,7 +121,7 @@ def build_ensemble(
     name: str, version: str, spec: EnsembleSpec, get_member: Callable[[str, str], Classifier]
 ) -> Ensemble:
     """The ensemble of the pinned member versions, each loaded (or reused) through ``get_member``."""
-    members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.weighed_members().items()]
+    members = [(get_member(member, pinned), spec.weights[member]) for member, pinned in spec.running_members().items()]
     ensemble = Ensemble(name, version, members, spec.conformal, spec.temperature)
     ensemble.load()
     return ensemble

@@ -62,5 +62,5 @@ def _ensemble_fields(registry: ModelRegistry, record: ModelRecord, version_recor
     except ServiceError as exc:
         logger.warning("ensemble/%s listed without its members: %s", version_record.version, exc.message)
         return {}
-    members = spec.weighed_members()
+    members = spec.running_members()
     return {"members": members, "weights": {member: spec.weights[member] for member in members}}

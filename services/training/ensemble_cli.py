@@ -8,9 +8,10 @@ the same gate (``--promote`` asks for the move whatever the comparison). Every m
 must have been evaluated on that test split (its ``test_files_sha256`` tag), or nothing is registered.
 
 With ``--test-fraction 0`` the members are refit versions (``--refit-champions``), which have no test split: as a
-refit run does, the ensemble keeps the champion ensemble's weights (when its members are the same families) and
-points at its run for the test figures; its temperature and prediction sets are fitted anew on the calibration
-slice. A refit becomes the champion only with ``--promote``.
+refit run does, the ensemble keeps the champion ensemble's weights and points at its run for the test figures;
+its temperature and prediction sets are fitted anew on the calibration slice. The members must be the champion's
+families (nothing is registered otherwise: weights never tested would be). A refit becomes the champion only with
+``--promote``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = data.info["test_files_sha256"]
     recipe = champion_ensemble_weights() if args.test_fraction == 0 else None
+    if args.test_fraction == 0 and (recipe is None or set(recipe[0]) != {row["family"] for row in rows}):
+        champion = "no ensemble champion" if recipe is None else f"the ensemble champion weighs {sorted(recipe[0])}"
+        print(f"error: a refit keeps the champion's weights, and {champion}: give its families", file=sys.stderr)
+        return 2
     ensemble = build_ensemble(rows, calibration_slice.labels, data.test_labels, split, register=True, recipe=recipe)
     if ensemble is None:
         print("error: an ensemble needs two members at least", file=sys.stderr)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from shared.core.ensemble_spec import WEIGHTS_TAG
 from shared.kit.errors import ErrorCode, ServiceError
-from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, RECIPE_RUN_TAG, registered_name
+from shared.kit.schemas import CHAMPION_ALIAS, ENSEMBLE_MODEL, RECIPE_RUN_TAG, RECIPE_VERSION_TAG, registered_name
 
 # Logged by the run, not parameters of the model: the refit sets its own.
 RUN_ONLY_PARAMS = ("test_files_sha256", "data_dir")
@@ -49,16 +50,23 @@ def champion_recipe(family: str) -> Recipe:
             f"no {CHAMPION_ALIAS!r} version of {name} to refit: train it with a test split first",
         ) from exc
     params = {key: _param_value(text) for key, text in logged.items() if key not in RUN_ONLY_PARAMS}
-    return Recipe(family, params, str(version.version), str(version.run_id))
+    return Recipe(family, params, *_evaluated(version))
 
 
 def champion_ensemble_weights() -> tuple[dict[str, float], str] | None:
-    """The ensemble champion's weights {family: weight} and the run that evaluated them on a test split (a refit
-    champion's recipe run: a refit of a refit still points at the figures), or None without an ensemble champion."""
+    """The ensemble champion's weights {family: weight} and the run that evaluated them on a test split, or None
+    without an ensemble champion."""
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(registered_name(ENSEMBLE_MODEL), CHAMPION_ALIAS)
     except MlflowException:
         return None
     weights = json.loads(version.tags.get(WEIGHTS_TAG, "{}"))
-    return {str(k): float(v) for k, v in weights.items()}, str(version.tags.get(RECIPE_RUN_TAG) or version.run_id)
+    return {str(k): float(v) for k, v in weights.items()}, _evaluated(version)[1]
+
+
+def _evaluated(version: ModelVersion) -> tuple[str, str]:
+    """The version and run whose test-split figures a champion carries: its own; a refit's, its recipe's (so that a
+    refit of a refit still points at the figures)."""
+    tags = version.tags
+    return str(tags.get(RECIPE_VERSION_TAG) or version.version), str(tags.get(RECIPE_RUN_TAG) or version.run_id)

@@ -45,7 +45,7 @@ class EnsembleSpec:
     conformal: ConformalSets | None = None
     temperature: float = 1.0
 
-    def weighed_members(self) -> dict[str, str]:
+    def running_members(self) -> dict[str, str]:
         """The members it runs: those weighing more than 0 (the others were left out when it was fitted)."""
         return {name: version for name, version in self.members.items() if self.weights[name] > 0}
 

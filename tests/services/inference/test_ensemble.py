@@ -111,7 +111,16 @@ def test_a_tempered_ensemble_answers_its_weighted_mean_tempered(
         answer = _predict(client, "ensemble", data)
         np.testing.assert_allclose(list(answer["probabilities"].values()), expected, atol=1e-5)
         assert max(answer["probabilities"].values()) > max(mean.values())  # sharper than the plain mean
-        assert answer["members"] == dict.fromkeys(WEIGHTS, "1")  # the member weighing 0 is not run
+
+
+def test_a_member_weighing_0_is_neither_run_nor_listed(
+    tempered_registry: str, inference_app_client: Callable[..., Any], sample_images: dict
+) -> None:
+    """The tempered registry pins the shallow net at weight 0 to a version that does not exist: loading it would
+    fail the answer."""
+    client = inference_app_client(tracking_uri=tempered_registry)
+    answer = _predict(client, "ensemble", next(iter(sample_images.values())))
+    assert answer["members"] == dict.fromkeys(WEIGHTS, "1")
     (version,) = next(m for m in client.get("/v1/models").json()["models"] if m["model"] == "ensemble")["versions"]
     assert version["members"] == dict.fromkeys(WEIGHTS, "1") and version["weights"] == pytest.approx(WEIGHTS)
 

@@ -13,10 +13,11 @@ from mlflow.entities.model_registry import ModelVersion
 from pydantic import ValidationError
 
 from deploy.processes import free_port, start_mlflow
-from services.training import ensemble_cli
+from services.training import ensemble_cli, tracking
 from services.training.config import TrainingSettings
 from services.training.options import FamilyProgress, FamilyState, TrainingOptions
 from services.training.pipeline import run_training
+from services.training.recipe import champion_recipe
 from shared.core.dataset import SAMPLE_DATA_DIR
 
 FAMILIES = ["rf", "snn"]
@@ -118,6 +119,9 @@ def _refit_the_ensemble_alone(
     command = ["--data", str(SAMPLE_DATA_DIR), "--members", members, "--tracking-uri", settings.tracking_uri,
                "--cache-dir", str(settings.cache_dir), "--test-fraction", "0"]  # fmt: skip
     champion = client.get_model_version_by_alias("brain-tumor-ensemble", "champion")
+    client.delete_registered_model_alias("brain-tumor-ensemble", "champion")
+    assert ensemble_cli.main(command) == 2  # no champion's weights to keep: nothing registered, never tested weights
+    client.set_registered_model_alias("brain-tumor-ensemble", "champion", champion.version)
     assert ensemble_cli.main(command) == 0
     assert client.get_model_version_by_alias("brain-tumor-ensemble", "champion").version == champion.version
     assert ensemble_cli.main([*command, "--promote"]) == 0  # a refit has no test figures to beat it with
@@ -127,3 +131,9 @@ def _refit_the_ensemble_alone(
     assert json.loads(again.tags["ensemble_members"]) == {r.family: r.registered_version for r in refit}
     assert again.tags["recipe_run_id"] == evaluated.run_id
     assert "test_accuracy" in client.get_run(again.tags["recipe_run_id"]).data.metrics
+    # A family's refit of its refit champion points at the evaluated version's figures too.
+    tracking.use_tracking(settings.tracking_uri, settings.experiment)
+    for progress in refit:
+        version = client.get_model_version(f"brain-tumor-{progress.family}", progress.registered_version)
+        recipe = champion_recipe(progress.family)
+        assert (recipe.version, recipe.run_id) == (version.tags["recipe_version"], version.tags["recipe_run_id"])

@@ -23,6 +23,14 @@ def test_a_spec_survives_its_tags_and_weights_are_normalised() -> None:
     assert back.conformal == conformal
 
 
+def test_a_member_weighing_0_is_pinned_but_not_run() -> None:
+    spec = EnsembleSpec.from_tags(
+        EnsembleSpec({"cnn": "3", "snn": "2", "rf": "1"}, {"cnn": 1, "snn": 0, "rf": 1}).to_tags()
+    )
+    assert spec.members == {"cnn": "3", "snn": "2", "rf": "1"}
+    assert spec.running_members() == {"cnn": "3", "rf": "1"}
+
+
 def test_a_spec_without_sets_is_served_without_them_and_a_broken_one_is_refused() -> None:
     tags = EnsembleSpec({"cnn": "3", "rf": "1"}, {"cnn": 0.5, "rf": 0.5}).to_tags()
     assert CONFORMAL_TAG not in tags and EnsembleSpec.from_tags(tags).conformal is None
