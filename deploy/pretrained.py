@@ -171,8 +171,10 @@ def build(
     command: str = TRAIN_COMMAND,
     versions: dict[str, str] | None = None,
     max_bytes: int = MAX_BUNDLE_BYTES,
+    keep_guard: bool = False,
 ) -> Manifest:
-    """Write a bundle in folder from the registry's versions (each family's champion unless ``versions`` names one)."""
+    """Write a bundle in folder from the registry's versions (each family's champion unless ``versions`` names one).
+    ``keep_guard``: keep the folder's own guard (fitted apart, by ``refit-guard``) instead of the registry's."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -218,7 +220,7 @@ def build(
     if not data.fingerprint:  # the evaluation split's files, as training tags every version
         fingerprint = next((m.tags["test_files_sha256"] for m in models if "test_files_sha256" in m.tags), "unknown")
         data = data.model_copy(update={"fingerprint": fingerprint})
-    guard, guard_bytes = _bundled_guard(client, tracking_uri)
+    guard, guard_bytes = _kept_guard(folder) if keep_guard else _bundled_guard(client, tracking_uri)
     manifest = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         commit=commit or _git_commit(),
@@ -238,6 +240,14 @@ def _test_metrics(client: object, version: object) -> dict[str, float]:
         if "test_accuracy" in metrics:
             return {key: value for key, value in metrics.items() if key.startswith("test_")}
     return {}
+
+
+def _kept_guard(folder: Path) -> tuple[BundledGuard, bytes]:
+    """The folder's bundled guard and its bytes (checked against the manifest); BundleError when it has none."""
+    manifest, files = load_bundle(folder)
+    if manifest.guard is None:
+        raise BundleError(f"{folder} has no guard to keep: nothing was written")
+    return manifest.guard, files[GUARD_KEY]
 
 
 def _bundled_guard(client: object, tracking_uri: str) -> tuple[BundledGuard | None, bytes]:
@@ -402,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="register: target")
     parser.add_argument("--from-registry", help="build, update-ensemble: the MLflow of the finished full-data run")
     parser.add_argument("--versions", help="build: versions to bundle instead of the champions, e.g. rf=3,cnn=2")
+    parser.add_argument(
+        "--keep-guard",
+        action="store_true",
+        help="build: keep the bundle's own guard (from refit-guard), not the registry's",
+    )
     parser.add_argument("--data-description", default="brain-tumor-mri Training (5,708 images)")
     parser.add_argument(
         "--data", type=Path, help="build: the training folder, whose content fingerprint the manifest records"
@@ -455,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             evaluation=args.evaluation,
         )
         command = args.command_line or " && ".join(TRAIN_STEPS)
-        manifest = build(args.from_registry, args.bundle, data, command, _parse_versions(args.versions))
+        manifest = build(
+            args.from_registry, args.bundle, data, command, _parse_versions(args.versions), keep_guard=args.keep_guard
+        )
         print(f"wrote {args.bundle}: {len(manifest.models)} models, {manifest.total_bytes() / 1e6:.1f} MB")
         return 0
     except BundleError as exc:

@@ -117,6 +117,20 @@ def test_build_refuses_a_bundle_over_its_size_budget(model_zoo: ModelZoo, tmp_pa
     assert not (tmp_path / "b").exists()
 
 
+def test_build_can_keep_the_bundles_own_guard(bundle: Path, model_zoo: ModelZoo, tmp_path: Path) -> None:
+    """A family rebuilt against a registry that holds no guard (the zoo's) keeps the guard refit-guard fitted."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    before, before_files = load_bundle(folder)
+    data = DataProvenance(description="sample", fingerprint="x", images=120, evaluation="fixtures")
+    manifest = pretrained.build(model_zoo.tracking_uri, folder, data, versions=ZOO_VERSIONS, keep_guard=True)
+    assert manifest.guard == before.guard and load_bundle(folder)[1][GUARD_KEY] == before_files[GUARD_KEY]
+    unguarded = pretrained.build(model_zoo.tracking_uri, tmp_path / "unguarded", data, versions=ZOO_VERSIONS)
+    assert unguarded.guard is None  # the zoo has none
+    with pytest.raises(BundleError, match="no guard to keep"):
+        pretrained.build(model_zoo.tracking_uri, tmp_path / "unguarded", data, versions=ZOO_VERSIONS, keep_guard=True)
+
+
 def test_register_tags_metrics_and_champion_alias(
     registered: dict[str, str], fresh_mlflow: ManagedProcess, bundle: Path
 ) -> None:
