@@ -62,9 +62,14 @@ def fit_weights(member_probabilities: list[np.ndarray], labels: np.ndarray) -> t
     )
 
 
+def recipe_applies(recipe: tuple[dict[str, float], str] | None, families: set[str]) -> bool:
+    """Whether a refit keeps the ensemble champion's weights: its members are exactly the refit's families."""
+    return recipe is not None and set(recipe[0]) == families
+
+
 def _recipe_weights(members: list[dict[str, Any]], recipe: tuple[dict[str, float], str] | None) -> np.ndarray | None:
     """A refit's weights: the ensemble champion's, when its members are exactly the refit's families."""
-    if recipe is None or set(recipe[0]) != {row["family"] for row in members}:
+    if recipe is None or not recipe_applies(recipe, {row["family"] for row in members}):
         return None
     return np.array([recipe[0][row["family"]] for row in members])
 

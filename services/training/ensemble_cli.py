@@ -30,7 +30,7 @@ from services.training import tracking
 from services.training.calibration import CalibrationSlice, carve_calibration_slice
 from services.training.config import TrainingSettings
 from services.training.data import PreparedData, prepare_data
-from services.training.ensemble import build_ensemble
+from services.training.ensemble import build_ensemble, recipe_applies
 from services.training.recipe import champion_ensemble_weights
 from services.training.registration import Candidate, promote_run, standing_on_test_split
 from shared.core.onnx_classifier import OnnxClassifier
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = data.info["test_files_sha256"]
     recipe = champion_ensemble_weights() if args.test_fraction == 0 else None
-    if args.test_fraction == 0 and (recipe is None or set(recipe[0]) != {row["family"] for row in rows}):
+    if args.test_fraction == 0 and not recipe_applies(recipe, {row["family"] for row in rows}):
         champion = "no ensemble champion" if recipe is None else f"the ensemble champion weighs {sorted(recipe[0])}"
         print(f"error: a refit keeps the champion's weights, and {champion}: give its families", file=sys.stderr)
         return 2
