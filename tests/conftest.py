@@ -265,6 +265,28 @@ def _register_bare_onnx_folder(client: Any, name: str, run_id: str) -> str:
     return str(client.create_model_version(name, source=source, run_id=run_id).version)
 
 
+def register_ensemble(tracking_uri: str, spec: Any, experiment: str = "ensembles") -> str:
+    """Register ``spec`` (an ``EnsembleSpec`` over versions already registered) as a new version of
+    brain-tumor-ensemble, through training's own path; returns the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from services.training.ensemble_registration import log_spec, register_spec
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    # Its own experiment: an experiment another test made active lives on another server.
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_name="ensemble", experiment_id=experiment_id) as run:
+            logged = log_spec(spec, {"weighting": "fitted"})
+            return register_spec(logged, spec, "tests", run.info.run_id, "test accuracy 0.5", {})
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def set_alias(tracking_uri: str, model: str, alias: str, version: str) -> None:
     from mlflow import MlflowClient
 

@@ -173,9 +173,10 @@
     return Boolean(state.catalog && state.catalog[CONSENSUS_MODEL]);
   }
 
-  function describeMembers(members) {
+  // Weights are those of the ensemble version that answered (versions may weigh their members differently).
+  function describeMembers(members, version) {
     const info = state.catalog && state.catalog[CONSENSUS_MODEL];
-    const listed = info && info.versions.find((v) => v.members && Object.keys(v.members).length);
+    const listed = info && info.versions.find((v) => v.version === version);
     const weights = (listed && listed.weights) || {};
     return Object.entries(members || {})
       .map(([m, v]) => m + " v" + v + (m in weights ? " ×" + weights[m].toFixed(2) : ""))
@@ -250,7 +251,7 @@
     card.dataset.version = body.version;
     const members = card.querySelector(".members");
     members.hidden = !body.members;
-    members.textContent = body.members ? "weighted mean of " + describeMembers(body.members) : "";
+    members.textContent = body.members ? "weighted mean of " + describeMembers(body.members, body.version) : "";
     // The classes the model cannot rule out (split-conformal set), and whether a radiologist should check.
     const set = card.querySelector(".prediction-set");
     set.hidden = !body.prediction_set;

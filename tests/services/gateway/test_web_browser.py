@@ -6,15 +6,19 @@ Chromium is never downloaded: deploy/test.sh installs Debian's package. Without 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service
+from shared.core.contract import PreprocessingContract
 from shared.core.dataset import SAMPLE_DATA_DIR
 from shared.kit.schemas import MODEL_FAMILIES
+from tests.conftest import register_ensemble, register_onnx_model
+from tests.services.gateway.conftest import wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium stalls on a closed network.
@@ -29,6 +33,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 60_000
+# Two ensemble versions over the same members, weighed differently: the consensus card names the answering one's.
+ENSEMBLE_WEIGHTS = {"1": {"rf": 0.75, "cnn": 0.25}, "2": {"rf": 0.4, "cnn": 0.6}}
 SCAN = sorted((SAMPLE_DATA_DIR / "glioma").glob("*.jpg"))[0]
 
 
@@ -220,3 +226,82 @@ def test_models_that_are_down_say_so(browser_page: Any, start_gateway: Any, unus
         assert status.startswith("Model unavailable right now.")
         assert "inference service is unavailable" in status
     assert page.locator("#agreement").inner_text() == "No model answered"
+
+
+@pytest.fixture(scope="module")
+def ensemble_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_onnx: Callable[..., tuple[bytes, Any]],
+    service_logs: Path,
+) -> Iterator[ManagedProcess]:
+    """A gateway in front of an inference process whose registry (its own MLflow) holds two members and
+    ``ENSEMBLE_WEIGHTS``' two ensemble versions."""
+    from shared.core.ensemble_spec import EnsembleSpec
+
+    state = tmp_path_factory.mktemp("page-ensemble")
+    mlflow = start_mlflow(state / "store", free_port(), state / "mlflow.log")
+    contract = PreprocessingContract(layout="flat", scaling="unit", image_size=32)
+    members = {model: register_onnx_model(mlflow.url, model, make_onnx(contract)[0])[0] for model in ("rf", "cnn")}
+    for weights in ENSEMBLE_WEIGHTS.values():
+        register_ensemble(mlflow.url, EnsembleSpec(members, weights))
+    audit = f"sqlite:///{state / 'audit.sqlite'}"
+    inference = start_service(
+        "inference",
+        free_port(),
+        {
+            "MLFLOW_TRACKING_URI": mlflow.url,
+            "BT_INFERENCE_TRACKING_URI": mlflow.url,
+            "BT_INFERENCE_CACHE_DIR": str(state / "cache"),
+            "BT_INFERENCE_AUDIT_URI": audit,
+        },
+        service_logs / "page-ensemble-inference.log",
+    )
+    gateway = start_service(
+        "gateway",
+        free_port(),
+        {
+            "BT_GATEWAY_INFERENCE_URL": inference.url,
+            "BT_GATEWAY_EXPLAINER_URL": loopback_url(free_port()),  # not asked here
+            "BT_GATEWAY_AUDIT_URI": audit,
+            "BT_GATEWAY_WORKERS": "1",
+        },
+        service_logs / "page-ensemble-gateway.log",
+        as_module=True,
+    )
+    try:
+        wait_until_ready(inference.url)
+        yield gateway
+    finally:
+        for process in (gateway, inference, mlflow):
+            process.stop()
+
+
+def _weighed(card: Any) -> set[str]:
+    """The members and weights the card names ("weighted mean of rf v1 ×0.75, cnn v1 ×0.25")."""
+    text = card.locator(".members").inner_text()
+    assert text.startswith("weighted mean of ")
+    return set(text.removeprefix("weighted mean of ").split(", "))
+
+
+def _weights_of(version: str) -> set[str]:
+    return {f"{model} v1 ×{weight:.2f}" for model, weight in ENSEMBLE_WEIGHTS[version].items()}
+
+
+def test_consensus_card_names_the_weights_of_the_version_that_answered(
+    browser_page: Any, ensemble_gateway: ManagedProcess
+) -> None:
+    page = browser_page
+    _open(page, ensemble_gateway.url)
+    consensus = _card(page, "ensemble")
+    assert page.locator("#consensus").is_visible()
+    _upload(page, str(SCAN), 1)
+    served = consensus.locator(".version-served").inner_text()
+    assert _weighed(consensus) == _weights_of(served)
+    other = "1" if served == "2" else "2"
+    consensus.locator(".version-select").select_option(other)
+    page.wait_for_function(
+        f"document.querySelector('.card[data-model=ensemble] .version-served').textContent === '{other}'"
+        " && document.querySelector('.card[data-model=ensemble]').dataset.state === 'done'"
+    )
+    assert _weighed(consensus) == _weights_of(other)
+    assert page.script_errors == []  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import pytest
 
 from deploy.processes import free_port, start_mlflow, start_service
 from shared.core.contract import PreprocessingContract
-from tests.conftest import register_onnx_model
+from tests.conftest import register_ensemble, register_onnx_model
 
 # Three members as training would register them (versions 1), weights as fitted on a calibration slice.
 WEIGHTS = {"rf": 0.5, "cnn": 0.3, "mobilenetv2": 0.2}
@@ -28,10 +28,8 @@ def _registry(
     left_out: str | None = None,
 ) -> tuple[Any, str]:
     """A dedicated MLflow (the shared zoo's listing stays four families) with three members and one ensemble."""
-    import mlflow
     from sklearn.ensemble import RandomForestClassifier
 
-    from services.training.ensemble_registration import log_spec, register_spec
     from shared.core.ensemble_spec import EnsembleSpec
 
     state = tmp_path_factory.mktemp("ensemble-mlflow")
@@ -49,16 +47,7 @@ def _registry(
     spec = EnsembleSpec(versions, WEIGHTS, temperature=temperature)
     if left_out:  # a member the fit left out (weight 0), pinned to a version that does not exist: never loaded
         spec = EnsembleSpec({**versions, left_out: "7"}, {**WEIGHTS, left_out: 0.0}, temperature=temperature)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        # Its own experiment: an experiment another test made active lives on another server.
-        experiment_id = mlflow.create_experiment("ensembles")
-        with mlflow.start_run(run_name="ensemble", experiment_id=experiment_id) as run:
-            logged = log_spec(spec, {"weighting": "fitted"})
-            register_spec(logged, spec, "tests", run.info.run_id, "test accuracy 0.5", {})
-    finally:
-        mlflow.set_tracking_uri(previous)
+    register_ensemble(uri, spec)
     return server, uri
 
 
