@@ -32,6 +32,7 @@ from deploy.postgres import PostgresCluster, start_postgres  # noqa: E402
 from deploy.processes import ManagedProcess, free_port, loopback_url, start_mlflow, start_service  # noqa: E402
 from shared.core.contract import CLASS_NAMES, METADATA_KEY, OUTPUT_NAME, PreprocessingContract  # noqa: E402
 from shared.core.dataset import SAMPLE_DATA_DIR, discover, load_arrays  # noqa: E402
+from shared.core.ensemble_spec import EnsembleSpec  # noqa: E402
 from shared.core.imaging import decode_to_array, to_model_input  # noqa: E402
 from shared.kit.schemas import BEST_ALIAS, CHAMPION_ALIAS, registered_name  # noqa: E402
 
@@ -265,8 +266,8 @@ def _register_bare_onnx_folder(client: Any, name: str, run_id: str) -> str:
     return str(client.create_model_version(name, source=source, run_id=run_id).version)
 
 
-def register_ensemble(tracking_uri: str, spec: Any, experiment: str = "ensembles") -> str:
-    """Register ``spec`` (an ``EnsembleSpec`` over versions already registered) as a new version of
+def register_ensemble(tracking_uri: str, spec: EnsembleSpec, experiment: str = "ensembles") -> str:
+    """Register ``spec`` (over versions already registered) as a new version of
     brain-tumor-ensemble, through training's own path; returns the version."""
     import mlflow
     from mlflow import MlflowClient
